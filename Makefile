@@ -1,0 +1,39 @@
+# Every target bootstraps itself: a fresh clone needs only python3 (3.10+) and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MP := $(VENV)/bin/micropython
+SCENARIO ?= tests/scenarios/demo_session.json
+
+.PHONY: deps test run bench fuzz deploy clean
+
+# The venv is rebuilt only when requirements.txt changes; tools/deps.py skips work
+# itself when lib/ already matches the pinned list.
+$(VENV)/.installed: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "make deps: CPython 3.10+ is needed, found " + sys.version.split()[0])'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+deps: $(VENV)/.installed
+	@$(PY) tools/deps.py install
+
+test: deps
+	$(PY) -m pytest
+
+run: deps
+	$(PY) tools/rig.py run $(SCENARIO) --live
+
+bench: deps
+	$(PY) tools/bench.py
+
+fuzz: deps
+	$(PY) -m pytest tests/host/test_properties.py --fuzz $(or $(N),500)
+
+deploy: deps
+	@test -n "$(PORT)" || { echo "make deploy: set PORT, e.g. make deploy PORT=/dev/ttyUSB0"; exit 2; }
+	$(PY) tools/deploy.py --port $(PORT) $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
+	find lib -mindepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
