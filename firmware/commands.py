@@ -1,0 +1,142 @@
+"""Validation of remote commands (MQTT `<prefix>/<id>/set/<name>`).
+
+Owns: turning an untrusted (name, payload bytes) pair into a value the charger
+can take, or a short error text. Never raises, never trusts its input, never
+uses floats (a payload like "nan", "1e999" or "16.000000001" cannot sneak
+through a float conversion: numbers are parsed digit by digit into integers).
+
+    parse(name, payload, limits) -> (value, None) or (None, error)
+
+| name          | payload                                   | value                   |
+| ------------- | ----------------------------------------- | ----------------------- |
+| `current_a`   | "0", or 6 .. limits hw max; up to 3       | int mA (0 = pause)      |
+|               | decimals ("16", "16.5", "6.000")          |                         |
+| `enable`      | true/false, 1/0, on/off (any case)        | True / False            |
+| `authorize`   | RFID/user tag, printable ASCII, 1..64     | str                     |
+| `stop`        | empty or anything up to PAYLOAD_MAX bytes | True                    |
+| `clear_fault` | empty or anything up to PAYLOAD_MAX bytes | True                    |
+
+`limits` is a dict holding `hw_max_current_a` (the config dict itself will do;
+firmware/config.py keeps it within 6..80 A). Surrounding ASCII whitespace is
+ignored. Payloads longer than PAYLOAD_MAX bytes are refused unread.
+"""
+
+from micropython import const
+
+from firmware.iec61851 import MIN_OFFER_MA, MAX_OFFER_MA
+
+PAYLOAD_MAX = const(64)  # bytes; longer payloads are refused before parsing
+TAG_MAX = const(64)  # characters of an authorize tag
+_FRACTION_DIGITS_MAX = const(3)  # "16.125" A = 16125 mA is the finest accepted
+
+NAMES = ("current_a", "enable", "authorize", "stop", "clear_fault")
+
+_TRUE = (b"true", b"1", b"on")
+_FALSE = (b"false", b"0", b"off")
+
+
+def parse(name, payload, limits):
+    """(value, None) for a valid command, else (None, error text). Never raises."""
+    try:
+        return _parse(name, payload, limits)
+    except Exception:  # a bug here must not take the link or the loop down
+        return None, "invalid command"
+
+
+def _parse(name, payload, limits):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        return None, "payload must be bytes"
+    if len(payload) > PAYLOAD_MAX:
+        return None, "payload too long"
+    text = _strip(bytes(payload))
+    if name == "current_a":
+        return _current(text, limits)
+    if name == "enable":
+        low = text.lower()
+        if low in _TRUE:
+            return True, None
+        if low in _FALSE:
+            return False, None
+        return None, "enable must be true or false"
+    if name == "authorize":
+        if not 1 <= len(text) <= TAG_MAX:
+            return None, "tag must be 1..64 characters"
+        for b in text:
+            if b < 0x20 or b > 0x7E:
+                return None, "tag must be printable ASCII"
+        return text.decode(), None
+    if name == "stop" or name == "clear_fault":
+        return True, None
+    return None, "unknown command"
+
+
+def _strip(b):
+    i = 0
+    j = len(b)
+    while i < j and b[i] in b" \t\r\n":
+        i += 1
+    while j > i and b[j - 1] in b" \t\r\n":
+        j -= 1
+    return b[i:j]
+
+
+def _current(text, limits):
+    ma = _decimal_to_milli(text)
+    if ma is None:
+        return None, "current_a must be a plain number like 16 or 16.5"
+    try:
+        hw_max_ma = int(limits["hw_max_current_a"] * 1000 + 0.5)
+    except Exception:
+        return None, "no hardware current limit configured"
+    hw_max_ma = min(hw_max_ma, MAX_OFFER_MA)
+    if ma == 0:
+        return 0, None
+    if ma < MIN_OFFER_MA or ma > hw_max_ma:
+        return None, "current_a must be 0 or %d..%s A" % (MIN_OFFER_MA // 1000, _amps(hw_max_ma))
+    return ma, None
+
+
+def _decimal_to_milli(text):
+    """b"16.5" -> 16500; None for anything that is not digits[.digits]
+    (no sign, exponent, inf/nan, hex, underscores) or has too many digits."""
+    n = len(text)
+    if n == 0 or n > 12:  # "80.000" is 6; 12 leaves room for leading zeros only
+        return None
+    whole = 0
+    frac = 0
+    frac_digits = -1  # -1: no point seen yet
+    digits = 0
+    for b in text:
+        if b == 0x2E:  # "."
+            if frac_digits >= 0:
+                return None
+            frac_digits = 0
+        elif 0x30 <= b <= 0x39:
+            digits += 1
+            if frac_digits < 0:
+                whole = whole * 10 + (b - 0x30)
+                if whole > 1000:  # no current is that large: stop before ints grow
+                    return None
+            else:
+                frac_digits += 1
+                if frac_digits > _FRACTION_DIGITS_MAX:
+                    return None
+                frac = frac * 10 + (b - 0x30)
+        else:
+            return None
+    if digits == 0 or frac_digits == 0:  # "." alone, or "16." (trailing point)
+        return None
+    if frac_digits > 0 and text[0] == 0x2E:  # ".5": ask for the leading zero
+        return None
+    while 0 <= frac_digits < _FRACTION_DIGITS_MAX:
+        frac *= 10
+        frac_digits += 1
+    return whole * 1000 + frac
+
+
+def _amps(ma):
+    if ma % 1000:
+        return "%d.%03d" % (ma // 1000, ma % 1000)
+    return "%d" % (ma // 1000)
