@@ -1,0 +1,120 @@
+"""Configuration: defaults, validation and loading of the JSON config file.
+
+Owns the list of settings, their types, ranges and safe defaults. A bad value
+never reaches the charger: it is reported with a clear message and the default
+is kept. Never raises on bad input (a corrupt file gives the defaults plus an
+error), never talks to the board.
+"""
+
+import json
+
+# name: (default, kind, low, high). kind: "int", "num", "bool", "str".
+# Ranges are the physically meaningful ones; the offer is further limited by
+# the board, the cable and the remote limit at run time.
+SCHEMA = {
+    "id": ("evse", "str", 1, 32),  # device id: MQTT topics, session ids
+    "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
+    "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
+    "phases": (3, "int", 1, 3),
+    "voltage_v": (230, "int", 100, 480),  # phase voltage for power when not measured
+    "vent_allowed": (False, "bool", 0, 0),  # state D may charge (ventilation is provided)
+    "require_auth": (False, "bool", 0, 0),  # no energy until an authorize command
+    "auto_reclose": (True, "bool", 0, 0),  # retry after a fault (False: every fault latches)
+    "fault_retries": (3, "int", 0, 10),  # retries before a fault latches
+    "rcd_selftest": (True, "bool", 0, 0),  # test the RCD before each session
+    "pe_check": (True, "bool", 0, 0),  # use the board's PE check when it has one
+    "enabled": (True, "bool", 0, 0),  # charging enabled at boot
+    "mqtt_host": ("", "str", 0, 64),  # empty: no MQTT
+    "mqtt_port": (1883, "int", 1, 65535),
+    "mqtt_user": ("", "str", 0, 64),
+    "mqtt_password": ("", "str", 0, 64),
+    "mqtt_tls": (False, "bool", 0, 0),
+    "mqtt_prefix": ("evse", "str", 1, 32),
+    "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
+}
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+def defaults():
+    cfg = {}
+    for name in SCHEMA:
+        cfg[name] = SCHEMA[name][0]
+    return cfg
+
+
+def check(name, value):
+    """Validated value for one setting, or raise ValueError with a message."""
+    if name not in SCHEMA:
+        raise ValueError("unknown setting '%s'" % name)
+    kind, low, high = SCHEMA[name][1:]
+    if kind == "bool":
+        if value is True or value is False:
+            return value
+        raise ValueError("%s must be true or false" % name)
+    if kind == "str":
+        if not isinstance(value, str) or not low <= len(value) <= high:
+            raise ValueError("%s must be a string of %d..%d characters" % (name, low, high))
+        if name in ("id", "mqtt_prefix"):
+            for ch in value:
+                if ch not in _ID_CHARS:
+                    raise ValueError("%s may hold only letters, digits, '_' and '-'" % name)
+        return value
+    # Numbers: bool is an int in Python, but true is not a current.
+    if value is True or value is False or not isinstance(value, (int, float)):
+        raise ValueError("%s must be a number" % name)
+    if value != value or not low <= value <= high:  # NaN fails both comparisons
+        raise ValueError("%s must be between %s and %s" % (name, low, high))
+    if kind == "int":
+        if int(value) != value:
+            raise ValueError("%s must be a whole number" % name)
+        return int(value)
+    return value
+
+
+def validate(overrides, base=None):
+    """Apply overrides (a dict) on top of base (default: the defaults).
+    Returns (cfg, errors): every invalid entry is left at its previous value
+    and described in errors."""
+    cfg = defaults() if base is None else dict(base)
+    errors = []
+    if not isinstance(overrides, dict):
+        return cfg, ["configuration must be a JSON object"]
+    for name in overrides:
+        try:
+            cfg[name] = check(name, overrides[name])
+        except ValueError as e:
+            errors.append(str(e))
+    if cfg["max_current_a"] > cfg["hw_max_current_a"]:
+        errors.append(
+            "max_current_a %s exceeds hw_max_current_a %s: limited to the hardware"
+            % (cfg["max_current_a"], cfg["hw_max_current_a"])
+        )
+        cfg["max_current_a"] = cfg["hw_max_current_a"]
+    return cfg, errors
+
+
+def load(path):
+    """(cfg, errors) from a JSON file. A missing file is not an error; an
+    unreadable or corrupt one gives the defaults and says why."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return defaults(), []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return defaults(), ["%s is not valid JSON: defaults used" % path]
+    return validate(data)
+
+
+def save(path, cfg):
+    """Write the config atomically (temp file + rename)."""
+    import os
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(cfg))
+    os.rename(tmp, path)

@@ -1,0 +1,157 @@
+"""The board contract: every method a board driver offers the firmware.
+
+This module is documentation that runs: `Board` lists each method with its
+units and what the board must guarantee; `hal/esp32.py` (real hardware) and
+`hal/sim.py` (the simulated board for the unix port) implement it. The
+firmware (`firmware/`) talks to the board only through an object of this
+shape and never imports `machine`, `socket` or `network` itself.
+
+Rules every implementation keeps:
+- All values are small ints (fit in 30 bits: an ESP32 boxes larger ints),
+  in the unit the name says: `_mv` millivolts, `_ohm` ohms, `_dc` tenths of a
+  degree Celsius, `_ms` milliseconds, `_pm` per mille (tenths of a percent).
+- Methods called from the control tick allocate nothing: they return ints or
+  bools, or fill a buffer the caller preallocated.
+- `safe()` works in every state, never raises, and is idempotent: contactor
+  open, pilot steady +12 V (state x1: "charging not allowed").
+- Outputs stay as last commanded until commanded again (an ESP32 keeps its
+  pins through a soft reset, which is why boot.py calls `safe()` first).
+"""
+
+# Pilot steady levels for pilot_steady().
+PILOT_PLUS12 = 1  # x1: EVSE present, charging not allowed now (also the safe level)
+PILOT_MINUS12 = -1  # state F: EVSE not available / fault
+
+# contactor_feedback() and pe_ok() answers for a board without that input.
+UNKNOWN = -1
+
+# pp_ohm() when no resistor is seen (open circuit, or above the board's range).
+PP_OPEN = -2
+
+# temp_dc() when the board has no temperature sensor.
+NO_TEMP = -32768
+
+
+class Board:
+    """Interface only: each method states its contract. Not instantiated."""
+
+    # --- identity -----------------------------------------------------------
+    name = "contract"
+    # Number of current-sense channels (1 or 3; one per phase).
+    adc_channels = 3
+    # Samples per channel in one adc_burst(), and the per-channel sample rate.
+    adc_burst_len = 64
+    adc_rate_hz = 3200
+    # Full-scale ADC code + 1 (4096 for a 12-bit ADC).
+    adc_full_scale = 4096
+    # Where the firmware keeps its files (config, journal, counters).
+    data_dir = "/data"
+
+    # --- clock: every firmware time goes through these ----------------------
+    def ticks_ms(self):
+        """Monotonic milliseconds. Wraps like time.ticks_ms(): the period is
+        TICKS_PERIOD (2**30 on an ESP32). Compare only with ticks_diff()."""
+        raise NotImplementedError
+
+    def ticks_diff(self, a, b):
+        """Signed a - b in ms, correct across one wrap of the period."""
+        raise NotImplementedError
+
+    def ticks_add(self, t, delta_ms):
+        """t + delta_ms, wrapped into the period."""
+        raise NotImplementedError
+
+    def wait_tick(self, period_ms):
+        """Block until period_ms after the previous wait_tick() returned (a
+        fixed-rate loop; if the caller is late, return at once). On the
+        simulated board this advances virtual time and the simulated world."""
+        raise NotImplementedError
+
+    def wall_time(self):
+        """Seconds since 1970-01-01 UTC when the wall clock is set, else None."""
+        raise NotImplementedError
+
+    # --- control pilot -------------------------------------------------------
+    def pilot_pwm(self, duty_pm):
+        """Start (or change) the 1 kHz +-12 V PWM with duty in per mille
+        (100 = 10 %). Accuracy +-5 us. State x2."""
+        raise NotImplementedError
+
+    def pilot_steady(self, level):
+        """Stop the PWM and hold PILOT_PLUS12 (x1) or PILOT_MINUS12 (F)."""
+        raise NotImplementedError
+
+    def pilot_read(self, out):
+        """Sample the pilot as the EV loads it. Fills out[0] with the high
+        level and out[1] with the low level in mV. With PWM on, both are
+        sampled in the matching half-period (synchronised to the PWM), each
+        a median over the burst; with a steady pilot, out[1] = out[0].
+        `out` is a preallocated array('i', 2)."""
+        raise NotImplementedError
+
+    def pp_ohm(self):
+        """Resistance between proximity pilot and PE in ohms, PP_OPEN when
+        none is seen, or UNKNOWN on a board without a PP input (tethered)."""
+        raise NotImplementedError
+
+    # --- contactor ------------------------------------------------------------
+    def contactor(self, closed):
+        """Command all contactor poles closed (True) or open (False)."""
+        raise NotImplementedError
+
+    def contactor_feedback(self):
+        """Mirror contact: 1 when the main contacts are closed, 0 when open,
+        UNKNOWN on a board without feedback. Contacts move some ms after the
+        command (mechanical delay); a welded contactor stays at 1."""
+        raise NotImplementedError
+
+    # --- protection -------------------------------------------------------------
+    def rcd_tripped(self):
+        """True while the residual-current monitor (6 mA DC) reports a trip."""
+        raise NotImplementedError
+
+    def rcd_test(self, on):
+        """Drive the RCD module's test input (True injects a test current,
+        which a healthy module answers with a trip within ~100 ms)."""
+        raise NotImplementedError
+
+    def pe_ok(self):
+        """Protective earth check: 1 present, 0 missing, UNKNOWN without one."""
+        raise NotImplementedError
+
+    def temp_dc(self):
+        """Hottest temperature sensor in tenths of a degree C, or NO_TEMP."""
+        raise NotImplementedError
+
+    # --- current sense ------------------------------------------------------------
+    def adc_burst(self, buf):
+        """Fill buf (array('H'), adc_burst_len * adc_channels entries) with
+        raw ADC codes, interleaved per frame: ch0, ch1, ch2, ch0, ... sampled
+        at adc_rate_hz per channel. Returns nothing; allocates nothing."""
+        raise NotImplementedError
+
+    def adc_ua_per_count(self, channel):
+        """Nominal microamps of line current per ADC count for a channel, from
+        the board description (CT ratio, burden, ADC reference). The firmware's
+        per-channel calibration (firmware/meter.py) multiplies this."""
+        raise NotImplementedError
+
+    # --- housekeeping ----------------------------------------------------------------
+    def wdt_start(self, timeout_ms):
+        """Start the hardware watchdog; a board resets when not fed in time."""
+        raise NotImplementedError
+
+    def wdt_feed(self):
+        raise NotImplementedError
+
+    def led(self, mode):
+        """Status LED: 0 off, 1 on, 2 slow blink, 3 fast blink (fault)."""
+        raise NotImplementedError
+
+    def reset_cause(self):
+        """Short text: 'power_on', 'watchdog', 'soft', 'hard', 'deepsleep'."""
+        raise NotImplementedError
+
+    def safe(self):
+        """Contactor open, RCD test off, pilot steady +12 V. Never raises."""
+        raise NotImplementedError
