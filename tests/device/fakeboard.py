@@ -1,0 +1,114 @@
+# A scripted board for unit tests of the charger: every input is set directly
+# by the test (pilot levels in mV, feedback, RCD...), every output recorded.
+# The physics lives in hal/sim.py; this one is for exact control.
+
+PERIOD = 1 << 30
+
+
+class FakeMeter:
+    def __init__(self):
+        self.fault = None
+        self.current_ma = 0
+
+    def max_ma(self):
+        return self.current_ma
+
+
+class FakeBoard:
+    name = "fake"
+    data_dir = "/tmp"
+
+    def __init__(self, start=PERIOD - 1000):
+        self.t = start  # starts 1 s before the ticks wrap, like an ESP32 might
+        self.high_mv = 12000
+        self.low_mv = None  # None: -12 V while PWM runs (healthy diode), else this
+        self.pp = -1  # UNKNOWN: tethered
+        self.feedback = -1  # UNKNOWN unless a test sets "follow"
+        self.follow = False  # mirror contact follows the command (after no delay)
+        self.welded = False
+        self.rcd_trip = False
+        self.rcd_responds = True
+        self._rcd_test = False
+        self.pe = -1
+        self.temp = -32768
+        self.duty = 0
+        self.level = 0
+        self.closed = False
+        self.log = []  # (t, what, value)
+
+    # clock
+    def ticks_ms(self):
+        return self.t
+
+    def ticks_diff(self, a, b):
+        return ((a - b + PERIOD // 2) & (PERIOD - 1)) - PERIOD // 2
+
+    def ticks_add(self, t, d):
+        return (t + d) & (PERIOD - 1)
+
+    def advance(self, ms):
+        self.t = (self.t + ms) & (PERIOD - 1)
+
+    # outputs
+    def pilot_pwm(self, pm):
+        self.duty = pm
+        self.log.append((self.t, "pwm", pm))
+
+    def pilot_steady(self, level):
+        self.duty = 0
+        self.level = level
+        self.log.append((self.t, "steady", level))
+
+    def contactor(self, closed):
+        self.closed = closed
+        self.log.append((self.t, "contactor", closed))
+
+    def rcd_test(self, on):
+        self._rcd_test = on
+
+    # inputs
+    def pilot_read(self, out):
+        if self.duty == 0 and self.level == -1:
+            out[0] = out[1] = -12000
+            return
+        out[0] = self.high_mv
+        if self.duty:
+            out[1] = -12000 if self.low_mv is None else self.low_mv
+        else:
+            out[1] = self.high_mv
+
+    def pp_ohm(self):
+        return self.pp
+
+    def contactor_feedback(self):
+        if self.follow:
+            return 1 if (self.closed or self.welded) else 0
+        return self.feedback
+
+    def rcd_tripped(self):
+        return self.rcd_trip or (self._rcd_test and self.rcd_responds)
+
+    def pe_ok(self):
+        return self.pe
+
+    def temp_dc(self):
+        return self.temp
+
+    def safe(self):
+        self.contactor(False)
+        self.pilot_steady(1)
+
+
+def run(ch, board, ms, step=10):
+    """Tick the charger for ms milliseconds of board time."""
+    for _ in range(ms // step):
+        ch.tick()
+        board.advance(step)
+
+
+def first(board, what, value, since=None):
+    """Time of the first log entry (what, value) at or after since."""
+    for t, w, v in board.log:
+        if w == what and v == value and (since is None or board.ticks_diff(t, since) >= 0):
+            return t
+    return None
