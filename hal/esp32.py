@@ -1,0 +1,722 @@
+"""Board driver for an ESP32 charge controller (MicroPython `machine`).
+
+Owns the pins, the LEDC pilot PWM, the ADC inputs and the watchdog of a real
+board, and converts raw readings into the units of `hal/contract.py`. Decides
+nothing: the firmware decides, this module only drives and measures. Every
+pin number, ADC calibration, divider, pull-up, CT ratio and burden comes from
+a board description (`hal/boards/*.json`, documented in hal/boards/README.md),
+loaded and validated once in the constructor; a bad file fails there with a
+message naming the bad key.
+
+Hot paths (everything the control tick calls: pilot_*, pp_ohm, contactor*,
+rcd_*, pe_ok, temp_dc, adc_burst, wdt_feed, led, wait_tick, ticks_*) allocate
+nothing: integer arithmetic only, preallocated arrays, no f-strings. The NTC
+curve (needs exp/log) is turned into an integer table at construction.
+
+Pilot output. One GPIO drives the board's op-amp stage, which swings the pilot
+to +12 V when the stage input is at its "plus" logic level and to -12 V
+otherwise (`pilot.pwm_invert` says whether the stage inverts). The GPIO is an
+LEDC channel at 1 kHz all the time: PWM duty is set with duty_ns (1 per mille =
+1 us, LEDC resolution at 1 kHz is ~15 ns, well inside the +-5 us the standard
+allows); steady +12 V is 100 % duty and steady -12 V is 0 % duty, so changing
+mode never re-creates a peripheral and never allocates. A duty already in force
+is not written again (rewriting LEDC restarts nothing, but costs time).
+
+Pilot sampling (pilot_read). MicroPython cannot trigger the ADC from the LEDC
+edge, so the sampling is synchronised to the PWM statistically: a burst of
+`pilot.burst` reads spaced `pilot.spacing_us` apart (busy-wait on ticks_us
+deadlines) covers at least one full 1 ms period; the spacing is chosen not to
+divide 1000 us, so the samples walk across the period's phase. The samples are
+split at the midpoint between the lowest and highest reading into a high and
+a low cluster (in place, no allocation), and each cluster's median
+(quickselect) is converted to pilot mV with the board's two-point
+calibration. The median throws away the samples caught on an edge or in the
+stage's slew. If the burst spans less than SPREAD_MIN_MV (a steady pilot, or
+state E where both levels are 0 V), both outputs are the median of all.
+Limits: a half-period shorter than about two sample spacings (duty below ~9 %
+or above ~91 % at 43 us spacing over 2 ms) may yield a cluster of 0..2 samples;
+the median of one or two samples does not reject an edge sample, and an
+empty low cluster reports low = high (which the firmware reads as a missing
+diode: safe direction). read_uv on an ESP32 takes tens of microseconds, so the
+spacing is a minimum, not a guarantee; the burst costs about
+burst * max(spacing, read time) of the tick (48 * 43 us = ~2 ms).
+WiFi interrupts can delay single reads; the median absorbs a few.
+
+Current sense (adc_burst). Channels are read back to back inside each frame
+(a few tens of us of skew between phases), frames are spaced 1/adc_rate_hz on
+ticks_us deadlines (Bresenham remainder, so the mean rate is exact). Codes are
+read_u16() >> 4 (12-bit, raw); calibration lives in firmware/meter.py.
+"""
+
+import json
+import os
+import time
+from array import array
+
+import machine
+import micropython
+from micropython import const
+
+from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
+
+PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
+PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
+SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level is reported
+STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
+PP_READS = const(4)  # reads averaged per pp_ohm()
+NTC_READS = const(4)  # reads averaged per sensor per temp_dc()
+NTC_MIN_C = const(-40)  # NTC table range; outside it the sensor is open or shorted
+NTC_MAX_C = const(150)
+NTC_STEP_C = const(5)
+NTC_FAULT_DC = const(1500)  # reported for an open/shorted NTC: hot, so the firmware stops
+LED_SLOW_MS = const(500)  # half-period of the slow blink
+LED_FAST_MS = const(100)  # half-period of the fast (fault) blink
+SECS_1970_TO_2000 = 946684800  # shift of MicroPython's 2000 epoch (older ESP32 ports)
+SECS_2024_SINCE_1970 = 1704067200  # wall_time() is None before 2024-01-01: RTC not set
+
+# ESP32 (original) pin facts used by the validation.
+_FLASH_PINS = (6, 7, 8, 9, 10, 11)  # wired to the SPI flash
+_INPUT_ONLY = (34, 35, 36, 37, 38, 39)  # no output driver, no pull resistors
+_ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 is unusable while WiFi runs
+_ATTEN = {"0db": 0, "2.5db": 1, "6db": 2, "11db": 3}  # machine.ADC.ATTN_* values
+_PULLS = ("up", "down", None)
+_RESET_NAMES = {
+    machine.PWRON_RESET: "power_on",
+    machine.HARD_RESET: "hard",
+    machine.WDT_RESET: "watchdog",
+    machine.DEEPSLEEP_RESET: "deepsleep",
+    machine.SOFT_RESET: "soft",
+}
+
+
+class BoardFileError(ValueError):
+    """A board description is missing a key or holds a bad value."""
+
+
+# --- board description: loading and validation ---------------------------------
+
+
+def _get(d, section, key, kind, lo=None, hi=None, optional=False):
+    where = section + "." + key if section else key
+    if not isinstance(d, dict) or key not in d:
+        raise BoardFileError("board file: missing key '" + where + "'")
+    v = d[key]
+    if v is None and optional:
+        return None
+    if kind is int and (type(v) is not int):
+        raise BoardFileError("board file: '" + where + "' must be an integer, got " + repr(v))
+    if kind is bool and type(v) is not bool:
+        raise BoardFileError("board file: '" + where + "' must be true or false, got " + repr(v))
+    if kind is str and not isinstance(v, str):
+        raise BoardFileError("board file: '" + where + "' must be a string, got " + repr(v))
+    if kind is list and not isinstance(v, list):
+        raise BoardFileError("board file: '" + where + "' must be a list, got " + repr(v))
+    if kind is dict and not isinstance(v, dict):
+        raise BoardFileError("board file: '" + where + "' must be an object, got " + repr(v))
+    if kind is int and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+        raise BoardFileError("board file: '" + where + "' = " + str(v) + " is outside " + str(lo) + ".." + str(hi))
+    return v
+
+
+def _pin(d, section, key, used, output=False, adc=False, pull=None, optional=False):
+    where = section + "." + key
+    p = _get(d, section, key, int, 0, 39, optional)
+    if p is None:
+        return None
+    if p in _FLASH_PINS:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is a flash pin")
+    if output and p in _INPUT_ONLY:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is input-only, it cannot drive an output")
+    if adc and p not in _ADC1_PINS:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is not an ADC1 pin (32..39)")
+    if pull is not None and p in _INPUT_ONLY:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " has no pull resistor; use pull null")
+    if p in used:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is already used by '" + used[p] + "'")
+    used[p] = where
+    return p
+
+
+def _pins(d, section, counts, used, output=False, adc=False):
+    """A list of pins under `section.pins`, its length one of `counts`."""
+    pins = _get(d, section, "pins", list)
+    if len(pins) not in counts:
+        raise BoardFileError(
+            "board file: '" + section + ".pins' must list " + " or ".join(str(c) for c in counts) + " pins"
+        )
+    by_index = {}
+    for i in range(len(pins)):
+        by_index[str(i)] = pins[i]
+    return [_pin(by_index, section + ".pins", str(i), used, output=output, adc=adc) for i in range(len(pins))]
+
+
+def _level(d, section, key):
+    return _get(d, section, key, int, 0, 1)
+
+
+def _pull(d, section, key):
+    v = d.get(key) if isinstance(d, dict) else None
+    if key not in d:
+        raise BoardFileError("board file: missing key '" + section + "." + key + "'")
+    if v not in _PULLS:
+        raise BoardFileError("board file: '" + section + "." + key + '\' must be "up", "down" or null')
+    return v
+
+
+def validate(desc):
+    """Check a board description (a dict parsed from JSON) and return it
+    normalised: optional sections present as None/[] and every value checked.
+    Raises BoardFileError naming the first bad key."""
+    if not isinstance(desc, dict):
+        raise BoardFileError("board file: top level must be an object")
+    used: dict = {}  # pin -> key that uses it
+    b = {"name": _get(desc, "", "name", str)}
+
+    adc = _get(desc, "", "adc", dict)
+    atten = _get(adc, "adc", "atten", str)
+    if atten not in _ATTEN:
+        raise BoardFileError("board file: 'adc.atten' must be one of 0db, 2.5db, 6db, 11db")
+    b["adc"] = {"atten": atten}
+
+    s = _get(desc, "", "pilot", dict)
+    lo_mv = _get(s, "pilot", "adc_mv_at_minus12v", int, 0, 3300)
+    hi_mv = _get(s, "pilot", "adc_mv_at_plus12v", int, 0, 3300)
+    if abs(hi_mv - lo_mv) < 1000:
+        raise BoardFileError(
+            "board file: 'pilot.adc_mv_at_plus12v' and 'pilot.adc_mv_at_minus12v' are less than 1000 mV apart"
+        )
+    burst = _get(s, "pilot", "burst", int, 16, 128)
+    spacing = _get(s, "pilot", "spacing_us", int, 10, 200)
+    if burst * spacing < 1100:
+        raise BoardFileError("board file: 'pilot.burst' * 'pilot.spacing_us' must cover a 1 ms PWM period (>= 1100 us)")
+    if PILOT_PERIOD_NS // 1000 % spacing == 0:
+        raise BoardFileError("board file: 'pilot.spacing_us' must not divide 1000 us (samples would repeat one phase)")
+    b["pilot"] = {
+        "pwm_pin": _pin(s, "pilot", "pwm_pin", used, output=True),
+        "pwm_invert": _get(s, "pilot", "pwm_invert", bool),
+        "adc_pin": _pin(s, "pilot", "adc_pin", used, adc=True),
+        "adc_mv_at_minus12v": lo_mv,
+        "adc_mv_at_plus12v": hi_mv,
+        "burst": burst,
+        "spacing_us": spacing,
+    }
+
+    s = _get(desc, "", "pp", dict, optional=True)
+    if s is None:
+        b["pp"] = None
+    else:
+        b["pp"] = {
+            "adc_pin": _pin(s, "pp", "adc_pin", used, adc=True),
+            "pullup_ohm": _get(s, "pp", "pullup_ohm", int, 100, 100000),
+            "pullup_mv": _get(s, "pp", "pullup_mv", int, 1000, 3300),
+            "max_ohm": _get(s, "pp", "max_ohm", int, 500, 100000),
+        }
+
+    s = _get(desc, "", "contactor", dict)
+    b["contactor"] = {
+        "pins": _pins(s, "contactor", (1, 2), used, output=True),
+        "active_level": _level(s, "contactor", "active_level"),
+        "feedback_pin": None,
+        "feedback_pull": None,
+        "feedback_closed_level": 1,
+    }
+    fpull = _pull(s, "contactor", "feedback_pull")
+    fb = _pin(s, "contactor", "feedback_pin", used, pull=fpull, optional=True)
+    if fb is not None:
+        b["contactor"]["feedback_pin"] = fb
+        b["contactor"]["feedback_pull"] = fpull
+        b["contactor"]["feedback_closed_level"] = _level(s, "contactor", "feedback_closed_level")
+
+    s = _get(desc, "", "rcd", dict)
+    tpull = _pull(s, "rcd", "trip_pull")
+    b["rcd"] = {
+        "trip_pin": _pin(s, "rcd", "trip_pin", used, pull=tpull),
+        "trip_pull": tpull,
+        "trip_level": _level(s, "rcd", "trip_level"),
+        "test_pin": _pin(s, "rcd", "test_pin", used, output=True),
+        "test_active_level": _level(s, "rcd", "test_active_level"),
+    }
+
+    s = _get(desc, "", "pe", dict, optional=True)
+    if s is None:
+        b["pe"] = None
+    else:
+        ppull = _pull(s, "pe", "pull")
+        b["pe"] = {
+            "pin": _pin(s, "pe", "pin", used, pull=ppull),
+            "pull": ppull,
+            "ok_level": _level(s, "pe", "ok_level"),
+        }
+
+    ntcs = _get(desc, "", "ntc", list)
+    b["ntc"] = []
+    for i in range(len(ntcs)):
+        sec = "ntc[" + str(i) + "]"
+        s = ntcs[i]
+        side = _get(s, sec, "side", str)
+        if side not in ("low", "high"):
+            raise BoardFileError("board file: '" + sec + '.side\' must be "low" (NTC to GND) or "high" (NTC to supply)')
+        b["ntc"].append(
+            {
+                "adc_pin": _pin(s, sec, "adc_pin", used, adc=True),
+                "r25_ohm": _get(s, sec, "r25_ohm", int, 100, 1000000),
+                "beta": _get(s, sec, "beta", int, 1000, 10000),
+                "series_ohm": _get(s, sec, "series_ohm", int, 100, 1000000),
+                "supply_mv": _get(s, sec, "supply_mv", int, 1000, 3300),
+                "side": side,
+            }
+        )
+
+    s = _get(desc, "", "ct", dict)
+    b["ct"] = {
+        "pins": _pins(s, "ct", (1, 3), used, adc=True),  # one per phase
+        "ratio": _get(s, "ct", "ratio", int, 1, 10000),
+        "burden_ohm": _get(s, "ct", "burden_ohm", int, 1, 10000),
+        "full_scale_mv": _get(s, "ct", "full_scale_mv", int, 500, 3300),
+        "burst_len": _get(s, "ct", "burst_len", int, 8, 256),
+        "rate_hz": _get(s, "ct", "rate_hz", int, 500, 10000),
+    }
+
+    s = _get(desc, "", "led", dict, optional=True)
+    b["led"] = (
+        None
+        if s is None
+        else {"pin": _pin(s, "led", "pin", used, output=True), "active_level": _level(s, "led", "active_level")}
+    )
+    return b
+
+
+def load(path):
+    """Read and validate a board description file."""
+    try:
+        with open(path) as f:
+            desc = json.load(f)
+    except OSError:
+        raise BoardFileError("board file: cannot read " + path) from None
+    except ValueError as e:
+        raise BoardFileError("board file: " + path + " is not valid JSON (" + str(e) + ")") from None
+    return validate(desc)
+
+
+# --- pure conversions (no hardware; tested on the host) -------------------------
+
+
+def ntc_table_uv(n, r25_ohm, beta, series_ohm, supply_mv):
+    """ADC microvolts of a low-side NTC divider at NTC_MIN_C, +NTC_STEP_C, ...
+    (falling with temperature). Float maths; called once at construction."""
+    import math
+
+    t = array("i", range(n))
+    for i in range(n):
+        kelvin = (NTC_MIN_C + i * NTC_STEP_C) + 273.15
+        r = r25_ohm * math.exp(beta * (1.0 / kelvin - 1.0 / 298.15))
+        t[i] = int(supply_mv * 1000.0 * r / (r + series_ohm) + 0.5)
+    return t
+
+
+def ntc_dc(table, uv):
+    """Tenths of a degree C for a low-side reading in uV by linear
+    interpolation in the table; NTC_FAULT_DC outside it (open or shorted)."""
+    n = len(table)
+    if uv > table[0] or uv < table[n - 1]:
+        return NTC_FAULT_DC
+    i = 1
+    while table[i] > uv:
+        i += 1
+    hi = table[i - 1]  # colder end of the segment
+    span = hi - table[i]
+    base = (NTC_MIN_C + (i - 1) * NTC_STEP_C) * 10
+    if span <= 0:
+        return base
+    return base + (hi - uv) * (NTC_STEP_C * 10) // span
+
+
+def pp_ohm_from_mv(v_mv, pullup_ohm, pullup_mv, max_ohm):
+    """PP-PE resistance from the divider voltage (pull-up to pullup_mv)."""
+    d = pullup_mv - v_mv
+    if d <= 0:
+        return PP_OPEN
+    if v_mv <= 0:
+        return 0
+    r = pullup_ohm * v_mv // d
+    return PP_OPEN if r > max_ohm else r
+
+
+def pilot_mv(adc_mv, lo_mv, hi_mv):
+    """Pilot millivolts from ADC millivolts (two-point calibration at -12/+12 V)."""
+    return -12000 + (adc_mv - lo_mv) * 24000 // (hi_mv - lo_mv)
+
+
+def ua_per_count(ratio, burden_ohm, full_scale_mv):
+    """Line microamps per 12-bit ADC count through a CT and its burden."""
+    return (full_scale_mv * 1000 * ratio + 2048 * burden_ohm) // (4096 * burden_ohm)
+
+
+@micropython.native
+def _select(a, lo, hi, k):
+    """The k-th smallest of a[lo:hi] (quickselect, in place, no allocation)."""
+    hi -= 1
+    while lo < hi:
+        pivot = a[(lo + hi) >> 1]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = a[i]
+                a[i] = a[j]
+                a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
+
+
+def median(a, lo, hi):
+    """Median of a[lo:hi] (upper median for an even count); reorders a[lo:hi]."""
+    return _select(a, lo, hi, (lo + hi) >> 1)
+
+
+@micropython.native
+def _split(a, n, thr):
+    """Move a[:n] values >= thr to the front; return how many there are."""
+    i = 0
+    j = n - 1
+    while i <= j:
+        if a[i] >= thr:
+            i += 1
+        else:
+            t = a[i]
+            a[i] = a[j]
+            a[j] = t
+            j -= 1
+    return i
+
+
+def levels(a, n, spread, out):
+    """Split a burst a[:n] (ADC mV) into high/low clusters at the midpoint of
+    its range; out[0] = high median, out[1] = low median. Both are the median
+    of all when the range is below `spread` (steady pilot, state E) or a
+    cluster is empty. Reorders a."""
+    mn = a[0]
+    mx = a[0]
+    for i in range(1, n):
+        v = a[i]
+        if v < mn:
+            mn = v
+        elif v > mx:
+            mx = v
+    if mx - mn >= spread:
+        h = _split(a, n, (mn + mx) >> 1)
+        if 0 < h < n:
+            out[0] = median(a, 0, h)
+            out[1] = median(a, h, n)
+            return
+    out[0] = median(a, 0, n)
+    out[1] = out[0]
+
+
+class Esp32Board(Board):
+    """Board driver; see the module docstring. `board_path` names a JSON board
+    description; `board` (a dict) is used instead when given."""
+
+    name = "esp32"
+
+    def __init__(self, board_path="/hal/boards/esp32_devkit.json", board=None):
+        # Outputs are created first, each at its safe level: contactor open,
+        # RCD test off, pilot steady +12 V.
+        self._wdt: machine.WDT | None = None
+        b = validate(board) if board is not None else load(board_path)
+        self.board = b
+        self.name = b["name"]
+        Pin = machine.Pin
+        on = b["contactor"]["active_level"]
+        self._pole_on = on
+        self._poles = tuple(Pin(p, Pin.OUT, value=1 - on) for p in b["contactor"]["pins"])
+        r = b["rcd"]
+        self._rcd_test_on = r["test_active_level"]
+        self._rcd_test = Pin(r["test_pin"], Pin.OUT, value=1 - r["test_active_level"])
+        p = b["pilot"]
+        # 100 % duty = steady +12 V from the first instant.
+        self._pwm = machine.PWM(Pin(p["pwm_pin"], Pin.OUT), freq=PILOT_FREQ_HZ, duty_u16=65535, invert=p["pwm_invert"])
+        self._duty = -1  # last written: ns, or -1 steady +12 V, -2 steady -12 V
+        self._pwm_on = False
+
+        atten = _ATTEN[b["adc"]["atten"]]
+        ADC = machine.ADC
+        self._pilot_adc = ADC(Pin(p["adc_pin"]), atten=atten)
+        self._plo = p["adc_mv_at_minus12v"]
+        self._phi = p["adc_mv_at_plus12v"]
+        self._spread = abs(self._phi - self._plo) * SPREAD_MIN_MV // 24000  # in ADC mV
+        self._pburst = p["burst"]
+        self._pspace = p["spacing_us"]
+        self._pbuf = array("i", range(self._pburst))
+        self._lv = array("i", (0, 0))
+
+        s = b["pp"]
+        self._pp = None if s is None else ADC(Pin(s["adc_pin"]), atten=atten)
+        if s is not None:
+            self._pp_pull_ohm = s["pullup_ohm"]
+            self._pp_pull_mv = s["pullup_mv"]
+            self._pp_max = s["max_ohm"]
+
+        c = b["contactor"]
+        self._fb = None
+        if c["feedback_pin"] is not None:
+            self._fb = Pin(c["feedback_pin"], Pin.IN, _pull_const(c["feedback_pull"]))
+            self._fb_closed = c["feedback_closed_level"]
+        self._trip = Pin(r["trip_pin"], Pin.IN, _pull_const(r["trip_pull"]))
+        self._trip_level = r["trip_level"]
+        s = b["pe"]
+        self._pe = None if s is None else Pin(s["pin"], Pin.IN, _pull_const(s["pull"]))
+        self._pe_ok = 1 if s is None else s["ok_level"]
+
+        n = (NTC_MAX_C - NTC_MIN_C) // NTC_STEP_C + 1
+        self._ntc = tuple(ADC(Pin(t["adc_pin"]), atten=atten) for t in b["ntc"])
+        self._ntc_tab = tuple(
+            ntc_table_uv(n, t["r25_ohm"], t["beta"], t["series_ohm"], t["supply_mv"]) for t in b["ntc"]
+        )
+        self._ntc_flip = array("i", (t["supply_mv"] * 1000 if t["side"] == "high" else 0 for t in b["ntc"]))
+
+        ct = b["ct"]
+        self._ct = tuple(ADC(Pin(q), atten=atten) for q in ct["pins"])
+        self.adc_channels = len(self._ct)
+        self.adc_burst_len = ct["burst_len"]
+        self.adc_rate_hz = ct["rate_hz"]
+        self.adc_full_scale = 4096
+        self._ua = ua_per_count(ct["ratio"], ct["burden_ohm"], ct["full_scale_mv"])
+        self._frame_us = 1000000 // ct["rate_hz"]
+        self._frame_rem = 1000000 % ct["rate_hz"]
+
+        s = b["led"]
+        self._led = None if s is None else Pin(s["pin"], Pin.OUT, value=1 - s["active_level"])
+        self._led_on = 1 if s is None else s["active_level"]
+        self._led_mode = 0
+
+        self._next = time.ticks_ms()  # wait_tick deadline
+        self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
+        self.data_dir = "/data"
+        try:
+            os.stat(self.data_dir)
+        except OSError:
+            os.mkdir(self.data_dir)
+
+    # --- clock -----------------------------------------------------------------
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def ticks_add(self, t, delta_ms):
+        return time.ticks_add(t, delta_ms)
+
+    def wait_tick(self, period_ms):
+        self._led_update()
+        nxt = time.ticks_add(self._next, period_ms)
+        now = time.ticks_ms()
+        d = time.ticks_diff(nxt, now)
+        if d > 0:
+            time.sleep_ms(d)
+            self._next = nxt
+        else:
+            self._next = now  # late: return at once, restart the grid (no catch-up burst)
+
+    def wall_time(self):
+        t = time.time()
+        if t + self._epoch < SECS_2024_SINCE_1970:
+            return None
+        return t + self._epoch
+
+    # --- control pilot -----------------------------------------------------------
+    def pilot_pwm(self, duty_pm):
+        if duty_pm < 0:
+            duty_pm = 0
+        elif duty_pm > 1000:
+            duty_pm = 1000
+        ns = duty_pm * (PILOT_PERIOD_NS // 1000)
+        self._pwm_on = True
+        if ns != self._duty:
+            self._duty = ns
+            self._pwm.duty_ns(ns)
+
+    def pilot_steady(self, level):
+        self._pwm_on = False
+        want = -2 if level == PILOT_MINUS12 else -1
+        if want != self._duty:
+            self._duty = want
+            self._pwm.duty_u16(0 if want == -2 else 65535)
+
+    def pilot_read(self, out):
+        a = self._pbuf
+        adc = self._pilot_adc
+        n = self._pburst if self._pwm_on else STEADY_BURST
+        step = self._pspace
+        t = time.ticks_us()
+        for i in range(n):
+            while time.ticks_diff(t, time.ticks_us()) > 0:
+                pass
+            a[i] = adc.read_uv() // 1000
+            t = time.ticks_add(t, step)
+        lv = self._lv
+        levels(a, n, self._spread, lv)
+        x = pilot_mv(lv[0], self._plo, self._phi)
+        y = pilot_mv(lv[1], self._plo, self._phi)
+        if x >= y:
+            out[0] = x
+            out[1] = y
+        else:  # an inverting measurement stage
+            out[0] = y
+            out[1] = x
+
+    def pp_ohm(self):
+        adc = self._pp
+        if adc is None:
+            return UNKNOWN
+        s = 0
+        for _ in range(PP_READS):
+            s += adc.read_uv()
+        return pp_ohm_from_mv(s // (PP_READS * 1000), self._pp_pull_ohm, self._pp_pull_mv, self._pp_max)
+
+    # --- contactor -------------------------------------------------------------
+    def contactor(self, closed):
+        v = self._pole_on if closed else 1 - self._pole_on
+        poles = self._poles
+        for i in range(len(poles)):
+            poles[i].value(v)
+
+    def contactor_feedback(self):
+        if self._fb is None:
+            return UNKNOWN
+        return 1 if self._fb.value() == self._fb_closed else 0
+
+    # --- protection --------------------------------------------------------------
+    def rcd_tripped(self):
+        return self._trip.value() == self._trip_level
+
+    def rcd_test(self, on):
+        self._rcd_test.value(self._rcd_test_on if on else 1 - self._rcd_test_on)
+
+    def pe_ok(self):
+        if self._pe is None:
+            return UNKNOWN
+        return 1 if self._pe.value() == self._pe_ok else 0
+
+    def temp_dc(self):
+        n = len(self._ntc)
+        if n == 0:
+            return NO_TEMP
+        hot = NO_TEMP
+        for k in range(n):
+            adc = self._ntc[k]
+            s = 0
+            for _ in range(NTC_READS):
+                s += adc.read_uv()
+            uv = s // NTC_READS
+            flip = self._ntc_flip[k]
+            if flip:
+                uv = flip - uv  # NTC on the high side: mirror into the low-side table
+            t = ntc_dc(self._ntc_tab[k], uv)
+            if t > hot:
+                hot = t
+        return hot
+
+    # --- current sense -------------------------------------------------------------
+    def adc_burst(self, buf):
+        ch = self._ct
+        nch = len(ch)
+        a0 = ch[0]
+        a1 = ch[1] if nch > 1 else a0
+        a2 = ch[2] if nch > 2 else a0
+        step = self._frame_us
+        rem = self._frame_rem
+        rate = self.adc_rate_hz
+        err = 0
+        t = time.ticks_us()
+        i = 0
+        end = self.adc_burst_len * nch
+        while i < end:
+            while time.ticks_diff(t, time.ticks_us()) > 0:
+                pass
+            buf[i] = a0.read_u16() >> 4
+            if nch > 1:
+                buf[i + 1] = a1.read_u16() >> 4
+                buf[i + 2] = a2.read_u16() >> 4
+            i += nch
+            err += rem
+            if err >= rate:
+                err -= rate
+                t = time.ticks_add(t, step + 1)
+            else:
+                t = time.ticks_add(t, step)
+
+    def adc_ua_per_count(self, channel):
+        return self._ua
+
+    # --- housekeeping ------------------------------------------------------------------
+    def wdt_start(self, timeout_ms):
+        if self._wdt is None:
+            self._wdt = machine.WDT(timeout=timeout_ms)
+        else:
+            self._wdt.feed()  # an ESP32 watchdog cannot be reconfigured or stopped
+
+    def wdt_feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+    def led(self, mode):
+        self._led_mode = mode
+        self._led_update()
+
+    def _led_update(self):
+        pin = self._led
+        if pin is None:
+            return
+        mode = self._led_mode
+        if mode == 0 or mode == 1:
+            lit = mode
+        else:
+            half = LED_SLOW_MS if mode == 2 else LED_FAST_MS
+            lit = (time.ticks_diff(time.ticks_ms(), 0) // half) & 1
+        pin.value(self._led_on if lit else 1 - self._led_on)
+
+    def reset_cause(self):
+        return _RESET_NAMES.get(machine.reset_cause(), "hard")
+
+    def safe(self):
+        try:
+            off = 1 - self._pole_on
+            poles = self._poles
+        except Exception:
+            return  # not constructed: nothing to drive
+        for i in range(len(poles)):  # contactor first: it is what carries energy
+            try:
+                poles[i].value(off)
+            except Exception:
+                pass
+        try:
+            self._rcd_test.value(1 - self._rcd_test_on)
+        except Exception:
+            pass
+        try:
+            self._pwm.duty_u16(65535)
+            self._duty = -1
+            self._pwm_on = False
+        except Exception:
+            pass
+
+
+def _pull_const(pull):
+    if pull == "up":
+        return machine.Pin.PULL_UP
+    if pull == "down":
+        return machine.Pin.PULL_DOWN
+    return -1  # no pull: machine.Pin's "leave as is" default

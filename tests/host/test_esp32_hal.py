@@ -1,0 +1,707 @@
+"""hal/esp32.py cannot run here (no ESP32), so it is checked three ways:
+
+1. statically: mypy against the micropython-esp32-stubs installed in .venv
+   (settings in tools/mypy-esp32.ini) must report zero errors;
+2. every board description in hal/boards/ must pass the driver's own
+   validate(), and bad descriptions must fail naming the bad key;
+3. the driver is imported under CPython and under the MicroPython unix port
+   with a tiny fake `machine`/`time` (below) to exercise its pure logic, and on
+   MicroPython the hot-path methods run inside micropython.heap_lock(), which
+   raises MemoryError on any allocation.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from array import array
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_PY = REPO / ".venv" / "bin" / "python"
+MICROPYTHON = REPO / ".venv" / "bin" / "micropython"
+BOARDS = sorted((REPO / "hal" / "boards").glob("*.json"))
+
+# The fakes run under CPython and MicroPython alike: small ints only, no
+# allocation in the methods the hot path calls.
+FAKE_MACHINE = """
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+cause = [1]
+
+
+def reset_cause():
+    return cause[0]
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    PULL_DOWN = 1
+    PULL_UP = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        self.id = id
+        self.mode = mode
+        self.pull = pull
+        self.v = 0 if value is None else value
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+
+
+class PWM:
+    def __init__(self, pin, freq=0, duty_u16=0, invert=False):
+        self.pin = pin
+        self.freq = freq
+        self.u16 = duty_u16
+        self.ns = -1
+        self.invert = invert
+        self.writes = 0
+
+    def duty_ns(self, ns):
+        self.ns = ns
+        self.u16 = -1
+        self.writes += 1
+
+    def duty_u16(self, u):
+        self.u16 = u
+        self.ns = -1
+        self.writes += 1
+
+
+class ADC:
+    ATTN_11DB = 3
+
+    def __init__(self, pin, atten=0):
+        self.pin = pin
+        self.atten = atten
+        self.seq = [0]
+        self.k = 0
+
+    def read_uv(self):
+        v = self.seq[self.k]
+        self.k += 1
+        if self.k >= len(self.seq):
+            self.k = 0
+        return v
+
+    def read_u16(self):
+        return self.read_uv() // 50
+
+
+class WDT:
+    def __init__(self, timeout=5000):
+        self.timeout = timeout
+        self.fed = 0
+
+    def feed(self):
+        self.fed += 1
+"""
+
+FAKE_TIME = """
+PERIOD = 1 << 30
+MASK = PERIOD - 1
+HALF = PERIOD >> 1
+ms = [0]
+us = [0]
+us_step = [7]
+slept = [0, 0]  # last sleep_ms argument, number of calls
+wall = [0]
+epoch = [2000]
+
+
+def ticks_ms():
+    return ms[0]
+
+
+def ticks_us():
+    us[0] = (us[0] + us_step[0]) & MASK
+    return us[0]
+
+
+def ticks_add(t, d):
+    return (t + d) & MASK
+
+
+def ticks_diff(a, b):
+    return ((a - b + HALF) & MASK) - HALF
+
+
+def sleep_ms(n):
+    slept[0] = n
+    slept[1] += 1
+    ms[0] = (ms[0] + n) & MASK
+
+
+def time():
+    return wall[0]
+
+
+def gmtime(s):
+    return (epoch[0], 1, 1, 0, 0, 0, 5, 1)
+"""
+
+FAKE_OS = """
+made = []
+
+
+def stat(p):
+    raise OSError(2)
+
+
+def mkdir(p):
+    made.append(p)
+"""
+
+
+def _module(name, src):
+    m = types.ModuleType(name)
+    exec(compile(src, name, "exec"), m.__dict__)
+    return m
+
+
+@pytest.fixture
+def hw(monkeypatch):
+    """(esp32 module, fake machine, fake time) with hal/esp32.py loaded under
+    CPython against the fakes."""
+    machine = _module("machine", FAKE_MACHINE)
+    clock = _module("time", FAKE_TIME)
+    upy = types.ModuleType("micropython")
+    upy.const = lambda x: x
+    upy.native = lambda f: f
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setitem(sys.modules, "machine", machine)
+    monkeypatch.setitem(sys.modules, "micropython", upy)
+    real_time = sys.modules["time"]
+    spec = importlib.util.spec_from_file_location("hal_esp32_under_test", REPO / "hal" / "esp32.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["time"] = clock  # only while the module body runs
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules["time"] = real_time
+    mod.os = _module("os", FAKE_OS)
+    return mod, machine, clock
+
+
+def _contract(mod):
+    """hal/contract.py as the driver under test imported it."""
+    return sys.modules[mod.Board.__module__]
+
+
+def devkit():
+    return json.loads((REPO / "hal" / "boards" / "esp32_devkit.json").read_text())
+
+
+# --- 1. static check ------------------------------------------------------------
+
+
+def _typeshed(tmp_path):
+    """A typeshed dir: MicroPython's reduced stdlib plus the ESP32 port modules."""
+    if not VENV_PY.exists():
+        pytest.fail("no .venv: run `make deps` in " + str(REPO))
+    q = (
+        "import importlib.metadata as m, json;"
+        "d = m.distribution('micropython-esp32-stubs');"
+        "s = m.distribution('micropython-stdlib-stubs');"
+        "print(json.dumps([str(d.locate_file('')), [str(f) for f in d.files], str(s.locate_file('stdlib'))]))"
+    )
+    r = subprocess.run([str(VENV_PY), "-c", q], capture_output=True, text=True)
+    assert r.returncode == 0, "micropython-esp32-stubs / micropython-stdlib-stubs not installed in .venv: " + r.stderr
+    root, files, stdlib = json.loads(r.stdout)
+    root, stdlib = Path(root), Path(stdlib)
+    ts = tmp_path / "typeshed"
+    (ts / "stdlib").mkdir(parents=True)
+    for f in stdlib.iterdir():
+        if f.name != "VERSIONS":
+            (ts / "stdlib" / f.name).symlink_to(f)
+    versions = (stdlib / "VERSIONS").read_text()
+    tops = set()
+    for f in files:
+        top = f.split("/")[0]
+        if f.endswith(".pyi") and not top.endswith(".dist-info"):
+            tops.add(top)
+    tops.add("_mpy_shed")  # helper package shipped by micropython-stdlib-stubs
+    for top in sorted(tops):
+        name = top[:-4] if top.endswith(".pyi") else top
+        if (ts / "stdlib" / top).exists() or not (root / top).exists():
+            continue
+        (ts / "stdlib" / top).symlink_to(root / top)
+        versions += "\n" + name + ": 3.0-"
+    (ts / "stdlib" / "VERSIONS").write_text(versions + "\n")
+    # mypy needs mypy_extensions from a typeshed's stubs/ folder.
+    r = subprocess.run(
+        [str(VENV_PY), "-c", "import mypy, os; print(os.path.dirname(mypy.__file__))"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, "mypy not installed in .venv: " + r.stderr
+    ext = Path(r.stdout.strip()) / "typeshed" / "stubs" / "mypy-extensions"
+    (ts / "stubs").mkdir()
+    (ts / "stubs" / "mypy-extensions").symlink_to(ext)
+    return ts
+
+
+def _mypy(tmp_path, target):
+    ts = _typeshed(tmp_path)
+    cmd = [
+        str(VENV_PY),
+        "-m",
+        "mypy",
+        "--config-file",
+        str(REPO / "tools" / "mypy-esp32.ini"),
+        "--custom-typeshed-dir",
+        str(ts),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        str(target),
+    ]
+    return subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=300)
+
+
+def test_mypy_reports_zero_errors_for_esp32_driver_against_esp32_stubs(tmp_path):
+    r = _mypy(tmp_path, "hal/esp32.py")
+    assert r.returncode == 0 and "Success: no issues found" in r.stdout, r.stdout + r.stderr
+
+
+def test_mypy_setup_catches_misuse_of_the_esp32_api(tmp_path):
+    # The same setup must fail on code the ESP32 port would reject, or the
+    # zero-error result above would mean nothing.
+    bad = tmp_path / "hal_bad" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text(
+        textwrap.dedent("""
+        import machine
+        import time
+        p = machine.PWM(machine.Pin(25), freq=1000)
+        p.duty_ns("half")
+        time.ticks_foo()
+        machine.ADC(machine.Pin(36)).read_u17()
+    """)
+    )
+    r = _mypy(tmp_path, bad)
+    assert r.returncode == 1, r.stdout + r.stderr
+    for needle in ('"duty_ns"', '"ticks_foo"', '"read_u17"'):
+        assert needle in r.stdout, r.stdout
+
+
+# --- 2. board description files ------------------------------------------------------
+
+
+def test_there_is_at_least_one_board_file():
+    assert [b.name for b in BOARDS if b.name == "esp32_devkit.json"]
+
+
+@pytest.mark.parametrize("path", BOARDS, ids=[b.name for b in BOARDS])
+def test_board_file_passes_the_driver_schema(hw, path):
+    mod, _, _ = hw
+    b = mod.load(str(path))
+    assert b["name"] == path.stem
+
+
+def _bad(mod, change):
+    d = devkit()
+    change(d)
+    with pytest.raises(mod.BoardFileError) as e:
+        mod.validate(d)
+    return str(e.value)
+
+
+def test_missing_key_is_named(hw):
+    mod, _, _ = hw
+    assert "'pilot.adc_pin'" in _bad(mod, lambda d: d["pilot"].pop("adc_pin"))
+    assert "'ct.burden_ohm'" in _bad(mod, lambda d: d["ct"].pop("burden_ohm"))
+
+
+def test_wrong_type_and_range_are_named(hw):
+    mod, _, _ = hw
+    assert "'pp.pullup_ohm'" in _bad(mod, lambda d: d["pp"].update(pullup_ohm="1k"))
+    assert "'pilot.burst'" in _bad(mod, lambda d: d["pilot"].update(burst=4))
+    assert "'pilot.pwm_invert'" in _bad(mod, lambda d: d["pilot"].update(pwm_invert=0))
+
+
+def test_pin_rules_are_enforced(hw):
+    mod, _, _ = hw
+    assert "input-only" in _bad(mod, lambda d: d["contactor"].update(pins=[34]))
+    assert "flash pin" in _bad(mod, lambda d: d["rcd"].update(test_pin=6))
+    assert "ADC1" in _bad(mod, lambda d: d["ct"].update(pins=[34, 35, 4]))
+    assert "already used" in _bad(mod, lambda d: d["rcd"].update(test_pin=26))
+    assert "no pull" in _bad(mod, lambda d: d["rcd"].update(trip_pin=35, trip_pull="up"))
+
+
+def test_unreadable_or_broken_board_file_fails_clearly(hw, tmp_path):
+    mod, _, _ = hw
+    with pytest.raises(mod.BoardFileError, match="cannot read"):
+        mod.load(str(tmp_path / "none.json"))
+    p = tmp_path / "broken.json"
+    p.write_text("{ not json")
+    with pytest.raises(mod.BoardFileError, match="not valid JSON"):
+        mod.load(str(p))
+
+
+# --- 3. pure logic under CPython -------------------------------------------------------
+
+
+def test_pwm_duty_per_mille_maps_to_ns_and_steady_levels_to_full_duty(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    pwm = b._pwm
+    assert pwm.freq == 1000 and pwm.u16 == 65535  # constructed at steady +12 V
+    b.pilot_pwm(100)
+    assert pwm.ns == 100000  # 10 % of 1 ms
+    b.pilot_pwm(533)
+    assert pwm.ns == 533000
+    b.pilot_pwm(1200)
+    assert pwm.ns == 1000000  # clamped to 100 %
+    b.pilot_steady(_contract(mod).PILOT_MINUS12)
+    assert pwm.u16 == 0
+    b.pilot_steady(_contract(mod).PILOT_PLUS12)
+    assert pwm.u16 == 65535
+
+
+def test_unchanged_pilot_command_is_not_rewritten(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.pilot_pwm(250)
+    n = b._pwm.writes
+    b.pilot_pwm(250)
+    b.pilot_steady(_contract(mod).PILOT_PLUS12)
+    b.pilot_steady(_contract(mod).PILOT_PLUS12)
+    assert b._pwm.writes == n + 1
+
+
+def test_pilot_calibration_points(hw):
+    mod, _, _ = hw
+    assert mod.pilot_mv(210, 210, 3090) == -12000
+    assert mod.pilot_mv(3090, 210, 3090) == 12000
+    assert mod.pilot_mv(1650, 210, 3090) == 0
+
+
+def _adc_mv(volts_mv, lo=210, hi=3090):
+    return lo + (volts_mv + 12000) * (hi - lo) // 24000
+
+
+def test_pilot_read_with_pwm_separates_high_and_low_levels(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.pilot_pwm(100)
+    hi, lo = _adc_mv(6000) * 1000, _adc_mv(-12000) * 1000
+    edge = _adc_mv(-3000) * 1000
+    # ~10 % of the samples high, one sample caught on each edge, noise.
+    b._pilot_adc.seq = [hi + 3000, hi - 2000, hi, hi + 1000, edge] + [lo, lo + 4000, lo - 3000] * 14 + [edge]
+    out = array("i", (0, 0))
+    b.pilot_read(out)
+    assert abs(out[0] - 6000) <= 60, out[0]
+    assert abs(out[1] + 12000) <= 60, out[1]
+
+
+def test_pilot_read_steady_gives_equal_levels(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.pilot_steady(_contract(mod).PILOT_PLUS12)
+    b._pilot_adc.seq = [_adc_mv(9000) * 1000 + k * 1000 for k in (-3, 2, 0, 1, -1)]
+    out = array("i", (0, 0))
+    b.pilot_read(out)
+    assert abs(out[0] - 9000) <= 60 and out[1] == out[0]
+
+
+def test_pilot_read_pwm_shorted_to_pe_gives_zero_for_both(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.pilot_pwm(500)
+    b._pilot_adc.seq = [_adc_mv(0) * 1000 + k * 2000 for k in (-2, 0, 1, 2, -1, 0)]
+    out = array("i", (0, 0))
+    b.pilot_read(out)
+    assert abs(out[0]) <= 60 and out[1] == out[0]
+
+
+def test_pp_ohm_from_divider_voltage(hw):
+    mod, _, _ = hw
+    f = mod.pp_ohm_from_mv
+    # 1 kOhm pull-up to 3300 mV: v = 3300 * R / (1000 + R)
+    for r in (100, 220, 680, 1500):
+        v = 3300 * r // (1000 + r)
+        assert abs(f(v, 1000, 3300, 10000) - r) <= r // 50 + 2
+    assert f(3300, 1000, 3300, 10000) == mod.PP_OPEN  # open: no current through the pull-up
+    assert f(3250, 1000, 3300, 10000) == mod.PP_OPEN  # 65 kOhm: above the board's range
+    assert f(0, 1000, 3300, 10000) == 0
+
+
+def test_pp_ohm_through_the_board_and_tethered_board_is_unknown(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b._pp.seq = [3300000 * 220 // 1220]
+    assert abs(b.pp_ohm() - 220) <= 3
+    t = mod.Esp32Board(board_path=str(REPO / "hal" / "boards" / "esp32_1phase_tethered.json"))
+    assert t.pp_ohm() == mod.UNKNOWN
+
+
+def test_ntc_conversion_matches_the_beta_equation(hw):
+    import math
+
+    mod, _, _ = hw
+    n = (mod.NTC_MAX_C - mod.NTC_MIN_C) // mod.NTC_STEP_C + 1
+    tab = mod.ntc_table_uv(n, 10000, 3950, 10000, 3300)
+    for c10 in (-300, 0, 250, 437, 650, 710, 1000):
+        k = c10 / 10 + 273.15
+        r = 10000 * math.exp(3950 * (1 / k - 1 / 298.15))
+        uv = int(3300000 * r / (r + 10000))
+        assert abs(mod.ntc_dc(tab, uv) - c10) <= 3, c10  # 0.3 C: interpolation over 5 C steps
+    assert mod.ntc_dc(tab, 3299000) == mod.NTC_FAULT_DC  # open sensor reads as hot
+    assert mod.ntc_dc(tab, 1000) == mod.NTC_FAULT_DC  # shorted sensor reads as hot
+
+
+def test_temp_dc_reports_hottest_and_high_side_ntc_and_no_sensor(hw):
+    mod, _, _ = hw
+    d = devkit()
+    d["ntc"].append(dict(d["ntc"][0], adc_pin=38, side="high"))
+    b = mod.Esp32Board(board=d)
+    b._ntc[0].seq = [1650000]  # 25.0 C on the low-side sensor
+    b._ntc[1].seq = [3300000 - 800000]  # high side: mirrors to a low-side 800 mV, hotter
+    t = b.temp_dc()
+    assert t > 250
+    assert t == mod.ntc_dc(b._ntc_tab[1], 800000)
+    t1 = mod.Esp32Board(board_path=str(REPO / "hal" / "boards" / "esp32_1phase_tethered.json"))
+    assert t1.temp_dc() == mod.NO_TEMP
+
+
+def test_ua_per_count_from_ct_ratio_and_burden(hw):
+    mod, _, _ = hw
+    # 3100 mV / 4096 counts / 22 Ohm * 2000 = 68.8 mA per count
+    assert mod.ua_per_count(2000, 22, 3100) == 68803
+    b = mod.Esp32Board(board=devkit())
+    assert b.adc_ua_per_count(0) == b.adc_ua_per_count(2) == 68803
+    assert b.adc_channels == 3 and b.adc_burst_len == 64 and b.adc_rate_hz == 3200
+
+
+def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+    for k in range(3):
+        b._ct[k].seq = [(k + 1) * 50 * 16]  # read_u16 = uv // 50, code = u16 >> 4 = k + 1
+    buf = array("H", bytes(2 * 64 * 3))
+    clock.us_step[0] = 1
+    t0 = clock.us[0]
+    b.adc_burst(buf)
+    assert list(buf[:6]) == [1, 2, 3, 1, 2, 3] and buf[-1] == 3
+    elapsed = clock.ticks_diff(clock.us[0], t0)
+    # 63 frame gaps at 312.5 us = 19687 us (+ the fake clock's own steps)
+    assert 19687 <= elapsed <= 19687 + 64 * 3 * 2 + 10, elapsed
+
+
+def test_contactor_feedback_rcd_pe_outputs_follow_board_levels(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    assert [p.v for p in b._poles] == [0, 0]  # constructed open
+    b.contactor(True)
+    assert [p.v for p in b._poles] == [1, 1]
+    b._fb.v = 1
+    assert b.contactor_feedback() == 1
+    b._fb.v = 0
+    assert b.contactor_feedback() == 0
+    b._trip.v = 1
+    assert b.rcd_tripped() is True
+    b.rcd_test(True)
+    assert b._rcd_test.v == 1
+    assert b.pe_ok() == mod.UNKNOWN
+    t = mod.Esp32Board(board_path=str(REPO / "hal" / "boards" / "esp32_1phase_tethered.json"))
+    assert t.contactor_feedback() == mod.UNKNOWN
+    t._trip.v = 0  # trip_level 0 on this board
+    assert t.rcd_tripped() is True
+    t._pe.v = 1
+    assert t.pe_ok() == 1
+    t._pe.v = 0
+    assert t.pe_ok() == 0
+
+
+def test_safe_opens_contactor_stops_rcd_test_and_holds_plus12_even_when_a_pin_fails(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.contactor(True)
+    b.rcd_test(True)
+    b.pilot_pwm(300)
+
+    def boom(v=None):
+        raise OSError(5)
+
+    b._poles[0].value = boom  # first pole driver broken
+    b.safe()
+    assert b._poles[1].v == 0 and b._rcd_test.v == 0 and b._pwm.u16 == 65535
+    b.safe()  # idempotent, still no exception
+
+
+def test_wait_tick_is_fixed_rate_across_the_2_pow_30_wrap(hw):
+    mod, _, clock = hw
+    clock.ms[0] = (1 << 30) - 25
+    b = mod.Esp32Board(board=devkit())
+    start = clock.ms[0]
+    for k in range(1, 6):
+        clock.ms[0] = clock.ticks_add(clock.ms[0], 3)  # 3 ms of work per tick
+        b.wait_tick(10)
+        assert clock.ms[0] == clock.ticks_add(start, 10 * k)  # no drift through the wrap
+        assert clock.slept[0] == 7
+    assert clock.ms[0] < 100  # it did wrap
+
+
+def test_wait_tick_when_late_returns_at_once_and_restarts_the_grid(hw):
+    mod, _, clock = hw
+    clock.ms[0] = (1 << 30) - 5
+    b = mod.Esp32Board(board=devkit())
+    calls = clock.slept[1]
+    clock.ms[0] = clock.ticks_add(clock.ms[0], 25)  # late by 15 ms, across the wrap
+    late = clock.ms[0]
+    b.wait_tick(10)
+    assert clock.slept[1] == calls and clock.ms[0] == late  # no sleep, no negative sleep
+    b.wait_tick(10)
+    assert clock.ms[0] == clock.ticks_add(late, 10)  # grid restarted from the late tick
+
+
+def test_wall_time_none_until_set_and_both_epochs(hw):
+    mod, _, clock = hw
+    clock.epoch[0] = 2000
+    b = mod.Esp32Board(board=devkit())
+    clock.wall[0] = 3600  # RTC never set: 2000-01-01 01:00
+    assert b.wall_time() is None
+    clock.wall[0] = 1767225600 - 946684800  # 2026-01-01 in the 2000 epoch
+    assert b.wall_time() == 1767225600
+    clock.epoch[0] = 1970
+    b = mod.Esp32Board(board=devkit())
+    clock.wall[0] = 1767225600
+    assert b.wall_time() == 1767225600
+    clock.wall[0] = 1704067199  # one second before 2024
+    assert b.wall_time() is None
+
+
+def test_reset_cause_names_and_data_dir_created(hw):
+    mod, machine, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    assert mod.os.made == ["/data"]
+    names = {1: "power_on", 2: "hard", 3: "watchdog", 4: "deepsleep", 5: "soft"}
+    for code, name in names.items():
+        machine.cause[0] = code
+        assert b.reset_cause() == name
+
+
+def test_watchdog_started_once_and_fed(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=devkit())
+    b.wdt_feed()  # before start: no-op
+    b.wdt_start(2000)
+    w = b._wdt
+    assert w.timeout == 2000
+    b.wdt_feed()
+    b.wdt_start(2000)
+    assert b._wdt is w and w.fed == 2
+
+
+def test_led_modes_drive_the_pin(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+    b.led(1)
+    assert b._led.v == 1
+    b.led(0)
+    assert b._led.v == 0
+    clock.ms[0] = 0
+    b.led(3)
+    seen = set()
+    for _ in range(4):
+        seen.add(b._led.v)
+        clock.ms[0] += mod.LED_FAST_MS
+        b.led(3)
+    assert seen == {0, 1}
+
+
+# --- 4. the hot path allocates nothing, on the MicroPython VM ---------------------------
+
+HARNESS = """
+import sys
+import fake_machine, fake_time, fake_os
+sys.modules["machine"] = fake_machine
+sys.modules["time"] = fake_time
+sys.modules["os"] = fake_os
+import gc, json, micropython
+from array import array
+gc.collect()
+m0 = gc.mem_alloc()
+from hal import esp32
+gc.collect()
+m1 = gc.mem_alloc()
+with open("hal/boards/esp32_devkit.json") as f:
+    d = json.load(f)
+b = esp32.Esp32Board(board=d)
+d = None
+gc.collect()
+m2 = gc.mem_alloc()
+print("MEM module", m1 - m0, "board", m2 - m1)
+hi = (210 + 18000 * 2880 // 24000) * 1000
+lo = 210000
+b._pilot_adc.seq = [hi, hi + 2000, hi - 1000, hi, hi + 500] + [lo, lo + 3000, lo - 2000] * 14 + [1000000]
+b._pp.seq = [500000]
+b._ntc[0].seq = [1650000]
+for a in b._ct:
+    a.seq = [100000]
+b.wdt_start(2000)
+out = array("i", (0, 0))
+buf = array("H", bytes(2 * 64 * 3))
+fake_time.us_step[0] = 40
+fake_time.ms[0] = (1 << 30) - 30
+b.pilot_pwm(100)
+b.pilot_read(out)  # warm-up: first calls may intern names
+n = 20
+other = array("i", (0, 0))
+micropython.heap_lock()
+try:
+    for i in range(n):
+        b.pilot_pwm(100 + (i & 1))
+        b._pilot_adc.k = 0
+        b.pilot_read(out)
+        b.pilot_steady(1)
+        b.pilot_read(other)
+        b.pp_ohm()
+        b.contactor(i & 1)
+        b.contactor_feedback()
+        b.rcd_tripped()
+        b.rcd_test(i & 1)
+        b.pe_ok()
+        b.temp_dc()
+        b.adc_burst(buf)
+        b.adc_ua_per_count(0)
+        b.wdt_feed()
+        b.led(2 + (i & 1))
+        b.wait_tick(10)
+        b.ticks_diff(b.ticks_add(b.ticks_ms(), 5), b.ticks_ms())
+    b.safe()
+finally:
+    micropython.heap_unlock()
+print("NOALLOC", out[0], out[1])
+"""
+
+
+def test_hot_path_allocates_nothing_on_micropython(tmp_path):
+    if not MICROPYTHON.exists():
+        pytest.fail("no .venv/bin/micropython: run `make deps` in " + str(REPO))
+    (tmp_path / "fake_machine.py").write_text(FAKE_MACHINE)
+    (tmp_path / "fake_time.py").write_text(FAKE_TIME)
+    (tmp_path / "fake_os.py").write_text(FAKE_OS)
+    (tmp_path / "harness.py").write_text(HARNESS)
+    env = dict(os.environ, MICROPYPATH=str(tmp_path) + ":" + str(REPO))
+    r = subprocess.run(
+        [str(MICROPYTHON), "-X", "heapsize=256k", str(tmp_path / "harness.py")],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "NOALLOC" in r.stdout, r.stdout + r.stderr
+    _, high, low = r.stdout.split()[-3:]
+    assert abs(int(high) - 6000) <= 60 and abs(int(low) + 12000) <= 60  # the PWM read inside the lock
