@@ -23,7 +23,7 @@ ignored. Payloads longer than PAYLOAD_MAX bytes are refused unread.
 
 from micropython import const
 
-from firmware.iec61851 import MIN_OFFER_MA, MAX_OFFER_MA
+from firmware.iec61851 import MAX_OFFER_MA, MIN_OFFER_MA
 
 PAYLOAD_MAX = const(64)  # bytes; longer payloads are refused before parsing
 TAG_MAX = const(64)  # characters of an authorize tag

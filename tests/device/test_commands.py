@@ -1,6 +1,8 @@
 # timeout: 60
 """firmware/commands.py: remote commands are validated, never trusted, never raise."""
 
+import random
+
 from firmware import commands
 from firmware.commands import parse
 
@@ -120,27 +122,16 @@ def _valid_result(name, value, error, limits):
 
 
 class _Rng:
-    """xorshift-style generator kept below 2^30 so it runs the same on any port."""
+    """Seeded random source (the port's `random`), so a failure can be replayed."""
 
     def __init__(self, seed):
-        self.s = seed & 0x3FFFFFFF or 1
-
-    def next(self):
-        s = self.s
-        s ^= (s << 7) & 0x3FFFFFFF
-        s ^= s >> 9
-        s ^= (s << 8) & 0x3FFFFFFF
-        self.s = s
-        return s
+        random.seed(seed)
 
     def below(self, n):
-        return self.next() % n
+        return random.getrandbits(16) % n
 
     def bytes(self, n):
-        b = bytearray(n)
-        for i in range(n):
-            b[i] = self.next() & 0xFF
-        return bytes(b)
+        return bytes(random.getrandbits(8) for _ in range(n))
 
 
 _HOSTILE = (

@@ -1,0 +1,419 @@
+"""firmware/link.py against a real Mosquitto, driven from the MicroPython unix port.
+
+Each test runs DRIVER (below) on .venv/bin/micropython: a 10 ms main loop that
+uses Link through its public API only, with a clock that wraps at 2^30 like an
+ESP32's (the wrap falls inside the run). The driver prints one JSON line per
+thing that happens; the test watches the broker with paho-mqtt.
+"""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from broker import Blackhole, Broker, mosquitto_path
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+
+pytestmark = [
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed"),
+    pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="run make deps first"),
+    pytest.mark.skipif(
+        not os.path.exists(os.path.join(REPO, "lib", "umqtt", "simple.py")), reason="umqtt.simple not in lib/"
+    ),
+]
+
+DRIVER = r"""
+import sys, time, json
+from firmware.link import Link
+
+PERIOD = 1 << 30  # an ESP32's ticks period
+
+
+class Clock:
+    # Wraps at 2^30, starting 1.5 s before the wrap.
+    def __init__(self):
+        self.t0 = time.ticks_ms()
+        self.start = PERIOD - 1500
+
+    def ticks_ms(self):
+        return (self.start + time.ticks_diff(time.ticks_ms(), self.t0)) & (PERIOD - 1)
+
+    def ticks_diff(self, a, b):
+        d = (a - b) & (PERIOD - 1)
+        return d - PERIOD if d >= PERIOD // 2 else d
+
+
+opts = json.loads(sys.argv[1])
+T0 = time.ticks_ms()
+
+
+def out(kind, **kw):
+    kw["kind"] = kind
+    kw["t_ms"] = time.ticks_diff(time.ticks_ms(), T0)
+    print(json.dumps(kw))
+
+
+link = Link(opts["cfg"], Clock())
+link.start()
+for sid in opts.get("sessions", ()):
+    link.post_session(sid, json.dumps({"session": sid, "wh": 1234}).encode())
+    out("posted", session=sid)
+for i in range(opts.get("events", 0)):
+    link.post_event(json.dumps({"event": i}).encode())
+
+run_ms = opts["run_ms"]
+next_us = time.ticks_us()
+worst_late_us = 0
+worst_work_us = 0
+ticks = 0
+was = False
+status = b""
+while time.ticks_diff(time.ticks_ms(), T0) < run_ms:
+    t0 = time.ticks_us()
+    late = time.ticks_diff(t0, next_us)
+    if late > worst_late_us:
+        worst_late_us = late
+    if ticks % 100 == 0:
+        status = json.dumps({"state": "A1", "n": ticks // 100}).encode()
+    link.post_status(status)
+    c = link.poll_command()
+    if c is not None:
+        out("cmd", name=c[0], payload=c[1].decode())
+        link.post_ack(c[0], True, None)
+    a = link.poll_acked()
+    if a is not None:
+        out("acked", session=a)
+    if link.connected != was:
+        was = link.connected
+        out("connected" if was else "disconnected")
+    work = time.ticks_diff(time.ticks_us(), t0)
+    if work > worst_work_us:
+        worst_work_us = work
+    ticks += 1
+    next_us = time.ticks_add(next_us, 10000)
+    d = time.ticks_diff(next_us, time.ticks_us())
+    if d > 0:
+        time.sleep_us(d)
+    else:
+        next_us = time.ticks_us()
+out("worst", late_us=worst_late_us, work_us=worst_work_us, ticks=ticks)
+if opts.get("stop", True):
+    out("stopped", ok=link.stop(3000))
+out("stats", stats=link.stats)
+"""
+
+
+class Driver:
+    """The MicroPython main loop as a child process; its JSON lines in a queue."""
+
+    def __init__(self, tmp_path, cfg, run_ms, **opts):
+        script = tmp_path / "driver.py"
+        script.write_text(DRIVER)
+        opts.update(cfg=cfg, run_ms=run_ms)
+        env = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
+        self.proc = subprocess.Popen(
+            [MICROPYTHON, "-X", "heapsize=256k", str(script), json.dumps(opts)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = []
+        self.raw = []
+        self._q = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            rec["host_t"] = time.monotonic()
+            self.lines.append(rec)
+            self._q.put(rec)
+
+    def wait_for(self, kind, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("driver never said %r; output:\n%s" % (kind, "".join(self.raw)[-3000:]))
+            try:
+                rec = self._q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if rec["kind"] == kind:
+                return rec
+
+    def finish(self, timeout_s=15):
+        self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=2)
+        assert self.proc.returncode == 0, "driver failed:\n" + "".join(self.raw)[-3000:]
+        return self.lines
+
+    def kinds(self, kind):
+        return [r for r in self.lines if r["kind"] == kind]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class Watcher:
+    """paho-mqtt client recording (topic, payload, retain, time) of what it sees."""
+
+    def __init__(self, port, topics, client_id=None, clean=True):
+        self.port = port
+        self.msgs = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=clean
+        )
+        self.client.on_message = self._on_message
+        self.topics = topics
+        self.subscribed = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        assert self.subscribed.wait(5), "watcher could not subscribe"
+
+    def _on_connect(self, client, userdata, flags, rc, props=None):
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_message(self, client, userdata, msg):
+        with self.cond:
+            self.msgs.append((msg.topic, msg.payload, msg.retain, time.monotonic()))
+            self.cond.notify_all()
+
+    def wait(self, pred, timeout_s):
+        """First message satisfying pred(topic, payload, retain), or fail."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                for m in self.msgs:
+                    if pred(m[0], m[1], m[2]):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("not seen; got %r" % [(m[0], m[1][:60]) for m in self.msgs])
+                self.cond.wait(left)
+
+    def payloads(self, topic):
+        with self.cond:
+            return [m[1] for m in self.msgs if m[0] == topic]
+
+    def publish(self, topic, payload, retain=False):
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def mosquitto():
+    with Broker() as b:
+        yield b
+
+
+def _cfg(port, dev_id="t1", keepalive_s=4, **kw):
+    cfg = {
+        "id": dev_id,
+        "mqtt_host": "127.0.0.1",
+        "mqtt_port": port,
+        "mqtt_user": "",
+        "mqtt_password": "",
+        "mqtt_tls": False,
+        "mqtt_prefix": "evse",
+        "mqtt_keepalive_s": keepalive_s,
+        "hw_max_current_a": 32,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def test_online_is_retained_1_while_connected_and_0_after_stop(mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online", "evse/t1/status", "homeassistant/#"])
+    d = Driver(tmp_path, _cfg(mosquitto.port), run_ms=2500)
+    try:
+        w.wait(lambda t, p, r: t == "evse/t1/online" and p == b"1", 5)
+        d.finish()
+        assert d.kinds("stopped")[0]["ok"] is True
+        w.wait(lambda t, p, r: t == "evse/t1/online" and p == b"0", 3)
+        assert w.payloads("evse/t1/online") == [b"1", b"0"]
+        # the status was published (retained) and repeated only when it changed
+        status = [json.loads(p) for p in w.payloads("evse/t1/status")]
+        assert 1 <= len(status) <= 4 and status[0]["state"] == "A1", status
+        # discovery: every entity, with availability on the online topic
+        conf = {t: json.loads(p) for t, p, r, _ in w.msgs if t.startswith("homeassistant/")}
+        assert len(conf) == 8, sorted(conf)
+        energy = conf["homeassistant/sensor/t1/lifetime_energy/config"]
+        assert energy["device_class"] == "energy" and energy["state_class"] == "total_increasing"
+        assert conf["homeassistant/number/t1/current_limit/config"]["command_topic"] == "evse/t1/set/current_a"
+        assert all(c["availability_topic"] == "evse/t1/online" for c in conf.values())
+    finally:
+        w.close()
+        d.kill()
+    late = Watcher(mosquitto.port, ["evse/t1/online"])
+    try:
+        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/t1/online", 3)
+        assert p == b"0" and retained
+    finally:
+        late.close()
+
+
+def test_last_will_0_is_published_when_the_micropython_process_is_killed(mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online"])
+    d = Driver(tmp_path, _cfg(mosquitto.port), run_ms=30000)
+    try:
+        w.wait(lambda t, p, r: p == b"1", 5)
+        t_kill = time.monotonic()
+        d.kill()
+        m = w.wait(lambda t, p, r: p == b"0", 5)
+        print("last will after SIGKILL: %.0f ms" % ((m[3] - t_kill) * 1000))
+    finally:
+        w.close()
+        d.kill()
+
+
+def test_commands_arrive_via_poll_command_and_acks_are_published(mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online", "evse/t1/ack"])
+    d = Driver(tmp_path, _cfg(mosquitto.port), run_ms=3000)
+    try:
+        w.wait(lambda t, p, r: p == b"1", 5)
+        d.wait_for("connected", 5)
+        w.publish("evse/t1/set/current_a", b"16")
+        w.publish("evse/t1/set/enable", b"false")
+        w.publish("evse/t2/set/enable", b"true")  # another charger's topic: not ours
+        cmd = d.wait_for("cmd", 3)
+        assert (cmd["name"], cmd["payload"]) == ("current_a", "16")
+        cmd = d.wait_for("cmd", 3)
+        assert (cmd["name"], cmd["payload"]) == ("enable", "false")
+        ack = json.loads(w.wait(lambda t, p, r: t == "evse/t1/ack", 3)[1])
+        assert ack == {"cmd": "current_a", "ok": True, "error": None}
+        d.finish()
+        assert len(d.kinds("cmd")) == 2
+    finally:
+        w.close()
+        d.kill()
+
+
+def test_session_posted_while_broker_down_arrives_once_after_it_starts_and_is_acked_after_puback(tmp_path):
+    b = Broker(persistence=True).start()
+    try:
+        # a persistent subscriber, so the broker queues the session for it across the restart
+        w = Watcher(b.port, ["evse/t1/session"], client_id="watcher", clean=False)
+        w.close()
+        b.stop()
+        d = Driver(tmp_path, _cfg(b.port), run_ms=7000, sessions=["s-0001"])
+        time.sleep(2.0)
+        assert d.kinds("acked") == [] and d.kinds("connected") == [], "acked with no broker"
+        b.start()
+        t_start = time.monotonic()
+        acked = d.wait_for("acked", 8)
+        assert acked["session"] == "s-0001"
+        print("session acked %.0f ms after the broker started" % ((acked["host_t"] - t_start) * 1000))
+        w = Watcher(b.port, ["evse/t1/session"], client_id="watcher", clean=False)
+        try:
+            w.wait(lambda t, p, r: t == "evse/t1/session", 5)
+            time.sleep(0.5)
+            got = [json.loads(p)["session"] for p in w.payloads("evse/t1/session")]
+            assert got == ["s-0001"], got
+        finally:
+            w.close()
+        d.finish()
+        assert len(d.kinds("acked")) == 1
+        stats = d.kinds("stats")[0]["stats"]
+        assert stats["reconnects"] >= 1 and stats["connects"] == 1, stats
+    finally:
+        b.close()
+
+
+def test_reconnects_after_a_broker_restart(mosquitto, tmp_path):
+    d = Driver(tmp_path, _cfg(mosquitto.port, keepalive_s=2), run_ms=9000)
+    try:
+        d.wait_for("connected", 5)
+        mosquitto.stop()
+        d.wait_for("disconnected", 5)
+        mosquitto.start()
+        t0 = time.monotonic()
+        rec = d.wait_for("connected", 8)
+        print("reconnected %.0f ms after the broker restarted" % ((rec["host_t"] - t0) * 1000))
+        d.finish()
+        stats = d.kinds("stats")[0]["stats"]
+        assert stats["connects"] == 2 and stats["reconnects"] >= 1, stats
+    finally:
+        d.kill()
+
+
+def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
+    with Blackhole() as hole:
+        d = Driver(tmp_path, _cfg(hole.port, keepalive_s=2), run_ms=3500, events=20, sessions=["s-1"])
+        try:
+            lines = d.finish()
+        finally:
+            d.kill()
+        worst = d.kinds("worst")[0]
+        stats = d.kinds("stats")[0]["stats"]
+        print(
+            "blackhole: worst tick lateness %.2f ms, worst work in tick %.3f ms over %d ticks; "
+            "%d connections accepted, stats %s"
+            % (worst["late_us"] / 1000, worst["work_us"] / 1000, worst["ticks"], len(hole.accepted), stats)
+        )
+        assert len(hole.accepted) >= 1  # the link did reach the blackhole and gave up on it
+        assert stats["reconnects"] >= 1 and stats["connects"] == 0
+        assert worst["ticks"] >= 300
+        assert worst["work_us"] < 5000
+        assert worst["late_us"] < 5000
+        assert d.kinds("stopped")[0]["ok"] is True
+        assert not [r for r in lines if r["kind"] == "acked"]
+
+
+def test_jittered_backoff_spreads_the_first_reconnect_over_many_devices(tmp_path):
+    script = tmp_path / "spread.py"
+    script.write_text(
+        "import os\n"
+        "from firmware.link import Backoff, seed_for\n"
+        "first = []\n"
+        "ceil = []\n"
+        "for i in range(2000):\n"
+        "    b = Backoff(seed_for('evse-%05d' % i, int.from_bytes(os.urandom(4), 'little')))\n"
+        "    first.append(b.next_ms())\n"
+        "b = Backoff(seed_for('x'))\n"
+        "mx = [0] * 12\n"
+        "for trial in range(300):\n"
+        "    b.reset()\n"
+        "    for n in range(12):\n"
+        "        mx[n] = max(mx[n], b.next_ms())\n"
+        "first.sort()\n"
+        "print(first[0], first[len(first) // 2], first[-1])\n"
+        "print(' '.join(str(x) for x in mx))\n"
+    )
+    env = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
+    out = subprocess.run([MICROPYTHON, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lo, med, hi = (int(x) for x in out.stdout.split("\n")[0].split())
+    print("first reconnect delay over 2000 device ids: min %d ms, median %d ms, max %d ms" % (lo, med, hi))
+    assert lo < 50 and hi > 950 and hi <= 1000 and 400 < med < 600
+    mx = [int(x) for x in out.stdout.split("\n")[1].split()]
+    print("largest delay per attempt:", mx)
+    # the ceiling doubles from 1 s and stops at 5 min
+    for n, m in enumerate(mx):
+        ceiling = min(1000 << n, 300000)
+        assert ceiling * 0.8 < m <= ceiling, (n, m)
