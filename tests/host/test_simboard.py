@@ -1,0 +1,279 @@
+"""tools/simboard.py: the real mpremote talks to the emulated board as to an ESP32.
+
+Each test starts its own board on a fresh flash folder (tmp_path/flash) as a
+subprocess, reads the pty path from its first line, and kills it by pid at the end.
+"""
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+MPREMOTE = BIN / "mpremote"
+SIMBOARD = REPO / "tools" / "simboard.py"
+
+pytestmark = pytest.mark.skipif(
+    not (MPREMOTE.exists() and (BIN / "micropython").exists()),
+    reason="needs .venv with mpremote and micropython (make deps)",
+)
+
+BOOT_MARKS = (
+    "f = open('boot_marks.txt', 'a')\n"
+    "f.write('b')\n"
+    "f.close()\n"
+)
+MAIN_LOOP = (
+    "import time\n"
+    "f = open('main_marks.txt', 'a')\n"
+    "f.write('m')\n"
+    "f.close()\n"
+    "n = 0\n"
+    "while True:\n"
+    "    n += 1\n"
+    "    f = open('ticks.txt', 'a')\n"
+    "    f.write('t')\n"
+    "    f.close()\n"
+    "    print('tick', n)\n"
+    "    time.sleep_ms(20)\n"
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Board:
+    def __init__(self, flash, tcp=None):
+        self.flash = flash
+        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "-v"]
+        if tcp:
+            cmd += ["--tcp", str(tcp)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.device = self.proc.stdout.readline().strip()
+        assert self.device.startswith("/dev/pts/"), self.device
+
+    def mpremote(self, *args, device=None, timeout=20):
+        return subprocess.run(
+            [str(MPREMOTE), "connect", device or self.device, *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.flash.parent,
+        )
+
+    def read(self, name):
+        p = self.flash / name
+        return p.read_text() if p.exists() else ""
+
+    def wait_for(self, name, text, timeout=5.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.read(name) == text:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log = self.proc.stderr.read()
+        return rc
+
+
+@pytest.fixture
+def make_board(tmp_path):
+    boards = []
+
+    def make(boot=None, main=None, tcp=None):
+        flash = tmp_path / "flash"
+        flash.mkdir(exist_ok=True)
+        if boot is not None:
+            (flash / "boot.py").write_text(boot)
+        if main is not None:
+            (flash / "main.py").write_text(main)
+        b = Board(flash, tcp)
+        boards.append(b)
+        return b
+
+    yield make
+    for b in boards:
+        if b.proc.poll() is None:
+            b.stop()
+
+
+def test_exec_prints_the_result(make_board):
+    board = make_board()
+    r = board.mpremote("exec", "print(1+1)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "2\n"
+
+
+def test_fs_cp_then_ls_and_cat_and_second_cp_is_skipped_by_hash(make_board, tmp_path):
+    board = make_board()
+    src = tmp_path / "pkg"
+    src.mkdir()
+    (src / "data.py").write_text("hello = 42\n")
+    r = board.mpremote("fs", "cp", "-r", "pkg", ":")
+    assert r.returncode == 0, r.stderr
+    assert "Up to date" not in r.stdout
+    assert (board.flash / "pkg" / "data.py").read_text() == "hello = 42\n"
+    r = board.mpremote("fs", "ls", "pkg")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].split() == ["11", "data.py"]  # size as LittleFS reports it
+    r = board.mpremote("fs", "cat", "pkg/data.py")
+    assert r.stdout == "hello = 42\n"
+    r = board.mpremote("fs", "cp", "-r", "pkg", ":")
+    assert r.returncode == 0, r.stderr
+    assert "Up to date: ./pkg/data.py" in r.stdout
+
+
+def test_run_executes_a_local_script_and_imports_from_flash(make_board, tmp_path):
+    board = make_board()
+    (board.flash / "lib").mkdir()
+    (board.flash / "lib" / "helper.py").write_text("def twice(x):\n    return 2 * x\n")
+    script = tmp_path / "script.py"
+    script.write_text("import sys, helper\nprint(helper.twice(21), sys.path)\n")
+    r = board.mpremote("run", str(script))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "42 ['', '.frozen', '/lib']\n"
+
+
+def test_a_script_larger_than_many_paste_windows_goes_through_raw_paste(make_board, tmp_path):
+    board = make_board()
+    lines = ["total = 0"] + ["total += %d  # line padding padding padding" % i for i in range(300)]
+    script = tmp_path / "big.py"
+    script.write_text("\n".join(lines) + "\nprint(total)\n")
+    assert script.stat().st_size > 20 * 128
+    r = board.mpremote("run", str(script))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "%d\n" % sum(range(300))
+    board.stop()
+    assert "raw-paste: %d bytes" % script.stat().st_size in board.log
+
+
+def test_a_board_traceback_is_shown_and_mpremote_exits_non_zero(make_board):
+    board = make_board()
+    r = board.mpremote("exec", "print('before')\ndef f():\n    return 1/0\nf()")
+    assert r.returncode == 1
+    assert r.stdout.startswith("before\n")
+    assert 'File "<stdin>", line 3, in f' in r.stdout
+    assert "ZeroDivisionError: divide by zero" in r.stdout
+
+
+def test_soft_reset_runs_boot_py_but_not_main_py(make_board):
+    board = make_board(boot=BOOT_MARKS, main=MAIN_LOOP)
+    assert board.wait_for("main_marks.txt", "m")  # power-on: boot.py then main.py
+    assert board.read("boot_marks.txt") == "b"
+    r = board.mpremote("exec", "print('up')")  # connect = Ctrl-C, raw REPL, soft reset
+    assert r.returncode == 0, r.stderr
+    assert board.read("boot_marks.txt") == "bb"
+    assert board.read("main_marks.txt") == "m"
+
+
+def test_connect_interrupts_the_main_loop_and_reaches_the_raw_repl(make_board):
+    board = make_board(main=MAIN_LOOP)
+    assert board.wait_for("main_marks.txt", "m")
+    time.sleep(0.1)
+    r = board.mpremote("exec", "print(len(open('ticks.txt').read()))")
+    assert r.returncode == 0, r.stderr
+    ticks = int(r.stdout)
+    assert ticks > 0
+    time.sleep(0.2)
+    assert len(board.read("ticks.txt")) == ticks  # the loop no longer runs
+
+
+def test_friendly_repl_evaluates_lines_and_ctrl_d_soft_resets_into_main(make_board):
+    board = make_board(boot=BOOT_MARKS, main="print('main ran')\n")
+    assert board.wait_for("boot_marks.txt", "b")
+    fd = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    try:
+        def talk(data, until):
+            os.write(fd, data)
+            got = b""
+            end = time.monotonic() + 5
+            while not got.endswith(until) and time.monotonic() < end:
+                got += os.read(fd, 1)
+            return got
+
+        talk(b"\r", b">>> ")
+        os.set_blocking(fd, False)
+        time.sleep(0.2)  # drain: the power-on banner may still have been on its way
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(fd, True)
+        assert talk(b"6*7\r", b">>> ") == b"6*7\r\n42\r\n>>> "
+        assert talk(b"for i in (1, 2):\r", b"... ") == b"for i in (1, 2):\r\n... "
+        assert talk(b"  print(i)\r\r", b">>> ") == b"  print(i)\r\n... \r\n1\r\n2\r\n>>> "
+        out = talk(b"\x04", b">>> ")
+        assert out.startswith(b"\r\nMPY: soft reboot\r\nmain ran\r\nMicroPython ")
+    finally:
+        os.close(fd)
+    assert board.read("boot_marks.txt") == "bb"
+
+
+def test_socket_transport_works_with_tcp_option(make_board):
+    port = free_port()
+    board = make_board(tcp=port)
+    r = board.mpremote("exec", "print('over tcp')", device="socket://127.0.0.1:%d" % port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "over tcp\n"
+
+
+def test_machine_reset_runs_boot_py_and_main_py_again(make_board):
+    board = make_board(boot=BOOT_MARKS, main=MAIN_LOOP)
+    assert board.wait_for("main_marks.txt", "m")
+    r = board.mpremote("reset")  # soft reset on connect, then machine.reset()
+    assert r.returncode == 0, r.stderr
+    assert board.wait_for("main_marks.txt", "mm")
+    assert board.read("boot_marks.txt") == "bbb"  # power-on, connect's soft reset, hard reset
+    r = board.mpremote("exec", "import machine; print(machine.reset_cause() == machine.SOFT_RESET)")
+    assert r.stdout == "True\n"  # what an ESP32 reports after machine.reset()
+
+
+def test_sigterm_ends_the_board_cleanly(make_board):
+    board = make_board()
+    assert board.stop() == 0
+
+
+def test_measure_exec_round_trip(make_board):
+    """Prints the mpremote exec round trip (CLI, and the raw REPL alone)."""
+    SerialTransport = pytest.importorskip("mpremote.transport_serial").SerialTransport
+
+    board = make_board()
+    cli = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        r = board.mpremote("exec", "print(1)")
+        cli.append(time.perf_counter() - t0)
+        assert r.stdout == "1\n"
+    t = SerialTransport(board.device)
+    try:
+        t.enter_raw_repl()
+        raw = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            assert t.exec("print(1)") == b"1\r\n"
+            raw.append(time.perf_counter() - t0)
+        t.exit_raw_repl()
+    finally:
+        t.close()
+    print("\nmpremote exec (whole CLI run, incl. soft reset): median %.0f ms, max %.0f ms"
+          % (statistics.median(cli) * 1e3, max(cli) * 1e3))
+    print("raw-paste exec round trip: median %.2f ms, max %.2f ms"
+          % (statistics.median(raw) * 1e3, max(raw) * 1e3))
+    assert statistics.median(cli) < 2.0
