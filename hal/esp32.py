@@ -567,7 +567,11 @@ class Esp32Board(Board):
             a[i] = adc.read_uv() // 1000
             t = time.ticks_add(t, step)
         lv = self._lv
-        levels(a, n, self._spread, lv)
+        if self._pwm_on:
+            levels(a, n, self._spread, lv)
+        else:  # steady: one level by definition; a spike must not become a "low level"
+            lv[0] = median(a, 0, n)
+            lv[1] = lv[0]
         x = pilot_mv(lv[0], self._plo, self._phi)
         y = pilot_mv(lv[1], self._plo, self._phi)
         if x >= y:

@@ -408,7 +408,8 @@ def test_pilot_read_steady_gives_equal_levels(hw):
     mod, _, _ = hw
     b = mod.Esp32Board(board=devkit())
     b.pilot_steady(_contract(mod).PILOT_PLUS12)
-    b._pilot_adc.seq = [_adc_mv(9000) * 1000 + k * 1000 for k in (-3, 2, 0, 1, -1)]
+    b._pilot_adc.seq = [_adc_mv(9000) * 1000 + k * 1000 for k in (-3, 2, 0, 1, -1, 0, 1, 2)]
+    b._pilot_adc.seq.append(_adc_mv(-12000) * 1000)  # one spike among 9 samples: no low level from it
     out = array("i", (0, 0))
     b.pilot_read(out)
     assert abs(out[0] - 9000) <= 60 and out[1] == out[0]
