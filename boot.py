@@ -12,8 +12,12 @@ except ImportError:
 
 if _on_board:
     try:
-        from hal.esp32 import safe_outputs
+        from hal.esp32 import Esp32Board
 
-        safe_outputs()
-    except Exception as e:  # a broken install must still boot to a REPL
+        # Building the board creates every output at its safe level; safe()
+        # then says so explicitly.
+        Esp32Board().safe()
+    except Exception as e:
+        # A broken install or board file must still boot to a REPL. The
+        # outputs then stay in their reset state (inputs: relays released).
         print("boot: could not force outputs safe:", e)

@@ -424,17 +424,31 @@ def levels(a, n, spread, out):
     out[1] = out[0]
 
 
+# The installer's board description, when present, wins over the default.
+BOARD_FILE = "/data/board.json"
+DEFAULT_BOARD_FILE = "/hal/boards/esp32_devkit.json"
+
+
+def board_file():
+    """Path of the board description in force: /data/board.json if present."""
+    try:
+        os.stat(BOARD_FILE)
+        return BOARD_FILE
+    except OSError:
+        return DEFAULT_BOARD_FILE
+
+
 class Esp32Board(Board):
     """Board driver; see the module docstring. `board_path` names a JSON board
     description; `board` (a dict) is used instead when given."""
 
     name = "esp32"
 
-    def __init__(self, board_path="/hal/boards/esp32_devkit.json", board=None):
+    def __init__(self, board_path=None, board=None):
         # Outputs are created first, each at its safe level: contactor open,
         # RCD test off, pilot steady +12 V.
         self._wdt: machine.WDT | None = None
-        b = validate(board) if board is not None else load(board_path)
+        b = validate(board) if board is not None else load(board_path or board_file())
         self.board = b
         self.name = b["name"]
         Pin = machine.Pin
