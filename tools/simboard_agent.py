@@ -166,7 +166,7 @@ def _run(g, kind, name, src):
             exec(compile(src, name, mode), g)
     except SystemExit:
         status = "exit"
-    except BaseException as e:  # noqa: B036 - the board reports everything
+    except BaseException as e:  # the board reports everything, KeyboardInterrupt too
         status = "exc"
         tb = _traceback(e)
     data = tb.encode()

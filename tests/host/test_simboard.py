@@ -277,3 +277,19 @@ def test_measure_exec_round_trip(make_board):
     print("raw-paste exec round trip: median %.2f ms, max %.2f ms"
           % (statistics.median(raw) * 1e3, max(raw) * 1e3))
     assert statistics.median(cli) < 2.0
+
+
+def test_main_py_is_skipped_when_boot_py_raises(make_board):
+    board = make_board(boot=BOOT_MARKS + "raise ValueError('broken boot')\n", main=MAIN_LOOP)
+    assert board.wait_for("boot_marks.txt", "b")
+    r = board.mpremote("exec", "print('repl still works')")
+    assert r.stdout == "repl still works\n"
+    assert board.read("main_marks.txt") == ""
+
+
+def test_sys_exit_in_the_raw_repl_soft_resets_the_board(make_board):
+    board = make_board(boot=BOOT_MARKS)
+    assert board.wait_for("boot_marks.txt", "b")
+    r = board.mpremote("exec", "import sys\nsys.exit()")
+    assert r.returncode == 0, r.stderr
+    assert board.wait_for("boot_marks.txt", "bbb")  # power-on, connect, sys.exit()
