@@ -1,0 +1,324 @@
+"""Scenario runner: drives the simulated board (hal/sim.py) from a scenario
+file and writes trace records, on the unix port.
+
+    micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]
+
+(MICROPYPATH=<repo>:<repo>/lib, cwd = the repo.) The scenario has already been
+validated by tools/rig.py; docs/scenarios.md describes the format. Output on
+stdout, one JSON object a line:
+
+- trace records (firmware/trace.py builds the firmware part; this adds
+  `truth_energy_wh` and reports the simulator's true pilot level), written
+  whenever a discrete field changes, at least once per simulated second, and
+  once at each step's time after the step was applied and the firmware ticked;
+- `{"t": .., "command": name, "payload": text, "ok": bool, "error": text}` for
+  every remote command a step sends;
+- last, `{"summary": {...}}` with contactor reaction times measured in
+  simulated time, sim_seconds, wall_seconds and ticks.
+
+Times: every record is labelled with the simulated time of the firmware tick
+whose result it shows (ms since the run began). The firmware ticks every 10 ms;
+a step at t is applied just before the tick at t.
+
+Owns: the step timing and the reaction-time bookkeeping. Never reaches into the
+firmware's internals: it reads only the attributes the firmware documents
+(charger state/offer/duty/contactor/fault, meter, session id) and talks to it
+through `Firmware.command()`, exactly as the MQTT link does.
+"""
+
+import json
+import sys
+import time
+
+from firmware.app import Firmware
+from firmware.trace import fixed, record
+from hal.sim import SimBoard
+
+# World events that require the contactor to open (when commanded closed).
+_FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
+_NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
+_TRACE_EVERY_MS = 1000  # a record at least once per simulated second
+
+
+class _Stop(Exception):
+    """Raised from on_tick at `until`: ends Firmware.run()."""
+
+
+def _payload(value):
+    """The plain MQTT payload text for a step's `set` value."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return ""
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def _ms(seconds):
+    return int(seconds * 1000 + 0.5)
+
+
+class Runner:
+    def __init__(self, scenario, seed=None, realtime=False):
+        sim_args = dict(scenario.get("sim") or {})
+        if seed is None:
+            seed = scenario.get("seed", 1)
+        sim_args["seed"] = seed
+        self.sim = sim = SimBoard(**sim_args)
+        self.fw = Firmware(sim, scenario.get("config") or {})
+        self.ch = self.fw.charger
+        self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
+        self.until_ms = _ms(scenario["until"])
+        self.realtime = realtime
+        self.t0 = sim.now_ms
+        self.prev = sim.now_ms  # the time of the firmware's latest tick
+        self.next_i = 0
+        self.next_ms = self.steps[0][0] if self.steps else _NEVER
+        # What the latest record showed (None: nothing written yet).
+        self.last_state = None
+        self.last_duty = -1
+        self.last_offer = -1
+        self.last_contactor = None
+        self.last_fault = None
+        self.last_session = None
+        self.last_rec_ms = -_TRACE_EVERY_MS
+        self.step_due = False
+        # Reaction-time bookkeeping (ms since start).
+        self.c_on = False
+        self.s2 = sim.ev_s2_closed
+        self.s2_closed_ms = 0
+        self.s2_fresh = False  # S2 closed since the contactor last opened
+        self.ev = None
+        self.need_open_ms = (
+            -1
+        )  # when the world first required opening, -1: not required
+        self.need_open_cause = None
+        self.opens = []
+        self.closes = []
+        self.records = 0
+        self.wall0_us = time.ticks_us()
+        self.wall0_ms = time.ticks_ms()
+
+    # --- output ---------------------------------------------------------------------
+    def _emit(self, t):
+        ch = self.ch
+        fw = self.fw
+        self.last_state = ch.state
+        self.last_duty = ch.duty_pm
+        self.last_offer = ch.offer_ma
+        self.last_contactor = ch.contactor_on
+        self.last_fault = ch.fault
+        self.last_session = fw.session_id
+        self.last_rec_ms = t
+        self.records += 1
+        pilot_mv = int(self.sim.pilot_v() * 1000)
+        truth_mwh = int(self.sim.truth_energy_wh * 1000)
+        print(
+            record(fw, t, pilot_mv, ', "truth_energy_wh": ' + fixed(truth_mwh, 1000, 3))
+        )
+
+    # --- steps ------------------------------------------------------------------------
+    def _apply(self, t, step):
+        sim = self.sim
+        for key in step:
+            v = step[key]
+            if key == "ev":
+                sim.set_ev(v)
+                self.ev = v
+                if v == "A":
+                    self._require_open(t, "unplug")
+            elif key == "draw_a":
+                sim.ev_draw_a = v
+            elif key == "ev_obeys":
+                sim.ev_obeys = v
+            elif key == "ev_phases":
+                sim.ev_phases = v
+            elif key == "pp_ohm":
+                sim.set_pp(v)
+            elif key == "fault":
+                sim.set_fault(v)
+                if v in _FAULTS_REQUIRING_OPEN:
+                    self._require_open(t, v)
+            elif key == "temp_c":
+                sim.set_temp_c(v)
+            elif key == "set":
+                for name in v:
+                    text = _payload(v[name])
+                    ok, err = self.fw.command(name, text)
+                    print(
+                        json.dumps(
+                            {
+                                "t": t / 1000,
+                                "command": name,
+                                "payload": text,
+                                "ok": ok,
+                                "error": err,
+                            }
+                        )
+                    )
+            # "t", "expect" and "note" are for the rig.
+        self.step_due = True
+
+    def _require_open(self, t, cause):
+        if self.c_on and self.need_open_ms < 0:
+            self.need_open_ms = t
+            self.need_open_cause = cause
+
+    def _world(self, t):
+        """Notice S2 moving (by a step or by the simulated EV itself)."""
+        s2 = self.sim.ev_s2_closed
+        if s2 != self.s2:
+            self.s2 = s2
+            if s2:
+                self.s2_closed_ms = t
+                self.s2_fresh = True
+            else:
+                self._require_open(t, "unplug" if self.ev == "A" else "s2_open")
+
+    def _contactor_moved(self, on, t):
+        self.c_on = on
+        if on:
+            if self.s2_fresh:
+                self.closes.append(
+                    {"t": t / 1000, "cause": "s2_close", "ms": t - self.s2_closed_ms}
+                )
+            else:
+                self.closes.append({"t": t / 1000, "cause": "resume", "ms": None})
+            self.s2_fresh = False
+        else:
+            if self.need_open_ms >= 0:
+                ms = t - self.need_open_ms
+                self.opens.append(
+                    {"t": t / 1000, "cause": self.need_open_cause, "ms": ms}
+                )
+            else:
+                self.opens.append({"t": t / 1000, "cause": "firmware", "ms": None})
+            self.need_open_ms = -1
+            self.s2_fresh = False
+
+    # --- the hook: after each wait_tick of the simulated board ----------------------------
+    def on_tick(self, sim):
+        t = (
+            self.prev - self.t0
+        )  # the firmware just ticked at t: its outputs are current
+        self.prev = sim.now_ms
+        now = self.prev - self.t0
+        ch = self.ch
+        if ch.contactor_on != self.c_on:
+            self._contactor_moved(ch.contactor_on, t)
+        if (
+            self.step_due
+            or ch.state != self.last_state
+            or ch.duty_pm != self.last_duty
+            or ch.offer_ma != self.last_offer
+            or ch.contactor_on != self.last_contactor
+            or ch.fault != self.last_fault
+            or self.fw.session_id != self.last_session
+            or t - self.last_rec_ms >= _TRACE_EVERY_MS
+        ):
+            self.step_due = False
+            self._emit(t)
+        if t >= self.until_ms:
+            if self.last_rec_ms != t:
+                self._emit(t)
+            raise _Stop()
+        while self.next_ms <= now:
+            self._apply(now, self.steps[self.next_i][1])
+            self.next_i += 1
+            self.next_ms = (
+                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
+            )
+        self._world(now)
+        if self.realtime:
+            ahead = now - time.ticks_diff(time.ticks_ms(), self.wall0_ms)
+            if ahead > 0:
+                time.sleep_ms(ahead)
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self):
+        sim = self.sim
+        # Steps at t = 0 belong to the world the first tick sees.
+        while self.next_ms <= 0:
+            self._apply(0, self.steps[self.next_i][1])
+            self.next_i += 1
+            self.next_ms = (
+                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
+            )
+        self._world(0)
+        sim.on_tick = self.on_tick
+        try:
+            self.fw.run()
+        except _Stop:
+            pass
+        finally:
+            sim.safe()
+        return self.summary()
+
+    def summary(self):
+        wall_us = time.ticks_diff(time.ticks_us(), self.wall0_us)
+        end = self.prev - self.t0
+        if self.need_open_ms >= 0:  # required but never opened: a finding, not a pass
+            self.opens.append(
+                {
+                    "t": None,
+                    "cause": self.need_open_cause,
+                    "ms": end - self.need_open_ms,
+                    "unfinished": True,
+                }
+            )
+        open_max = None
+        for o in self.opens:
+            if o["ms"] is not None and (open_max is None or o["ms"] > open_max):
+                open_max = o["ms"]
+        close_max = None
+        for c in self.closes:
+            if c["ms"] is not None and (close_max is None or c["ms"] > close_max):
+                close_max = c["ms"]
+        return {
+            "opens": self.opens,
+            "closes": self.closes,
+            "open_max_ms": open_max,
+            "close_max_ms": close_max,
+            "sim_seconds": self.until_ms / 1000,
+            "wall_seconds": wall_us / 1000000,
+            "ticks": self.fw.ticks,
+            "records": self.records,
+        }
+
+
+def main(argv):
+    path = None
+    seed = None
+    realtime = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--realtime":
+            realtime = True
+        elif a == "--seed" and i + 1 < len(argv):
+            i += 1
+            seed = int(argv[i])
+        elif path is None and not a.startswith("--"):
+            path = a
+        else:
+            print(
+                "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
+            )
+            sys.exit(2)
+        i += 1
+    if path is None:
+        print(
+            "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
+        )
+        sys.exit(2)
+    with open(path) as f:
+        scenario = json.load(f)
+    summary = Runner(scenario, seed, realtime).run()
+    print(json.dumps({"summary": summary}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

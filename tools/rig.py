@@ -1,0 +1,822 @@
+#!/usr/bin/env python3
+"""The bench rig: run a scenario against the real firmware on the simulated
+board, check its expectations, show and plot what happened, and measure the
+contactor's reaction times.
+
+The firmware runs unmodified in the MicroPython unix port (.venv/bin/micropython,
+or $MICROPYTHON) through hal/scenario.py, which streams trace records as JSON
+lines; this tool validates the scenario first and reads the stream.
+docs/scenarios.md describes the scenario format, the expect rules and the
+trace fields.
+
+Exit codes (scripts may rely on them):
+    0  every expectation held / every reaction time within its target
+    1  an expectation failed / a reaction-time target was missed
+    2  bad command line or bad scenario file (the message names the step)
+    3  the MicroPython process died, printed a traceback or timed out
+"""
+
+import argparse
+import bisect
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIO_DIR = os.path.join(REPO, "tests", "scenarios")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASH = 0, 1, 2, 3
+
+# Reaction-time targets for `measure` (ms of simulated time).
+OPEN_TARGET_MS = 20
+CLOSE_TARGET_MS = 200
+
+TICK_MS = 10  # the firmware's tick: step times are whole ticks
+MAX_UNTIL_S = 24 * 3600
+STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
+EV_STATES = ("A", "B", "C", "D")
+# hal/sim.py FAULTS, plus "none" (clears them all).
+SIM_FAULTS = (
+    "none",
+    "cp_short",
+    "diode_short",
+    "pe_open",
+    "rcd_trip",
+    "weld",
+    "rcd_dead",
+    "stuck_adc",
+)
+TRACE_FIELDS = (
+    "t", "state", "pilot_v", "duty", "offer_a", "contactor", "current_a",
+    "energy_wh", "truth_energy_wh", "fault", "session",
+)  # fmt: skip
+
+
+class BadScenario(Exception):
+    """The scenario file is unusable; args[0] is a list of messages."""
+
+
+class RigError(Exception):
+    """The MicroPython side failed; the message holds its output."""
+
+
+# --- validation --------------------------------------------------------------------------
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(lo, hi, nullable=False):
+    def check(v):
+        if v is None and nullable:
+            return None
+        if not _is_num(v):
+            return "must be a number" + (" or null" if nullable else "")
+        if not lo <= v <= hi:
+            return "%s is out of range %s..%s" % (v, lo, hi)
+        return None
+
+    return check
+
+
+def _int(lo, hi):
+    def check(v):
+        if not _is_num(v) or int(v) != v:
+            return "must be a whole number"
+        if not lo <= v <= hi:
+            return "%s is out of range %s..%s" % (v, lo, hi)
+        return None
+
+    return check
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _one_of(choices):
+    def check(v):
+        return (
+            None
+            if v in choices
+            else "must be one of %s, not %s" % (", ".join(choices), json.dumps(v))
+        )
+
+    return check
+
+
+def _text(v):
+    return None if isinstance(v, str) and v else "must be a non-empty string"
+
+
+def _flag(v):
+    return None if v is None or v is True else "takes null (or true)"
+
+
+def _set_number(v):
+    return None if _is_num(v) else "must be a number"
+
+
+# A step's actions (applied to the simulated world / sent as remote commands).
+ACTIONS = {
+    "ev": _one_of(EV_STATES),
+    "draw_a": _num(0, 80),
+    "ev_obeys": _bool,
+    "ev_phases": _int(1, 3),
+    "pp_ohm": _num(0, 100000, nullable=True),
+    "fault": _one_of(SIM_FAULTS),
+    "temp_c": _num(-40, 150),
+}
+# `set` entries: the remote command name -> the check of its value. The value
+# is sent as the plain MQTT payload text; the firmware judges its range.
+COMMANDS = {
+    "current_a": _set_number,
+    "enable": _bool,
+    "authorize": _text,
+    "stop": _flag,
+    "clear_fault": _flag,
+}
+# Top-level keys of a scenario, and the simulator options under "sim".
+TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps")
+SIM_KEYS = {
+    "phases": _int(1, 3),
+    "mains_hz": _one_of((50, 60)),
+    "voltage_v": _int(100, 480),
+    "pilot_noise_mv": _int(0, 2000),
+    "contactor_close_ms": _int(0, 1000),
+    "contactor_open_ms": _int(0, 1000),
+    "has_feedback": _bool,
+    "has_pe": _bool,
+    "adc_noise_counts": _int(0, 200),
+    "start_ticks": _int(0, 2**30 - 1),
+}
+
+
+def _range_or_num(v):
+    if _is_num(v):
+        return None
+    if isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v):
+        return None if v[0] <= v[1] else "range [%s, %s] has lo > hi" % (v[0], v[1])
+    return "must be a number or a [lo, hi] range"
+
+
+def _expect_current(v):
+    if not isinstance(v, list) or not 1 <= len(v) <= 3:
+        return "must be a list with one number or [lo, hi] range per phase"
+    for i, x in enumerate(v):
+        err = _range_or_num(x)
+        if err:
+            return "phase %d %s" % (i + 1, err)
+    return None
+
+
+def _expect_nullable_text(v):
+    return None if v is None or isinstance(v, str) else "must be a string or null"
+
+
+def _expect_session(v):
+    return (
+        None
+        if v is None or isinstance(v, (str, bool))
+        else "must be a string, true, false or null"
+    )
+
+
+def _expect_duty(v):
+    return None if v is None else _range_or_num(v)
+
+
+EXPECTS = {
+    "state": _one_of(STATES),
+    "pilot_v": _range_or_num,
+    "duty": _expect_duty,
+    "offer_a": _range_or_num,
+    "contactor": _bool,
+    "current_a": _expect_current,
+    "energy_wh": _range_or_num,
+    "truth_energy_wh": _range_or_num,
+    "fault": _expect_nullable_text,
+    "session": _expect_session,
+}
+
+
+def _config_errors(cfg):
+    """Messages for bad firmware config overrides, judged by firmware/config.py itself."""
+    if not isinstance(cfg, dict):
+        return ["config: must be an object"]
+    sys.path.insert(0, REPO)
+    try:
+        from firmware import config as fw_config  # plain Python: runs on CPython too
+    except ImportError:
+        return []
+    finally:
+        sys.path.remove(REPO)
+    return ["config: " + e for e in fw_config.validate(cfg)[1]]
+
+
+def validate(sc):
+    """All the problems of a parsed scenario, as messages (empty: valid)."""
+    if not isinstance(sc, dict):
+        return ["the scenario must be a JSON object"]
+    errors = []
+    for key in sc:
+        if key not in TOP_KEYS:
+            errors.append(
+                "unknown top-level key '%s' (known: %s)" % (key, ", ".join(TOP_KEYS))
+            )
+    for key in ("name", "description"):
+        if key in sc and not isinstance(sc[key], str):
+            errors.append("%s: must be a string" % key)
+    if "seed" in sc:
+        err = _int(0, 2**30 - 1)(sc["seed"])
+        if err:
+            errors.append("seed: " + err)
+    until = sc.get("until")
+    if "until" not in sc:
+        errors.append("until: missing (the simulated seconds to run)")
+        until = None
+    else:
+        err = _num(0.01, MAX_UNTIL_S)(until)
+        if err:
+            errors.append("until: " + err)
+            until = None
+    if "config" in sc:
+        errors += _config_errors(sc["config"])
+    sim = sc.get("sim", {})
+    if not isinstance(sim, dict):
+        errors.append("sim: must be an object")
+    else:
+        for key, v in sim.items():
+            if key not in SIM_KEYS:
+                errors.append(
+                    "sim: unknown key '%s' (known: %s)" % (key, ", ".join(SIM_KEYS))
+                )
+            else:
+                err = SIM_KEYS[key](v)
+                if err:
+                    errors.append("sim.%s: %s" % (key, err))
+    steps = sc.get("steps")
+    if not isinstance(steps, list):
+        errors.append("steps: missing or not a list")
+        return errors
+    prev_t = None
+    for i, step in enumerate(steps):
+        errors += ["step %d: %s" % (i, e) for e in _step_errors(step, prev_t, until)]
+        if isinstance(step, dict) and _is_num(step.get("t")):
+            prev_t = step["t"]
+    return errors
+
+
+def _step_errors(step, prev_t, until):
+    if not isinstance(step, dict):
+        return ["must be an object"]
+    errors = []
+    t = step.get("t")
+    if "t" not in step:
+        errors.append("t: missing")
+    elif not _is_num(t) or t < 0:
+        errors.append("t: must be a number of seconds >= 0")
+    else:
+        ticks = t * 1000 / TICK_MS
+        if abs(ticks - round(ticks)) > 1e-6:
+            errors.append(
+                "t: %s is not a multiple of %s s (the firmware tick)"
+                % (t, TICK_MS / 1000)
+            )
+        if prev_t is not None and t <= prev_t:
+            errors.append(
+                "t: %s is not after the previous step's t %s (times must increase)"
+                % (t, prev_t)
+            )
+        if until is not None and t > until:
+            errors.append("t: %s is after until %s" % (t, until))
+    acts = 0
+    for key, v in step.items():
+        if key in ("t", "note"):
+            if key == "note" and not isinstance(v, str):
+                errors.append("note: must be a string")
+            continue
+        if key in ACTIONS:
+            acts += 1
+            err = ACTIONS[key](v)
+            if err:
+                errors.append("%s: %s" % (key, err))
+        elif key in ("set", "expect"):
+            acts += 1
+            errors += _table_errors(key, v, COMMANDS if key == "set" else EXPECTS)
+        else:
+            known = ", ".join(["t", "note", "set", "expect"] + list(ACTIONS))
+            errors.append("unknown key '%s' (known: %s)" % (key, known))
+    if acts == 0 and not errors:
+        errors.append("does nothing (no action, set or expect)")
+    return errors
+
+
+def _table_errors(key, v, table):
+    """Problems of a `set` {command: value} or `expect` {field: value} object."""
+    what = "command" if key == "set" else "field"
+    if not isinstance(v, dict) or not v:
+        return ["%s: must be an object {%s: value}" % (key, what)]
+    errors = []
+    for name, value in v.items():
+        if name not in table:
+            errors.append(
+                "%s: unknown %s '%s' (known: %s)" % (key, what, name, ", ".join(table))
+            )
+        else:
+            err = table[name](value)
+            if err:
+                errors.append("%s.%s: %s" % (key, name, err))
+    return errors
+
+
+def load_scenario(path):
+    """The parsed, validated scenario; raises BadScenario with the messages."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise BadScenario(["cannot read %s: %s" % (path, e.strerror)]) from None
+    try:
+        sc = json.loads(text)
+    except ValueError as e:
+        raise BadScenario(["not valid JSON: %s" % e]) from None
+    errors = validate(sc)
+    if errors:
+        raise BadScenario(errors)
+    return sc
+
+
+# --- expectations ---------------------------------------------------------------------------
+def tolerance(expected):
+    """How far a measured number may be from an expected plain number."""
+    return max(0.05, 0.01 * abs(expected))
+
+
+def _match(expected, got):
+    if isinstance(expected, list):  # a [lo, hi] range
+        return _is_num(got) and expected[0] <= got <= expected[1]
+    if _is_num(expected):
+        return _is_num(got) and abs(got - expected) <= tolerance(expected)
+    return expected == got and type(expected) is type(got)
+
+
+def field_matches(field, expected, got):
+    """Whether one trace field satisfies one expectation (docs/scenarios.md)."""
+    if field == "current_a":
+        return (
+            isinstance(got, list)
+            and len(got) == len(expected)
+            and all(map(_match, expected, got))
+        )
+    if field == "session" and isinstance(expected, bool):
+        return (got is not None) == expected
+    if expected is None:
+        return got is None
+    return _match(expected, got)
+
+
+def check_expects(sc, records):
+    """One message per failed expectation: step index, field, expected, got."""
+    times = [r["t"] for r in records]
+    failures = []
+    for i, step in enumerate(sc.get("steps", [])):
+        exp = step.get("expect")
+        if not exp:
+            continue
+        k = bisect.bisect_right(times, step["t"] + 1e-9)
+        if k == 0:
+            failures.append(
+                "step %d (t=%.3f): no trace record at or before this time"
+                % (i, step["t"])
+            )
+            continue
+        rec = records[k - 1]
+        for field, want in exp.items():
+            got = rec.get(field)
+            if not field_matches(field, want, got):
+                failures.append(
+                    "step %d (t=%.3f): %s expected %s, got %s"
+                    % (i, step["t"], field, json.dumps(want), json.dumps(got))
+                )
+    return failures
+
+
+# --- running the unix port ----------------------------------------------------------------------
+def micropython():
+    return os.environ.get("MICROPYTHON") or os.path.join(
+        REPO, ".venv", "bin", "micropython"
+    )
+
+
+def run_scenario(path, sc, seed=None, realtime=False, on_line=None):
+    """Run one scenario in the unix port. Returns (records, commands, summary).
+    on_line(kind, obj) is called as lines arrive: kind "record", "command" or
+    "output" (any other text). Raises RigError when the process fails."""
+    mp = micropython()
+    if not os.path.exists(mp):
+        raise RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
+    cmd = [mp, "-m", "hal.scenario", os.path.abspath(path)]
+    if realtime:
+        cmd.append("--realtime")
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "lib")])
+    until = sc["until"]
+    limit_s = until + 30 if realtime else 30 + until / 20
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1, errors="replace",
+    )  # fmt: skip
+    timed_out = []
+
+    def kill():
+        timed_out.append(True)
+        proc.kill()
+
+    timer = threading.Timer(limit_s, kill)
+    timer.start()
+    records, commands, other = [], [], []
+    summary = None
+    traceback_at = None
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            obj = None
+            if line.startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    obj = None
+            if isinstance(obj, dict) and "summary" in obj:
+                summary = obj["summary"]
+            elif isinstance(obj, dict) and "command" in obj:
+                commands.append(obj)
+                if on_line:
+                    on_line("command", obj)
+            elif isinstance(obj, dict) and "state" in obj:
+                records.append(obj)
+                if on_line:
+                    on_line("record", obj)
+            else:
+                if (
+                    line.startswith("Traceback (most recent call last)")
+                    and traceback_at is None
+                ):
+                    traceback_at = len(other)
+                other.append(line)
+                if on_line and traceback_at is None:
+                    on_line("output", line)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    tail = "\n".join(other[traceback_at:] if traceback_at is not None else other[-25:])
+    if timed_out:
+        raise RigError(
+            "MicroPython did not finish within %.0f s; its last output:\n%s"
+            % (limit_s, tail)
+        )
+    if traceback_at is not None:
+        raise RigError(
+            "MicroPython raised an exception (exit code %d):\n%s" % (rc, tail)
+        )
+    if rc != 0:
+        raise RigError(
+            "MicroPython exited with code %d; its last output:\n%s" % (rc, tail)
+        )
+    if summary is None:
+        raise RigError(
+            "MicroPython ended without a summary line; its last output:\n%s" % tail
+        )
+    return records, commands, summary
+
+
+# --- live timeline ----------------------------------------------------------------------------------
+def _fmt_num(v, spec):
+    return format(v, spec) if _is_num(v) else "-"
+
+
+def format_record(r):
+    duty = (
+        "x1 (steady)"
+        if r.get("duty") is None
+        else "%5.1f %% = %4.1f A" % (r["duty"], r.get("offer_a", 0))
+    )
+    cur = " ".join(_fmt_num(c, "5.1f") for c in r.get("current_a") or [])
+    return "%9.3f s  %-3s %-17s contactor %-6s  I %s A  E %s Wh%s" % (
+        r["t"], r.get("state"), duty, "CLOSED" if r.get("contactor") else "open",
+        cur, _fmt_num(r.get("energy_wh"), "8.3f"),
+        ("  FAULT " + r["fault"]) if r.get("fault") else "",
+    )  # fmt: skip
+
+
+class LivePrinter:
+    """Prints a readable timeline: the notes of the steps as their time comes,
+    one line per change of a discrete field (or of the current by 1 A or more),
+    and each remote command's answer."""
+
+    DISCRETE = ("state", "duty", "offer_a", "contactor", "fault", "session")
+
+    def __init__(self, sc, out=sys.stdout):
+        self.notes = [(s["t"], s["note"]) for s in sc.get("steps", []) if "note" in s]
+        self.out = out
+        self.last = None
+
+    def _notes_until(self, t):
+        while self.notes and self.notes[0][0] <= t + 1e-9:
+            nt, note = self.notes.pop(0)
+            print("%9.3f s  -- %s" % (nt, note), file=self.out, flush=True)
+
+    def __call__(self, kind, obj):
+        if kind == "output":
+            print("          | " + obj, file=self.out, flush=True)
+            return
+        self._notes_until(obj["t"])
+        if kind == "command":
+            answer = "ok" if obj.get("ok") else "rejected: %s" % obj.get("error")
+            print("%9.3f s  set %s=%s -> %s" % (obj["t"], obj["command"], obj["payload"] or '""', answer),
+                  file=self.out, flush=True)  # fmt: skip
+            return
+        last = self.last
+        if last is not None:
+            same = all(last.get(k) == obj.get(k) for k in self.DISCRETE)
+            cur = obj.get("current_a") or []
+            old = last.get("current_a") or []
+            moved = len(cur) != len(old) or any(
+                abs(a - b) >= 1 for a, b in zip(cur, old)
+            )
+            if same and not moved:
+                return
+        self.last = obj
+        print(format_record(obj), file=self.out, flush=True)
+
+    def finish(self):
+        self._notes_until(float("inf"))
+
+
+# --- plot ------------------------------------------------------------------------------------------------
+def plot(records, path, title):
+    """Oscilloscope-style PNG: stacked traces sharing the time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] for r in records]
+    fig, axes = plt.subplots(
+        5, 1, sharex=True, figsize=(11, 9), height_ratios=[2, 2, 2, 1, 2]
+    )
+    ax_p, ax_d, ax_s, ax_c, ax_i = axes
+    step = {"drawstyle": "steps-post"}
+    ax_p.plot(t, [r["pilot_v"] for r in records], color="tab:blue", **step)
+    ax_p.set_ylabel("pilot (V)")
+    ax_p.set_ylim(-13.5, 13.5)
+    ax_d.plot(
+        t,
+        [r["duty"] if r["duty"] is not None else 0 for r in records],
+        label="duty %",
+        **step,
+    )
+    ax_d.plot(t, [r["offer_a"] for r in records], label="offer A", **step)
+    ax_d.set_ylabel("duty / offer")
+    ax_d.legend(loc="upper right", fontsize="small")
+    ax_s.plot(
+        t,
+        [STATES.index(r["state"]) if r["state"] in STATES else -1 for r in records],
+        color="tab:purple",
+        **step,
+    )
+    ax_s.set_yticks(range(len(STATES)), STATES, fontsize="small")
+    ax_s.set_ylabel("state")
+    ax_c.plot(t, [1 if r["contactor"] else 0 for r in records], color="tab:red", **step)
+    ax_c.set_yticks([0, 1], ["open", "closed"])
+    ax_c.set_ylabel("contactor")
+    phases = max((len(r["current_a"]) for r in records), default=0)
+    for p in range(phases):
+        ax_i.plot(
+            t,
+            [r["current_a"][p] if p < len(r["current_a"]) else 0 for r in records],
+            label="L%d" % (p + 1),
+        )
+    ax_i.set_ylabel("current (A)")
+    ax_i.set_xlabel("time (s)")
+    if phases:
+        ax_i.legend(loc="upper right", fontsize="small")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+def _print_bad(path, errors):
+    print("%s: invalid scenario:" % path, file=sys.stderr)
+    for e in errors:
+        print("  " + e, file=sys.stderr)
+
+
+def cmd_run(args):
+    try:
+        sc = load_scenario(args.scenario)
+    except BadScenario as e:
+        _print_bad(args.scenario, e.args[0])
+        return EXIT_BAD_INPUT
+    live = LivePrinter(sc) if args.live else None
+    if live:
+        print(
+            "scenario %s: %s"
+            % (
+                sc.get("name", os.path.basename(args.scenario)),
+                sc.get("description", ""),
+            )
+        )
+    try:
+        records, _commands, summary = run_scenario(
+            args.scenario, sc, args.seed, args.realtime, live
+        )
+    except RigError as e:
+        print("rig: %s" % e, file=sys.stderr)
+        return EXIT_CRASH
+    if live:
+        live.finish()
+    if args.trace:
+        with open(args.trace, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if args.plot:
+        plot(records, args.plot, sc.get("name", os.path.basename(args.scenario)))
+    failures = check_expects(sc, records)
+    for msg in failures:
+        print("FAIL " + msg)
+    n_exp = sum(len(s.get("expect", {})) for s in sc["steps"])
+    speed = (
+        summary["sim_seconds"] / summary["wall_seconds"]
+        if summary.get("wall_seconds")
+        else float("inf")
+    )
+    print(
+        "%s: %d of %d expectations held; %.1f s simulated in %.2f s (%.0fx real time), %d records; "
+        "contactor open max %s ms, close max %s ms"
+        % (
+            os.path.basename(args.scenario), n_exp - len(failures), n_exp, summary["sim_seconds"],
+            summary["wall_seconds"], speed, len(records), summary.get("open_max_ms"), summary.get("close_max_ms"),
+        )
+    )  # fmt: skip
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def reaction_row(summary):
+    """(open_max, close_max, unfinished count, n_opens, n_closes) from a summary."""
+    opens = summary.get("opens", [])
+    closes = summary.get("closes", [])
+    unfinished = sum(1 for o in opens if o.get("unfinished"))
+    return (
+        summary.get("open_max_ms"),
+        summary.get("close_max_ms"),
+        unfinished,
+        len(opens),
+        len(closes),
+    )
+
+
+def cmd_measure(args):
+    paths = args.scenarios or sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.json")))
+    if not paths:
+        print("rig: no scenarios found in %s" % SCENARIO_DIR, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    worst = EXIT_OK
+    all_open, all_close = [], []
+    print(
+        "%-32s %6s %10s %7s %10s  %s"
+        % ("scenario", "opens", "open max", "closes", "close max", "note")
+    )
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            sc = load_scenario(path)
+            _records, _commands, summary = run_scenario(path, sc, args.seed)
+        except BadScenario as e:
+            _print_bad(path, e.args[0])
+            worst = max(worst, EXIT_BAD_INPUT)
+            continue
+        except RigError as e:
+            print("rig: %s: %s" % (name, e), file=sys.stderr)
+            worst = max(worst, EXIT_CRASH)
+            continue
+        o_max, c_max, unfinished, n_o, n_c = reaction_row(summary)
+        notes = []
+        if unfinished:
+            notes.append("%d opening(s) required but never done" % unfinished)
+        if o_max is not None and o_max > OPEN_TARGET_MS:
+            notes.append("open > %d ms" % OPEN_TARGET_MS)
+        if c_max is not None and c_max > CLOSE_TARGET_MS:
+            notes.append("close > %d ms" % CLOSE_TARGET_MS)
+        if notes:
+            worst = max(worst, EXIT_FAILED)
+        if o_max is not None:
+            all_open.append(o_max)
+        if c_max is not None:
+            all_close.append(c_max)
+        print(
+            "%-32s %6d %10s %7d %10s  %s"
+            % (name, n_o, _ms_text(o_max), n_c, _ms_text(c_max), "; ".join(notes))
+        )
+    o_all = max(all_open) if all_open else None
+    c_all = max(all_close) if all_close else None
+    print(
+        "maxima over %d scenario(s): open %s (target <= %d ms), close %s (target <= %d ms)"
+        % (
+            len(paths),
+            _ms_text(o_all),
+            OPEN_TARGET_MS,
+            _ms_text(c_all),
+            CLOSE_TARGET_MS,
+        )
+    )
+    return worst
+
+
+def _ms_text(v):
+    return "-" if v is None else "%d ms" % v
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="rig.py",
+        description="Bench rig: run the firmware against a simulated EV and board "
+        "(MicroPython unix port) from a scenario file, check its expectations, "
+        "plot the signals and measure contactor reaction times. "
+        "Scenario format: docs/scenarios.md.",
+        epilog="exit codes: 0 all held, 1 an expectation or target failed, "
+        "2 bad arguments or scenario file, 3 the MicroPython process failed",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser(
+        "run",
+        help="run one scenario and check its expectations",
+        description="Validate and run one scenario, then check every `expect` step against "
+        "the last trace record at or before the step's time. Prints one FAIL line per "
+        "failed expectation (step, field, expected, got).",
+    )
+    r.add_argument("scenario", metavar="SCENARIO.json")
+    r.add_argument(
+        "--trace",
+        metavar="TRACE.jsonl",
+        help="write the trace records here, one JSON object a line",
+    )
+    r.add_argument(
+        "--plot",
+        metavar="PLOT.png",
+        help="draw pilot, duty/offer, state, contactor and current (PNG)",
+    )
+    r.add_argument(
+        "--realtime", action="store_true", help="let simulated time follow wall time"
+    )
+    r.add_argument(
+        "--live", action="store_true", help="print a readable timeline as the run goes"
+    )
+    r.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="simulator seed (overrides the scenario's)",
+    )
+    r.set_defaults(func=cmd_run)
+    m = sub.add_parser(
+        "measure",
+        help="table of contactor reaction times over scenarios",
+        description="Run each scenario and print its worst contactor opening delay (from the "
+        "moment the world required it: S2 opened, EV unplugged, or a cp_short / diode_short / "
+        "pe_open / rcd_trip fault) and closing delay (from S2 closing), in simulated ms. "
+        "Exit 1 if any exceeds its target (open <= %d ms, close <= %d ms) or a required opening "
+        "never happened." % (OPEN_TARGET_MS, CLOSE_TARGET_MS),
+    )
+    m.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO.json",
+        help="default: tests/scenarios/*.json",
+    )
+    m.add_argument(
+        "--seed", type=int, metavar="N", help="simulator seed for every scenario"
+    )
+    m.set_defaults(func=cmd_measure)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
