@@ -374,7 +374,14 @@ class Journal:
 
     # --- sessions --------------------------------------------------------------
     def live_bytes(self):
+        """Bytes of the frames a compaction would keep."""
         return self.size - self.dead
+
+    def compact(self):
+        """Rewrite the file with live frames only, now (e.g. while idle)."""
+        with self._lock:
+            if self.size:
+                self._compact()
 
     def full(self):
         """True when pending and open sessions fill max_bytes - slack_bytes:

@@ -216,6 +216,80 @@ def test_recover_without_checkpoint_closes_with_zero_energy_at_start():
         _rmtree(d)
 
 
+def test_power_cut_while_writing_the_close_recovers_the_session_from_its_checkpoint():
+    d = _tmpdir()
+    try:
+        j = Journal(d)
+        j.boot()
+        j.open_session(_rec("evse1-1-1", mwh=0, reason=None))
+        j.checkpoint("evse1-1-1", {"energy_mwh": 4200, "end": 1700001000})
+        cut = j.size
+        j.close_session(_rec("evse1-1-1", mwh=4300))
+        whole = _read_bytes(j.path)
+        _write_bytes(j.path, whole[: cut + (len(whole) - cut) // 2])
+        j = Journal(d)
+        assert j.skipped == 1 and j.pending() == []
+        assert j.recover(1700009000) == ["evse1-1-1"]
+        rec = j.pending()[0]
+        assert rec["reason"] == "power_loss"
+        assert rec["energy_mwh"] == 4200 and rec["end"] == 1700001000
+    finally:
+        _rmtree(d)
+
+
+def test_random_operations_match_a_model_and_the_size_stays_bounded():
+    d = _tmpdir()
+    seed = [12345]
+
+    def rnd(n):
+        seed[0] = (seed[0] * 1103515245 + 12345) & 0x7FFFFFFF
+        return (seed[0] >> 8) % n
+
+    try:
+        cap = 2048
+        j = Journal(d, max_bytes=cap)
+        j.boot()
+        pending = []  # model: closed, unacked ids, oldest first
+        opened = None
+        refused = 0
+        compactions = 0
+        for step in range(400):
+            op = rnd(10)
+            if op < 2 and opened is None:
+                sid = "evse1-1-%d" % step
+                if j.open_session(_rec(sid, mwh=0, reason=None)):
+                    opened = sid
+                else:
+                    assert j.full()
+                    refused += 1
+            elif op < 5 and opened is not None:
+                assert j.checkpoint(opened, {"energy_mwh": step})
+            elif op < 7 and opened is not None:
+                assert j.close_session(_rec(opened, mwh=step))
+                pending.append(opened)
+                opened = None
+            elif op < 9 and pending and not 100 <= step < 300:  # broker down a while
+                sid = pending.pop(rnd(len(pending)) if rnd(4) == 0 else 0)
+                assert j.ack(sid)
+            else:
+                compactions += j.compactions
+                j = Journal(d, max_bytes=cap)
+            assert _size(j.path) == j.size <= cap + 400, step
+            if step % 20 == 0:  # the accounting of live bytes matches the file
+                live = j.live_bytes()
+                j.compact()
+                assert j.size == live, step
+        compactions += j.compactions
+        j = Journal(d, max_bytes=cap)
+        assert _ids(j) == pending
+        assert j.open_ids() == ([opened] if opened else [])
+        assert j.skipped == 0 and j.dropped == 0
+        print("compactions", compactions, "refused", refused)
+        assert compactions > 5 and refused > 0
+    finally:
+        _rmtree(d)
+
+
 def test_boot_counter_strictly_increases_across_reopenings():
     d = _tmpdir()
     try:
