@@ -1,0 +1,681 @@
+"""The simulated board: a whole charging point and its EV in virtual time.
+
+Implements every method of hal/contract.py's Board for the MicroPython unix
+port, so the firmware, the scenario runner and the benchmarks run unchanged and
+far faster than real time. What it owns:
+
+- a virtual clock in integer ms (`now_ms`, unwrapped) and `ticks_ms()` wrapping
+  at TICKS_PERIOD = 2**30 like an ESP32, starting close to a wrap;
+- the pilot circuit computed from its parts: the EVSE source (+-12 V through
+  1 kOhm), the EV's diode (0.7 V) and resistors (2740 Ohm, plus 1300 Ohm for C
+  or 270 Ohm for D when S2 is closed), and the faults that change it;
+- an EV that decodes the PWM duty itself (it is a separate device: the formula
+  here is the EV's, not the firmware's), closes and opens S2 and draws current;
+- a contactor with mechanical delay and welding, an RCD with its test input,
+  PE, PP, temperature, LED, watchdog;
+- CT signals for the ADC (mains 50/60 Hz with drift, harmonics, noise,
+  ESP32-like nonlinearity, clipping) and the exact energy the EV drew.
+
+Never lets wall time into the simulated world; `realtime=True` (main.py on the
+unix port) only paces wait_tick() to the wall clock. Runs only on the unix port (the ADC kernel uses viper
+with 64-bit intermediate products). Every method the firmware calls from its
+control tick returns small ints or fills a caller's buffer and allocates
+nothing; world updates run only when something is due (event driven), so an
+idle wait_tick(10) costs a few microseconds.
+"""
+
+import math
+import time
+from array import array
+
+import micropython
+from micropython import const
+
+from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+
+TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
+_TICKS_MASK = const((1 << 30) - 1)
+_TICKS_HALF = const(1 << 29)
+_NEVER = const(1 << 60)  # a due time that never comes (unix small int)
+
+# --- pilot circuit (shared/iec61851.md: generator and vehicle tables) ---------
+PILOT_SOURCE_MV = const(12000)  # EVSE generator level, +-12 V
+PILOT_SOURCE_OHM = const(1000)  # generator source resistance
+EV_DIODE_MV = const(700)  # forward drop of the EV's diode
+EV_R_B_OHM = const(2740)  # always present when connected
+EV_R_C_OHM = const(1300)  # in parallel when S2 closes in state C
+EV_R_D_OHM = const(270)  # in parallel when S2 closes in state D
+
+# --- EV timing (seeded ranges; the EV is somebody else's device) --------------
+_S2_CLOSE_MS = (100, 500)  # from "PWM with an offer" to S2 closed
+_S2_OPEN_MS = (1000, 2500)  # from x1 to S2 open (IEC: within 3 s)
+_REACT_MS = (200, 1000)  # from an offer change to the start of the ramp
+_STOP_REACT_MS = (100, 300)  # from x1 to the start of the ramp down
+_RAMP_STEP_MS = const(10)  # world update period while the current ramps
+
+# --- current sense ------------------------------------------------------------
+_WAVE_BITS = const(10)  # 1024-point waveform table
+_PHASE_BITS = const(26)  # phase accumulator: 10 bits index + 16 bits fraction
+_PHASE_MASK = const((1 << 26) - 1)
+_THIRD_CYCLE = const(22369621)  # 2**26 / 3: 120 degrees between phases
+_WAVE_ZERO = const(32768)  # the table is offset binary, q14 around this
+_AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 uA
+
+FAULTS = ("cp_short", "diode_short", "pe_open", "rcd_trip", "weld", "rcd_dead", "stuck_adc")
+
+
+class WatchdogReset(Exception):
+    """Raised from wait_tick() when the watchdog was not fed in time."""
+
+
+def ev_offer_ma(duty_pm):
+    """The current an EV reads from a PWM duty in per mille (the EV's own
+    decoding of the IEC 61851-1 duty table in shared/iec61851.md)."""
+    if duty_pm < 80 or duty_pm > 970:
+        return 0  # < 8 %: none or digital communication; > 97 %: not allowed
+    if duty_pm < 100:
+        return 6000
+    if duty_pm <= 850:
+        return duty_pm * 60  # I = D[%] * 0.6 A
+    if duty_pm <= 960:
+        return (duty_pm - 640) * 250  # I = (D[%] - 64) * 2.5 A
+    return 80000
+
+
+def _divider_mv(src_mv, load_mohm):
+    """Pilot voltage for a source through PILOT_SOURCE_OHM into a load given
+    in milliohm, rounded to the nearest mV (integer math: no allocation)."""
+    den = load_mohm + PILOT_SOURCE_OHM * 1000
+    num = src_mv * load_mohm
+    return (num + den // 2) // den if num >= 0 else -((-num + den // 2) // den)
+
+
+@micropython.viper
+def _adc_fill(buf, wave, par, lin) -> int:
+    # par: 0 frames, 1 channels, 2 start phase, 3 phase step, 4 bias, 5 noise
+    # (+- counts), 6 rng state, 7 nonlinear (0/1), 8 stuck channel + 1 (0: none),
+    # 9 stuck code, 10.. peak amplitude per channel (counts, q8). All >= 0.
+    b = ptr16(buf)  # noqa: F821 (viper built-ins)
+    w = ptr16(wave)  # noqa: F821
+    p = ptr32(par)  # noqa: F821
+    lt = ptr16(lin)  # noqa: F821
+    n = p[0]
+    nch = p[1]
+    phase = p[2]
+    inc = p[3]
+    bias = p[4]
+    noise = p[5]
+    r = p[6]
+    nl = p[7]
+    span = noise * 2 + 1
+    j = 0
+    for _ in range(n):
+        for c in range(nch):
+            idx = ((phase - c * _THIRD_CYCLE) >> 16) & 1023
+            v = bias + ((p[10 + c] * (w[idx] - 32768) + 2097152) >> 22)
+            if noise:
+                r = (r * 1103515245 + 12345) & 0x7FFFFFFF
+                v += (r >> 8) % span - noise
+            if v < 0:
+                v = 0
+            elif v > 4095:
+                v = 4095
+            if nl:
+                v = lt[v]
+            b[j] = v
+            j += 1
+        phase = (phase + inc) & _PHASE_MASK
+    stuck = p[8]
+    if stuck:
+        j = stuck - 1
+        while j < n * nch:
+            b[j] = p[9]
+            j += nch
+    return r
+
+
+class SimBoard:
+    name = "sim"
+    adc_full_scale = 4096
+
+    def __init__(self, seed=1, start_ticks=TICKS_PERIOD - 5000, phases=3, mains_hz=50,
+                 voltage_v=230, pp=220, ev_draw_a=16, ev_phases=3, ev_obeys=True,
+                 pilot_noise_mv=0, contactor_close_ms=20, contactor_open_ms=10,
+                 rcd_trip_ms=25, rcd_release_ms=10, temp_c=25, has_feedback=True,
+                 has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
+                 adc_noise_counts=0, adc_nonlinear_counts=0, ct_ua_per_count=40000,
+                 ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
+                 data_dir="/tmp/evse_sim", realtime=False):
+        # --- configuration (plain attributes may be changed between ticks) ---
+        self.adc_channels = 3 if phases == 3 else 1
+        self._supply_phases = self.adc_channels  # a single-phase supply feeds one phase
+        self.adc_burst_len = adc_burst_len
+        self.adc_rate_hz = adc_rate_hz
+        self.adc_bias = adc_bias
+        self.adc_noise_counts = adc_noise_counts
+        self.ct_ua_per_count = ct_ua_per_count
+        self.ct_error_pm = ct_error_pm  # per channel gain error of the real CT
+        self.mains_hz = mains_hz
+        self.mains_drift_pm = mains_drift_pm  # +-10 = +-1 %
+        self.pilot_noise_mv = pilot_noise_mv
+        self.contactor_close_ms = contactor_close_ms
+        self.contactor_open_ms = contactor_open_ms
+        self.rcd_trip_ms = rcd_trip_ms
+        self.rcd_release_ms = rcd_release_ms
+        self.has_feedback = has_feedback
+        self.has_pe = has_pe
+        self.data_dir = data_dir
+        self.stuck_channel = 0  # channel the stuck_adc fault breaks
+        self.stuck_code = 2048  # ... and the code it returns (2048: "no current")
+        self.on_tick = None  # callable(sim) after each wait_tick(); may raise
+        self.ev_up_ma_s = 20000  # EV ramp rates, mA per second
+        self.ev_down_ma_s = 20000
+        self.ev_stop_ma_s = 64000  # ramp down after x1 (stops within ~1 s)
+        # --- clock -----------------------------------------------------------
+        self.now_ms = 0
+        self._ticks = start_ticks & _TICKS_MASK
+        self._tick_ret = 0
+        self._next_ms = 0  # the world is updated at the first step
+        self._wall = None
+        self._wall_at = 0
+        self._realtime = realtime
+        self._rt_due = time.ticks_ms()
+        # --- PRNGs: one for EV/board timing, one for measurement noise -------
+        self._rng = (seed * 2654435761 + 1) & 0x7FFFFFFF
+        self._nrng = (seed * 40503 + 7) & 0x7FFFFFFF
+        # --- pilot output and its reading -------------------------------------
+        self._pwm = False
+        self._duty_pm = 0
+        self._level = PILOT_PLUS12
+        self.pilot_cmd_ms = 0
+        self._high_mv = PILOT_SOURCE_MV
+        self._low_mv = PILOT_SOURCE_MV
+        self._pp = pp
+        # --- faults ------------------------------------------------------------
+        self._cp_short = False
+        self._diode_short = False
+        self._pe_open = False
+        self._rcd_fault = False
+        self._weld = False
+        self._rcd_dead = False
+        self._stuck = False
+        # --- contactor ------------------------------------------------------------
+        self._cmd = False
+        self.contacts_closed = False
+        self._welded = False
+        self._move_due = _NEVER
+        self.contactor_cmd_ms = -1  # now_ms of the last command change
+        self.contacts_ms = -1  # now_ms of the last physical move
+        self.contactor_log = []  # (now_ms, closed) per command change
+        # --- RCD ----------------------------------------------------------------------
+        self._rcd_test = False
+        self._rcd_test_trip = False
+        self._rcd_due = _NEVER
+        # --- housekeeping ---------------------------------------------------------
+        self._temp_dc = NO_TEMP
+        self.set_temp_c(temp_c)
+        self.led_mode = 0
+        self._cause = "power_on"
+        self._wdt_ms = 0
+        self._wdt_fed = 0
+        # --- EV -------------------------------------------------------------------
+        self._ev = "A"
+        self.ev_s2_closed = False
+        self._s2_due = _NEVER
+        self._draw_ma = int(ev_draw_a * 1000)
+        self._ev_phases = ev_phases
+        self._obeys = ev_obeys
+        self._voltage_v = voltage_v
+        self._i_ma = 0  # actual current per drawn phase
+        self._i_goal = 0
+        self._react_due = _NEVER
+        self._ramp_ms = 0
+        self._p_mw = 0
+        self._e_uj = 0  # exact energy, V * mA * ms
+        # --- current sense tables -----------------------------------------------
+        self._par = array("i", [0] * 13)
+        self._wave = self._make_wave(harmonics)
+        self._lin = self._make_lin(adc_nonlinear_counts)
+        self._pilot_calc()
+
+    # --- configuration that changes the world: setters mark it for an update --
+    @property
+    def ev_draw_a(self):
+        return self._draw_ma / 1000
+
+    @ev_draw_a.setter
+    def ev_draw_a(self, a):
+        self._draw_ma = int(a * 1000)
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_phases(self):
+        return self._ev_phases
+
+    @ev_phases.setter
+    def ev_phases(self, n):
+        self._ev_phases = n
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_obeys(self):
+        return self._obeys
+
+    @ev_obeys.setter
+    def ev_obeys(self, b):
+        self._obeys = b
+        self._next_ms = self.now_ms
+
+    @property
+    def voltage_v(self):
+        return self._voltage_v
+
+    @voltage_v.setter
+    def voltage_v(self, v):
+        self._voltage_v = v
+        self._next_ms = self.now_ms
+
+    # --- clock ------------------------------------------------------------------------
+    def ticks_ms(self):
+        return self._ticks
+
+    def ticks_diff(self, a, b):
+        return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
+
+    def ticks_add(self, t, delta_ms):
+        return (t + delta_ms) & _TICKS_MASK
+
+    def wait_tick(self, period_ms):
+        dt = self._tick_ret + period_ms - self.now_ms
+        if dt > 0:
+            self.step(dt)
+        self._tick_ret = self.now_ms
+        if self._realtime:
+            self._pace(period_ms)
+        if self._wdt_ms and self.now_ms - self._wdt_fed > self._wdt_ms:
+            self._wdt_ms = 0  # a reset board runs without watchdog until started again
+            self._cause = "watchdog"
+            raise WatchdogReset()
+        cb = self.on_tick
+        if cb is not None:
+            cb(self)
+
+    def _pace(self, period_ms):
+        """realtime=True: sleep so that virtual time keeps pace with the wall
+        clock (resynchronising after a long stall instead of racing)."""
+        self._rt_due = time.ticks_add(self._rt_due, period_ms)
+        d = time.ticks_diff(self._rt_due, time.ticks_ms())
+        if d > 0:
+            time.sleep_ms(d)
+        elif d < -1000:
+            self._rt_due = time.ticks_ms()
+
+    def step(self, dt_ms):
+        """Advance virtual time by dt_ms, updating the world at every due event."""
+        end = self.now_ms + dt_ms
+        while self._next_ms <= end:
+            self._advance(self._next_ms - self.now_ms)
+            self._update()
+        self._advance(end - self.now_ms)
+
+    def _advance(self, dt):
+        if dt > 0:
+            self.now_ms += dt
+            self._ticks = (self._ticks + dt) & _TICKS_MASK
+            self._e_uj += self._p_mw * dt
+
+    def wall_time(self):
+        if self._wall is None:
+            return None
+        return self._wall + (self.now_ms - self._wall_at) // 1000
+
+    def set_wall_time(self, unix_s):
+        self._wall = unix_s
+        self._wall_at = self.now_ms
+
+    # --- control pilot ------------------------------------------------------------------
+    def pilot_pwm(self, duty_pm):
+        if self._pwm and duty_pm == self._duty_pm:
+            return
+        self._pwm = True
+        self._duty_pm = duty_pm
+        self._pilot_changed()
+
+    def pilot_steady(self, level):
+        if not self._pwm and level == self._level:
+            return
+        self._pwm = False
+        self._duty_pm = 0
+        self._level = level
+        self._pilot_changed()
+
+    def _pilot_changed(self):
+        self.pilot_cmd_ms = self.now_ms
+        self._pilot_calc()
+        self._next_ms = self.now_ms
+
+    def pilot_read(self, out):
+        n = self.pilot_noise_mv
+        if n:
+            out[0] = self._high_mv + self._noise(n)
+            out[1] = self._low_mv + self._noise(n) if self._pwm else out[0]
+        else:
+            out[0] = self._high_mv
+            out[1] = self._low_mv
+
+    def _noise(self, n):
+        r = (self._nrng * 1103515245 + 12345) & 0x7FFFFFFF
+        self._nrng = r
+        return (r >> 8) % (2 * n + 1) - n
+
+    def _pilot_calc(self):
+        """High and low pilot levels in mV from the circuit as it is now."""
+        if self._pwm:
+            self._high_mv = self._cp_mv(PILOT_SOURCE_MV)
+            self._low_mv = self._cp_mv(-PILOT_SOURCE_MV)
+        else:
+            v = self._cp_mv(PILOT_SOURCE_MV if self._level == PILOT_PLUS12 else -PILOT_SOURCE_MV)
+            self._high_mv = self._low_mv = v
+
+    def _cp_mv(self, src_mv):
+        if self._cp_short:
+            return 0
+        if self._ev == "A" or self._pe_open:
+            return src_mv  # nothing loads the pilot
+        r = EV_R_B_OHM * 1000  # milliohm
+        if self.ev_s2_closed:
+            r2 = EV_R_D_OHM if self._ev == "D" else EV_R_C_OHM
+            r = EV_R_B_OHM * r2 * 1000 // (EV_R_B_OHM + r2)
+        if self._diode_short:
+            return _divider_mv(src_mv, r)
+        if src_mv <= EV_DIODE_MV:
+            return src_mv  # the diode blocks
+        return EV_DIODE_MV + _divider_mv(src_mv - EV_DIODE_MV, r)
+
+    def pp_ohm(self):
+        if self._pp is False:
+            return UNKNOWN  # tethered: no PP input
+        if self._pp is None:
+            return PP_OPEN
+        return self._pp
+
+    def set_pp(self, ohm):
+        """PP resistor in ohm, None for no cable (PP_OPEN), False for tethered."""
+        self._pp = ohm
+
+    # --- contactor -------------------------------------------------------------------------
+    def contactor(self, closed):
+        closed = bool(closed)
+        if closed == self._cmd:
+            return
+        self._cmd = closed
+        self.contactor_cmd_ms = self.now_ms
+        self.contactor_log.append((self.now_ms, closed))
+        self._schedule_contacts()
+
+    def _schedule_contacts(self):
+        if self._cmd == self.contacts_closed:
+            self._move_due = _NEVER
+        else:
+            self._move_due = self.now_ms + (self.contactor_close_ms if self._cmd else self.contactor_open_ms)
+        self._next_ms = self.now_ms
+
+    def contactor_feedback(self):
+        if not self.has_feedback:
+            return UNKNOWN
+        return 1 if self.contacts_closed else 0
+
+    # --- protection -------------------------------------------------------------------------
+    def rcd_tripped(self):
+        return self._rcd_fault or self._rcd_test_trip
+
+    def rcd_test(self, on):
+        on = bool(on)
+        if on == self._rcd_test:
+            return
+        self._rcd_test = on
+        if on:
+            self._rcd_due = _NEVER if self._rcd_dead else self.now_ms + self.rcd_trip_ms
+        else:
+            self._rcd_due = self.now_ms + self.rcd_release_ms if self._rcd_test_trip else _NEVER
+        self._next_ms = self.now_ms
+
+    def pe_ok(self):
+        if not self.has_pe:
+            return UNKNOWN
+        return 0 if self._pe_open else 1
+
+    def temp_dc(self):
+        return self._temp_dc
+
+    def set_temp_c(self, c):
+        """Temperature in degrees C, or None for a board without a sensor."""
+        self._temp_dc = NO_TEMP if c is None else round(c * 10)
+
+    # --- faults ---------------------------------------------------------------------------------
+    def set_fault(self, name, on=True):
+        """Switch one fault of FAULTS on or off; 'none' clears them all."""
+        if name == "none":
+            for f in FAULTS:
+                self.set_fault(f, False)
+            return
+        if name not in FAULTS:
+            raise ValueError("unknown fault: " + str(name))
+        on = bool(on)
+        setattr(self, "_" + ("stuck" if name == "stuck_adc" else "rcd_fault" if name == "rcd_trip" else name), on)
+        if name == "weld":
+            self._welded = on and self.contacts_closed
+            self._schedule_contacts()
+        if name == "rcd_dead" and on and self._rcd_test and not self._rcd_test_trip:
+            self._rcd_due = _NEVER
+        self._pilot_calc()
+        self._next_ms = self.now_ms
+
+    def faults(self):
+        """Names of the faults that are on (for traces)."""
+        return [f for f in FAULTS if self._fault_on(f)]
+
+    def _fault_on(self, f):
+        return getattr(self, "_" + ("stuck" if f == "stuck_adc" else "rcd_fault" if f == "rcd_trip" else f))
+
+    # --- EV -------------------------------------------------------------------------------------------
+    def set_ev(self, x):
+        """EV state: 'A' unplugged, 'B' plugged and not wanting energy, 'C'
+        wanting energy, 'D' wanting energy with ventilation. Leaving C/D opens
+        S2 and stops the current at once; entering C/D lets the EV close S2
+        itself when it sees an offer."""
+        if x not in ("A", "B", "C", "D"):
+            raise ValueError("EV state must be A, B, C or D: " + str(x))
+        self._ev = x
+        if x in ("A", "B"):
+            self.ev_s2_closed = False
+            self._s2_due = _NEVER
+            self._set_current(0)
+        self._pilot_calc()
+        self._next_ms = self.now_ms
+
+    def ev_state(self):
+        return self._ev
+
+    def ev_sees_offer_ma(self):
+        """The offer the EV reads: 0 unless the pilot oscillates and the EV
+        can measure it (no CP short, PE present)."""
+        if not self._pwm or self._cp_short or self._pe_open:
+            return 0
+        return ev_offer_ma(self._duty_pm)
+
+    def ev_state_seen(self):
+        """A..F from the pilot high level (what the EV's own detector reads)."""
+        v = self._high_mv
+        if v > 10500:
+            return "A"
+        if v > 7500:
+            return "B"
+        if v > 4500:
+            return "C"
+        if v > 1500:
+            return "D"
+        if v > -1500:
+            return "E"
+        return "F"
+
+    def _rand(self, lo_hi):
+        r = (self._rng * 1103515245 + 12345) & 0x7FFFFFFF
+        self._rng = r
+        lo, hi = lo_hi
+        return lo + (r >> 8) % (hi - lo + 1)
+
+    def _drawn_phases(self):
+        return min(self._ev_phases, self._supply_phases)
+
+    def _set_current(self, ma):
+        self._i_ma = ma
+        self._p_mw = self._voltage_v * ma * self._drawn_phases()
+
+    # --- the world update: runs only when something is due -------------------------------------------
+    def _update(self):
+        now = self.now_ms
+        nxt = _NEVER
+        # contactor contacts
+        if self._move_due <= now:
+            self._move_due = _NEVER
+            if self._cmd:
+                self.contacts_closed = True
+                self._welded = self._weld
+            elif not self._welded:
+                self.contacts_closed = False
+            self.contacts_ms = now
+        nxt = min(nxt, self._move_due)
+        # RCD test input
+        if self._rcd_due <= now:
+            self._rcd_due = _NEVER
+            self._rcd_test_trip = self._rcd_test
+        nxt = min(nxt, self._rcd_due)
+        # S2: what the EV wants and when it gets there
+        offer = self.ev_sees_offer_ma()
+        if self._ev in ("C", "D"):
+            want = offer >= 6000 or (self.ev_s2_closed and not self._obeys)
+        else:
+            want = False
+        if want != self.ev_s2_closed:
+            if self._s2_due == _NEVER:
+                self._s2_due = now + self._rand(_S2_CLOSE_MS if want else _S2_OPEN_MS)
+            if self._s2_due <= now:
+                self._s2_due = _NEVER
+                self.ev_s2_closed = want
+                self._pilot_calc()
+        else:
+            self._s2_due = _NEVER
+        nxt = min(nxt, self._s2_due)
+        # the current the EV draws
+        if self.contacts_closed and self.ev_s2_closed:
+            goal = self._draw_ma
+            if self._obeys:
+                goal = min(goal, offer) if offer >= 6000 else 0
+            if goal != self._i_goal:
+                self._i_goal = goal
+                self._react_due = now + self._rand(_STOP_REACT_MS if offer == 0 else _REACT_MS)
+                self._ramp_ms = self._react_due
+            i = self._i_ma
+            if i != goal:
+                if self._react_due <= now:
+                    rate = self.ev_up_ma_s if goal > i else self.ev_stop_ma_s if offer == 0 else self.ev_down_ma_s
+                    d = rate * (now - self._ramp_ms) // 1000
+                    self._ramp_ms = now
+                    i = min(goal, i + d) if goal > i else max(goal, i - d)
+                    nxt = min(nxt, now + _RAMP_STEP_MS)
+                else:
+                    nxt = min(nxt, self._react_due)
+            self._set_current(i)
+        else:
+            self._i_goal = 0
+            self._react_due = _NEVER
+            self._set_current(0)
+        self._next_ms = nxt
+
+    def truth_current_ma(self, phase):
+        """Current the EV draws on a phase (0, 1, 2), mA."""
+        return self._i_ma if phase < self._drawn_phases() else 0
+
+    @property
+    def truth_energy_wh(self):
+        """Exact energy the EV drew since the start, Wh."""
+        return self._e_uj / 3.6e9
+
+    def pilot_v(self):
+        return self._high_mv / 1000
+
+    # --- current sense ---------------------------------------------------------------------------------
+    def _make_wave(self, harmonics):
+        """One mains cycle of the EV's current, unit RMS / sqrt(2) in q14,
+        offset binary: fundamental plus (order, per mille) harmonics."""
+        norm = math.sqrt(1 + sum((h / 1000) ** 2 for _, h in harmonics))
+        n = 1 << _WAVE_BITS
+        w = array("H", [0] * n)
+        for k in range(n):
+            t = 2 * math.pi * k / n
+            v = math.sin(t)
+            for order, h in harmonics:
+                v += h / 1000 * math.sin(order * t)
+            w[k] = _WAVE_ZERO + round(16384 * v / norm)
+        return w
+
+    def _make_lin(self, counts):
+        """ESP32-like ADC transfer curve: an S-shaped bow of up to `counts`
+        (a cubic through both ends, so 0 and 4095 stay), plus a dead zone of
+        `counts` codes at the bottom where the ESP32 reads 0."""
+        lin = array("H", [0] * 4096)
+        for x in range(4096):
+            u = (x - 2048) / 2048
+            y = round(x + counts * 2.598 * (u - u * u * u))
+            if counts and x < counts:
+                y = 0
+            lin[x] = max(0, min(4095, y))
+        self._nonlinear = 1 if counts else 0
+        return lin
+
+    def adc_burst(self, buf):
+        par = self._par
+        nch = self.adc_channels
+        f_mhz = self.mains_hz * (1000 + self.mains_drift_pm)  # mains in mHz
+        par[0] = self.adc_burst_len
+        par[1] = nch
+        par[2] = (self.now_ms * f_mhz) % 1000000 * (1 << _PHASE_BITS) // 1000000
+        par[3] = f_mhz * (1 << _PHASE_BITS) // (self.adc_rate_hz * 1000)
+        par[4] = self.adc_bias
+        par[5] = self.adc_noise_counts
+        par[6] = self._nrng
+        par[7] = self._nonlinear
+        par[8] = self.stuck_channel + 1 if self._stuck else 0
+        par[9] = self.stuck_code
+        i = self._i_ma
+        upc = self.ct_ua_per_count
+        err = self.ct_error_pm
+        for c in range(nch):
+            par[10 + c] = i * _AMP_K * (1000 + err[c]) // 1000 // upc if c < self._drawn_phases() else 0
+        self._nrng = _adc_fill(buf, self._wave, par, self._lin)
+
+    def adc_ua_per_count(self, channel):
+        return self.ct_ua_per_count
+
+    # --- housekeeping ---------------------------------------------------------------------------------
+    def wdt_start(self, timeout_ms):
+        self._wdt_ms = timeout_ms
+        self._wdt_fed = self.now_ms
+
+    def wdt_feed(self):
+        self._wdt_fed = self.now_ms
+
+    def led(self, mode):
+        self.led_mode = mode
+
+    def reset_cause(self):
+        return self._cause
+
+    def set_reset_cause(self, cause):
+        self._cause = cause
+
+    def safe(self):
+        self.contactor(False)
+        self.rcd_test(False)
+        self.pilot_steady(PILOT_PLUS12)
