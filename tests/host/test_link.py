@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from broker import Blackhole, Broker, mosquitto_path
+from broker import Blackhole, Broker, free_port, mosquitto_path
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
@@ -378,6 +378,7 @@ def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
         )
         assert len(hole.accepted) >= 1  # the link did reach the blackhole and gave up on it
         assert stats["reconnects"] >= 1 and stats["connects"] == 0
+        assert stats["dropped"] == 20 - 16  # events beyond the bounded queue: oldest dropped, counted
         assert worst["ticks"] >= 300
         assert worst["work_us"] < 5000
         assert worst["late_us"] < 5000
@@ -417,3 +418,59 @@ def test_jittered_backoff_spreads_the_first_reconnect_over_many_devices(tmp_path
     for n, m in enumerate(mx):
         ceiling = min(1000 << n, 300000)
         assert ceiling * 0.8 < m <= ceiling, (n, m)
+
+
+def test_a_broker_that_goes_silent_is_detected_by_missing_pingresp_and_the_link_reconnects(mosquitto, tmp_path):
+    d = Driver(tmp_path, _cfg(mosquitto.port, keepalive_s=2), run_ms=7000)
+    try:
+        d.wait_for("connected", 5)
+        t0 = time.monotonic()
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)  # TCP stays up, nothing answers
+        try:
+            rec = d.wait_for("disconnected", 5)
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        silent_ms = (rec["host_t"] - t0) * 1000
+        print("silent broker detected after %.0f ms (keepalive 2 s)" % silent_ms)
+        assert silent_ms <= 3500
+        d.wait_for("connected", 6)
+        d.finish()
+        worst = d.kinds("worst")[0]
+        print("worst tick lateness %.2f ms, worst work %.3f ms" % (worst["late_us"] / 1000, worst["work_us"] / 1000))
+        assert worst["work_us"] < 5000
+    finally:
+        d.kill()
+
+
+def _monitor(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "monitor.py"), *args],
+        capture_output=True, text=True, timeout=20, check=False,
+    )
+
+
+def test_monitor_once_prints_retained_status_and_online_one_line_each_then_exits(mosquitto):
+    w = Watcher(mosquitto.port, ["evse/#"])
+    status = {"state": "C2", "current_ma": 16000, "limit_ma": 16000, "power_w": 11040,
+              "session_wh": 1234, "lifetime_wh": 987654, "fault": None, "enabled": True}
+    w.publish("evse/g1/status", json.dumps(status).encode(), retain=True)
+    w.publish("evse/g1/online", b"1", retain=True)
+    w.publish("evse/g2/online", b"0", retain=True)
+    w.close()
+    out = _monitor("--broker", "127.0.0.1:%d" % mosquitto.port, "--once", "--quiet-ms", "300")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, lines
+    st = [ln for ln in lines if " status " in ln][0]
+    for part in ("g1", "state=C2", "current=16.0A", "power=11040W", "session=1234Wh", "fault=-"):
+        assert part in st, st
+    assert any("g2" in ln and "online   NO" in ln for ln in lines), lines
+    only = _monitor("--broker", "127.0.0.1:%d" % mosquitto.port, "--id", "g2", "--once", "--quiet-ms", "300")
+    assert only.returncode == 0 and only.stdout.count("\n") == 1 and "g2" in only.stdout, only.stdout
+
+
+def test_monitor_exit_codes_for_bad_arguments_and_an_unreachable_broker():
+    assert _monitor("--broker", "host:notaport").returncode == 2
+    assert _monitor().returncode == 2
+    out = _monitor("--broker", "127.0.0.1:%d" % free_port(), "--once", "--timeout", "1")
+    assert out.returncode == 3 and "cannot connect" in out.stderr, out.stderr
