@@ -183,8 +183,8 @@ def _read(path):
 
 def _write_atomic(path, text, keep_old):
     """Write text to path through path.tmp and a rename. With keep_old the
-    previous file becomes path.bak first; at every moment one complete copy
-    exists (os.remove before each rename: FAT will not rename onto a file)."""
+    previous file becomes path.bak first (the old .bak is removed before:
+    FAT will not rename onto a file); at every moment one complete copy exists."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -199,12 +199,13 @@ def _write_atomic(path, text, keep_old):
             os.rename(path, bak)
         except OSError:
             pass  # no current file yet
-    else:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-    os.rename(tmp, path)
+        os.rename(tmp, path)
+        return
+    try:
+        os.rename(tmp, path)  # replaces path on LittleFS and POSIX
+    except OSError:
+        os.remove(path)  # FAT: make room, then rename
+        os.rename(tmp, path)
 
 
 class Meter:
@@ -282,7 +283,6 @@ class Meter:
                 return "meter: gain %r of channel %d is outside %d..%d ppm" % (g, c, GAIN_MIN_PPM, GAIN_MAX_PPM)
             if c < self._nch:
                 k[c] = (hal.adc_ua_per_count(c) * g + GAIN_UNITY_PPM // 2) // GAIN_UNITY_PPM
-                # _ma(): q * k with q up to full scale / 2 counts
                 # _ma() multiplies up to fs/2 counts by k; _energy() takes two
                 # readings of three phases at full scale in mW
                 top_ma = (self._fs // 2) * k[c] // 1000 + 1
