@@ -524,9 +524,9 @@ class LivePrinter:
 
     DISCRETE = ("state", "duty", "offer_a", "contactor", "fault", "session")
 
-    def __init__(self, sc, out=sys.stdout):
+    def __init__(self, sc, out=None):
         self.notes = [(s["t"], s["note"]) for s in sc.get("steps", []) if "note" in s]
-        self.out = out
+        self.out = out or sys.stdout
         self.last = None
 
     def _notes_until(self, t):
