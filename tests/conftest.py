@@ -63,7 +63,7 @@ class Result:
         self.status, self.output, self.detail, self.us = status, output, detail, us
 
 
-def parse_output(text, mark, names):
+def parse_output(text, mark):
     """Framed runner output -> ({name: Result}, import_traceback or None, done, plain lines)."""
     results, plain = {}, []
     current, result, body, detail = None, None, [], []
@@ -165,7 +165,7 @@ class DeviceModule(pytest.File):
             out, _ = proc.communicate()
         elapsed = time.monotonic() - t0
         text = out.decode("utf-8", "replace")
-        results, import_error, done, plain = parse_output(text, mark, names)
+        results, import_error, done, plain = parse_output(text, mark)
 
         if import_error is not None:
             return self._all_fail(

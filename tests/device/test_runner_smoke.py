@@ -57,7 +57,6 @@ def test_const_folds_to_a_plain_int():
     assert tick_ms * 100 == 1000 and type(tick_ms) is int
 
 
-
 def test_umqtt_simple_imports_from_lib_without_an_init_file():
     # tools/deps.py installs only lib/umqtt/simple.py; MicroPython imports a
     # package folder that has no __init__.py, so none is added.
