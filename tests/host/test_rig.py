@@ -305,35 +305,31 @@ def test_live_prints_the_step_notes_and_one_line_per_change(tmp_path, capsys):
     assert len(lines) == 1  # B2 is held for 2 s: one line, not one per record
 
 
-def test_micropython_traceback_exits_3_and_shows_it(tmp_path):
+def run_with_fake_interpreter(tmp_path, script):
+    """Run the rig CLI with $MICROPYTHON pointing at a shell script."""
     fake = tmp_path / "fake_mp"
-    fake.write_text(
-        "#!/bin/sh\n"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    env = dict(os.environ, MICROPYTHON=str(fake))
+    cmd = [sys.executable, str(RIG), "run", write(tmp_path, with_steps({"t": 1, "ev": "B"}))]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_micropython_traceback_exits_3_and_shows_it(tmp_path):
+    p = run_with_fake_interpreter(
+        tmp_path,
         'echo \'{"t": 0.0, "state": "A1"}\'\n'
         "echo 'Traceback (most recent call last):'\n"
         "echo '  File \"hal/scenario.py\", line 1, in on_tick'\n"
         "echo 'ZeroDivisionError: divide by zero'\n"
-        "exit 1\n"
+        "exit 1\n",
     )
-    fake.chmod(0o755)
-    env = dict(os.environ, MICROPYTHON=str(fake))
-    p = subprocess.run(
-        [sys.executable, str(RIG), "run", write(tmp_path, with_steps({"t": 1, "ev": "B"}))],
-        env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
     assert p.returncode == 3
     assert "ZeroDivisionError: divide by zero" in p.stderr and "Traceback" in p.stderr
 
 
 def test_a_process_that_ends_without_summary_exits_3(tmp_path):
-    fake = tmp_path / "fake_mp"
-    fake.write_text("#!/bin/sh\necho 'MemoryError'\nexit 0\n")
-    fake.chmod(0o755)
-    env = dict(os.environ, MICROPYTHON=str(fake))
-    p = subprocess.run(
-        [sys.executable, str(RIG), "run", write(tmp_path, with_steps({"t": 1, "ev": "B"}))],
-        env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    p = run_with_fake_interpreter(tmp_path, "echo 'MemoryError'\nexit 0\n")
     assert p.returncode == 3 and "without a summary" in p.stderr
 
 
