@@ -98,6 +98,7 @@ class Charger:
         self.pilot_mv = 0
         self.temp_dc = _NO_TEMP
         self.enabled = cfg["enabled"]
+        self.inhibit = False  # set by the app: no new session (e.g. the journal is full)
         self.auth_tag = None
         self.session_active = False
         # Internal.
@@ -368,6 +369,7 @@ class Charger:
             and not self._vent_block
             and self._rcd_ok
             and offer != 0
+            and (self.session_active or not self.inhibit)
         )
         if allowed:
             if not self.session_active:

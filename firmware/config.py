@@ -17,6 +17,7 @@ SCHEMA = {
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
     "phases": (3, "int", 1, 3),
     "voltage_v": (230, "int", 100, 480),  # phase voltage for power when not measured
+    "mains_hz": (50, "int", 50, 60),  # mains frequency: the meter's RMS window is one period
     "vent_allowed": (False, "bool", 0, 0),  # state D may charge (ventilation is provided)
     "require_auth": (False, "bool", 0, 0),  # no energy until an authorize command
     "auto_reclose": (True, "bool", 0, 0),  # retry after a fault (False: every fault latches)
@@ -29,6 +30,7 @@ SCHEMA = {
     "mqtt_user": ("", "str", 0, 64),
     "mqtt_password": ("", "str", 0, 64),
     "mqtt_tls": (False, "bool", 0, 0),
+    "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
@@ -69,6 +71,8 @@ def check(name, value):
     if kind == "int":
         if int(value) != value:
             raise ValueError("%s must be a whole number" % name)
+        if name == "mains_hz" and value not in (50, 60):
+            raise ValueError("mains_hz must be 50 or 60")
         return int(value)
     return value
 

@@ -11,10 +11,10 @@ TLS handshake, QoS 1 publish waiting for PUBACK) happens in the link thread.
 The unix port has no GIL, so every field both threads touch is read and
 written under `_lock`, and the lock is never held across I/O.
 
-This is the one firmware module that imports `socket`: it creates and
-connects the socket itself (with a timeout, TCP_NODELAY, optional TLS) and
-hands it to umqtt.simple, because 1.3.4's connect() has no timeout and its
-TLS path imports `ussl`. `_Client.connect` replaces connect() in both 1.3.4
+Sockets come from the board's `net` object (hal/net.py: TCP connect with a
+timeout and TCP_NODELAY, TLS contexts, wall-clock sleeps): the link hands the
+connected socket to umqtt.simple, because 1.3.4's connect() has no timeout and
+its TLS path imports `ussl`. `_Client.connect` replaces connect() in both 1.3.4
 and the latest micropython-lib version; everything else (publish, subscribe,
 check_msg, ping, disconnect) is umqtt.simple's own and the same in both.
 
@@ -27,8 +27,6 @@ import _thread
 import json
 import os
 import select
-import socket
-import time
 
 from micropython import const
 from umqtt.simple import MQTTClient, MQTTException
@@ -60,8 +58,6 @@ ACKED_MAX = const(16)
 COMMAND_NAME_MAX = const(32)
 THREAD_STACK_BYTES = const(16384)  # TLS handshakes need more than the default
 
-_TCP_NODELAY = const(1)  # IPPROTO_TCP = 6, TCP_NODELAY = 1: not exported by MicroPython
-_IPPROTO_TCP = const(6)
 
 
 class _Ring:
@@ -138,18 +134,13 @@ class _Client(MQTTClient):
     """umqtt.simple with our own connect(): the socket is created, connected
     and (optionally) TLS-wrapped here, with a timeout on every step."""
 
+    net = None  # the board's hal/net.py, set by the Link
+
     def connect(self, clean_session=True, timeout=None, ssl_ctx=None):
         timeout_s = timeout if timeout is not None else IO_TIMEOUT_MAX_MS / 1000
-        addr = socket.getaddrinfo(self.server, self.port)[0][-1]  # DNS: no timeout API
-        raw = socket.socket()
+        raw = self.net.tcp_connect(self.server, self.port, timeout_s)
         self.sock = raw
         self.raw_sock = raw
-        raw.settimeout(timeout_s)
-        try:
-            raw.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        except OSError:
-            pass  # a port without TCP_NODELAY only gets slower QoS 1 round trips
-        raw.connect(addr)
         if ssl_ctx is not None:
             self.sock = ssl_ctx.wrap_socket(raw, server_hostname=self.server)
         self.sock.write(self._connect_packet(clean_session))
@@ -195,30 +186,12 @@ class _Client(MQTTClient):
         return pkt
 
 
-def _tls_context(cfg):
-    """An SSLContext, or None when TLS is off. With `mqtt_ca` (a file path to
-    a PEM/DER CA certificate) the broker certificate is verified; without it
-    the link is encrypted but not authenticated (see docs/mqtt.md)."""
-    if not cfg.get("mqtt_tls"):
-        return None
-    try:
-        import ssl
-    except ImportError:
-        import tls as ssl
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca = cfg.get("mqtt_ca")
-    if ca:
-        with open(ca, "rb") as f:
-            ctx.load_verify_locations(cadata=f.read())
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class Link:
-    def __init__(self, cfg, clock):
+    def __init__(self, cfg, clock, net):
+        """clock: ticks_ms/ticks_diff in wall time (a board's `net` will do);
+        net: the board's network access (hal/net.py)."""
         self._clock = clock
+        self._net = net
         self._cfg = cfg
         dev_id = cfg["id"]
         base = "%s/%s/" % (cfg.get("mqtt_prefix") or "evse", dev_id)
@@ -328,7 +301,7 @@ class Link:
             self._stop_req = True
         t0 = self._clock.ticks_ms()
         while self.running and self._clock.ticks_diff(self._clock.ticks_ms(), t0) < timeout_ms:
-            time.sleep_ms(5)
+            self._net.sleep_ms(5)
         return not self.running
 
     # ---- the thread ---------------------------------------------------------------------
@@ -368,7 +341,7 @@ class Link:
         while self._clock.ticks_diff(self._clock.ticks_ms(), t0) < ms:
             if self._stop_req:
                 return False
-            time.sleep_ms(min(50, ms))
+            self._net.sleep_ms(min(50, ms))
         return not self._stop_req
 
     def _connect(self):
@@ -383,10 +356,12 @@ class Link:
             password=(cfg.get("mqtt_password") or "") if user else None,
             keepalive=self._keepalive_s,
         )
+        c.net = self._net
         c.set_callback(self._on_message)
         c.set_last_will(self._t_online, b"0", retain=True, qos=1)
         self._client = c
-        c.connect(timeout=self._io_timeout_ms / 1000, ssl_ctx=_tls_context(cfg))
+        ctx = self._net.tls_context(cfg.get("mqtt_ca")) if cfg.get("mqtt_tls") else None
+        c.connect(timeout=self._io_timeout_ms / 1000, ssl_ctx=ctx)
         c.publish(self._t_online, b"1", retain=True)
         c.subscribe(self._t_set + b"+")
         for topic, payload in discovery.configs(cfg, self.topic_base):

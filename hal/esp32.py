@@ -58,6 +58,7 @@ import micropython
 from micropython import const
 
 from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
+from hal import net as _net
 
 PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
@@ -443,6 +444,7 @@ class Esp32Board(Board):
     description; `board` (a dict) is used instead when given."""
 
     name = "esp32"
+    net = _net  # sockets and wall-clock time for the MQTT link (hal/net.py)
 
     def __init__(self, board_path=None, board=None):
         # Outputs are created first, each at its safe level: contactor open,

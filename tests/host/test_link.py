@@ -35,6 +35,7 @@ pytestmark = [
 DRIVER = r"""
 import sys, time, json
 from firmware.link import Link
+from hal import net
 
 PERIOD = 1 << 30  # an ESP32's ticks period
 
@@ -63,7 +64,7 @@ def out(kind, **kw):
     print(json.dumps(kw))
 
 
-link = Link(opts["cfg"], Clock())
+link = Link(opts["cfg"], Clock(), net)
 link.start()
 for sid in opts.get("sessions", ()):
     link.post_session(sid, json.dumps({"session": sid, "wh": 1234}).encode())

@@ -1,0 +1,64 @@
+"""Network access for the firmware's MQTT link, shared by every board.
+
+Owns the socket work the firmware may not do itself (it never imports
+`socket`): DNS, a TCP connect with a timeout and TCP_NODELAY, and TLS
+contexts; plus the real-time clock the link thread runs on (network timing is
+wall time even when the control loop runs in simulated time). Boards expose
+this module as `board.net`. The link calls these from its own thread only,
+never from the control tick.
+"""
+
+import socket
+import time
+
+_IPPROTO_TCP = 6  # the unix port has no socket constants for these
+_TCP_NODELAY = 1
+
+
+def ticks_ms():
+    return time.ticks_ms()
+
+
+def ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+def sleep_ms(ms):
+    time.sleep_ms(ms)
+
+
+def tcp_connect(host, port, timeout_s):
+    """A connected TCP socket with a timeout on connect and on every later
+    read/write, and Nagle off (a QoS 1 publish costs ~44 ms with it on).
+    DNS has no timeout API: it blocks only the link thread."""
+    addr = socket.getaddrinfo(host, port)[0][-1]
+    s = socket.socket()
+    try:
+        s.settimeout(timeout_s)
+        try:
+            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except OSError:
+            pass  # a port without TCP_NODELAY only gets slower QoS 1 round trips
+        s.connect(addr)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def tls_context(ca_path=None):
+    """An SSLContext for the broker. With ca_path (PEM/DER file) the broker's
+    certificate is verified; without it the link is encrypted but not
+    authenticated (docs/mqtt.md)."""
+    try:
+        import ssl
+    except ImportError:
+        import tls as ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_path:
+        with open(ca_path, "rb") as f:
+            ctx.load_verify_locations(cadata=f.read())
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
