@@ -27,6 +27,7 @@ through `Firmware.command()`, exactly as the MQTT link does.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -61,14 +62,41 @@ def _ms(seconds):
     return int(seconds * 1000 + 0.5)
 
 
+def _fresh_dir():
+    """A new, empty data directory for one run (the board's flash)."""
+    path = "/tmp/evse-run-" + "".join("%02x" % b for b in os.urandom(6))
+    os.mkdir(path)
+    return path
+
+
+def _remove_tree(path):
+    for name, kind, *_ in os.ilistdir(path):
+        p = path + "/" + name
+        if kind == 0x4000:
+            _remove_tree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
 class Runner:
-    def __init__(self, scenario, seed=None, realtime=False):
+    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000):
+        """data_dir: the board's flash, kept between runs (None: a fresh one,
+        removed at the end). mqtt: config overrides that connect the link
+        (mqtt_host, mqtt_port, id); the run then ends with a clean stop that
+        gives queued sessions flush_ms to reach the broker and publishes online 0."""
         sim_args = dict(scenario.get("sim") or {})
         if seed is None:
             seed = scenario.get("seed", 1)
         sim_args["seed"] = seed
+        self.own_dir = data_dir is None
+        sim_args["data_dir"] = _fresh_dir() if data_dir is None else data_dir
         self.sim = sim = SimBoard(**sim_args)
-        self.fw = Firmware(sim, scenario.get("config") or {})
+        cfg = dict(scenario.get("config") or {})
+        if mqtt:
+            cfg.update(mqtt)
+        self.flush_ms = flush_ms
+        self.fw = Firmware(sim, cfg)
         self.ch = self.fw.charger
         self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
         self.until_ms = _ms(scenario["until"])
@@ -255,6 +283,9 @@ class Runner:
             pass
         finally:
             sim.safe()
+            self.fw.shutdown(self.flush_ms)
+            if self.own_dir:
+                _remove_tree(sim.data_dir)
         return self.summary()
 
     def summary(self):
@@ -289,34 +320,48 @@ class Runner:
         }
 
 
+_USAGE = (
+    "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
+    " [--data DIR] [--broker HOST:PORT] [--id ID]"
+)
+
+
 def main(argv):
     path = None
     seed = None
     realtime = False
+    data_dir = None
+    mqtt = {}
     i = 0
     while i < len(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
-        elif a == "--seed" and i + 1 < len(argv):
+        elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
             i += 1
-            seed = int(argv[i])
+            v = argv[i]
+            if a == "--seed":
+                seed = int(v)
+            elif a == "--data":
+                data_dir = v
+            elif a == "--id":
+                mqtt["id"] = v
+            else:
+                host, _, port = v.rpartition(":")
+                mqtt["mqtt_host"] = host
+                mqtt["mqtt_port"] = int(port)
         elif path is None and not a.startswith("--"):
             path = a
         else:
-            print(
-                "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
-            )
+            print(_USAGE)
             sys.exit(2)
         i += 1
     if path is None:
-        print(
-            "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
-        )
+        print(_USAGE)
         sys.exit(2)
     with open(path) as f:
         scenario = json.load(f)
-    summary = Runner(scenario, seed, realtime).run()
+    summary = Runner(scenario, seed, realtime, data_dir, mqtt).run()
     print(json.dumps({"summary": summary}))
 
 
