@@ -412,7 +412,7 @@ def micropython():
     )
 
 
-def run_scenario(path, sc, seed=None, realtime=False, on_line=None):
+def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
     """Run one scenario in the unix port. Returns (records, commands, summary).
     on_line(kind, obj) is called as lines arrive: kind "record", "command" or
     "output" (any other text). Raises RigError when the process fails."""
@@ -424,6 +424,7 @@ def run_scenario(path, sc, seed=None, realtime=False, on_line=None):
         cmd.append("--realtime")
     if seed is not None:
         cmd += ["--seed", str(seed)]
+    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID
     env = dict(os.environ)
     env["MICROPYPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "lib")])
     until = sc["until"]
@@ -640,8 +641,19 @@ def cmd_run(args):
             )
         )
     try:
+        extra = []
+        if args.data:
+            extra += ["--data", os.path.abspath(args.data)]
+        if args.broker:
+            host, _, port = args.broker.rpartition(":")
+            if not host or not port.isdigit():
+                print("rig: --broker wants HOST:PORT, got %r" % args.broker, file=sys.stderr)
+                return EXIT_BAD_INPUT
+            extra += ["--broker", args.broker]
+        if args.id:
+            extra += ["--id", args.id]
         records, _commands, summary = run_scenario(
-            args.scenario, sc, args.seed, args.realtime, live
+            args.scenario, sc, args.seed, args.realtime, live, extra
         )
     except RigError as e:
         print("rig: %s" % e, file=sys.stderr)
@@ -790,6 +802,19 @@ def build_parser():
         metavar="N",
         help="simulator seed (overrides the scenario's)",
     )
+    r.add_argument(
+        "--data",
+        metavar="DIR",
+        help="the simulated board's flash directory, kept between runs (journal, "
+        "lifetime energy, config.json); default: a fresh one per run",
+    )
+    r.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="connect the firmware's MQTT link to this broker; the run ends with a clean "
+        "stop that lets queued sessions reach it and publishes online 0",
+    )
+    r.add_argument("--id", metavar="ID", help="the charger's id (MQTT topics, session ids)")
     r.set_defaults(func=cmd_run)
     m = sub.add_parser(
         "measure",
