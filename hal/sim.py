@@ -32,6 +32,7 @@ import micropython
 from micropython import const
 
 from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+from hal import net as _net
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
 _TICKS_MASK = const((1 << 30) - 1)
@@ -90,6 +91,20 @@ def _divider_mv(src_mv, load_mohm):
     return (num + den // 2) // den if num >= 0 else -((-num + den // 2) // den)
 
 
+def _world_attr(name):
+    """A SimBoard property over self.<name> whose setter has the world
+    updated at the current virtual time."""
+
+    def get(self):
+        return getattr(self, name)
+
+    def put(self, v):
+        setattr(self, name, v)
+        self._next_ms = self.now_ms
+
+    return property(get, put)
+
+
 @micropython.viper
 def _adc_fill(buf, wave, par, lin) -> int:
     # par: 0 frames, 1 channels, 2 start phase, 3 phase step, 4 bias, 5 noise
@@ -135,15 +150,30 @@ def _adc_fill(buf, wave, par, lin) -> int:
 
 
 class SimBoard:
+    """Board contract (hal/contract.py) plus, for tests and the scenario runner:
+
+    set_ev('A'|'B'|'C'|'D'); attributes ev_draw_a, ev_phases, ev_obeys,
+    voltage_v (setters take effect at once); set_fault(name, on=True) with a
+    name of FAULTS or 'none'; set_pp(ohm|None|False); set_temp_c(c|None);
+    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick.
+    Read-outs: now_ms, pilot_v(), ev_s2_closed, ev_state_seen(), ev_state(),
+    ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
+    contacts_closed, contactor_cmd_ms, contacts_ms, contactor_log,
+    pilot_cmd_ms, led_mode, faults().
+    A WatchdogReset leaves the outputs as they were (the worst case: boot.py
+    must make them safe) and stops the watchdog until wdt_start() again.
+    """
+
     name = "sim"
     adc_full_scale = 4096
+    net = _net  # real sockets and wall-clock time for the MQTT link (hal/net.py)
 
     def __init__(self, seed=1, start_ticks=TICKS_PERIOD - 5000, phases=3, mains_hz=50,
                  voltage_v=230, pp=220, ev_draw_a=16, ev_phases=3, ev_obeys=True,
                  pilot_noise_mv=0, contactor_close_ms=20, contactor_open_ms=10,
                  rcd_trip_ms=25, rcd_release_ms=10, temp_c=25, has_feedback=True,
                  has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
-                 adc_noise_counts=0, adc_nonlinear_counts=0, ct_ua_per_count=40000,
+                 adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False):
         # --- configuration (plain attributes may be changed between ticks) ---
@@ -179,7 +209,7 @@ class SimBoard:
         self._wall = None
         self._wall_at = 0
         self._realtime = realtime
-        self._rt_due = time.ticks_ms()
+        self._rt_due = None  # wall ms of the next paced tick, from the first one
         # --- PRNGs: one for EV/board timing, one for measurement noise -------
         self._rng = (seed * 2654435761 + 1) & 0x7FFFFFFF
         self._nrng = (seed * 40503 + 7) & 0x7FFFFFFF
@@ -248,32 +278,9 @@ class SimBoard:
         self._draw_ma = int(a * 1000)
         self._next_ms = self.now_ms
 
-    @property
-    def ev_phases(self):
-        return self._ev_phases
-
-    @ev_phases.setter
-    def ev_phases(self, n):
-        self._ev_phases = n
-        self._next_ms = self.now_ms
-
-    @property
-    def ev_obeys(self):
-        return self._obeys
-
-    @ev_obeys.setter
-    def ev_obeys(self, b):
-        self._obeys = b
-        self._next_ms = self.now_ms
-
-    @property
-    def voltage_v(self):
-        return self._voltage_v
-
-    @voltage_v.setter
-    def voltage_v(self, v):
-        self._voltage_v = v
-        self._next_ms = self.now_ms
+    ev_phases = _world_attr("_ev_phases")  # phases the EV draws on (1 or 3)
+    ev_obeys = _world_attr("_obeys")  # False: draws what it wants whatever the pilot says
+    voltage_v = _world_attr("_voltage_v")  # line to neutral, for the truth energy
 
     # --- clock ------------------------------------------------------------------------
     def ticks_ms(self):
@@ -286,9 +293,13 @@ class SimBoard:
         return (t + delta_ms) & _TICKS_MASK
 
     def wait_tick(self, period_ms):
-        dt = self._tick_ret + period_ms - self.now_ms
-        if dt > 0:
-            self.step(dt)
+        now = self.now_ms
+        end = self._tick_ret + period_ms
+        if end > now:
+            if self._next_ms <= end:
+                self.step(end - now)
+            else:  # nothing due: the idle fast path, no world update
+                self._advance(end - now)
         self._tick_ret = self.now_ms
         if self._realtime:
             self._pace(period_ms)
@@ -303,12 +314,14 @@ class SimBoard:
     def _pace(self, period_ms):
         """realtime=True: sleep so that virtual time keeps pace with the wall
         clock (resynchronising after a long stall instead of racing)."""
+        if self._rt_due is None:
+            self._rt_due = time.ticks_ms()
         self._rt_due = time.ticks_add(self._rt_due, period_ms)
         d = time.ticks_diff(self._rt_due, time.ticks_ms())
         if d > 0:
             time.sleep_ms(d)
         elif d < -1000:
-            self._rt_due = time.ticks_ms()
+            self._rt_due = None  # wall ms of the next paced tick, from the first one
 
     def step(self, dt_ms):
         """Advance virtual time by dt_ms, updating the world at every due event."""

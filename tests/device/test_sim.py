@@ -225,6 +225,21 @@ def test_obeying_ev_follows_a_lower_offer_within_3_s():
     assert sim.now_ms - t0 >= 1000  # a ramp, not a jump
 
 
+def test_ev_settings_changed_while_charging_take_effect():
+    sim = charging(16)
+    sim.ev_draw_a = 10
+    run(sim, 3000)
+    assert sim.truth_current_ma(0) == 10000
+    sim.voltage_v = 240
+    e0 = sim.truth_energy_wh
+    run(sim, 3600)  # 3.6 s x 240 V x 10 A x 3 phases = 7.2 Wh
+    assert abs(sim.truth_energy_wh - e0 - 7.2) < 1e-6
+    sim.ev_obeys = False
+    sim.pilot_steady(1)
+    run(sim, 5000)
+    assert sim.ev_s2_closed and sim.truth_current_ma(0) == 10000
+
+
 def test_single_phase_ev_draws_on_phase_0_only():
     sim = charging(16, phases=1)
     assert sim.truth_current_ma(1) == 0 and sim.truth_current_ma(2) == 0
@@ -374,7 +389,7 @@ def test_adc_rms_matches_the_ev_current_within_1_percent():
 
 
 def test_adc_burst_starts_at_the_mains_phase_of_the_virtual_time():
-    sim = charging(16, harmonics=())
+    sim = charging(16, harmonics=(), adc_noise_counts=0)  # exact samples to compare
     n = sim.adc_burst_len * 3
     a, b, c = array("H", [0] * n), array("H", [0] * n), array("H", [0] * n)
     sim.adc_burst(a)
