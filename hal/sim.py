@@ -31,8 +31,8 @@ from array import array
 import micropython
 from micropython import const
 
-from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
 from hal import net as _net
+from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
 _TICKS_MASK = const((1 << 30) - 1)
@@ -321,7 +321,7 @@ class SimBoard:
         if d > 0:
             time.sleep_ms(d)
         elif d < -1000:
-            self._rt_due = None  # wall ms of the next paced tick, from the first one
+            self._rt_due = None  # more than 1 s behind: restart pacing from now
 
     def step(self, dt_ms):
         """Advance virtual time by dt_ms, updating the world at every due event."""
