@@ -46,9 +46,9 @@ class Board:
     adc_full_scale = 4096
     # Where the firmware keeps its files (config, journal, counters).
     data_dir = "/data"
-    # Network access for the MQTT link (hal/net.py): tcp_connect(), tls_context(),
-    # and a wall-clock ticks_ms()/ticks_diff()/sleep_ms() for the link thread.
-    net = None
+    # Every board also has `net`: network access for the MQTT link (the
+    # hal/net.py module: tcp_connect(), tls_context(), and a wall-clock
+    # ticks_ms()/ticks_diff()/sleep_ms() for the link thread).
 
     # --- clock: every firmware time goes through these ----------------------
     def ticks_ms(self):
