@@ -53,6 +53,7 @@ _S2_OPEN_MS = (1000, 2500)  # from x1 to S2 open (IEC: within 3 s)
 _REACT_MS = (200, 1000)  # from an offer change to the start of the ramp
 _STOP_REACT_MS = (100, 300)  # from x1 to the start of the ramp down
 _RAMP_STEP_MS = const(10)  # world update period while the current ramps
+_LOG_LEN = const(64)  # contactor commands kept for contactor_log
 
 # --- current sense ------------------------------------------------------------
 _WAVE_BITS = const(10)  # 1024-point waveform table
@@ -236,7 +237,9 @@ class SimBoard:
         self._move_due = _NEVER
         self.contactor_cmd_ms = -1  # now_ms of the last command change
         self.contacts_ms = -1  # now_ms of the last physical move
-        self.contactor_log = []  # (now_ms, closed) per command change
+        self._log_ms = array("q", [0] * _LOG_LEN)  # ring of command times ...
+        self._log_on = bytearray(_LOG_LEN)  # ... and commands: no allocation
+        self._log_n = 0
         # --- RCD ----------------------------------------------------------------------
         self._rcd_test = False
         self._rcd_test_trip = False
@@ -423,8 +426,19 @@ class SimBoard:
             return
         self._cmd = closed
         self.contactor_cmd_ms = self.now_ms
-        self.contactor_log.append((self.now_ms, closed))
+        i = self._log_n % _LOG_LEN
+        self._log_ms[i] = self.now_ms
+        self._log_on[i] = closed
+        self._log_n += 1
         self._schedule_contacts()
+
+    @property
+    def contactor_log(self):
+        """[(now_ms, closed)] of the last 64 command changes, oldest first
+        (built when read: for traces and tests, not for the control tick)."""
+        n = self._log_n
+        return [(self._log_ms[k % _LOG_LEN], bool(self._log_on[k % _LOG_LEN]))
+                for k in range(max(0, n - _LOG_LEN), n)]
 
     def _schedule_contacts(self):
         if self._cmd == self.contacts_closed:

@@ -469,6 +469,36 @@ def test_tick_methods_allocate_nothing():
         micropython.heap_unlock()
 
 
+def world_events(sim):
+    sim.pilot_pwm(200)  # lower offer: reaction, ramp down
+    run(sim, 4000)
+    sim.pilot_steady(1)  # x1: stop, S2 opens
+    run(sim, 4000)
+    sim.pilot_pwm(300)  # S2 closes, ramp up
+    run(sim, 1000)
+    sim.rcd_test(True)
+    run(sim, 100)
+    sim.rcd_test(False)
+    sim.safe()  # contactor opens
+    run(sim, 100)
+    for _ in range(70):  # more commands than the log's ring holds
+        sim.contactor(True)
+        sim.contactor(False)
+
+
+def test_world_events_allocate_nothing_either():
+    sim = charging(32)
+    gc.collect()
+    micropython.heap_lock()
+    try:
+        world_events(sim)
+    finally:
+        micropython.heap_unlock()
+    assert sim.truth_current_ma(0) == 0 and sim.ev_s2_closed
+    log = sim.contactor_log
+    assert len(log) == 64 and log[-1] == (sim.now_ms, False) and log[-2] == (sim.now_ms, True)
+
+
 def test_benchmark_idle_wait_tick_and_adc_burst():
     sim = charging(16)
     n = 20000
