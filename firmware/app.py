@@ -165,7 +165,9 @@ class Firmware:
         if t.active:
             used = 0
             i_ma = meter.i_ma
-            for p in range(meter.phases):
+            p = meter.phases
+            while p:  # (no range(): it would allocate an iterator every burst)
+                p -= 1
                 if i_ma[p] > _PHASE_FLOOR_MA:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
@@ -294,6 +296,8 @@ class Firmware:
             hal.wdt_start(2000)
             while True:
                 self.tick()
+                if self.ticks == HEALTHY_AFTER:
+                    slots.mark_good()  # the A/B slot proved itself (firmware/slots.py)
                 hal.wdt_feed()
                 hal.wait_tick(TICK_MS)
         except BaseException:

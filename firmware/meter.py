@@ -22,6 +22,7 @@ import os
 from array import array
 from binascii import crc32
 
+import micropython
 from micropython import const
 
 SMALL_INT = const(1 << 30)  # ints at or above this allocate on an ESP32
@@ -53,6 +54,7 @@ CAL_MIN_MA = const(2000)
 _REC = "lifetime"  # first word of the lifetime record
 
 
+@micropython.native  # the hot loop of metering: ~2x faster; xtensawin (ESP32) has the native emitter
 def _reduce(buf, ch, step, n, w, out):
     """One channel of an interleaved burst: mean square about the window's own
     mean, in counts^2 x 16, over samples 0..n-1 (weight 1) and sample n
