@@ -95,6 +95,11 @@ class Firmware:
             self.link = Link(cfg, hal.net, hal.net)
         self.session_id = None
         self.ticks = 0
+        self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
+        if cfg["bench_trace"]:
+            from firmware.bench import BenchTrace
+
+            self.bench = BenchTrace(self)
         self.on_event = None  # optional callable(dict) for the host side (rig, tests)
         self._meter_t = now
         self._last_state = None
@@ -154,6 +159,8 @@ class Firmware:
             self._status_due = True
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
+        if self.bench is not None:
+            self.bench.poll()
 
     def _meter_step(self):
         hal = self.hal
