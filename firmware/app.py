@@ -26,7 +26,7 @@ from firmware import commands
 from firmware import config as config_mod
 from firmware import slots
 from firmware.charger import TICK_MS, Charger
-from firmware.journal import Journal
+from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
 
@@ -40,16 +40,6 @@ _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 CONFIG_FILE = "config.json"
 LIFETIME_FILE = "lifetime.txt"
 CAL_FILE = "cal.json"
-
-
-def _exists(path):
-    import os
-
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 class Firmware:
@@ -74,7 +64,7 @@ class Firmware:
         if err:
             self.notes.append(err)
         cal_path = data + "/" + CAL_FILE
-        if _exists(cal_path):
+        if exists(cal_path):
             err = meter.load_cal(cal_path)
             if err:
                 self.notes.append(err)

@@ -122,7 +122,7 @@ def _check(hdr, payload):
     return _frame_crc(hdr[2], n, payload) == c
 
 
-def _exists(path):
+def exists(path):
     try:
         os.stat(path)
         return True
@@ -168,8 +168,8 @@ class Journal:
 
     # --- reading -------------------------------------------------------------
     def _load(self):
-        if _exists(self._tmp):
-            if _exists(self.path):
+        if exists(self._tmp):
+            if exists(self.path):
                 os.remove(self._tmp)  # a compaction that did not finish
             else:
                 os.rename(self._tmp, self.path)  # one that finished on FAT
@@ -178,7 +178,7 @@ class Journal:
         self._boot_at = None  # (offset, bytes) of the newest boot frame
         self.size = 0
         self.dead = 0  # bytes of frames no longer needed
-        if not _exists(self.path):
+        if not exists(self.path):
             return
         with open(self.path, "rb") as f:
             self._scan(f)
@@ -291,7 +291,7 @@ class Journal:
         """Rewrite only live frames (newest boot, pending sessions in order,
         open sessions with their last checkpoint) to a temp file, then rename
         it over the journal."""
-        src = open(self.path, "rb") if _exists(self.path) else None
+        src = open(self.path, "rb") if exists(self.path) else None
         dst = open(self._tmp, "wb")
         pos = 0
         pending = {}

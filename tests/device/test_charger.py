@@ -24,6 +24,13 @@ def make(meter=None, **over):
     return Charger(board, cfg, meter), board
 
 
+def plug_in(ch, b):
+    """EV connected (state B) after 50 ms in A; 300 ms for the RCD self-test and PWM."""
+    run(ch, b, 50)
+    b.high_mv = B
+    run(ch, b, 300)
+
+
 def plugged_charging(**over):
     ch, b = make(**over)
     run(ch, b, 100)
@@ -63,9 +70,7 @@ def test_plug_in_runs_the_rcd_self_test_then_offers_the_configured_current():
 
 def test_contactor_closes_within_200_ms_of_C():
     ch, b = make()
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = C
     t0 = b.t
     run(ch, b, 300)
@@ -116,9 +121,7 @@ def test_invalid_readings_do_not_change_state_but_a_persistent_one_is_a_fault():
 
 def test_a_single_glitch_into_C_does_not_close():
     ch, b = make()
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = C
     ch.tick()
     b.high_mv = B
@@ -244,9 +247,7 @@ def test_x1_pause_ignored_by_the_ev_opens_after_6_s():
 
 def test_state_D_without_ventilation_never_closes():
     ch, b = make(vent_allowed=False)
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = D
     run(ch, b, 1000)
     assert not b.closed and b.duty == 0 and ch.state == "D1"
@@ -254,9 +255,7 @@ def test_state_D_without_ventilation_never_closes():
 
 def test_state_D_with_ventilation_charges():
     ch, b = make(vent_allowed=True)
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = D
     run(ch, b, 300)
     assert b.closed and ch.state == "D2"
@@ -334,9 +333,7 @@ def test_thermal_stop_and_cable_limit():
 def test_overcurrent_is_tolerated_5_s_and_stopped_by_7_s():
     m = FakeMeter()
     ch, b = make(meter=m, max_current_a=16)
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = C
     run(ch, b, 300)
     m.current_ma = 16900  # within the 1 A margin
@@ -356,9 +353,7 @@ def test_overcurrent_is_tolerated_5_s_and_stopped_by_7_s():
 def test_meter_fault_while_closed_opens():
     m = FakeMeter()
     ch, b = make(meter=m)
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = C
     run(ch, b, 300)
     m.fault = "ct_stuck"
@@ -370,9 +365,7 @@ def test_tick_allocates_nothing_while_charging():
     m = FakeMeter()
     m.current_ma = 15000
     ch, b = make(meter=m)
-    run(ch, b, 50)
-    b.high_mv = B
-    run(ch, b, 300)
+    plug_in(ch, b)
     b.high_mv = C
     run(ch, b, 300)
     b.log = NullLog()  # the fake's own log must not count
