@@ -440,7 +440,9 @@ class Link:
             topic, payload = item
             if topic is self._t_ack:
                 cmd, ok, error = payload
-                payload = json.dumps({"cmd": cmd, "ok": ok, "error": error})
+                # bytes: umqtt sizes a str payload by characters, and a command
+                # name with non-ASCII characters would corrupt the packet
+                payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
             c.publish(topic, payload, qos=1)
             self._restore_timeout()
             self.stats["published"] += 1
@@ -478,6 +480,13 @@ class Link:
         if c is None:
             return
         try:
+            # The last status may still wait for its once-a-second slot: send it,
+            # so the retained status a backend sees while we are away is the final one.
+            with self._lock:
+                status = self._status
+            if status is not None and status != self._status_sent:
+                c.publish(self._t_status, status, retain=True)
+                self._status_sent = status
             c.publish(self._t_online, b"0", retain=True)
             c.disconnect()  # broker discards the last will on a clean DISCONNECT
         except Exception as e:  # noqa: BLE001
