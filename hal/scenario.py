@@ -58,6 +58,44 @@ def _payload(value):
     return str(value)
 
 
+def apply_world(sim, step):
+    """Apply a scenario step's world actions (docs/scenarios.md: ev, draw_a,
+    ev_obeys, ev_phases, pp_ohm, fault, temp_c) to the simulated board `sim`.
+    `set`, `expect`, `note` and `t` are left alone. Shared with hal/simrig.py."""
+    for key in step:
+        v = step[key]
+        if key == "ev":
+            sim.set_ev(v)
+        elif key == "draw_a":
+            sim.ev_draw_a = v
+        elif key == "ev_obeys":
+            sim.ev_obeys = v
+        elif key == "ev_phases":
+            sim.ev_phases = v
+        elif key == "pp_ohm":
+            sim.set_pp(v)
+        elif key == "fault":
+            sim.set_fault(v)
+        elif key == "temp_c":
+            sim.set_temp_c(v)
+
+
+def send_commands(fw, step, t_ms):
+    """Send a step's `set` commands through fw.command(), exactly like MQTT.
+    Returns one JSON line per command ({"t", "command", "payload", "ok",
+    "error"}), in order; empty when the step has none."""
+    lines = []
+    cmds = step.get("set")
+    if cmds:
+        for name in cmds:
+            text = _payload(cmds[name])
+            ok, err = fw.command(name, text)
+            lines.append(
+                json.dumps({"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err})
+            )
+    return lines
+
+
 def _ms(seconds):
     return int(seconds * 1000 + 0.5)
 
@@ -150,44 +188,17 @@ class Runner:
 
     # --- steps ------------------------------------------------------------------------
     def _apply(self, t, step):
-        sim = self.sim
-        for key in step:
-            v = step[key]
-            if key == "ev":
-                sim.set_ev(v)
-                self.ev = v
-                if v == "A":
-                    self._require_open(t, "unplug")
-            elif key == "draw_a":
-                sim.ev_draw_a = v
-            elif key == "ev_obeys":
-                sim.ev_obeys = v
-            elif key == "ev_phases":
-                sim.ev_phases = v
-            elif key == "pp_ohm":
-                sim.set_pp(v)
-            elif key == "fault":
-                sim.set_fault(v)
-                if v in _FAULTS_REQUIRING_OPEN:
-                    self._require_open(t, v)
-            elif key == "temp_c":
-                sim.set_temp_c(v)
-            elif key == "set":
-                for name in v:
-                    text = _payload(v[name])
-                    ok, err = self.fw.command(name, text)
-                    print(
-                        json.dumps(
-                            {
-                                "t": t / 1000,
-                                "command": name,
-                                "payload": text,
-                                "ok": ok,
-                                "error": err,
-                            }
-                        )
-                    )
-            # "t", "expect" and "note" are for the rig.
+        apply_world(self.sim, step)
+        ev = step.get("ev")
+        if ev is not None:
+            self.ev = ev
+            if ev == "A":
+                self._require_open(t, "unplug")
+        fault = step.get("fault")
+        if fault in _FAULTS_REQUIRING_OPEN:
+            self._require_open(t, fault)
+        for line in send_commands(self.fw, step, t):
+            print(line)
         self.step_due = True
 
     def _require_open(self, t, cause):

@@ -1,0 +1,101 @@
+"""Bench mode: the firmware's trace records on the console, for a pilot-signal rig.
+
+Owns: deciding when a record is due and printing it as one line
+`TRACE {...}` (firmware/trace.py builds the JSON), so that `tools/rig.py run
+SCENARIO --port PORT` can tell trace lines from other console output. Enabled by
+the config key `bench_trace` (off by default); firmware/app.py creates one
+BenchTrace and calls poll() after every control tick.
+
+A record is printed whenever a discrete field changes (state, duty, offer,
+contactor, fault, session) and at least once per second. `t` is the time since
+this object was built (Firmware start), in ms, from the HAL clock through
+ticks_diff; kept as whole seconds + ms so it never grows past a small int.
+`pilot_v` is the firmware's own reading; `truth_energy_wh` is null on a real
+board (a board that knows the truth, the simulated one, reports it).
+
+Never decides anything. poll() compares a few ints and identities and returns
+when nothing is due: no allocation. A record allocates (a new string) and
+printing it costs time on the UART (~250 bytes: ~22 ms at 115200 baud when the
+driver has no TX buffer); it comes after the charger has acted in that tick.
+"""
+
+from micropython import const
+
+from firmware.trace import fixed, record
+
+PREFIX = "TRACE "  # every bench line starts with this (tools/rig.py looks for it)
+EVERY_MS = const(1000)  # a record at least this often
+
+
+class BenchTrace:
+    def __init__(self, fw):
+        self.fw = fw
+        hal = fw.hal
+        self.hal = hal
+        now = hal.ticks_ms()
+        self._clock = now  # ticks when _s/_ms were last brought up to date
+        self._s = 0  # seconds since start ...
+        self._ms = 0  # ... plus ms (0..999)
+        self._last = now  # ticks of the last record
+        self._first = True
+        # What the last record showed.
+        self._state = None
+        self._duty = -1
+        self._offer = -1
+        self._contactor = None
+        self._fault = None
+        self._session = None
+        # The simulated board knows the energy the EV really drew; a real one does not.
+        try:
+            hal.truth_energy_wh
+            self._truth = True
+        except AttributeError:
+            self._truth = False
+        self.records = 0
+
+    def poll(self):
+        """After each tick: print a record if one is due (cheap when not)."""
+        fw = self.fw
+        ch = fw.charger
+        hal = self.hal
+        now = hal.ticks_ms()
+        if (
+            ch.state is self._state
+            and ch.duty_pm == self._duty
+            and ch.offer_ma == self._offer
+            and ch.contactor_on is self._contactor
+            and ch.fault is self._fault
+            and fw.session_id is self._session
+            and hal.ticks_diff(now, self._last) < EVERY_MS
+            and not self._first
+        ):
+            return
+        self._emit(now)
+
+    def t_ms(self, now):
+        """ms since start at ticks `now` (not earlier than the last call)."""
+        ms = self._ms + self.hal.ticks_diff(now, self._clock)
+        self._clock = now
+        if ms >= 1000:
+            self._s += ms // 1000
+            ms %= 1000
+        self._ms = ms
+        return self._s * 1000 + ms
+
+    def _emit(self, now):
+        fw = self.fw
+        ch = fw.charger
+        self._first = False
+        self._state = ch.state
+        self._duty = ch.duty_pm
+        self._offer = ch.offer_ma
+        self._contactor = ch.contactor_on
+        self._fault = ch.fault
+        self._session = fw.session_id
+        self._last = now
+        self.records += 1
+        if self._truth:
+            extra = ', "truth_energy_wh": ' + fixed(int(self.hal.truth_energy_wh * 1000), 1000, 3)
+        else:
+            extra = ', "truth_energy_wh": null'
+        print(PREFIX + record(fw, self.t_ms(now), None, extra))
