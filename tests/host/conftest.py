@@ -1,0 +1,27 @@
+"""Host-test options: `--fuzz N` runs N fresh random scenarios in
+tests/host/test_properties.py instead of the fixed CI set (`make fuzz N=500`).
+
+The option is registered when pytest is given a path under tests/host (as
+`make fuzz` does); the property test reads it with a default, so a plain
+`pytest` run works without it.
+"""
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N random scenarios in test_properties.py (default: the fixed, derandomized CI set)",
+    )
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    stats = getattr(config, "fuzz_stats", None)
+    if not stats:
+        return
+    terminalreporter.write_line(
+        "safety invariants: %d random scenarios checked, %.2f simulated hours, %d contactor closings, %d openings"
+        % (stats["scenarios"], stats["sim_seconds"] / 3600, stats["closes"], stats["opens"])
+    )
