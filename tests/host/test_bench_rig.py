@@ -27,7 +27,9 @@ RIG = REPO / "tools" / "rig.py"
 SIMBOARD = REPO / "tools" / "simboard.py"
 BENCH = REPO / "tests" / "scenarios" / "bench"
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).parent))
 import rig  # noqa: E402
+from broker import Broker, mosquitto_path  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (MICROPYTHON.exists() and (BIN / "mpremote").exists()),
@@ -54,9 +56,10 @@ class Board:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    flash = tmp_path_factory.mktemp("bench") / "flash"
+def make_flash(root, config):
+    """A flash folder with this checkout's boot.py, main.py, firmware/, hal/, lib/
+    and the board's own /data/config.json."""
+    flash = root / "flash"
     flash.mkdir()
     for name in ("boot.py", "main.py"):
         shutil.copy(REPO / name, flash / name)
@@ -64,9 +67,14 @@ def board(tmp_path_factory):
     for name in ("firmware", "hal", "lib"):
         shutil.copytree(REPO / name, flash / name, ignore=ignore)
     (flash / "data").mkdir()
+    (flash / "data" / "config.json").write_text(json.dumps(config))
+    return flash
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
     # The board's own settings, which the rig must leave as it found them.
-    (flash / "data" / "config.json").write_text('{"id": "bench1", "fault_retries": 2}')
-    b = Board(flash)
+    b = Board(make_flash(tmp_path_factory.mktemp("bench"), {"id": "bench1", "fault_retries": 2}))
     yield b
     b.stop()
 
@@ -120,6 +128,24 @@ def test_failing_expectation_exits_1(board, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert 'FAIL step 1 (t=2.000): state expected "C2", got "B2"' in r.stdout
     assert read_trace(trace)[-1]["t"] >= 3
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="needs mosquitto")
+def test_set_steps_go_over_mqtt_with_broker(tmp_path):
+    """--broker: the rig removes `set` from the uploaded scenario and publishes
+    it to the board's command topic; the board's link applies it and acks."""
+    with Broker() as broker:
+        cfg = {"id": "bench2", "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
+        b = Board(make_flash(tmp_path, cfg))
+        try:
+            r = run_rig(BENCH / "plug_charge_unplug.json", "--port", b.port, "--sim-ev",
+                        "--broker", "127.0.0.1:%d" % broker.port)  # fmt: skip
+        finally:
+            b.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rig sends remote command current_a=10" in r.stdout
+    assert 'ack {"cmd": "current_a", "ok": true, "error": null}' in r.stdout
+    assert "set current_a=10 -> ok" not in r.stdout  # not applied by the board's simrig
 
 
 def test_step_mode_waits_for_enter_and_moves_later_steps(board, tmp_path):
