@@ -20,11 +20,9 @@ import json
 
 from micropython import const
 
-from firmware import VERSION
+from firmware import VERSION, commands, slots
 from firmware import charger as chg
-from firmware import commands
 from firmware import config as config_mod
-from firmware import slots
 from firmware.charger import TICK_MS, Charger
 from firmware.journal import Journal, exists
 from firmware.meter import Meter

@@ -46,11 +46,7 @@ class BenchTrace:
         self._fault = None
         self._session = None
         # The simulated board knows the energy the EV really drew; a real one does not.
-        try:
-            hal.truth_energy_wh
-            self._truth = True
-        except AttributeError:
-            self._truth = False
+        self._truth = hasattr(hal, "truth_energy_wh")
         self.records = 0
 
     def poll(self):

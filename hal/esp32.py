@@ -57,8 +57,8 @@ import machine
 import micropython
 from micropython import const
 
-from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
 from hal import net as _net
+from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
 
 PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ

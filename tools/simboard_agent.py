@@ -20,12 +20,13 @@
 #                           b"R\n"                         machine.reset() called
 # Usage: micropython simboard_agent.py FLASH_DIR CTL_IN_FD CTL_OUT_FD RESET_CAUSE FLASH_BLOCKS
 
-import sys
 import io
 import os
+import sys
 import time
-import vfs
+
 import machine as _machine
+import vfs
 
 _AGENT = sys.argv[0]
 _CTL_IN = open("/dev/fd/" + sys.argv[2], "rb")

@@ -2,9 +2,10 @@
 # The board clock starts 1 s before the 2^30 wrap, so every test crosses it.
 import gc
 
-from fakeboard import FakeBoard, FakeMeter, run, first
-from firmware import config
+from fakeboard import FakeBoard, FakeMeter, first, run
+
 from firmware import charger as chg
+from firmware import config
 from firmware.charger import Charger
 
 A, B, C, D, E = 12000, 9000, 6000, 3000, 0

@@ -149,7 +149,7 @@ def test_thousands_of_hostile_payloads_never_raise_and_give_a_value_in_range_or_
     limits_choices = ({"hw_max_current_a": 32}, {"hw_max_current_a": 16.5}, {"hw_max_current_a": 80})
     valid = 0
     n = 0
-    for i in range(4000):
+    for _ in range(4000):
         name = _NAMES[rng.below(len(_NAMES))]
         kind = rng.below(5)
         if kind == 0:

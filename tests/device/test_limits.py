@@ -1,6 +1,6 @@
 # The offered current: the smallest of every limit, thermal derating with hysteresis.
 from firmware import config
-from firmware.limits import Limits, T_NORMAL, T_HALF, T_QUARTER, T_STOP
+from firmware.limits import T_HALF, T_NORMAL, T_QUARTER, T_STOP, Limits
 
 NO_TEMP = -32768
 UNKNOWN = -1

@@ -133,7 +133,7 @@ def test_meter_refuses_more_phases_than_ct_channels():
         Meter(SineBoard(amps=(16,), channels=1), phases=3)
     except ValueError:
         return
-    assert False, "three phases on a one-channel board accepted"
+    raise AssertionError("three phases on a one-channel board accepted")
 
 
 def test_zero_load_with_adc_noise_reads_zero_and_meters_no_energy():
@@ -371,7 +371,7 @@ def test_calibrate_refuses_a_reading_too_small_to_trust():
         m.calibrate(0, 16000)
     except ValueError:
         return
-    assert False, "calibrated against no current"
+    raise AssertionError("calibrated against no current")
 
 
 # --- no allocation, no big ints -------------------------------------------------------------------
@@ -474,7 +474,7 @@ def test_every_intermediate_stays_below_2_30_in_worst_cases():
             mt._reduce(buf, 2, 3, m._n, m._w, out)
             assert _T.top < mt.SMALL_INT, (hz, p[0], p[-1], _T.top)
             _T.top = 0
-            r = mt._rms128(out[0])
+            mt._rms128(out[0])
             assert _T.top < mt.SMALL_INT, _T.top
     # full-scale RMS (2048 counts) through the largest scale a board may have
     for volts in (230, 480):
@@ -507,7 +507,7 @@ def test_board_scale_that_would_overflow_is_refused():
         Meter(SineBoard(ua=5000000), voltage_v=480)
     except ValueError:
         return
-    assert False, "a 10 kA full-scale board was accepted"
+    raise AssertionError("a 10 kA full-scale board was accepted")
 
 
 # --- against the simulated board (hal/sim.py: harmonics, noise, drifting mains) ------
@@ -523,7 +523,7 @@ def _sim_charging(amps, hz=50, noise=3, drift_pm=0):
         sim.step(100)
         if sim.truth_current_ma(0) == amps * 1000:
             return sim
-    assert False, "the simulated EV never reached %d A" % amps
+    raise AssertionError("the simulated EV never reached %d A" % amps)
 
 
 def test_sim_currents_within_half_percent_with_harmonics_and_adc_noise():
