@@ -97,22 +97,17 @@ def run_mp(args, timeout_s=300, heap=None, path=None, cwd=REPO):
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise BenchError(
-            "%s timed out after %d s" % (" ".join(args), timeout_s)
-        ) from None
+        raise BenchError("%s timed out after %d s" % (" ".join(args), timeout_s)) from None
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
         raise BenchError(
-            "%s failed (exit %d):\n%s%s"
-            % (" ".join(args), p.returncode, p.stdout[-2000:], p.stderr[-1000:])
+            "%s failed (exit %d):\n%s%s" % (" ".join(args), p.returncode, p.stdout[-2000:], p.stderr[-1000:])
         )
     return json.loads(lines[-1])
 
 
 def bench_mp(*args, timeout_s=300):
-    return run_mp(
-        [os.path.join(REPO, "tools", "bench_mp.py")] + [str(a) for a in args], timeout_s
-    )
+    return run_mp([os.path.join(REPO, "tools", "bench_mp.py")] + [str(a) for a in args], timeout_s)
 
 
 # --- the measurements ----------------------------------------------------------------------
@@ -155,9 +150,7 @@ def measure_mqtt(quick):
     with Broker() as b:
         out = bench_mp("mqtt", b.host, b.port, 100 if quick else 400, timeout_s=120)
     with Blackhole() as bh:
-        out.update(
-            bench_mp("blackhole", "127.0.0.1", bh.port, 2 if quick else 4, timeout_s=60)
-        )
+        out.update(bench_mp("blackhole", "127.0.0.1", bh.port, 2 if quick else 4, timeout_s=60))
     return out
 
 
@@ -168,9 +161,7 @@ def compile_tree(dest):
         mpy_cross = shutil.which("mpy-cross")
     if not mpy_cross:
         raise BenchError("mpy-cross not found: run `make deps`")
-    arch = {"x86_64": "x64", "aarch64": "armv7m", "AMD64": "x64"}.get(
-        os.uname().machine, "x64"
-    )
+    arch = {"x86_64": "x64", "aarch64": "armv7m", "AMD64": "x64"}.get(os.uname().machine, "x64")
     jobs = []
     for pkg, out in (
         ("firmware", "firmware"),
@@ -252,13 +243,17 @@ def measure_heap(quick):
     tree = tempfile.mkdtemp(prefix="evse-mpy-")
     try:
         compile_tree(tree)
+        # What the loaded code alone takes (the rest is run-time data and GC slack).
+        code = (
+            "import gc, json\ngc.collect()\na = gc.mem_alloc()\nimport firmware.app, firmware.link\n"
+            "gc.collect()\nprint(json.dumps({'heap_firmware_code_kb': (gc.mem_alloc() - a) / 1024}))"
+        )
+        imports = run_mp(["-c", code], heap="1024k", path=[tree, os.path.join(tree, "lib")], cwd=tree)
         with Broker() as b:
             lo, hi = 4, 256  # lo fails (assumed), hi must pass
             ok, why = _session_run(tree, hi, b, scenario)
             if not ok:
-                raise BenchError(
-                    "the compiled firmware fails even with %d KB heap: %s" % (hi, why)
-                )
+                raise BenchError("the compiled firmware fails even with %d KB heap: %s" % (hi, why))
             runs = 1
             while hi - lo > step:
                 mid = (lo + hi) // 2
@@ -268,8 +263,10 @@ def measure_heap(quick):
                     hi = mid
                 else:
                     lo = mid
-            return {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
-                    "min_heap_fails_at_kb": lo}  # fmt: skip
+            out = {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
+                   "min_heap_fails_at_kb": lo}  # fmt: skip
+            out.update(imports)
+            return out
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 
@@ -310,12 +307,7 @@ def measure_all(quick, log=print):
         "tick_ms_p99": out["tick_us_p99"] * f / 1000,
         "meter_tick_ms_median": out["tick_us_meter_median"] * f / 1000,
         # mean tick (9 plain + 1 meter burst) x factor, as a share of the 10 ms period
-        "cpu_pct_at_10ms_tick": (
-            out["tick_us_plain_median"] * 9 + out["tick_us_meter_median"]
-        )
-        / 10
-        * f
-        / 100,
+        "cpu_pct_at_10ms_tick": (out["tick_us_plain_median"] * 9 + out["tick_us_meter_median"]) / 10 * f / 100,
         "sim_speed_x": out["sim_speed_x"] / f,
     }
     out["bench_seconds"] = round(time.monotonic() - t0, 1)
@@ -360,14 +352,12 @@ def print_table(out, file=sys.stdout):
     )
     row(
         "ESP32 est. median / p99 / meter tick",
-        "%.1f / %.1f / %.1f"
-        % (est["tick_ms_median"], est["tick_ms_p99"], est["meter_tick_ms_median"]),
+        "%.1f / %.1f / %.1f" % (est["tick_ms_median"], est["tick_ms_p99"], est["meter_tick_ms_median"]),
         "ms",
     )
     row("ESP32 est. CPU at 10 ms ticks", "%.0f" % est["cpu_pct_at_10ms_tick"], "%")
     print(
-        "energy, %d-minute sessions (session record vs simulator truth)"
-        % out["session_minutes"],
+        "energy, %d-minute sessions (session record vs simulator truth)" % out["session_minutes"],
         file=file,
     )
     for load in LOADS:
@@ -385,14 +375,11 @@ def print_table(out, file=sys.stdout):
             ),
             file=file,
         )
-    print(
-        "flash writes (opens for write + renames + removes) per charged hour", file=file
-    )
+    print("flash writes (opens for write + renames + removes) per charged hour", file=file)
     for load in LOADS:
         row(
             out["energy"][load]["label"],
-            "%.0f (%.1f KB)"
-            % (out["flash_writes_per_h"][load], out["flash_bytes_per_h"][load] / 1024),
+            "%.0f (%.1f KB)" % (out["flash_writes_per_h"][load], out["flash_bytes_per_h"][load] / 1024),
             "/h",
         )
     print("speed", file=file)
@@ -407,9 +394,7 @@ def print_table(out, file=sys.stdout):
     row("contactor close max (from S2)", out["close_ms_max"], "ms", "close_ms_max")
     row("required openings never done", out["openings_never_done"], "")
     print("mqtt (Mosquitto on loopback)", file=file)
-    row(
-        "QoS 1 publish round trip, median", "%.3f" % out["mqtt_publish_ms_median"], "ms"
-    )
+    row("QoS 1 publish round trip, median", "%.3f" % out["mqtt_publish_ms_median"], "ms")
     row(
         "post_session -> PUBACK seen by the loop, median",
         "%.1f" % out["mqtt_post_to_ack_ms_median"],
@@ -461,9 +446,7 @@ def main(argv=None):
         )
         return 3
     try:
-        out = measure_all(
-            args.quick, log=lambda m: print(m, file=sys.stderr, flush=True)
-        )
+        out = measure_all(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (BenchError, rig.BadScenario, RuntimeError) as e:
         print("bench: %s" % e, file=sys.stderr)
         return 3

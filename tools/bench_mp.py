@@ -396,7 +396,9 @@ def mode_blackhole(host, port, seconds):
                     "C"
                 )  # charge: events, status changes, a session for the link
             if ticks == n * 3 // 4:
-                sim.set_ev("B")  # session ends: a record the link cannot deliver
+                sim.set_ev("B")  # the car is full
+            if ticks == n * 3 // 4 + 20:
+                sim.set_ev("A")  # unplugged: the session ends, a record the link cannot deliver
             t0 = time.ticks_us()
             fw.tick()
             dt = time.ticks_diff(time.ticks_us(), t0)
