@@ -147,9 +147,7 @@ def mode_tick(warm_s=40, n=3000):
         _run_ticks(fw, sim, warm_s * 1000 // TICK_MS)
         ch = fw.charger
         if not ch.contactor_on or fw.meter.max_ma() < 15000:
-            raise RuntimeError(
-                "not charging at 16 A after warm-up: %s %r" % (ch.state, fw.meter.i_ma)
-            )
+            raise RuntimeError("not charging at 16 A after warm-up: %s %r" % (ch.state, fw.meter.i_ma))
         us = []
         us_meter = []
         alloc_total = 0
@@ -201,9 +199,7 @@ def mode_tick(warm_s=40, n=3000):
                     "tick_alloc_bytes_total": alloc_total,
                     "tick_alloc_ticks": plain,
                     # rounded up: any allocation at all shows as >= 1
-                    "tick_alloc_bytes": (alloc_total + plain - 1) // plain
-                    if alloc_total > 0
-                    else 0,
+                    "tick_alloc_bytes": (alloc_total + plain - 1) // plain if alloc_total > 0 else 0,
                     "tick_alloc_where": alloc_ticks[:8],
                     "flash_ticks": flash_ticks,
                     "flash_tick_alloc_bytes": flash_alloc,
@@ -250,9 +246,7 @@ def mode_session(load, minutes):
         sim = SimBoard(data_dir=mnt, **sim_args)
         fw = Firmware(sim, cfg)
         records = []
-        fw.on_event = lambda ev: (
-            records.append(ev["record"]) if ev.get("event") == "session" else None
-        )
+        fw.on_event = lambda ev: records.append(ev["record"]) if ev.get("event") == "session" else None
         t_start = sim.now_ms
         marks = {}
 
@@ -314,9 +308,7 @@ def mode_session(load, minutes):
 def _mqtt_cfg(host, port, dev_id):
     from firmware import config
 
-    cfg, _errors = config.validate(
-        {"mqtt_host": host, "mqtt_port": port, "id": dev_id, "mqtt_keepalive_s": 30}
-    )
+    cfg, _errors = config.validate({"mqtt_host": host, "mqtt_port": port, "id": dev_id, "mqtt_keepalive_s": 30})
     return cfg
 
 
@@ -330,7 +322,7 @@ def mode_mqtt(host, port, n):
     c.net = net
     c.connect(timeout=5)
     rtt = []
-    for i in range(n):
+    for _ in range(n):
         t0 = time.ticks_us()
         c.publish(b"bench/direct", b"x" * 300, qos=1)
         rtt.append(time.ticks_diff(time.ticks_us(), t0))
@@ -392,9 +384,7 @@ def mode_blackhole(host, port, seconds):
         due = time.ticks_ms()
         while time.ticks_diff(t_end, time.ticks_ms()) > 0:
             if ticks == n // 5:
-                sim.set_ev(
-                    "C"
-                )  # charge: events, status changes, a session for the link
+                sim.set_ev("C")  # charge: events, status changes, a session for the link
             if ticks == n * 3 // 4:
                 sim.set_ev("B")  # the car is full
             if ticks == n * 3 // 4 + 20:
@@ -406,9 +396,7 @@ def mode_blackhole(host, port, seconds):
                 worst = dt
             ticks += 1
             sim.wait_tick(TICK_MS)
-            due = time.ticks_add(
-                due, TICK_MS
-            )  # real-time pacing: the link thread runs meanwhile
+            due = time.ticks_add(due, TICK_MS)  # real-time pacing: the link thread runs meanwhile
             w = time.ticks_diff(due, time.ticks_ms())
             if w > 0:
                 time.sleep_ms(w)

@@ -62,9 +62,7 @@ def test_every_headline_figure_is_a_number_in_a_sane_range(bench):
 
 def test_control_tick_allocates_no_heap_while_charging(bench):
     _text, out = bench
-    assert (
-        out["tick_alloc_ticks"] >= 500
-    )  # enough ticks (meter bursts included) were watched
+    assert out["tick_alloc_ticks"] >= 500  # enough ticks (meter bursts included) were watched
     assert out["tick_alloc_bytes"] == 0, out["tick_alloc_where"]
     assert out["tick_alloc_bytes_total"] == 0, out["tick_alloc_where"]
 
@@ -81,9 +79,7 @@ def test_energy_table_has_the_four_issue_4_loads_within_their_limits(bench):
     for load, row in out["energy"].items():
         assert row["truth_wh"] > 0 and row["session_wh"] > 0, load
         assert abs(row["err_pct"]) <= row["limit_pct"], (load, row)
-    assert out["energy_err_pct_max"] == max(
-        abs(r["err_pct"]) for r in out["energy"].values()
-    )
+    assert out["energy_err_pct_max"] == max(abs(r["err_pct"]) for r in out["energy"].values())
 
 
 def test_flash_writes_grow_with_the_charging_power(bench):
@@ -105,9 +101,7 @@ def test_esp32_estimates_use_the_stated_factor(bench):
     f = out["esp32_factor"]
     lo, hi = out["esp32_factor_range"]
     assert lo <= f <= hi
-    assert out["esp32_est"]["tick_ms_median"] == pytest.approx(
-        out["tick_us_median"] * f / 1000
-    )
+    assert out["esp32_est"]["tick_ms_median"] == pytest.approx(out["tick_us_median"] * f / 1000)
 
 
 def test_rig_calibrate_stores_gains_that_bring_a_2_percent_high_ct_within_half_a_percent(tmp_path):

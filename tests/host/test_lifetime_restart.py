@@ -61,9 +61,7 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
         {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
         {"t": 1, "ev": "C"},
     ])  # fmt: skip
-    env = dict(
-        os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")])
-    )
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
     proc = subprocess.Popen([MP, "-m", "hal.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     last = None
@@ -83,9 +81,7 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL, (
-        "the run ended before it could be killed"
-    )
+    assert killed and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     metered_at_kill = last["energy_wh"]  # within RECORD_S of the kill
     assert metered_at_kill > 1500  # ~11 kW for > 10 min: it was charging
 
