@@ -21,8 +21,10 @@ deps: $(VENV)/.installed
 test: deps
 	$(PY) -m pytest
 
+# The firmware against a local Mosquitto (when installed), its MQTT messages next
+# to the live timeline; a 40 s demo in real time unless SCENARIO=... is given.
 run: deps
-	$(PY) tools/rig.py run $(SCENARIO) --live
+	$(PY) tools/run_demo.py $(if $(filter command line environment,$(origin SCENARIO)),--scenario $(SCENARIO)) $(RUN_ARGS)
 
 bench: deps
 	$(PY) tools/bench.py

@@ -65,6 +65,18 @@ def format_message(topic, payload, retained=False):
         if data.get("enabled") is False:
             fields.append("DISABLED")
         return "%-12s %-8s %s%s" % (dev, kind, " ".join(fields), mark)
+    if kind == "session" and isinstance(data, dict):
+        fields = [
+            "id=%s" % data.get("id", "?"),
+            "energy=%sWh" % data.get("energy_wh", "-"),
+            "reason=%s" % data.get("reason", "-"),
+            "peak=%sA" % data.get("peak_a", "-"),
+            "tag=%s" % (data.get("tag") or "-"),
+        ]
+        return "%-12s %-8s %s%s" % (dev, kind, " ".join(fields), mark)
+    if kind == "ack" and isinstance(data, dict):
+        answer = "ok" if data.get("ok") else "REFUSED: %s" % data.get("error")
+        return "%-12s %-8s %s -> %s%s" % (dev, kind, data.get("cmd"), answer, mark)
     if isinstance(data, dict):
         body = " ".join("%s=%s" % (k, json.dumps(v)) for k, v in data.items())
     else:
