@@ -305,7 +305,7 @@ class Board:
         # A board that is resetting or booting loses (or defers) what it is
         # sent, so: short reads, and a few attempts.
         self.t.serial.timeout = 0.1
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 self.t.enter_raw_repl(soft_reset=False, timeout_overall=3)
                 return
