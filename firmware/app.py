@@ -295,8 +295,12 @@ class Firmware:
                     slots.mark_good()  # the A/B slot proved itself (firmware/slots.py)
                 hal.wdt_feed()
                 hal.wait_tick(TICK_MS)
-        except BaseException:
+        except BaseException as e:
             hal.safe()
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) and self.link is not None:
+                # A clean stop (Ctrl-C, deploy): online 0, and the link thread
+                # ends instead of running on behind the REPL.
+                self.link.stop(1000)
             raise
 
     # --- remote commands ----------------------------------------------------------------------------
