@@ -50,6 +50,12 @@ class Firmware:
         if overrides:
             cfg, more = config_mod.validate(overrides, cfg)
             errors += more
+        if cfg["phases"] > hal.adc_channels:
+            # A setting the board cannot measure must not become a boot loop.
+            errors.append(
+                "phases %d but the board measures %d: using %d" % (cfg["phases"], hal.adc_channels, hal.adc_channels)
+            )
+            cfg["phases"] = hal.adc_channels
         self.cfg = cfg
         self.config_errors = errors
         for e in errors:

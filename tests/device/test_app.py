@@ -1,0 +1,43 @@
+# The app's wiring: configuration the board cannot honour, files it keeps.
+import os
+
+from hal.sim import SimBoard
+from firmware.app import Firmware
+
+
+def fresh_dir(name):
+    path = "/tmp/evse-app-test-" + name
+    try:
+        for f in os.listdir(path):
+            os.remove(path + "/" + f)
+    except OSError:
+        os.mkdir(path)
+    return path
+
+
+def test_more_phases_than_the_board_measures_is_a_config_error_not_a_boot_loop():
+    sim = SimBoard(phases=1, data_dir=fresh_dir("phases"))
+    fw = Firmware(sim, {"phases": 3})
+    assert fw.cfg["phases"] == 1
+    assert any("phases 3" in e for e in fw.config_errors)
+
+
+def test_a_session_is_journaled_with_its_metered_energy():
+    sim = SimBoard(data_dir=fresh_dir("session"))
+    fw = Firmware(sim, {"max_current_a": 16})
+    seen = []
+    fw.on_event = seen.append
+    sim.set_ev("C")
+    for _ in range(60 * 100):  # one simulated minute
+        fw.tick()
+        sim.wait_tick(10)
+    assert fw.charger.state == "C2" and fw.session_id is not None
+    sim.set_ev("A")
+    for _ in range(100):
+        fw.tick()
+        sim.wait_tick(10)
+    rec = [e["record"] for e in seen if e.get("event") == "session"][0]
+    assert rec["reason"] == "ev_unplugged"
+    truth_mwh = sim.truth_energy_wh * 1000
+    assert abs(rec["energy_mwh"] - truth_mwh) <= truth_mwh * 0.005, (rec["energy_mwh"], truth_mwh)
+    assert [r["id"] for r in fw.journal.pending()] == [rec["id"]]
