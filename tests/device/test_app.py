@@ -1,8 +1,8 @@
 # The app's wiring: configuration the board cannot honour, files it keeps.
 import os
 
-from hal.sim import SimBoard
 from firmware.app import Firmware
+from hal.sim import SimBoard
 
 
 def fresh_dir(name):
