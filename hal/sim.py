@@ -638,7 +638,7 @@ class SimBoard:
         offset binary: fundamental plus (order, per mille) harmonics."""
         norm = math.sqrt(1 + sum((h / 1000) ** 2 for _, h in harmonics))
         n = 1 << _WAVE_BITS
-        w = array("H", [0] * n)
+        w = array("H", bytes(2 * n))  # no temporary list: 2 bytes an entry, not 8
         for k in range(n):
             t = 2 * math.pi * k / n
             v = math.sin(t)
@@ -651,7 +651,7 @@ class SimBoard:
         """ESP32-like ADC transfer curve: an S-shaped bow of up to `counts`
         (a cubic through both ends, so 0 and 4095 stay), plus a dead zone of
         `counts` codes at the bottom where the ESP32 reads 0."""
-        lin = array("H", [0] * 4096)
+        lin = array("H", bytes(2 * 4096))
         for x in range(4096):
             u = (x - 2048) / 2048
             y = round(x + counts * 2.598 * (u - u * u * u))
