@@ -30,7 +30,10 @@ from firmware.session import SessionTracker, stamp, to_json
 
 METER_EVERY = const(10)  # one current-sense burst every 10 ticks (100 ms)
 LINK_EVERY = const(10)  # look at the link's queues every 100 ms
-STATUS_EVERY = const(100)  # hand the link a fresh status at least every second
+# A fresh status goes to the link on every change of state, fault, offer or
+# session, and otherwise this often (uptime alone must not publish every second).
+STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: current, energy
+STATUS_IDLE_EVERY = const(6000)  # 60 s otherwise
 REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
@@ -98,6 +101,8 @@ class Firmware:
         self._meter_t = now
         self._last_state = None
         self._last_fault = None
+        self._last_offer = 0
+        self._last_session = None
         self._status_due = True
 
     # --- start-up / shut-down ------------------------------------------------------
@@ -147,9 +152,16 @@ class Firmware:
         ch.tick()
         if ch._ev_len:
             self._drain_events()
-        if ch.state is not self._last_state or ch.fault is not self._last_fault:
+        if (
+            ch.state is not self._last_state
+            or ch.fault is not self._last_fault
+            or ch.offer_ma != self._last_offer
+            or self.session_id is not self._last_session
+        ):
             self._last_state = ch.state
             self._last_fault = ch.fault
+            self._last_offer = ch.offer_ma
+            self._last_session = self.session_id
             self._status_due = True
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
@@ -244,7 +256,7 @@ class Firmware:
             "state": ch.state,
             "fault": ch.fault,
             "offer_a": ch.offer_ma / 1000,
-            "limit_ma": ch.offer_ma,
+            "limit_ma": ch.limits.remote_ma if ch.limits.remote_ma < ch.limits.config_ma else ch.limits.config_ma,
             "current_a": [i[p] / 1000 for p in range(m.phases)],
             "current_ma": m.max_ma(),
             "power_w": m.power_w,
@@ -273,7 +285,8 @@ class Firmware:
                 break
             self.journal.ack(sid)
             self.charger.inhibit = self.journal.full()
-        if self._status_due or self.ticks % STATUS_EVERY < LINK_EVERY:
+        every = STATUS_CHARGING_EVERY if self.charger.contactor_on else STATUS_IDLE_EVERY
+        if self._status_due or self.ticks % every < LINK_EVERY:
             self._status_due = False
             link.post_status(json.dumps(self.status()).encode())
         if self.ticks % REPOST_EVERY < LINK_EVERY:

@@ -49,11 +49,18 @@ STATUS_MAX_MS = const(60000)
 # How long the thread waits for broker traffic before it looks at its queues
 # again: the latency of a posted event when the link is idle.
 IDLE_POLL_MS = const(20)
-# Queue sizes (entries). Events and acks drop the oldest when full (counted);
-# sessions are refused when full (the journal keeps them and re-posts).
+# Queue sizes (entries). Events drop the oldest when full (counted); sessions
+# are refused when full (the journal keeps them and re-posts). Every command
+# read from the broker gets exactly one ack: the link stops reading while
+# COMMANDS_MAX commands and acks are in flight (TCP back-pressure). A QoS 1
+# publish still reads whatever the broker sends while it waits for its PUBACK
+# (umqtt.simple): commands that arrive then are answered "busy" from the ack
+# queue; only a flood beyond ACKS_MAX unanswered commands is dropped (counted
+# in stats["commands_dropped"] and stats["dropped"]).
 OUT_MAX = const(16)
 SESSIONS_MAX = const(8)
 COMMANDS_MAX = const(8)
+ACKS_MAX = const(64)
 ACKED_MAX = const(16)
 COMMAND_NAME_MAX = const(32)
 THREAD_STACK_BYTES = const(16384)  # TLS handshakes need more than the default
@@ -209,7 +216,8 @@ class Link:
 
         self._lock = _thread.allocate_lock()
         # --- shared with the loop: only under _lock --------------------------
-        self._out = _Ring(OUT_MAX)  # (topic, payload) for events and acks, QoS 1
+        self._out = _Ring(OUT_MAX)  # event payloads, QoS 1
+        self._acks = _Ring(ACKS_MAX)  # (cmd, ok, error), QoS 1
         self._sessions = []  # [session_id, payload] until PUBACK, in order
         self._acked = _Ring(ACKED_MAX)
         self._commands = _Ring(COMMANDS_MAX)
@@ -256,12 +264,12 @@ class Link:
 
     def post_event(self, payload):
         with self._lock:
-            if self._out.push((self._t_event, payload)):
+            if self._out.push(payload):
                 self.stats["dropped"] += 1
 
     def post_ack(self, cmd, ok, error):
         with self._lock:
-            if self._out.push((self._t_ack, (cmd, bool(ok), error))):
+            if self._acks.push((cmd, bool(ok), error)):
                 self.stats["dropped"] += 1
 
     def post_session(self, session_id, payload):
@@ -397,7 +405,11 @@ class Link:
     def _service(self):
         """One round: read what the broker sent, keep the link alive, send."""
         c = self._client
-        for _obj, ev in self._poller.ipoll(IDLE_POLL_MS):
+        with self._lock:
+            backlog = self._commands.n + self._acks.n >= COMMANDS_MAX
+        # With the command queue full, leave further messages in the socket
+        # until the loop has taken some (TCP back-pressure instead of drops).
+        for _obj, ev in () if backlog else self._poller.ipoll(IDLE_POLL_MS):
             if ev & (select.POLLHUP | select.POLLERR):
                 raise OSError(-3)  # broker closed or socket error
             self._last_rx = self._clock.ticks_ms()
@@ -405,9 +417,11 @@ class Link:
             self._restore_timeout()
             if op is not None:  # a packet umqtt does not consume outside publish()
                 raise OSError(-4)
+        if backlog:
+            self._net.sleep_ms(IDLE_POLL_MS)
         now = self._clock.ticks_ms()
         ka_ms = self._keepalive_s * 1000
-        if self._clock.ticks_diff(now, self._last_rx) > ka_ms:
+        if not backlog and self._clock.ticks_diff(now, self._last_rx) > ka_ms:
             raise OSError(-5)  # nothing (not even PINGRESP) for a whole keepalive
         if self._clock.ticks_diff(now, self._last_ping) >= ka_ms // 2:
             c.ping()
@@ -431,24 +445,26 @@ class Link:
                 self._acked.push(entry[0])
 
     def _send_out(self, c):
-        while not self._stop_req:
-            with self._lock:
-                item = self._out.peek()
-                hid = self._out.head_id
-            if item is None:
-                return
-            topic, payload = item
-            if topic is self._t_ack:
-                cmd, ok, error = payload
-                # bytes: umqtt sizes a str payload by characters, and a command
-                # name with non-ASCII characters would corrupt the packet
-                payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
-            c.publish(topic, payload, qos=1)
-            self._restore_timeout()
-            self.stats["published"] += 1
-            with self._lock:
-                if self._out.head_id == hid:  # not dropped meanwhile
-                    self._out.pop()
+        """Acks first (a client waits for them), then events."""
+        for ring, topic in ((self._acks, self._t_ack), (self._out, self._t_event)):
+            while not self._stop_req:
+                with self._lock:
+                    item = ring.peek()
+                    hid = ring.head_id
+                if item is None:
+                    break
+                payload = item
+                if ring is self._acks:
+                    cmd, ok, error = item
+                    # bytes: umqtt sizes a str payload by characters, and a command
+                    # name with non-ASCII characters would corrupt the packet
+                    payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
+                c.publish(topic, payload, qos=1)
+                self._restore_timeout()
+                self.stats["published"] += 1
+                with self._lock:
+                    if ring.head_id == hid:  # not dropped meanwhile
+                        ring.pop()
 
     def _send_status(self, c, now):
         with self._lock:
@@ -472,8 +488,14 @@ class Link:
         except Exception:  # noqa: BLE001 - not UTF-8: commands.parse refuses "?"
             name = "?"
         with self._lock:
-            if self._commands.push((name, bytes(msg))):
-                self.stats["commands_dropped"] += 1
+            if self._commands.n + self._acks.n < COMMANDS_MAX:
+                self._commands.push((name, bytes(msg)))
+                return
+            # Full (a burst arrived while a publish waited for its PUBACK):
+            # answer instead of dropping silently; the sender may retry.
+            self.stats["commands_dropped"] += 1
+            if self._acks.push((name, False, "busy: too many commands, try again")):
+                self.stats["dropped"] += 1
 
     def _goodbye(self):
         c = self._client

@@ -637,3 +637,50 @@ def test_run_demo_without_mosquitto_says_so_and_still_runs_the_timeline():
     assert not [ln for ln in out.stdout.splitlines() if ln.startswith("mqtt ")]
     assert any(ln.startswith("rig  ") and "C2" in ln for ln in out.stdout.splitlines())
     assert "expectations held" in out.stdout
+
+
+def test_a_burst_of_commands_is_answered_one_ack_each_none_dropped_silently(tmp_path):
+    # 60 commands published at once overflow the link's queue of 8: the link
+    # must hold the rest in the socket (back-pressure) or answer "busy", never
+    # drop one without an answer.
+    broker = Broker()
+    broker.start()
+    n = 60
+    acks = []
+    cond = threading.Condition()
+    sub = Sub(broker.port, ["evse/burst1/online"])
+
+    def on_ack(client, userdata, msg):
+        with cond:
+            acks.append(json.loads(msg.payload))
+            cond.notify_all()
+
+    sub.client.message_callback_add("evse/burst1/ack", on_ack)
+    sub.client.subscribe("evse/burst1/ack", 1)
+    time.sleep(0.2)
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "burst1")
+    try:
+        sub.wait(lambda t, p, r: t == "evse/burst1/online" and p == b"1", 10, "online 1")
+        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"], 10, "charging")
+        for i in range(n):
+            if i % 3 == 0:
+                sub.publish("evse/burst1/set/current_a", b"%d" % (6 + i % 10))
+            elif i % 3 == 1:
+                sub.publish("evse/burst1/set/enable", b"true")
+            else:
+                sub.publish("evse/burst1/set/bogus%d" % i, b"x")
+        deadline = time.monotonic() + 20
+        with cond:
+            while len(acks) < n and time.monotonic() < deadline:
+                cond.wait(0.2)
+        assert fw.proc.poll() is None, "the firmware died:\n" + "".join(fw.raw[-30:])
+    finally:
+        fw.interrupt()
+        sub.close()
+        broker.close()
+    busy = sum(1 for a in acks if a["error"] and a["error"].startswith("busy"))
+    print("burst: %d commands, %d acks (%d busy)" % (n, len(acks), busy))
+    assert len(acks) == n
+    assert sum(1 for a in acks if a["cmd"].startswith("bogus") and a["error"] == "unknown command") + sum(
+        1 for a in acks if a["cmd"].startswith("bogus") and a["error"].startswith("busy")
+    ) == n // 3
