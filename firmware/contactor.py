@@ -5,6 +5,13 @@ command within CONTACTOR_SETTLE_MS. Closed while commanded open = welded (checke
 at boot, before every close and after every open); open while commanded closed
 = the relay or its feedback failed. A board without feedback (UNKNOWN) skips
 these checks. Never decides when energy may flow: the charger does.
+
+The relay self-test at boot is passive: the mirror contact must read open
+within CONTACTOR_SETTLE_MS of the open command that every boot starts with
+(a weld found then latches before any session). The self-test does not close
+the contactor: with no EV that would put mains on the socket or on a tethered
+plug hanging in its holster. The closing path is proven at every real close
+instead (`relay_fail` when the mirror does not follow).
 """
 
 from micropython import const
