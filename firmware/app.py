@@ -35,6 +35,8 @@ LINK_EVERY = const(10)  # look at the link's queues every 100 ms
 STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: current, energy
 STATUS_IDLE_EVERY = const(6000)  # 60 s otherwise
 REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
+WDT_MS = const(2000)  # the control loop must come round this often or the board resets
+MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 
@@ -307,7 +309,7 @@ class Firmware:
         hal = self.hal
         try:
             self.start()
-            hal.wdt_start(2000)
+            hal.wdt_start(WDT_MS)
             while True:
                 self.tick()
                 if self.ticks == HEALTHY_AFTER:
@@ -316,10 +318,14 @@ class Firmware:
                 hal.wait_tick(TICK_MS)
         except BaseException as e:
             hal.safe()
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) and self.link is not None:
-                # A clean stop (Ctrl-C, deploy): online 0, and the link thread
-                # ends instead of running on behind the REPL.
-                self.link.stop(1000)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                # A clean stop (Ctrl-C from mpremote, the deploy tool, a bench
+                # rig): an ESP32 watchdog cannot be stopped, so it gets a long
+                # maintenance window; an abandoned REPL then ends in a reset
+                # that puts the charger back in service.
+                hal.wdt_start(MAINTENANCE_WDT_MS)
+                if self.link is not None:
+                    self.link.stop(1000)  # online 0; the thread ends
             raise
 
     # --- remote commands ----------------------------------------------------------------------------

@@ -141,7 +141,8 @@ class Board:
 
     # --- housekeeping ----------------------------------------------------------------
     def wdt_start(self, timeout_ms):
-        """Start the hardware watchdog; a board resets when not fed in time."""
+        """Start the hardware watchdog, or set a running one's timeout; a
+        board resets when not fed in time."""
         raise NotImplementedError
 
     def wdt_feed(self):

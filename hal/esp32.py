@@ -683,10 +683,16 @@ class Esp32Board(Board):
 
     # --- housekeeping ------------------------------------------------------------------
     def wdt_start(self, timeout_ms):
-        if self._wdt is None:
+        """Start the watchdog, or give a running one a new timeout. It cannot
+        be stopped on an ESP32; MicroPython built on ESP-IDF 5 reconfigures
+        the task watchdog when WDT() is called again (the firmware uses that
+        to give a REPL session a long maintenance window). On an older build
+        that refuses, the running watchdog keeps its timeout and is fed."""
+        try:
             self._wdt = machine.WDT(timeout=timeout_ms)
-        else:
-            self._wdt.feed()  # an ESP32 watchdog cannot be reconfigured or stopped
+        except OSError:
+            if self._wdt is not None:
+                self._wdt.feed()
 
     def wdt_feed(self):
         if self._wdt is not None:

@@ -41,3 +41,29 @@ def test_a_session_is_journaled_with_its_metered_energy():
     truth_mwh = sim.truth_energy_wh * 1000
     assert abs(rec["energy_mwh"] - truth_mwh) <= truth_mwh * 0.005, (rec["energy_mwh"], truth_mwh)
     assert [r["id"] for r in fw.journal.pending()] == [rec["id"]]
+
+
+def test_ctrl_c_leaves_the_board_safe_and_the_watchdog_a_maintenance_window():
+    from firmware import app
+
+    sim = SimBoard(data_dir=fresh_dir("ctrlc"))
+    fw = Firmware(sim, {})
+    sim.set_ev("C")
+    seen = {}
+
+    def on_tick(s):
+        if fw.charger.contactor_on:
+            seen["charging"] = True
+        if s.now_ms >= 5000:
+            raise KeyboardInterrupt  # mpremote / the deploy tool pressed Ctrl-C
+
+    sim.on_tick = on_tick
+    try:
+        fw.run()
+        raise AssertionError("run() returned")
+    except KeyboardInterrupt:
+        pass
+    assert seen.get("charging")
+    assert sim.contactor_log[-1][1] is False  # the last command opened it
+    assert not sim._pwm and sim._level == 1  # pilot steady +12 V (x1)
+    assert sim._wdt_ms == app.MAINTENANCE_WDT_MS  # not 2 s: the REPL gets its window

@@ -101,7 +101,13 @@ class ADC:
 
 
 class WDT:
+    refuse_reinit = False  # True: an old build whose WDT() fails once started
+    started = False
+
     def __init__(self, timeout=5000):
+        if WDT.refuse_reinit and WDT.started:
+            raise OSError(259)  # ESP_ERR_INVALID_STATE
+        WDT.started = True
         self.timeout = timeout
         self.fed = 0
 
@@ -592,7 +598,7 @@ def test_reset_cause_names_and_data_dir_created(hw):
         assert b.reset_cause() == name
 
 
-def test_watchdog_started_once_and_fed(hw):
+def test_watchdog_started_fed_and_given_a_new_timeout(hw):
     mod, _, _ = hw
     b = mod.Esp32Board(board=devkit())
     b.wdt_feed()  # before start: no-op
@@ -600,8 +606,23 @@ def test_watchdog_started_once_and_fed(hw):
     w = b._wdt
     assert w.timeout == 2000
     b.wdt_feed()
-    b.wdt_start(2000)
-    assert b._wdt is w and w.fed == 2
+    assert w.fed == 1
+    b.wdt_start(900000)  # the maintenance window after Ctrl-C (firmware/app.py)
+    assert b._wdt.timeout == 900000
+
+
+def test_watchdog_on_a_build_that_cannot_reconfigure_keeps_running_and_is_fed(hw):
+    mod, machine, _ = hw
+    machine.WDT.refuse_reinit = True
+    machine.WDT.started = False
+    try:
+        b = mod.Esp32Board(board=devkit())
+        b.wdt_start(2000)
+        w = b._wdt
+        b.wdt_start(900000)
+        assert b._wdt is w and w.timeout == 2000 and w.fed == 1
+    finally:
+        machine.WDT.refuse_reinit = False
 
 
 def test_led_modes_drive_the_pin(hw):
