@@ -1,18 +1,12 @@
 # The app's wiring: configuration the board cannot honour, files it keeps.
-import os
+import tmpdirs
 
 from firmware.app import Firmware
 from hal.sim import SimBoard
 
 
 def fresh_dir(name):
-    path = "/tmp/evse-app-test-" + name
-    try:
-        for f in os.listdir(path):
-            os.remove(path + "/" + f)
-    except OSError:
-        os.mkdir(path)
-    return path
+    return tmpdirs.make("evse-app-" + name)
 
 
 def test_more_phases_than_the_board_measures_is_a_config_error_not_a_boot_loop():

@@ -19,10 +19,9 @@
 # .mpy files, which need no compiler heap at all.
 
 import gc
-import os
-import time
 
 import micropython
+import tmpdirs
 
 # Compiling from source is what needs the heap: one module at a time, the
 # biggest first, with a collection in between.
@@ -50,24 +49,6 @@ class Board(SimBoard):
         return _TABLES._lin
 
 SMALL_INT = 1 << 30  # ESP32 small ints: -2^30 <= v < 2^30
-_made = [0]
-
-
-def _tmpdir():
-    _made[0] += 1
-    d = "/tmp/evse-realism-%d-%d-%d" % (time.ticks_us() & 0xFFFFFF, _made[0], os.urandom(2)[0])
-    os.mkdir(d)
-    return d
-
-
-def _rmtree(d):
-    for name in os.listdir(d):
-        p = d + "/" + name
-        try:
-            os.remove(p)
-        except OSError:
-            _rmtree(p)
-    os.rmdir(d)
 
 
 class Bench:
@@ -75,7 +56,7 @@ class Bench:
     does (tick, feed, wait_tick) but one tick at a time."""
 
     def __init__(self, start_ticks, cfg=None, **sim_kw):
-        self.dir = _tmpdir()
+        self.dir = tmpdirs.make("evse-realism")
         sim_kw.setdefault("seed", 3)
         gc.collect()
         self.sim = Board(start_ticks=start_ticks, data_dir=self.dir, **sim_kw)
@@ -109,7 +90,7 @@ class Bench:
 
     def close(self):
         self.sim.safe()
-        _rmtree(self.dir)
+        tmpdirs.remove(self.dir)
 
 
 def charge(start_ticks, seconds, **kw):

@@ -13,32 +13,12 @@
 # so whatever runs after the reset (boot.py, then main.py) must open the
 # contactor and put the pilot steady before it does anything else.
 
-import os
-import time
 
-from firmware.app import Firmware
+import tmpdirs
+
+from firmware.app import WDT_MS, Firmware
 from hal.contract import PILOT_PLUS12
 from hal.sim import SimBoard, WatchdogReset
-
-WDT_MS = 2000  # firmware/app.py Firmware.run(): hal.wdt_start(2000)
-_made = [0]
-
-
-def _tmpdir():
-    _made[0] += 1
-    d = "/tmp/evse-wdt-%d-%d-%d" % (time.ticks_us() & 0xFFFFFF, _made[0], os.urandom(2)[0])
-    os.mkdir(d)
-    return d
-
-
-def _rmtree(d):
-    for name in os.listdir(d):
-        p = d + "/" + name
-        try:
-            os.remove(p)
-        except OSError:
-            _rmtree(p)
-    os.rmdir(d)
 
 
 class LoggedBoard(SimBoard):
@@ -64,7 +44,7 @@ class LoggedBoard(SimBoard):
 def charging_firmware():
     """Firmware charging an EV at 16 A, ticked like Firmware.run() (tick,
     feed, wait_tick) with the watchdog started as run() starts it."""
-    d = _tmpdir()
+    d = tmpdirs.make("evse-wdt")
     sim = LoggedBoard(seed=5, data_dir=d, ev_draw_a=16)
     fw = Firmware(sim, {})
     sim.wdt_start(WDT_MS)
@@ -111,7 +91,7 @@ def test_a_hung_charger_tick_ends_in_a_watchdog_reset_within_its_timeout():
     waited = hang_and_reset(fw, sim, "charger")
     assert WDT_MS <= waited <= WDT_MS + 20, waited  # fed 10 ms before the hang began
     assert sim.reset_cause() == "watchdog"
-    _rmtree(d)
+    tmpdirs.remove(d)
 
 
 def test_a_hung_meter_burst_ends_in_a_watchdog_reset_too():
@@ -119,7 +99,7 @@ def test_a_hung_meter_burst_ends_in_a_watchdog_reset_too():
     loop(fw, sim, 50)  # not at the meter's turn: the hang starts at its next burst
     waited = hang_and_reset(fw, sim, "meter")
     assert WDT_MS <= waited <= WDT_MS + 110, waited  # up to one meter period late
-    _rmtree(d)
+    tmpdirs.remove(d)
 
 
 def test_the_reset_leaves_the_outputs_as_they_were_the_worst_case():
@@ -131,7 +111,7 @@ def test_the_reset_leaves_the_outputs_as_they_were_the_worst_case():
     assert sim.contacts_closed, "the contactor is still closed"
     assert sim.ev_sees_offer_ma() > 0, "the pilot still offers current"
     assert sim.truth_current_ma(0) > 15000, "and the EV still draws it"
-    _rmtree(d)
+    tmpdirs.remove(d)
 
 
 def test_boot_safe_then_firmware_start_opens_the_contactor_and_steadies_the_pilot_first():
@@ -170,7 +150,7 @@ def test_boot_safe_then_firmware_start_opens_the_contactor_and_steadies_the_pilo
     assert first_close and first_pwm and first_pwm[0] < first_close[0], after
     assert after[first_close[0]][2] > after[first_pwm[0]][2], "closed in the tick the PWM started"
     assert fw2.charger.contactor_on and sim.truth_current_ma(0) > 15000, "charging resumes"
-    _rmtree(d)
+    tmpdirs.remove(d)
 
 
 def test_without_boot_safe_the_firmware_makes_the_outputs_safe_before_its_first_tick():
@@ -183,14 +163,14 @@ def test_without_boot_safe_the_firmware_makes_the_outputs_safe_before_its_first_
     assert sim.ev_sees_offer_ma() == 0
     sim.step(sim.contactor_open_ms + 10)
     assert not sim.contacts_closed
-    _rmtree(d)
+    tmpdirs.remove(d)
 
 
 def test_the_real_loop_lets_the_watchdog_reset_through():
     # Firmware.run() must not swallow the reset (it re-raises every
     # BaseException after safe(); the sim's safe() there is the unix port's
     # courtesy: on an ESP32 the hardware reset runs no handler at all).
-    d = _tmpdir()
+    d = tmpdirs.make("evse-wdt")
     sim = SimBoard(seed=5, data_dir=d)
     fw = Firmware(sim, {})
     n = [0]
@@ -208,4 +188,4 @@ def test_the_real_loop_lets_the_watchdog_reset_through():
     else:
         raise AssertionError("run() returned")
     assert sim.reset_cause() == "watchdog"
-    _rmtree(d)
+    tmpdirs.remove(d)
