@@ -119,6 +119,7 @@ class Firmware:
                 "reset_cause": hal.reset_cause(),
                 "recovered": self.recovered,
                 "pending_sessions": self.journal.pending_count(),
+                "slot": slots.boot_report(),  # which A/B slot runs, and why it rolled back if it did
             }
         )
         for e in self.config_errors:

@@ -61,3 +61,15 @@ def test_ctrl_c_leaves_the_board_safe_and_the_watchdog_a_maintenance_window():
     assert sim.contactor_log[-1][1] is False  # the last command opened it
     assert not sim._pwm and sim._level == 1  # pilot steady +12 V (x1)
     assert sim._wdt_ms == app.MAINTENANCE_WDT_MS  # not 2 s: the REPL gets its window
+
+
+def test_boot_event_reports_reset_cause_version_recovered_sessions_and_the_slot():
+    sim = SimBoard(data_dir=fresh_dir("boot"))
+    sim.set_reset_cause("watchdog")
+    fw = Firmware(sim, {})
+    seen = []
+    fw.on_event = seen.append
+    fw.start()
+    boot = [e for e in seen if e["event"] == "boot"][0]
+    assert boot["reset_cause"] == "watchdog" and boot["version"] and boot["recovered"] == []
+    assert set(boot["slot"]) == {"slot", "version", "good", "tries", "rollback"}
