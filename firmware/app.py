@@ -85,7 +85,7 @@ class Firmware:
         self.recovered = self.journal.recover(stamp(self.boot_id, now, hal.wall_time()))
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
-        self.charger.inhibit = self.journal.full()
+        self.charger.inhibit = self.journal.full()  # reported by start()
 
         self.link = None
         if cfg["mqtt_host"]:
@@ -122,6 +122,8 @@ class Firmware:
                 "slot": slots.boot_report(),  # which A/B slot runs, and why it rolled back if it did
             }
         )
+        if self.charger.inhibit:
+            self._event({"event": "journal_full", "pending": self.journal.pending_count()})
         for e in self.config_errors:
             self._event({"event": "config_error", "error": e})
         for n in self.notes:
@@ -234,7 +236,7 @@ class Firmware:
         j.close_session(rec)
         if j.dropped != before:
             self._event({"event": "session_dropped", "session": rec["id"]})
-        self.charger.inhibit = j.full()
+        self._check_journal()
         self.session_id = None
         err = meter.persist(self._lifetime_path, now)
         if err:
@@ -243,6 +245,15 @@ class Firmware:
             self.link.post_session(rec["id"], to_json(rec).encode())
         if self.on_event is not None:
             self.on_event({"event": "session", "record": rec})
+
+    def _check_journal(self):
+        """A journal full of unacknowledged sessions refuses new sessions
+        (docs/journal.md): no energy is sold that could not be billed. Say so
+        when that starts and ends."""
+        full = self.journal.full()
+        if full != self.charger.inhibit:
+            self.charger.inhibit = full
+            self._event({"event": "journal_full" if full else "journal_ok", "pending": self.journal.pending_count()})
 
     def _event(self, ev):
         if self.link is not None:
@@ -268,6 +279,8 @@ class Firmware:
             "lifetime_wh": m.lifetime_wh,
             "session": self.session_id,
             "enabled": ch.enabled,
+            "limit_reason": ch.limits.reason,  # what decides the offer: config, cable, remote, thermal...
+            "blocked": "journal_full" if ch.inhibit else None,
             "temp_c": None if ch.temp_dc == -32768 else ch.temp_dc / 10,
             "uptime_s": self.ticks * TICK_MS // 1000,
         }
@@ -287,7 +300,7 @@ class Firmware:
             if sid is None:
                 break
             self.journal.ack(sid)
-            self.charger.inhibit = self.journal.full()
+            self._check_journal()
         every = STATUS_CHARGING_EVERY if self.charger.contactor_on else STATUS_IDLE_EVERY
         if self._status_due or self.ticks % every < LINK_EVERY:
             self._status_due = False

@@ -73,3 +73,38 @@ def test_boot_event_reports_reset_cause_version_recovered_sessions_and_the_slot(
     boot = [e for e in seen if e["event"] == "boot"][0]
     assert boot["reset_cause"] == "watchdog" and boot["version"] and boot["recovered"] == []
     assert set(boot["slot"]) == {"slot", "version", "good", "tries", "rollback"}
+
+
+def test_a_journal_full_of_unacknowledged_sessions_refuses_new_sessions_and_says_so():
+    d = fresh_dir("full")
+    sim = SimBoard(data_dir=d)
+    fw = Firmware(sim, {})
+    seen = []
+    fw.on_event = seen.append
+    n = 0
+    while not fw.journal.full():  # sessions nobody acknowledges (no broker)
+        sim.set_ev("C")
+        for _ in range(100):
+            fw.tick()
+            sim.wait_tick(10)
+        sim.set_ev("A")
+        for _ in range(20):
+            fw.tick()
+            sim.wait_tick(10)
+        n += 1
+        assert n < 200
+    assert [e for e in seen if e["event"] == "journal_full"]
+    assert fw.status()["blocked"] == "journal_full"
+    sim.set_ev("C")
+    for _ in range(300):
+        fw.tick()
+        sim.wait_tick(10)
+    assert fw.charger.duty_pm == 0 and not fw.charger.contactor_on and fw.session_id is None
+    for rec in fw.journal.pending(limit=4):  # the broker acknowledges some
+        fw.journal.ack(rec["id"])
+    fw._check_journal()
+    assert [e for e in seen if e["event"] == "journal_ok"]
+    for _ in range(300):
+        fw.tick()
+        sim.wait_tick(10)
+    assert fw.charger.contactor_on and fw.session_id is not None
