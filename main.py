@@ -46,9 +46,7 @@ def _board():
     except (OSError, ValueError):
         kw = {}
     ev = kw.pop("ev", "A")
-    # Relative to "/" (the cwd at boot): the emulated board's VfsPosix cannot
-    # rename between two absolute paths, which the journal does.
-    kw.setdefault("data_dir", "data")
+    kw.setdefault("data_dir", "/data")
     try:
         os.mkdir(kw["data_dir"])
     except OSError:

@@ -49,13 +49,7 @@ def write(st):
     tmp = STATE_FILE + ".tmp"
     with open(tmp, "w") as f:
         f.write(json.dumps(st))
-    _rename(tmp, STATE_FILE)
-
-
-def _rename(old, new):
-    # The emulated board's VfsPosix mixes up a rename whose two paths are both
-    # absolute; relative to "/" (the cwd at boot) it is the same file.
-    os.rename(old[1:] if os.getcwd() == "/" else old, new)
+    os.rename(tmp, STATE_FILE)
 
 
 def use(st=None):

@@ -181,8 +181,7 @@ import os, sys, json, hashlib, binascii
 _a2b = binascii.a2b_base64
 os.chdir('/')
 def _mv(a, b):
-    # relative source: the emulated board's VfsPosix mixes up two absolute paths
-    os.rename(a[1:], b)
+    os.rename(a, b)
 def _feed():
     try:
         _hal.wdt_feed()

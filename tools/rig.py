@@ -808,7 +808,7 @@ def _ms_text(v):
 # firmware/bench.py's `TRACE {...}` lines; this side announces the steps at their time
 # (firmware time from the trace), collects the records and checks the expects.
 BENCH_PREFIX = "TRACE "  # firmware/bench.py PREFIX
-BOARD_DATA = "data"  # the board's /data, relative to its "/" (the emulated board cannot rename absolute paths)
+BOARD_DATA = "/data"  # the board's data directory (config.json, sim.json on the emulated board)
 RIG_SCENARIO = "rig_scenario.json"  # --sim-ev: the steps the emulated EV follows (hal/simrig.py)
 RIG_BACKUP = "rig_backup.json"  # the files the rig changed, as they were before
 BACKED_UP = ("config.json", "sim.json")

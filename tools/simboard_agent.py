@@ -112,6 +112,12 @@ class _Flash:
         return self.p.remove(path)
 
     def rename(self, old, new):
+        # VfsPosix (v1.29) joins both paths to its root in one shared buffer,
+        # so a rename whose two paths are absolute renames `new` onto itself
+        # (ENOENT). The agent keeps the process cwd at the flash root, so the
+        # old path relative to it names the same file.
+        if old.startswith("/") and new.startswith("/") and self.p.getcwd() in ("", "/"):
+            old = old[1:]
         return self.p.rename(old, new)
 
     def rmdir(self, path):
