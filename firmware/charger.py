@@ -220,7 +220,12 @@ class Charger:
             if hal.ticks_diff(now, self._fault_since) >= self._fault_hold_ms:
                 self._clear_fault(now)
             return
-        # Latched: probe the pilot now and then to see an unplug.
+        # Latched: probe the pilot now and then to see the EV that was there
+        # when it latched being unplugged. Without an EV there is no unplug to
+        # see: such a fault (a stuck RCD, no PE) waits for a remote clear or
+        # a reset instead of clearing and latching again every few seconds.
+        if not self._connected:
+            return
         if self._probing:
             self.pilot.read(hal, False)
             self.pilot_mv = self.pilot.high_mv

@@ -380,3 +380,20 @@ def test_tick_allocates_nothing_while_charging():
     gc.enable()
     assert ch.state == "C2"
     assert after - before == 0, after - before
+
+
+def test_a_latched_fault_without_an_ev_waits_for_a_remote_clear():
+    ch, b = make(fault_retries=1)
+    run(ch, b, 50)
+    b.rcd_trip = True  # stuck trip, nothing plugged in
+    run(ch, b, 5000)
+    assert ch.fault == "rcd_trip" and ch.latched
+    n = len(b.log)
+    run(ch, b, 20000)
+    assert ch.fault == "rcd_trip" and ch.latched
+    assert len(b.log) == n  # no probing, no clear/latch cycles: the outputs stay put
+    assert events(ch)[-1] == (chg.EV_LATCHED, "rcd_trip")
+    b.rcd_trip = False
+    assert ch.command("clear_fault", True) is None
+    run(ch, b, 100)
+    assert ch.fault is None and ch.state == "A1"
