@@ -413,6 +413,25 @@ def micropython():
     )
 
 
+def parse_line(line):
+    """One line of hal/scenario.py's output as (kind, value): ("summary",
+    dict), ("command", dict), ("record", dict) or ("output", the text)."""
+    line = line.rstrip("\n")
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            if "summary" in obj:
+                return "summary", obj["summary"]
+            if "command" in obj:
+                return "command", obj
+            if "state" in obj:
+                return "record", obj
+    return "output", line
+
+
 def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
     """Run one scenario in the unix port. Returns (records, commands, summary).
     on_line(kind, obj) is called as lines arrive: kind "record", "command" or
@@ -447,24 +466,19 @@ def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
     traceback_at = None
     try:
         for line in proc.stdout:
-            line = line.rstrip("\n")
-            obj = None
-            if line.startswith("{"):
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    obj = None
-            if isinstance(obj, dict) and "summary" in obj:
-                summary = obj["summary"]
-            elif isinstance(obj, dict) and "command" in obj:
+            kind, obj = parse_line(line)
+            if kind == "summary":
+                summary = obj
+            elif kind == "command":
                 commands.append(obj)
                 if on_line:
                     on_line("command", obj)
-            elif isinstance(obj, dict) and "state" in obj:
+            elif kind == "record":
                 records.append(obj)
                 if on_line:
                     on_line("record", obj)
             else:
+                line = obj
                 if (
                     line.startswith("Traceback (most recent call last)")
                     and traceback_at is None

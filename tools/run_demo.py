@@ -31,7 +31,6 @@ arguments or scenario, 3 the MicroPython process failed, 130 interrupted.
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -188,21 +187,16 @@ def follow(proc, live, interrupted):
     records, other = [], []
     summary = None
     for line in proc.stdout:
-        line = line.rstrip("\n")
-        obj = None
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = None
-        if isinstance(obj, dict) and "summary" in obj:
-            summary = obj["summary"]
-        elif isinstance(obj, dict) and "command" in obj:
+        kind, obj = rig.parse_line(line)
+        if kind == "summary":
+            summary = obj
+        elif kind == "command":
             live("command", obj)
-        elif isinstance(obj, dict) and "state" in obj:
+        elif kind == "record":
             records.append(obj)
             live("record", obj)
         else:
+            line = obj
             other.append(line)
             if not interrupted.is_set():
                 live("output", line)
