@@ -46,6 +46,18 @@ def tcp_connect(host, port, timeout_s):
     return s
 
 
+def der_certificate(data):
+    """A certificate as DER bytes, from DER or PEM: MicroPython's mbedtls
+    builds take DER in load_verify_locations (PEM gives "invalid cert")."""
+    begin = data.find(b"-----BEGIN CERTIFICATE-----")
+    if begin < 0:
+        return data  # DER already
+    from binascii import a2b_base64
+
+    body = data[begin + 27 : data.find(b"-----END CERTIFICATE-----", begin)]
+    return a2b_base64(b"".join(body.split()))
+
+
 def tls_context(ca_path=None):
     """An SSLContext for the broker. With ca_path (PEM/DER file) the broker's
     certificate is verified; without it the link is encrypted but not
@@ -59,7 +71,11 @@ def tls_context(ca_path=None):
     # the ESP32 stubs, hence the ignores.
     if ca_path:
         with open(ca_path, "rb") as f:
-            ctx.load_verify_locations(cadata=f.read())
+            der = der_certificate(f.read())
+        try:
+            ctx.load_verify_locations(cadata=der)  # the ssl module
+        except TypeError:
+            ctx.load_verify_locations(der)  # the tls module: cadata only, positional
         ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
     else:
         ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]

@@ -54,7 +54,8 @@ class Clock:
         return d - PERIOD if d >= PERIOD // 2 else d
 
 
-opts = json.loads(sys.argv[1])
+with open(sys.argv[1]) as f:  # a file: this unix-port build dies on an argv entry of 256+ bytes
+    opts = json.load(f)
 T0 = time.ticks_ms()
 
 
@@ -121,9 +122,11 @@ class Driver:
         script = tmp_path / "driver.py"
         script.write_text(DRIVER)
         opts.update(cfg=cfg, run_ms=run_ms)
+        opts_file = tmp_path / "driver-opts.json"
+        opts_file.write_text(json.dumps(opts))
         env = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
         self.proc = subprocess.Popen(
-            [MICROPYTHON, "-X", "heapsize=256k", str(script), json.dumps(opts)],
+            [MICROPYTHON, "-X", "heapsize=256k", str(script), str(opts_file)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
