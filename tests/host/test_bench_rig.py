@@ -12,7 +12,6 @@ the operator texts and the argument checks.
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,12 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 MICROPYTHON = BIN / "micropython"
 RIG = REPO / "tools" / "rig.py"
-SIMBOARD = REPO / "tools" / "simboard.py"
 BENCH = REPO / "tests" / "scenarios" / "bench"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
 import rig  # noqa: E402
 from broker import Broker, mosquitto_path  # noqa: E402
+from emulated_board import EmulatedBoard  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (MICROPYTHON.exists() and (BIN / "mpremote").exists()),
@@ -38,22 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 
 # --- the emulated board ------------------------------------------------------------------------
-class Board:
-    def __init__(self, flash):
-        self.flash = flash
-        # 256k heap: the simulated HAL's tables and EV need ~35 KB an ESP32 does not carry.
-        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "--heapsize", "256k"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.port = self.proc.stdout.readline().strip()
-        assert self.port.startswith("/dev/pts/"), self.port
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+Board = EmulatedBoard
 
 
 def make_flash(root, config):

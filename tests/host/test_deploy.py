@@ -22,10 +22,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
-SIMBOARD = REPO / "tools" / "simboard.py"
 DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 import deploy  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from emulated_board import EmulatedBoard  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not ((BIN / "micropython").exists() and (BIN / "mpy-cross").exists()),
@@ -33,14 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Board:
-    def __init__(self, flash, flash_kb=2048):
-        self.flash = flash
-        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "--heapsize", "256k",
-               "--flash-kb", str(flash_kb)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.port = self.proc.stdout.readline().strip()
-        assert self.port.startswith("/dev/pts/"), self.port
+class Board(EmulatedBoard):
 
     def state(self):
         return json.loads((self.flash / "slot.json").read_text())
@@ -54,14 +49,6 @@ class Board:
             return b.watch(watch, settle=0.3)
         finally:
             b.close()
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
