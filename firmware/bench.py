@@ -21,7 +21,7 @@ driver has no TX buffer); it comes after the charger has acted in that tick.
 
 from micropython import const
 
-from firmware.trace import fixed, record
+from firmware.trace import Shown, fixed, record
 
 PREFIX = "TRACE "  # every bench line starts with this (tools/rig.py looks for it)
 EVERY_MS = const(1000)  # a record at least this often
@@ -37,14 +37,8 @@ class BenchTrace:
         self._s = 0  # seconds since start ...
         self._ms = 0  # ... plus ms (0..999)
         self._last = now  # ticks of the last record
-        self._first = True
         # What the last record showed.
-        self._state = None
-        self._duty = -1
-        self._offer = -1
-        self._contactor = None
-        self._fault = None
-        self._session = None
+        self._shown = Shown()
         # The simulated board knows the energy the EV really drew; a real one does not.
         self._truth = hasattr(hal, "truth_energy_wh")
         self.records = 0
@@ -52,19 +46,9 @@ class BenchTrace:
     def poll(self):
         """After each tick: print a record if one is due (cheap when not)."""
         fw = self.fw
-        ch = fw.charger
         hal = self.hal
         now = hal.ticks_ms()
-        if (
-            ch.state is self._state
-            and ch.duty_pm == self._duty
-            and ch.offer_ma == self._offer
-            and ch.contactor_on is self._contactor
-            and ch.fault is self._fault
-            and fw.session_id is self._session
-            and hal.ticks_diff(now, self._last) < EVERY_MS
-            and not self._first
-        ):
+        if hal.ticks_diff(now, self._last) < EVERY_MS and not self._shown.changed(fw):
             return
         self._emit(now)
 
@@ -80,14 +64,7 @@ class BenchTrace:
 
     def _emit(self, now):
         fw = self.fw
-        ch = fw.charger
-        self._first = False
-        self._state = ch.state
-        self._duty = ch.duty_pm
-        self._offer = ch.offer_ma
-        self._contactor = ch.contactor_on
-        self._fault = ch.fault
-        self._session = fw.session_id
+        self._shown.take(fw)
         self._last = now
         self.records += 1
         if self._truth:

@@ -22,6 +22,40 @@ Fields (docs/scenarios.md has the full table):
 """
 
 
+class Shown:
+    """What the last record showed of the discrete fields (state, duty, offer,
+    contactor, fault, session): a new record is due when any of them moved.
+    Comparing allocates nothing, so a caller may ask after every tick."""
+
+    def __init__(self):
+        self.state = None  # None: nothing shown yet, so the first ask is a change
+        self.duty = -1
+        self.offer = -1
+        self.contactor = None
+        self.fault = None
+        self.session = None
+
+    def changed(self, fw):
+        ch = fw.charger
+        return (
+            ch.state != self.state
+            or ch.duty_pm != self.duty
+            or ch.offer_ma != self.offer
+            or ch.contactor_on != self.contactor
+            or ch.fault != self.fault
+            or fw.session_id != self.session
+        )
+
+    def take(self, fw):
+        ch = fw.charger
+        self.state = ch.state
+        self.duty = ch.duty_pm
+        self.offer = ch.offer_ma
+        self.contactor = ch.contactor_on
+        self.fault = ch.fault
+        self.session = fw.session_id
+
+
 def fixed(n, scale, digits):
     """Text of the integer n / scale with `digits` decimals, truncated toward
     zero ("%d.%0*d" without floats; the sign survives -0.5 -> "-0.500")."""

@@ -32,7 +32,7 @@ import sys
 import time
 
 from firmware.app import Firmware
-from firmware.trace import fixed, record
+from firmware.trace import Shown, fixed, record
 from hal.sim import SimBoard
 
 # World events that require the contactor to open (when commanded closed).
@@ -144,12 +144,7 @@ class Runner:
         self.next_i = 0
         self.next_ms = self.steps[0][0] if self.steps else _NEVER
         # What the latest record showed (None: nothing written yet).
-        self.last_state = None
-        self.last_duty = -1
-        self.last_offer = -1
-        self.last_contactor = None
-        self.last_fault = None
-        self.last_session = None
+        self.shown = Shown()  # what the last record showed
         self.last_rec_ms = -_TRACE_EVERY_MS
         self.step_due = False
         # Reaction-time bookkeeping (ms since start).
@@ -170,14 +165,8 @@ class Runner:
 
     # --- output ---------------------------------------------------------------------
     def _emit(self, t):
-        ch = self.ch
         fw = self.fw
-        self.last_state = ch.state
-        self.last_duty = ch.duty_pm
-        self.last_offer = ch.offer_ma
-        self.last_contactor = ch.contactor_on
-        self.last_fault = ch.fault
-        self.last_session = fw.session_id
+        self.shown.take(fw)
         self.last_rec_ms = t
         self.records += 1
         pilot_mv = int(self.sim.pilot_v() * 1000)
@@ -250,12 +239,7 @@ class Runner:
             self._contactor_moved(ch.contactor_on, t)
         if (
             self.step_due
-            or ch.state != self.last_state
-            or ch.duty_pm != self.last_duty
-            or ch.offer_ma != self.last_offer
-            or ch.contactor_on != self.last_contactor
-            or ch.fault != self.last_fault
-            or self.fw.session_id != self.last_session
+            or self.shown.changed(self.fw)
             or t - self.last_rec_ms >= _TRACE_EVERY_MS
         ):
             self.step_due = False
