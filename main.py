@@ -52,13 +52,13 @@ def _board():
     except OSError:
         pass  # exists
     gc.collect()  # the sim's tables want large blocks
-    from hal.sim import SimBoard
+    from sim.board import SimBoard
 
     board = SimBoard(realtime=True, **kw)
     board.set_ev(ev)
-    from hal import simrig  # rig.py --sim-ev: the EV follows this scenario (docs/bench.md)
+    from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/bench.md)
 
-    simrig.follow(board, kw["data_dir"] + "/rig_scenario.json", lambda: _fw)
+    follower.follow(board, kw["data_dir"] + "/rig_scenario.json", lambda: _fw)
     return board
 
 

@@ -1,7 +1,7 @@
 """Trace records: one JSON line describing what the firmware is doing.
 
 Owns: the record's fields, their units and their text form, for the scenario
-runner (hal/scenario.py, unix port) and a bench mode on real boards. The text
+runner (sim/scenario.py, unix port) and a bench mode on real boards. The text
 is built with integer arithmetic only (no float boxing, fixed decimals), so the
 same record comes out on an ESP32 and on the unix port.
 

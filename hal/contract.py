@@ -2,7 +2,7 @@
 
 This module is documentation that runs: `Board` lists each method with its
 units and what the board must guarantee; `hal/esp32.py` (real hardware) and
-`hal/sim.py` (the simulated board for the unix port) implement it. The
+`sim/board.py` (the simulated board for the unix port) implement it. The
 firmware (`firmware/`) talks to the board only through an object of this
 shape and never imports `machine`, `socket` or `network` itself.
 

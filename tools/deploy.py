@@ -47,9 +47,10 @@ ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp"
          "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
 ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
-# The simulated board and its scenario runner need the unix port (viper with
-# 64-bit products): deployed only to a board whose sys.platform is "linux".
-UNIX_ONLY = ("hal/sim.py", "hal/scenario.py")
+# The simulation (sim/: the simulated board, its scenario runner, the rig
+# follower) needs the unix port (viper with 64-bit products): deployed only to
+# the emulated board (sys.platform "linux"), never to a real one.
+SIM_PACKAGE = "sim"
 BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
 BLOCK_BYTES = 4096  # LittleFS block on an ESP32
@@ -153,11 +154,11 @@ def build(src, mpy_ver, arch, libs, int_bits=31, unix=False):
         raise DeployError(EXIT_BYTECODE, "wrong bytecode version: the board loads .mpy v%d.%d, "
                           "mpy-cross writes v%d.%d: update the board's MicroPython (or mpy-cross)" % (tuple(mpy_ver) + cross))
     b = Build(firmware_version(src), "%d.%d" % cross, arch)
-    for pkg in ("firmware", "hal"):
+    for pkg in ("firmware", "hal") + ((SIM_PACKAGE,) if unix else ()):
         base = src / pkg
         for p in sorted(base.rglob("*")):
             rel = p.relative_to(src).as_posix()
-            if "__pycache__" in rel or not p.is_file() or (rel in UNIX_ONLY and not unix):
+            if "__pycache__" in rel or not p.is_file():
                 continue
             if p.suffix == ".py":
                 b.slot[rel[:-3] + ".mpy"] = compile_py(tool, p, rel, arch, int_bits)

@@ -4,7 +4,7 @@ board, check its expectations, show and plot what happened, and measure the
 contactor's reaction times.
 
 The firmware runs unmodified in the MicroPython unix port (.venv/bin/micropython,
-or $MICROPYTHON) through hal/scenario.py, which streams trace records as JSON
+or $MICROPYTHON) through sim/scenario.py, which streams trace records as JSON
 lines; this tool validates the scenario first and reads the stream.
 docs/scenarios.md describes the scenario format, the expect rules and the
 trace fields.
@@ -40,7 +40,7 @@ TICK_MS = 10  # the firmware's tick: step times are whole ticks
 MAX_UNTIL_S = 24 * 3600
 STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
 EV_STATES = ("A", "B", "C", "D")
-# hal/sim.py FAULTS, plus "none" (clears them all).
+# sim/board.py FAULTS, plus "none" (clears them all).
 SIM_FAULTS = (
     "none",
     "cp_short",
@@ -414,7 +414,7 @@ def micropython():
 
 
 def parse_line(line):
-    """One line of hal/scenario.py's output as (kind, value): ("summary",
+    """One line of sim/scenario.py's output as (kind, value): ("summary",
     dict), ("command", dict), ("record", dict) or ("output", the text)."""
     line = line.rstrip("\n")
     if line.startswith("{"):
@@ -439,7 +439,7 @@ def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
     mp = micropython()
     if not os.path.exists(mp):
         raise RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
-    cmd = [mp, "-m", "hal.scenario", os.path.abspath(path)]
+    cmd = [mp, "-m", "sim.scenario", os.path.abspath(path)]
     if realtime:
         cmd.append("--realtime")
     if seed is not None:
@@ -823,7 +823,7 @@ def _ms_text(v):
 # (firmware time from the trace), collects the records and checks the expects.
 BENCH_PREFIX = "TRACE "  # firmware/bench.py PREFIX
 BOARD_DATA = "/data"  # the board's data directory (config.json, sim.json on the emulated board)
-RIG_SCENARIO = "rig_scenario.json"  # --sim-ev: the steps the emulated EV follows (hal/simrig.py)
+RIG_SCENARIO = "rig_scenario.json"  # --sim-ev: the steps the emulated EV follows (sim/follower.py)
 RIG_BACKUP = "rig_backup.json"  # the files the rig changed, as they were before
 BACKED_UP = ("config.json", "sim.json")
 FIRST_RECORD_S = 30.0  # after the reset, the first trace record must come within this
@@ -855,7 +855,7 @@ def _t_text(t):
 
 
 def payload_text(value):
-    """The plain MQTT payload text of a `set` value (as hal/scenario.py sends it)."""
+    """The plain MQTT payload text of a `set` value (as sim/scenario.py sends it)."""
     if value is True:
         return "true"
     if value is False:
@@ -888,7 +888,7 @@ def describe_expect(exp):
 def describe_step(step, commands="operator"):
     """What a step asks for, in the words of a bench operator: one text per
     action. commands: who sends `set` steps: "operator", "mqtt" (the rig) or
-    "board" (the emulated board itself, hal/simrig.py)."""
+    "board" (the emulated board itself, sim/follower.py)."""
     out = []
     for key, v in step.items():
         if key == "ev":

@@ -10,7 +10,7 @@ Mosquitto, with its messages shown next to the bench rig's timeline.
 What it does: starts `mosquitto` on a free loopback port (its own config in a
 temporary folder; stopped by its pid at the end, on an error and on Ctrl-C),
 subscribes to evse/<id>/# with paho-mqtt, and runs the scenario's firmware on
-the MicroPython unix port (hal/scenario.py) with `--broker`. Lines prefixed
+the MicroPython unix port (sim/scenario.py) with `--broker`. Lines prefixed
 `rig  |` are the rig's live timeline (simulated time in seconds); lines
 prefixed `mqtt |` are what the broker received from the charger (wall clock),
 formatted as tools/monitor.py does. Without Mosquitto installed it says so and
@@ -20,7 +20,7 @@ Why real time on a 40 s scenario: accelerated, the whole session is over in a
 tenth of a second and the link (which runs in wall time) can only show its
 first and last status; the 120 s demo_session.json in real time is long for a
 first look. A slowed-down mode (e.g. 20x) would need a speed option in
-hal/scenario.py.
+sim/scenario.py.
 
 Ctrl-C stops the firmware the way a power switch would not: it leaves the board
 safe, gives a finished session up to 5 s to reach the broker and publishes
@@ -169,7 +169,7 @@ def start_firmware(path, realtime, broker_port, dev_id):
     mp = rig.micropython()
     if not os.path.exists(mp):
         raise rig.RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
-    cmd = [mp, "-m", "hal.scenario", os.path.abspath(path)]
+    cmd = [mp, "-m", "sim.scenario", os.path.abspath(path)]
     if realtime:
         cmd.append("--realtime")
     if broker_port:

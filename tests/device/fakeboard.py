@@ -1,6 +1,6 @@
 # A scripted board for unit tests of the charger: every input is set directly
 # by the test (pilot levels in mV, feedback, RCD...), every output recorded.
-# The physics lives in hal/sim.py; this one is for exact control.
+# The physics lives in sim/board.py; this one is for exact control.
 
 PERIOD = 1 << 30
 

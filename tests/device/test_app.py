@@ -2,7 +2,7 @@
 import tmpdirs
 
 from firmware.app import Firmware
-from hal.sim import SimBoard
+from sim.board import SimBoard
 
 
 def fresh_dir(name):

@@ -26,7 +26,7 @@ import tmpdirs
 # Compiling from source is what needs the heap: one module at a time, the
 # biggest first, with a collection in between.
 gc.collect()
-from hal.sim import TICKS_PERIOD, SimBoard
+from sim.board import TICKS_PERIOD, SimBoard
 
 # The simulated board builds two constant ADC tables (2 KB and 8 KB) through
 # temporary lists of up to 32 KB: built once here, while the heap is still in

@@ -510,9 +510,9 @@ def test_board_scale_that_would_overflow_is_refused():
     raise AssertionError("a 10 kA full-scale board was accepted")
 
 
-# --- against the simulated board (hal/sim.py: harmonics, noise, drifting mains) ------
+# --- against the simulated board (sim/board.py: harmonics, noise, drifting mains) ------
 def _sim_charging(amps, hz=50, noise=3, drift_pm=0):
-    from hal.sim import SimBoard
+    from sim.board import SimBoard
 
     sim = SimBoard(mains_hz=hz, ev_draw_a=amps, adc_noise_counts=noise, mains_drift_pm=drift_pm,
                    ct_ua_per_count=70000)  # 2048 counts = 143 A peak: room for 80 A
@@ -545,7 +545,7 @@ def test_sim_currents_within_half_percent_with_harmonics_and_adc_noise():
 
 
 def test_sim_energy_matches_what_the_ev_drew_within_half_percent():
-    from hal.sim import SimBoard
+    from sim.board import SimBoard
 
     sim = SimBoard(mains_hz=50, ev_draw_a=16, adc_noise_counts=3, mains_drift_pm=2, ct_ua_per_count=70000)
     m = Meter(sim, phases=3)

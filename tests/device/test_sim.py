@@ -1,5 +1,5 @@
 # timeout: 60
-# The simulated board's physics as specifications (hal/sim.py). Every figure
+# The simulated board's physics as specifications (sim/board.py). Every figure
 # a test checks comes from shared/iec61851.md or from the sim's documented
 # configuration; the firmware is not involved here.
 
@@ -10,7 +10,7 @@ from array import array
 
 import micropython
 
-from hal.sim import TICKS_PERIOD, SimBoard, WatchdogReset, ev_offer_ma
+from sim.board import TICKS_PERIOD, SimBoard, WatchdogReset, ev_offer_ma
 
 # Detection windows (iec61851.md): +-1 V around each nominal high level.
 WINDOWS_MV = {"A": (11000, 13000), "B": (8000, 10000), "C": (5000, 7000), "D": (2000, 4000)}

@@ -2,7 +2,7 @@
 # A hung control loop ends in a watchdog reset, and the reset path makes the
 # outputs safe before anything else (issue 7).
 #
-# hal/sim.py's watchdog counts in virtual time: wait_tick() raises
+# sim/board.py's watchdog counts in virtual time: wait_tick() raises
 # WatchdogReset once the watchdog has not been fed for its timeout. A real
 # hang (a tick that never returns) cannot be simulated in one thread, so the
 # hang here is a part of the loop that keeps waiting on the board (polling
@@ -18,7 +18,7 @@ import tmpdirs
 
 from firmware.app import WDT_MS, Firmware
 from hal.contract import PILOT_PLUS12
-from hal.sim import SimBoard, WatchdogReset
+from sim.board import SimBoard, WatchdogReset
 
 
 class LoggedBoard(SimBoard):

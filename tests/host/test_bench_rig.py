@@ -3,7 +3,7 @@ emulated board (tools/simboard.py) running this checkout's boot.py, main.py,
 firmware/, hal/ and lib/ from a temp flash folder.
 
 The board streams firmware/bench.py's trace lines; with --sim-ev its simulated
-EV follows the uploaded scenario (hal/simrig.py). Scenarios run in real time, so
+EV follows the uploaded scenario (sim/follower.py). Scenarios run in real time, so
 the dedicated ones in tests/scenarios/bench/ are short (3-12 s). Plus the
 pieces that need no board: BenchTrace in the unix port (records on change and
 every second, no allocation when nothing is due, t across the 2^30 tick wrap),
@@ -48,7 +48,7 @@ def make_flash(root, config):
     for name in ("boot.py", "main.py"):
         shutil.copy(REPO / name, flash / name)
     ignore = shutil.ignore_patterns("__pycache__", "README.md")
-    for name in ("firmware", "hal", "lib"):
+    for name in ("firmware", "hal", "sim", "lib"):
         shutil.copytree(REPO / name, flash / name, ignore=ignore)
     (flash / "data").mkdir()
     (flash / "data" / "config.json").write_text(json.dumps(config))
@@ -212,7 +212,7 @@ def test_steps_are_announced_in_rig_words():
 BENCH_SCRIPT = textwrap.dedent(
     """
     import gc, micropython
-    from hal.sim import SimBoard
+    from sim.board import SimBoard
     from firmware.app import Firmware
     sim = SimBoard(data_dir=DATA, start_ticks=(1 << 30) - 2500)  # wraps after 2.5 s
     fw = Firmware(sim, {"bench_trace": True})

@@ -78,7 +78,7 @@ def make_tree(tmp_path):
         t = tmp_path / ("tree-" + version)
         if t.exists():
             return t
-        for name in ("firmware", "hal"):
+        for name in ("firmware", "hal", "sim"):
             shutil.copytree(REPO / name, t / name, ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("boot.py", "main.py"):
             shutil.copy(REPO / name, t / name)

@@ -62,7 +62,7 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
         {"t": 1, "ev": "C"},
     ])  # fmt: skip
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
-    proc = subprocess.Popen([MP, "-m", "hal.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
+    proc = subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     last = None
     killed = False

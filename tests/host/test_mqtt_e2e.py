@@ -1,5 +1,5 @@
 """End to end over MQTT: the unmodified firmware on the simulated board
-(hal/scenario.py on the MicroPython unix port, accelerated ~500x) connected to
+(sim/scenario.py on the MicroPython unix port, accelerated ~500x) connected to
 a real Mosquitto started here, watched with paho-mqtt.
 
 What a billing backend relies on: every closed session arrives (QoS 1, topic
@@ -109,11 +109,11 @@ class Sub:
 
 
 class Firmware:
-    """`micropython -m hal.scenario SCENARIO` as a child process; its JSON lines
+    """`micropython -m sim.scenario SCENARIO` as a child process; its JSON lines
     (trace records, command lines, the summary) with host arrival times."""
 
     def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None):
-        cmd = [MICROPYTHON, "-m", "hal.scenario", os.path.join(SCEN, scenario)]
+        cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario)]
         if data:
             cmd += ["--data", str(data)]
         if broker:

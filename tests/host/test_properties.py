@@ -51,7 +51,7 @@ EPS = 1e-6
 # --- the standard's numbers, written down again from shared/iec61851.md ------------
 # PP resistor windows (ohm, inclusive) -> cable capacity (A); anything else: 0.
 CABLE_A = ((1100, 2460, 13), (400, 936, 20), (164, 308, 32), (80, 140, 63))
-DEFAULT_PP_OHM = 220  # hal/sim.py SimBoard(pp=220): a 32 A cable
+DEFAULT_PP_OHM = 220  # sim/board.py SimBoard(pp=220): a 32 A cable
 DEFAULT_TEMP_C = 25
 DEFAULTS = {"max_current_a": 16, "hw_max_current_a": 32, "enabled": True, "require_auth": False,
             "vent_allowed": False, "rcd_selftest": True}  # fmt: skip

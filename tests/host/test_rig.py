@@ -1,5 +1,5 @@
 """Specifications of the bench rig (tools/rig.py) and the scenario runner
-(hal/scenario.py, run end to end in the unix port against the real firmware)."""
+(sim/scenario.py, run end to end in the unix port against the real firmware)."""
 
 import importlib.util
 import json
@@ -320,7 +320,7 @@ def test_micropython_traceback_exits_3_and_shows_it(tmp_path):
         tmp_path,
         'echo \'{"t": 0.0, "state": "A1"}\'\n'
         "echo 'Traceback (most recent call last):'\n"
-        "echo '  File \"hal/scenario.py\", line 1, in on_tick'\n"
+        "echo '  File \"sim/scenario.py\", line 1, in on_tick'\n"
         "echo 'ZeroDivisionError: divide by zero'\n"
         "exit 1\n",
     )

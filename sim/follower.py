@@ -11,13 +11,13 @@ passes between building the board and the Firmware). With `realtime=True`
 end of the serial line sees the steps happen when it announces them.
 
 What it applies: the world actions (ev, draw_a, ev_obeys, ev_phases, pp_ohm,
-fault, temp_c) through hal/scenario.py's apply_world(), and the `set` remote
-commands through Firmware.command() (hal/scenario.py's send_commands(), the
+fault, temp_c) through sim/scenario.py's apply_world(), and the `set` remote
+commands through Firmware.command() (sim/scenario.py's send_commands(), the
 same path as MQTT), each answer printed as a bench line
 `TRACE {"t", "command", "payload", "ok", "error"}`. The rig removes `set`
 steps from the uploaded file when it sends them over MQTT itself (--broker).
 A step is applied just before the firmware's tick at its time, as in
-hal/scenario.py; steps at t = 0 before the first tick (their `set` commands at
+sim/scenario.py; steps at t = 0 before the first tick (their `set` commands at
 the first tick: the Firmware does not exist yet).
 
 Owns: the step clock of the emulated board. Never reaches into the firmware:
@@ -36,7 +36,7 @@ def _ms(seconds):
 
 class Follower:
     def __init__(self, sim, scenario, get_fw):
-        from hal.scenario import apply_world, send_commands  # the same step logic as the rig
+        from sim.scenario import apply_world, send_commands  # the same step logic as the rig
 
         self._apply_world = apply_world
         self._send = send_commands

@@ -1,7 +1,7 @@
-"""Scenario runner: drives the simulated board (hal/sim.py) from a scenario
+"""Scenario runner: drives the simulated board (sim/board.py) from a scenario
 file and writes trace records, on the unix port.
 
-    micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]
+    micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]
 
 (MICROPYPATH=<repo>:<repo>/lib, cwd = the repo.) The scenario has already been
 validated by tools/rig.py; docs/scenarios.md describes the format. Output on
@@ -33,7 +33,7 @@ import time
 
 from firmware.app import Firmware
 from firmware.trace import Shown, fixed, record
-from hal.sim import SimBoard
+from sim.board import SimBoard
 
 # World events that require the contactor to open (when commanded closed).
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
@@ -61,7 +61,7 @@ def _payload(value):
 def apply_world(sim, step):
     """Apply a scenario step's world actions (docs/scenarios.md: ev, draw_a,
     ev_obeys, ev_phases, pp_ohm, fault, temp_c) to the simulated board `sim`.
-    `set`, `expect`, `note` and `t` are left alone. Shared with hal/simrig.py."""
+    `set`, `expect`, `note` and `t` are left alone. Shared with sim/follower.py."""
     for key in step:
         v = step[key]
         if key == "ev":
@@ -316,7 +316,7 @@ class Runner:
 
 
 _USAGE = (
-    "usage: micropython -m hal.scenario SCENARIO.json [--realtime] [--seed N]"
+    "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
     " [--data DIR] [--broker HOST:PORT] [--id ID]"
 )
 
