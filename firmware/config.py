@@ -33,6 +33,9 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "wifi_ssid": ("", "str", 0, 32),  # WiFi network to join; empty: no WiFi (an Ethernet board ignores it)
+    "wifi_password": ("", "str", 0, 63),  # WPA2 passphrase, 8..63; empty: an open network. Never echoed
+    "ntp_host": ("pool.ntp.org", "str", 0, 64),  # SNTP server, "host" or "host:port"; empty: clock never set
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
 }
 
@@ -58,6 +61,10 @@ def check(name, value):
     if kind == "str":
         if not isinstance(value, str) or not low <= len(value) <= high:
             raise ValueError("%s must be a string of %d..%d characters" % (name, low, high))
+        if name in ("wifi_ssid", "wifi_password"):  # limits in bytes (802.11, WPA2); the value is never shown
+            n = len(value.encode())
+            if n > high or name == "wifi_password" and 0 < n < 8:
+                raise ValueError("%s must be %s bytes" % (name, "0..32" if name == "wifi_ssid" else "0 or 8..63"))
         if name in ("id", "mqtt_prefix"):
             for ch in value:
                 if ch not in _ID_CHARS:
