@@ -218,3 +218,62 @@ def test_failure_texts_never_hold_the_password():
     run(b, 3000, up=True)
     for v in (b.netup.last_error, repr(b.netup.__dict__.get("last_error"))):
         assert WIFI_PW not in str(v)
+
+
+class CountingNet:
+    """The link's net (hal/net.py) with a broker that is never reachable:
+    counts the TCP connects the link attempts."""
+
+    def __init__(self):
+        from hal import net
+
+        self._net = net
+        self.connects = 0
+
+    def ticks_ms(self):
+        return self._net.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return self._net.ticks_diff(a, b)
+
+    def sleep_ms(self, ms):
+        self._net.sleep_ms(ms)
+
+    def tcp_connect(self, host, port, timeout_s):
+        self.connects += 1
+        raise OSError(111)  # ECONNREFUSED
+
+
+def _wait(cond, net, ms):
+    t0 = net.ticks_ms()
+    while not cond() and net.ticks_diff(net.ticks_ms(), t0) < ms:
+        net.sleep_ms(10)
+    return cond()
+
+
+def test_link_thread_brings_the_network_up_before_it_tries_the_broker():
+    from firmware.link import Link
+
+    net = CountingNet()
+    b = Board()
+    b.net = net  # the link thread's real clock drives NetUp too
+    b.netif.reachable = False
+    c = cfg(mqtt_host="broker.invalid")
+    link = Link(c, net, net)
+    link.netup = nu.NetUp(c, b)
+    link.start()
+    try:
+        assert _wait(lambda: b.netif.ups == 1, net, 5000)
+        net.sleep_ms(300)
+        assert net.connects == 0 and link.netup.state == nu.CONNECTING  # no broker attempt without a network
+        b.now_ms += b.netif.connect_ms  # associated, DHCP done
+        b.netif.reachable = True
+        assert _wait(lambda: net.connects >= 1, net, 5000)
+        assert link.netup.state == nu.UP and not link.connected
+        b.netif.drop()  # and again: the network first
+        assert _wait(lambda: link.netup.state != nu.UP, net, 5000)
+        n = net.connects
+        net.sleep_ms(300)
+        assert net.connects == n
+    finally:
+        assert link.stop(3000)
