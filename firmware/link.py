@@ -281,8 +281,11 @@ class Link:
                         break
                     continue
                 if self._client is None:
-                    if wait_ms and not self._sleep(wait_ms):
-                        break
+                    if wait_ms:
+                        if not self._sleep(wait_ms):
+                            break
+                        wait_ms = 0
+                        continue  # look at the network again: it may have gone meanwhile
                     try:
                         self._connect()
                         self.backoff.reset()

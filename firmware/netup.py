@@ -35,7 +35,7 @@ NTP_RESYNC_MS = const(3600000)  # 1 h; a crystal-clocked RTC drifts well under 1
 THREAD_STACK_BYTES = const(8192)  # own thread (no broker): DNS and UDP only, no TLS
 
 # `state`: what the status reports as "net".
-NONE = "none"  # nothing to bring up: a WiFi board without wifi_ssid
+NONE = "none"  # nothing to bring up: a WiFi board without wifi_ssid (poll() says "up")
 DOWN = "down"  # waiting for the next attempt (back-off)
 CONNECTING = "connecting"
 UP = "up"
@@ -79,8 +79,9 @@ class NetUp:
 
     # --- the state machine ------------------------------------------------------
     def poll(self):
-        """One step; True while the link is up. Call it often (every few
-        tens of ms while up, every POLL_MS while down) from one thread."""
+        """One step; True while the link is up (or not managed here: NONE).
+        Call it often (every few tens of ms while up, every POLL_MS while
+        down) from one thread."""
         now = self._clock.ticks_ms()
         link = self._if.state()
         if link == _LINK_UP:
@@ -94,8 +95,10 @@ class NetUp:
             self._keep(now)
             return True
         st = self.state
-        if st == NONE:
-            return False
+        if st == NONE:  # not ours to manage (none, or set up by the user's boot.py): the link may try
+            self._keep(now)
+            return True
+
         if st == UP:  # lost; the driver may get it back by itself within the timeout
             self.drops += 1
             self.rssi_dbm = None
