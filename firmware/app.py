@@ -122,7 +122,8 @@ class Firmware:
         self.charger.inhibit = self.journal.full()  # reported by start()
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
-        if getattr(hal, "netif", None) is not None:
+        netif = getattr(hal, "netif", None)
+        if netif is not None and (cfg["mqtt_host"] or netif.kind != "host"):  # else: nothing to run it
             from firmware.netup import NetUp
 
             self.netup = NetUp(cfg, hal)
@@ -174,7 +175,7 @@ class Firmware:
         if self.link is not None:
             self.link.start()
             self._repost()
-        elif self.netup is not None and hal.netif.kind != "host":
+        elif self.netup is not None:
             self.netup.start()  # no broker: a thread of its own keeps the network and the clock
 
     def shutdown(self, flush_ms=0):

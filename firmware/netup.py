@@ -58,8 +58,8 @@ class NetUp:
         self.backoff = Backoff(seed_for(cfg["id"], extra ^ 0x4E4554))  # not the link's sequence
         self._ntp_backoff = Backoff(seed_for(cfg["id"], extra ^ 0x4E5450))
         now = self._clock.ticks_ms()
-        wifi = self._if.kind == "wifi"
-        self.state = NONE if wifi and not self._ssid else DOWN
+        kind = self._if.kind
+        self.state = NONE if kind == "wifi" and not self._ssid else (UP if kind == "host" else DOWN)
         self._t = now  # start of the current wait or attempt
         self._wait_ms = 0  # DOWN: the back-off before the next attempt
         self.rssi_dbm = None  # dBm while a WiFi link is up

@@ -177,3 +177,31 @@ def test_board_without_network_interface_reports_null_network_keys():
     fw = Firmware(sim, {})
     s = fw.status()
     assert fw.netup is None and s["net"] is None and s["rssi_dbm"] is None
+
+
+def test_without_a_broker_an_ethernet_board_runs_the_network_in_its_own_thread_and_sets_the_clock():
+    from hal import net
+
+    sim = SimBoard(data_dir=fresh_dir("ownthread"))
+    sim.netif.kind = "eth"
+    sim.netif.ntp_server(WALL)
+    fw = Firmware(sim, {})
+    assert fw.link is None and fw.netup is not None
+    seen = []
+    fw.on_event = seen.append
+    fw.start()
+    try:
+        t0 = net.ticks_ms()
+        while sim.wall_time() is None and net.ticks_diff(net.ticks_ms(), t0) < 10000:
+            ticks(fw, sim, 10)  # virtual time for the fake link; the thread polls in wall time
+            net.sleep_ms(5)
+        ticks(fw, sim, 100)
+        assert sim.netif.ups == 1 and fw.netup.state == "up"
+        assert abs(sim.wall_time() - (WALL + sim.now_ms // 1000)) <= 1  # the fake server's clock runs in virtual time
+        assert fw.status()["clock_set"] and [e for e in seen if e["event"] == "clock_set"]
+    finally:
+        fw.shutdown()
+    t0 = net.ticks_ms()
+    while fw.netup.running and net.ticks_diff(net.ticks_ms(), t0) < 3000:
+        net.sleep_ms(10)
+    assert not fw.netup.running  # shutdown() ends the thread

@@ -106,6 +106,7 @@ def test_ethernet_needs_no_ssid_and_has_no_rssi():
 
 def test_host_network_is_up_without_bring_up():
     b = make("host")
+    assert b.netup.state == nu.UP  # also before the first poll (a simulated board without a broker)
     assert b.netup.poll() is True and b.netif.ups == 0
 
 
