@@ -32,17 +32,7 @@ import micropython
 from micropython import const
 
 from hal import net as _net
-from hal.contract import (
-    LINK_CONNECTING,
-    LINK_DOWN,
-    LINK_FAILED,
-    LINK_UP,
-    NO_RSSI,
-    NO_TEMP,
-    PILOT_PLUS12,
-    PP_OPEN,
-    UNKNOWN,
-)
+from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
 _TICKS_MASK = const((1 << 30) - 1)
@@ -160,96 +150,13 @@ def _adc_fill(buf, wave, par, lin) -> int:
     return r
 
 
-class SimNetIf:
-    """A fake network interface (hal/contract.py NetIf) with a controllable
-    link and a fake NTP server that answers in the simulated world's time.
-
-        netif.kind = "wifi" | "eth" | "host"
-        netif.reachable = False     # up() starts attempts that never succeed
-        netif.fail = True           # ... that fail at once (wrong password)
-        netif.connect_ms = 800      # virtual ms from up() to LINK_UP
-        netif.drop()                # the link goes away (AP lost, cable pulled)
-        netif.rssi = -67
-        netif.ntp_server(1767225600)  # answer with this time at this moment; None: silent
-    Read-outs: ups (calls of up()), ssid, password, ntp_requests, ntp_host.
-    Its default is the host's: always up, no NTP answer (the wall clock stays
-    unset, as the scenario library expects). Safe to call from the link
-    thread: every field is one word.
-    """
-
-    def __init__(self, board):
-        self._board = board
-        self.kind = "host"
-        self.reachable = True
-        self.fail = False
-        self.connect_ms = 500
-        self.rssi = -60
-        self.ups = 0
-        self.ssid = None
-        self.password = None
-        self.ntp_requests = 0
-        self.ntp_host = None
-        self._link = None  # None: never started (up for "host", down otherwise)
-        self._up_at = 0  # virtual ms of the last up()
-        self._ntp = None  # (server unix ms at reference, board now_ms at reference)
-        self._asked = False
-
-    def up(self, ssid, password):
-        self.ups += 1
-        self.ssid = ssid
-        self.password = password
-        self._up_at = self._board.now_ms
-        self._link = LINK_CONNECTING
-
-    def down(self):
-        self._link = LINK_DOWN
-
-    def drop(self):
-        """The link is lost (the firmware must notice and bring it up again)."""
-        self._link = LINK_FAILED
-
-    def state(self):
-        link = self._link
-        if link is None:
-            return LINK_UP if self.kind == "host" else LINK_DOWN
-        if link == LINK_CONNECTING:
-            if self.fail:
-                link = LINK_FAILED
-            elif self.reachable and self._board.now_ms - self._up_at >= self.connect_ms:
-                link = LINK_UP
-            self._link = link
-        return link
-
-    def rssi_dbm(self):
-        return self.rssi if self.kind == "wifi" and self.state() == LINK_UP else NO_RSSI
-
-    def ntp_server(self, unix_s):
-        self._ntp = None if unix_s is None else (unix_s * 1000, self._board.now_ms)
-
-    def ntp_start(self, host):
-        if self.state() != LINK_UP:
-            raise OSError(113)  # EHOSTUNREACH
-        self.ntp_requests += 1
-        self.ntp_host = host
-        self._asked = True
-
-    def ntp_poll(self):
-        ref = self._ntp
-        if not self._asked or ref is None:
-            return None
-        self._asked = False
-        t = ref[0] + self._board.now_ms - ref[1]
-        return t // 1000, t % 1000
-
-
 class SimBoard:
     """Board contract (hal/contract.py) plus, for tests and the scenario runner:
 
     set_ev('A'|'B'|'C'|'D'); attributes ev_draw_a, ev_phases, ev_obeys,
     voltage_v (setters take effect at once); set_fault(name, on=True) with a
     name of FAULTS or 'none'; set_pp(ohm|None|False); set_temp_c(c|None);
-    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick;
-    netif (a SimNetIf: link state, RSSI and an NTP server to control).
+    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick.
     Read-outs: now_ms, pilot_v(), ev_s2_closed, ev_state_seen(), ev_state(),
     ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
     contacts_closed, contactor_cmd_ms, contacts_ms, contactor_log,
@@ -300,8 +207,7 @@ class SimBoard:
         self._ticks = start_ticks & _TICKS_MASK
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
-        self._wall = None  # (unix ms, now_ms) when set: one word, the NTP thread writes it
-        self.netif = SimNetIf(self)
+        self._wall = None
         self._realtime = realtime
         self._rt_due = None  # wall ms of the next paced tick, from the first one
         # --- PRNGs: one for EV/board timing, one for measurement noise -------
@@ -344,6 +250,9 @@ class SimBoard:
         self._cause = "power_on"
         self._wdt_ms = 0
         self._wdt_fed = 0
+        from sim.net import SimNetIf
+
+        self.netif = SimNetIf(self)  # the network interface: link, RSSI, NTP to control (sim/net.py)
         # --- EV -------------------------------------------------------------------
         self._ev = "A"
         self.ev_s2_closed = False
@@ -434,7 +343,7 @@ class SimBoard:
             self._e_uj += self._p_mw * dt
 
     def wall_time(self):
-        w = self._wall
+        w = self._wall  # (unix ms, now_ms) when set: one word, so the NTP thread's write is atomic
         if w is None:
             return None
         return (w[0] + self.now_ms - w[1]) // 1000
