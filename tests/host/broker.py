@@ -156,3 +156,15 @@ def broker_fixture():
         yield b
     finally:
         b.close()
+
+
+def firmware_over_mqtt_marks(repo):
+    """pytest marks for a test that runs the firmware's link on the unix port
+    against Mosquitto: skipped, saying why, when one of the three is missing."""
+    return [
+        pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed"),
+        pytest.mark.skipif(not os.path.exists(os.path.join(repo, ".venv", "bin", "micropython")), reason="run make deps first"),
+        pytest.mark.skipif(
+            not os.path.exists(os.path.join(repo, "lib", "umqtt", "simple.py")), reason="umqtt.simple not in lib/"
+        ),
+    ]
