@@ -11,8 +11,8 @@ Never: runs in the control tick. poll() is one non-blocking step of a state
 machine, called from the MQTT link's thread (firmware/link.py), or from a
 small thread of its own when there is no broker (start()); only the driver's
 start (netif.up()) and the NTP server's DNS lookup can block that thread.
-Never prints, logs or reports the WiFi password. The loop reads `state`,
-`rssi_dbm` and `ntp_syncs` (one-word attributes this thread writes).
+Never prints, logs or reports the WiFi password. The loop reads `state` and
+`rssi_dbm` (one-word attributes this thread writes).
 """
 
 import os
@@ -98,7 +98,6 @@ class NetUp:
         if st == NONE:  # not ours to manage (none, or set up by the user's boot.py): the link may try
             self._keep(now)
             return True
-
         if st == UP:  # lost; the driver may get it back by itself within the timeout
             self.drops += 1
             self.rssi_dbm = None

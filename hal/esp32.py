@@ -42,6 +42,10 @@ spacing is a minimum, not a guarantee; the burst costs about
 burst * max(spacing, read time) of the tick (48 * 43 us = ~2 ms).
 WiFi interrupts can delay single reads; the median absorbs a few.
 
+Network (netif, hal/net.py): a WiFi station (WlanIf), or the Ethernet PHY of
+the board file's `eth` block (LanIf); neither touches the radio or the PHY
+before the network thread calls up(), so boot.py's safe() builds no driver.
+
 Current sense (adc_burst). Channels are read back to back inside each frame
 (a few tens of us of skew between phases), frames are spaced 1/adc_rate_hz on
 ticks_us deadlines (Bresenham remainder, so the mean rate is exact). Codes are
