@@ -164,3 +164,14 @@ def test_network_comes_first_clock_back_dates_and_a_lost_network_is_survived(tmp
     assert phases["reconnected"]["connects"] == 2 and phases["dropped"]["drops"] == 1
     # 5. The password was never published.
     assert not [pl for _, _, pl in msgs if PASSWORD.encode() in pl]
+
+
+def test_monitor_shows_wifi_signal_and_an_unset_clock():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from monitor import format_message
+
+    line = format_message("evse/b1/status", json.dumps({"state": "A1", "net": "up", "rssi_dbm": -67,
+                                                        "clock_set": False}).encode())
+    assert "wifi=-67dBm" in line and "clock=unset" in line
+    line = format_message("evse/b1/status", json.dumps({"state": "A1", "rssi_dbm": None, "clock_set": True}).encode())
+    assert "wifi=" not in line and "clock=" not in line  # Ethernet, clock set
