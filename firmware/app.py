@@ -132,10 +132,6 @@ class Firmware:
             from firmware.link import Link
 
             self.link = Link(cfg, hal.net, hal.net)
-            self.link.netup = self.netup  # the link thread runs it
-        self._anchor = None  # (ticks_ms, wall_s): when this boot first saw the wall clock set
-        self._up_ms = 0  # uptime until then, saturating at _ANCHOR_MAX_MS
-        self._clock_t = now
         self.session_id = None
         self.ticks = 0
         self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
@@ -150,6 +146,9 @@ class Firmware:
         self._last_offer = 0
         self._last_session = None
         self._status_due = True
+        self._anchor = None  # (ticks_ms, wall_s): when this boot first saw the wall clock set
+        self._up_ms = 0  # uptime until then, saturating at _ANCHOR_MAX_MS
+        self._clock_t = now
 
     # --- start-up / shut-down ------------------------------------------------------
     def start(self):
@@ -173,6 +172,7 @@ class Firmware:
         for n in self.notes:
             self._event({"event": "note", "text": n})
         if self.link is not None:
+            self.link.netup = self.netup  # the link thread runs the network too
             self.link.start()
             self._repost()
         elif self.netup is not None:

@@ -25,6 +25,9 @@ SCHEMA = {
     "rcd_selftest": (True, "bool", 0, 0),  # test the RCD before each session
     "pe_check": (True, "bool", 0, 0),  # use the board's PE check when it has one
     "enabled": (True, "bool", 0, 0),  # charging enabled at boot
+    "wifi_ssid": ("", "str", 0, 32),  # WiFi network to join; empty: no WiFi (an Ethernet board ignores it)
+    "wifi_password": ("", "str", 0, 63),  # WPA2 passphrase, 8..63; empty: an open network. Never echoed
+    "ntp_host": ("pool.ntp.org", "str", 0, 64),  # SNTP server, "host" or "host:port"; empty: clock never set
     "mqtt_host": ("", "str", 0, 64),  # empty: no MQTT
     "mqtt_port": (1883, "int", 1, 65535),
     "mqtt_user": ("", "str", 0, 64),
@@ -33,9 +36,6 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
-    "wifi_ssid": ("", "str", 0, 32),  # WiFi network to join; empty: no WiFi (an Ethernet board ignores it)
-    "wifi_password": ("", "str", 0, 63),  # WPA2 passphrase, 8..63; empty: an open network. Never echoed
-    "ntp_host": ("pool.ntp.org", "str", 0, 64),  # SNTP server, "host" or "host:port"; empty: clock never set
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
 }
 
