@@ -148,12 +148,12 @@ def test_status_reports_link_state_rssi_and_never_the_wifi_password():
     sim.netif.rssi = -64
     fw = Firmware(sim, {"wifi_ssid": "depot", "wifi_password": PW, "mqtt_host": "broker.invalid"})
     link = fw.link
-    assert link.netup is fw.netup  # the link thread runs the network
     assert fw.status()["net"] == "down" and fw.status()["rssi_dbm"] is None
     fw.link = FakeLink()
     seen = []
     fw.on_event = seen.append
     fw.start()  # (the fake link: no thread, no broker)
+    assert fw.link.netup is fw.netup  # the link thread runs the network
     for _ in range(100):
         fw.netup.poll()
         sim.step(100)

@@ -4,7 +4,7 @@ from firmware import config
 from firmware import netup as nu
 from firmware.backoff import BACKOFF_MIN_MS
 from hal import contract
-from sim.board import SimNetIf
+from sim.net import SimNetIf
 
 PERIOD = 1 << 30
 WIFI_PW = "correct horse battery staple"
