@@ -168,4 +168,3 @@ def broker_fixture():
         yield b
     finally:
         b.close()
-
