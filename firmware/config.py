@@ -36,10 +36,26 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "ocpp_url": ("", "str", 0, 200),  # ws[s]://host[:port]/path/<charge point id>; empty: no OCPP
+    "ocpp_password": ("", "str", 0, 40),  # HTTP Basic auth (security profiles 1, 2); never echoed
+    "ocpp_ca": ("", "str", 0, 64),  # CA certificate file: with it, wss:// verifies the central system
+    "ocpp_free_tag": ("FREE", "str", 1, 20),  # idTag of transactions when require_auth is off
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
 }
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+def _check_ocpp_url(url):
+    from firmware.ws import parse_url
+
+    try:
+        path = parse_url(url)[3]
+    except ValueError as e:
+        raise ValueError("ocpp_url: %s" % e)
+    cp = path[path.rfind("/") + 1 :]
+    if not cp or len(cp) > 20 or " " in url:
+        raise ValueError("ocpp_url must end in the charge point id (1..20 characters) and hold no spaces")
 
 
 def defaults():
@@ -65,6 +81,12 @@ def check(name, value):
             n = len(value.encode())
             if n > high or name == "wifi_password" and 0 < n < 8:
                 raise ValueError("%s must be %s bytes" % (name, "0..32" if name == "wifi_ssid" else "0 or 8..63"))
+        if name == "ocpp_url" and value:
+            _check_ocpp_url(value)
+        if name == "ocpp_free_tag":
+            for ch in value:
+                if not " " < ch <= "~":
+                    raise ValueError("ocpp_free_tag must be printable ASCII without spaces")
         if name in ("id", "mqtt_prefix"):
             for ch in value:
                 if ch not in _ID_CHARS:

@@ -317,7 +317,7 @@ class Runner:
 
 _USAGE = (
     "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
-    " [--data DIR] [--broker HOST:PORT] [--id ID]"
+    " [--data DIR] [--broker HOST:PORT] [--id ID] [--ocpp ws://HOST:PORT/ID]"
 )
 
 
@@ -332,6 +332,9 @@ def main(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
+        elif a == "--ocpp" and i + 1 < len(argv):
+            i += 1
+            mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
         elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
             i += 1
             v = argv[i]

@@ -1,0 +1,333 @@
+"""End to end over OCPP 1.6J: the unmodified firmware on the simulated board
+(sim/scenario.py --realtime on the MicroPython unix port) connected to a
+central system built from the `ocpp` package (Mobility House, 2.1.0) on
+`websockets`, which checks every message in both directions against the
+official OCPP 1.6 JSON schemas (a CALL that does not validate is answered
+with a CALLERROR and never reaches our handlers; the tests then fail on the
+missing message).
+
+What a charging network relies on: the charger boots and heartbeats, shows
+its connector state, a card authorizes, the transaction's meter values end
+on the register of its StopTransaction, the central system starts and stops
+remotely, transaction messages queued while it was away (or across a power
+cut) arrive once each with its transactionId mapped back, and hostile frames
+are each answered with the right CALLERROR while the offer stays within the
+cable's limit. Figures (run with -s): CALL round trip, plug-in to
+StatusNotification Preparing.
+
+The simulated board runs in real time (--realtime): the tests wait on
+messages, never on how fast the machine is.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+ocpp = pytest.importorskip("ocpp")
+websockets = pytest.importorskip("websockets")
+
+from ocpp.routing import on  # noqa: E402
+from ocpp.v16 import ChargePoint, call, call_result  # noqa: E402
+from websockets.asyncio.server import serve  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+SCEN = os.path.join(REPO, "tests", "scenarios", "ocpp")
+MP_ENV = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
+CP_ID = "CP0001"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="run make deps first")
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class _CP(ChargePoint):
+    """The central system's side of one charge point connection."""
+
+    cs = None  # the CentralSystem
+
+    async def route_message(self, raw):
+        self.cs._record("in", raw)
+        await super().route_message(raw)
+
+    async def _send(self, message):
+        self.cs._record("out", message)
+        await super()._send(message)
+
+    @on("BootNotification")
+    def on_boot(self, **kw):
+        status, interval = self.cs.boot_answers.pop(0) if self.cs.boot_answers else ("Accepted", self.cs.heartbeat_s)
+        return call_result.BootNotification(current_time=_now(), interval=interval, status=status)
+
+    @on("Heartbeat")
+    def on_heartbeat(self):
+        return call_result.Heartbeat(current_time=_now())
+
+    @on("StatusNotification")
+    def on_status(self, **kw):
+        return call_result.StatusNotification()
+
+    @on("Authorize")
+    def on_authorize(self, id_tag):
+        return call_result.Authorize(id_tag_info={"status": "Accepted" if id_tag in self.cs.tags else "Invalid"})
+
+    @on("StartTransaction")
+    def on_start(self, **kw):
+        self.cs.next_txid += 1
+        return call_result.StartTransaction(transaction_id=self.cs.next_txid, id_tag_info={"status": "Accepted"})
+
+    @on("StopTransaction")
+    def on_stop(self, **kw):
+        return call_result.StopTransaction()
+
+    @on("MeterValues")
+    def on_meter_values(self, **kw):
+        return call_result.MeterValues()
+
+    @on("DiagnosticsStatusNotification")
+    def on_diag(self, **kw):
+        return call_result.DiagnosticsStatusNotification()
+
+
+class CentralSystem:
+    """An OCPP 1.6 central system on a free loopback port, in a thread of its
+    own. `msgs`: every frame as (host time, "in"/"out", parsed JSON)."""
+
+    def __init__(self, heartbeat_s=2, boot_answers=(), password=None):
+        self.heartbeat_s = heartbeat_s
+        self.boot_answers = list(boot_answers)
+        self.tags = {"TAG0001", "REMOTE1"}
+        self.next_txid = 100
+        self.password = password
+        self.msgs = []
+        self.cond = threading.Condition()
+        self.cp = None
+        self.auth_seen = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.server = None
+        self.up()
+
+    @property
+    def url(self):
+        return "ws://127.0.0.1:%d/ocpp/%s" % (self.port, CP_ID)
+
+    def _record(self, direction, raw):
+        try:
+            m = json.loads(raw)
+        except ValueError:
+            m = raw
+        with self.cond:
+            self.msgs.append((time.monotonic(), direction, m))
+            self.cond.notify_all()
+
+    async def _handler(self, conn):
+        self.auth_seen.append(conn.request.headers.get("Authorization"))
+        cp = _CP(conn.request.path.rsplit("/", 1)[-1], conn, response_timeout=10)
+        cp.cs = self
+        self.cp = cp
+        try:
+            await cp.start()
+        except websockets.exceptions.ConnectionClosed:
+            pass
+
+    def _process_request(self, conn, request):
+        if self.password is not None:
+            import base64
+
+            want = "Basic " + base64.b64encode(("%s:%s" % (CP_ID, self.password)).encode()).decode()
+            if request.headers.get("Authorization") != want:
+                return conn.respond(401, "bad password\n")
+        return None
+
+    def up(self):
+        async def start():
+            return await serve(
+                self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6"], process_request=self._process_request
+            )
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+
+    def down(self):
+        async def stop():
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.server = None
+
+    def close(self):
+        if self.server is not None:
+            self.down()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    # --- looking at the traffic ------------------------------------------------------
+    def calls(self, action=None):
+        """CALLs from the charge point: [(time, uid, action, payload)]."""
+        with self.cond:
+            return [
+                (t, m[1], m[2], m[3])
+                for t, d, m in self.msgs
+                if d == "in" and isinstance(m, list) and m and m[0] == 2 and (action is None or m[2] == action)
+            ]
+
+    def wait(self, pred, timeout_s, what):
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                for t, d, m in self.msgs:
+                    if pred(d, m):
+                        return t, m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = [m for _, _, m in self.msgs[-15:]]
+                    raise AssertionError("%s not seen within %.0f s; last: %r" % (what, timeout_s, tail))
+                self.cond.wait(left)
+
+    def wait_call(self, action, timeout_s=20, where=None):
+        return self.wait(
+            lambda d, m: d == "in" and isinstance(m, list) and m[0] == 2 and m[2] == action and (where is None or where(m[3])),
+            timeout_s,
+            action,
+        )
+
+    def send(self, req, timeout_s=10):
+        """A validated CALL to the charge point; its answer."""
+        return asyncio.run_coroutine_threadsafe(self.cp.call(req), self.loop).result(timeout_s)
+
+    def send_raw(self, text):
+        asyncio.run_coroutine_threadsafe(self.cp._connection.send(text), self.loop).result(10)
+
+
+class Firmware:
+    """`micropython -m sim.scenario SCENARIO --realtime --ocpp URL` as a child;
+    its trace records with host arrival times."""
+
+    def __init__(self, scenario, url, data):
+        cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario), "--realtime", "--data", data, "--ocpp", url]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=MP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self.lines = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = {"text": line.rstrip()}
+            with self.cond:
+                self.lines.append((time.monotonic(), rec))
+                self.cond.notify_all()
+
+    def wait(self, pred, timeout_s, what):
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                for t, r in self.lines:
+                    if pred(r):
+                        return t, r
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and not self.reader.is_alive():
+                    raise AssertionError("%s not seen; last: %r" % (what, [r for _, r in self.lines[-10:]]))
+                self.cond.wait(min(left, 0.5))
+
+    def records(self):
+        with self.cond:
+            return [r for _, r in self.lines if "t" in r and "state" in r]
+
+    def finish(self, timeout_s=60):
+        try:
+            self.proc.wait(timeout_s)
+        finally:
+            self.kill()
+        self.reader.join(5)
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def data_dir():
+    d = tempfile.mkdtemp(prefix="evse-ocpp-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cs():
+    c = CentralSystem()
+    yield c
+    c.close()
+
+
+def _statuses(cs, connector=1):
+    return [p["status"] for _, _, _, p in cs.calls("StatusNotification") if p["connectorId"] == connector]
+
+
+def _answers(cs):
+    """{uid: message} of every CALLRESULT/CALLERROR the charge point sent."""
+    with cs.cond:
+        return {m[1]: m for _, d, m in cs.msgs if d == "in" and isinstance(m, list) and len(m) > 1 and m[0] in (3, 4)}
+
+
+# ---- boot and heartbeat ------------------------------------------------------------------
+
+
+def test_boot_rejected_then_accepted_then_heartbeats_at_the_central_systems_interval(data_dir):
+    cs = CentralSystem(heartbeat_s=1, boot_answers=[("Rejected", 2)])
+    try:
+        fw = Firmware("idle.json", cs.url, data_dir)
+        t1, first = cs.wait_call("BootNotification")
+        assert first[3]["chargePointVendor"] and first[3]["chargePointModel"]
+        t2, _ = cs.wait(lambda d, m: d == "in" and m[0] == 2 and m[2] == "BootNotification" and m is not first, 20, "second boot")
+        # Rejected with interval 2: nothing else before the second BootNotification, 2 s later at the earliest.
+        between = [c for c in cs.calls() if t1 < c[0] < t2]
+        assert between == []
+        assert t2 - t1 >= 2.0 - 0.05
+        cs.wait(lambda d, m: d == "in" and m[0] == 2 and m[2] == "StatusNotification" and m[3]["connectorId"] == 0, 10, "status 0")
+        cs.wait(lambda d, m: d == "in" and m[0] == 2 and m[2] == "StatusNotification" and m[3]["connectorId"] == 1, 10, "status 1")
+        assert _statuses(cs, 1)[0] == "Available"
+        assert _statuses(cs, 0)[0] == "Available"
+        # Heartbeats keep coming at the 1 s interval of the Accepted answer.
+        deadline = time.monotonic() + 20
+        while len(cs.calls("Heartbeat")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        hb = [c[0] for c in cs.calls("Heartbeat")]
+        assert len(hb) >= 3
+        assert all(b - a >= 1.0 - 0.05 for a, b in zip(hb, hb[1:]))
+        # Round trip of a CALL on loopback, from the central system's side.
+        rt = []
+        for _ in range(20):
+            t0 = time.monotonic()
+            r = cs.send(call.GetConfiguration(key=["HeartbeatInterval"]))
+            rt.append(time.monotonic() - t0)
+        assert r.configuration_key[0]["key"] == "HeartbeatInterval"
+        rt.sort()
+        print("\nCALL round trip on loopback (GetConfiguration, 20 calls): median %.2f ms, max %.2f ms" % (rt[10] * 1000, rt[-1] * 1000))
+        assert fw.finish() == 0
+    finally:
+        cs.close()
