@@ -331,3 +331,125 @@ def test_boot_rejected_then_accepted_then_heartbeats_at_the_central_systems_inte
         assert fw.finish() == 0
     finally:
         cs.close()
+
+
+# ---- a session by card ----------------------------------------------------------------------
+
+
+def _keys(data_dir, **keys):
+    """OCPP configuration keys on the board's flash before it starts."""
+    with open(os.path.join(data_dir, "ocpp_keys.json"), "w") as f:
+        json.dump(keys, f)
+
+
+def _register(mv_payload):
+    for s in mv_payload["meterValue"][-1]["sampledValue"]:
+        if s.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register":
+            return int(s["value"])
+    raise AssertionError("no energy register in %r" % mv_payload)
+
+
+def test_card_authorizes_a_session_whose_meter_values_end_on_the_stop_register(cs, data_dir):
+    _keys(data_dir, MeterValueSampleInterval="2")
+    fw = Firmware("charge_tag.json", cs.url, data_dir)
+    t_plug, _ = fw.wait(lambda r: r.get("state", "A")[0] != "A" and "t" in r, 30, "plug-in")
+    t_prep, _ = cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Preparing")
+    print("\nplug-in (trace record on stdout) to StatusNotification Preparing at the central system: %.1f ms" % ((t_prep - t_plug) * 1000))
+    _, auth = cs.wait_call("Authorize")
+    assert auth[3] == {"idTag": "TAG0001"}
+    _, start = cs.wait_call("StartTransaction")
+    _, stop = cs.wait_call("StopTransaction", timeout_s=40)
+    assert fw.finish() == 0
+    s, p = start[3], stop[3]
+    assert s["connectorId"] == 1 and s["idTag"] == "TAG0001"
+    assert p["transactionId"] == 101 and p["reason"] == "EVDisconnected" and p["idTag"] == "TAG0001"
+    assert p["meterStop"] > s["meterStart"]  # 16 A for ~8 s: some Wh
+    mvs = [c[3] for c in cs.calls("MeterValues")]
+    assert len(mvs) >= 3  # every 2 s while charging, and the final one
+    assert all(m["transactionId"] == 101 and m["connectorId"] == 1 for m in mvs)
+    regs = [_register(m) for m in mvs]
+    assert regs == sorted(regs)
+    assert regs[-1] == p["meterStop"]
+    last = mvs[-1]["meterValue"][-1]["sampledValue"]
+    assert {v["context"] for v in last} == {"Transaction.End"}
+    units = {v["measurand"]: v.get("unit") for m in mvs for v in m["meterValue"][0]["sampledValue"]}
+    assert units["Energy.Active.Import.Register"] == "Wh" and units["Current.Import"] == "A"
+    assert units["Power.Active.Import"] == "W"
+    phases = {v.get("phase") for m in mvs for v in m["meterValue"][0]["sampledValue"] if v["measurand"] == "Current.Import"}
+    assert phases == {"L1", "L2", "L3"}
+    # Order on the wire: Authorize, StartTransaction, the MeterValues, StopTransaction.
+    order = [c[2] for c in cs.calls() if c[2] in ("Authorize", "StartTransaction", "MeterValues", "StopTransaction")]
+    assert order[:2] == ["Authorize", "StartTransaction"] and order[-1] == "StopTransaction"
+    st = _statuses(cs)
+    for a, b in (("Available", "Preparing"), ("Preparing", "Charging"), ("Charging", "Available")):
+        assert st.index(a) < len(st) - 1 - st[::-1].index(b), st
+    assert "Finishing" in st or "SuspendedEV" in st
+
+
+def test_a_card_the_central_system_refuses_gives_no_energy(cs, data_dir):
+    cs.tags = set()
+    fw = Firmware("charge_tag.json", cs.url, data_dir)
+    _, auth = cs.wait_call("Authorize")
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Available")
+    assert fw.finish() == 0
+    assert cs.calls("StartTransaction") == []
+    assert all(not r["contactor"] and r["offer_a"] == 0 for r in fw.records())
+
+
+# ---- remote start and stop ------------------------------------------------------------------
+
+
+def test_central_system_starts_and_stops_a_session_remotely(cs, data_dir):
+    fw = Firmware("remote.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Preparing")
+    r = cs.send(call.RemoteStartTransaction(id_tag="REMOTE1", connector_id=2))
+    assert r.status == "Rejected"  # one connector
+    r = cs.send(call.RemoteStartTransaction(id_tag="REMOTE1"))
+    assert r.status == "Accepted"
+    _, start = cs.wait_call("StartTransaction")
+    assert start[3]["idTag"] == "REMOTE1"
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
+    assert cs.send(call.RemoteStopTransaction(transaction_id=999)).status == "Rejected"
+    assert cs.send(call.RemoteStopTransaction(transaction_id=101)).status == "Accepted"
+    _, stop = cs.wait_call("StopTransaction")
+    assert stop[3]["transactionId"] == 101 and stop[3]["reason"] == "Remote"
+    t_stop = time.monotonic()
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Finishing")
+    fw.wait(lambda r: "t" in r and "state" in r and not r["contactor"] and r["session"] is None, 10, "contactor open")
+    assert fw.finish() == 0
+    # The charger stopped before it reported the stop: no offer in any record the host read after it.
+    recs = [r for t, r in fw.lines if t > t_stop and "offer_a" in r]
+    assert recs and all(r["offer_a"] == 0 and r["duty"] is None for r in recs)
+
+
+def test_configuration_keys_change_refuse_and_list(cs, data_dir):
+    fw = Firmware("idle.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
+    assert cs.send(call.ChangeConfiguration(key="MeterValueSampleInterval", value="15")).status == "Accepted"
+    assert cs.send(call.ChangeConfiguration(key="MeterValueSampleInterval", value="-3")).status == "Rejected"
+    assert cs.send(call.ChangeConfiguration(key="NumberOfConnectors", value="2")).status == "Rejected"
+    assert cs.send(call.ChangeConfiguration(key="NoSuchKey", value="1")).status == "NotSupported"
+    assert cs.send(call.ChangeConfiguration(key="MeterValuesSampledData", value="Voltage")).status == "Rejected"
+    r = cs.send(call.GetConfiguration(key=["MeterValueSampleInterval", "NumberOfConnectors", "NoSuchKey"]))
+    got = {k["key"]: (k["value"], k["readonly"]) for k in r.configuration_key}
+    assert got == {"MeterValueSampleInterval": ("15", False), "NumberOfConnectors": ("1", True)}
+    assert r.unknown_key == ["NoSuchKey"]
+    everything = cs.send(call.GetConfiguration())
+    names = {k["key"] for k in everything.configuration_key}
+    assert {"HeartbeatInterval", "MeterValuesSampledData", "SupportedFeatureProfiles", "AuthorizeRemoteTxRequests"} <= names
+    assert cs.send(call.UnlockConnector(connector_id=1)).status == "NotSupported"
+    assert cs.send(call.ClearCache()).status == "Accepted"
+    assert cs.send(call.DataTransfer(vendor_id="com.example")).status == "UnknownVendorId"
+    assert cs.send(call.ChangeAvailability(connector_id=0, type="Inoperative")).status == "Accepted"
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Unavailable")
+    assert cs.send(call.ChangeAvailability(connector_id=0, type="Operative")).status == "Accepted"
+    n = len(cs.calls("BootNotification"))
+    assert cs.send(call.TriggerMessage(requested_message="BootNotification")).status == "Accepted"
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) > n, 10, "triggered boot")
+    assert cs.send(call.TriggerMessage(requested_message="DiagnosticsStatusNotification")).status == "Accepted"
+    cs.wait_call("DiagnosticsStatusNotification")
+    assert cs.send(call.TriggerMessage(requested_message="StatusNotification", connector_id=3)).status == "Rejected"
+    assert fw.finish() == 0
+    # The change survived on flash.
+    with open(os.path.join(data_dir, "ocpp_keys.json")) as f:
+        assert json.load(f) == {"MeterValueSampleInterval": "15"}
