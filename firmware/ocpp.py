@@ -198,7 +198,7 @@ class TxQueue:
     The file is append-only JSON lines, replayed at start:
     ["q", seq, action, local, payload]  a message was queued
     ["d", seq, txid]                    it was answered (txid: a StartTransaction's transactionId)
-    ["o", local, txid, meter_start, tag] an open transaction (after a compaction)
+    ["o", local, txid, meter_start, tag, last_register] an open transaction (after a compaction)
     A torn last line (power cut) is ignored and the file rewritten. `local`
     is the session id; the central system's transactionId is filled into
     MeterValues and StopTransaction when they are sent. Used by the loop
@@ -207,7 +207,7 @@ class TxQueue:
     def __init__(self, path):
         self.path = path
         self.entries = []  # [seq, action, local, payload] in order
-        self.open = {}  # local -> [txid or None, meter_start, tag]: Start queued, no Stop yet
+        self.open = {}  # local -> [txid or None, meter_start, tag, last register sent]: Start queued, no Stop yet
         self.txids = {}  # local -> txid for every transaction still referenced
         self.seq = 0
         self.dropped = 0
@@ -237,7 +237,10 @@ class TxQueue:
             self.entries.append([seq, action, local, payload])
             self.seq = max(self.seq, seq)
             if action == "StartTransaction":
-                self.open[local] = [None, payload["meterStart"], payload["idTag"]]
+                self.open[local] = [None, payload["meterStart"], payload["idTag"], payload["meterStart"]]
+            elif action == "MeterValues" and local in self.open:
+                o = self.open[local]
+                o[3] = max(o[3], int(payload["meterValue"][-1]["sampledValue"][0]["value"]))
             elif action == "StopTransaction":
                 self.open.pop(local, None)
         elif kind == "d":
@@ -253,7 +256,7 @@ class TxQueue:
                     break
             self._forget()
         elif kind == "o":
-            self.open[r[1]] = [r[2], r[3], r[4]]
+            self.open[r[1]] = [r[2], r[3], r[4], r[5]]
             if r[2] is not None:
                 self.txids[r[1]] = r[2]
 
@@ -280,7 +283,7 @@ class TxQueue:
         with open(tmp, "w") as f:
             for local in self.open:
                 o = self.open[local]
-                line = json.dumps(["o", local, o[0], o[1], o[2]]) + "\n"
+                line = json.dumps(["o", local, o[0], o[1], o[2], o[3]]) + "\n"
                 f.write(line)
                 size += len(line)
             for e in self.entries:
@@ -397,8 +400,8 @@ class Ocpp:
 
     def recover(self, journal, recovered):
         """At boot: transactions left open by a power cut get their
-        StopTransaction (reason PowerLoss, meterStop from the journal's
-        recovered record, else meterStart)."""
+        StopTransaction (reason PowerLoss, meterStop: the journal's recovered
+        record or the last register queued in a MeterValues, the higher)."""
         recs = {}
         if recovered:
             for rec in journal.pending():
@@ -407,7 +410,7 @@ class Ocpp:
             o = self.txq.open[local]
             rec = recs.get(local)
             mwh = rec.get("meter_stop_mwh") if rec is not None else None
-            stop = o[1] if mwh is None else mwh // 1000
+            stop = max(o[3], o[1] if mwh is None else mwh // 1000)
             end = rec.get("end") if rec is not None else None
             self.txq.push(
                 "StopTransaction",

@@ -453,3 +453,68 @@ def test_configuration_keys_change_refuse_and_list(cs, data_dir):
     # The change survived on flash.
     with open(os.path.join(data_dir, "ocpp_keys.json")) as f:
         assert json.load(f) == {"MeterValueSampleInterval": "15"}
+
+
+# ---- offline: queued, persisted, delivered once ---------------------------------------------
+
+
+def _once_each(cs):
+    """The transaction CALLs as the central system got them, with duplicates
+    (same action and payload twice) reported."""
+    seen = []
+    for _, _, action, payload in cs.calls():
+        if action in ("StartTransaction", "MeterValues", "StopTransaction"):
+            key = (action, json.dumps(payload, sort_keys=True))
+            assert key not in seen, "delivered twice: %s" % (key,)
+            seen.append(key)
+    return [a for a, _ in seen]
+
+
+def test_transaction_while_the_central_system_is_down_is_delivered_once_on_its_return(cs, data_dir):
+    _keys(data_dir, MeterValueSampleInterval="2")
+    fw = Firmware("offline.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
+    cs.down()
+    fw.wait(lambda r: r.get("session") is not None, 30, "session start")
+    fw.wait(lambda r: "t" in r and r["t"] >= 14, 40, "session end")
+    assert cs.calls("StartTransaction") == []
+    cs.up()
+    _, stop = cs.wait_call("StopTransaction", timeout_s=60)  # after the back-off
+    assert fw.finish() == 0
+    actions = _once_each(cs)
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1
+    assert actions.count("MeterValues") >= 3
+    assert stop[3]["transactionId"] == 101 and stop[3]["reason"] == "EVDisconnected" and stop[3]["idTag"] == "FREE"
+    mvs = [c[3] for c in cs.calls("MeterValues")]
+    assert all(m["transactionId"] == 101 for m in mvs)
+    assert _register(mvs[-1]) == stop[3]["meterStop"]
+    # Nothing left in the queue file but the record of its delivery.
+    with open(os.path.join(data_dir, "ocpp_tx.q")) as f:
+        lines = [json.loads(x) for x in f]
+    queued = {r[1] for r in lines if r[0] == "q"}
+    answered = {r[1] for r in lines if r[0] == "d"}
+    assert queued == answered
+
+
+def test_transaction_cut_by_a_power_loss_while_offline_is_closed_and_delivered_once(cs, data_dir):
+    _keys(data_dir, MeterValueSampleInterval="2")
+    fw = Firmware("plugged_long.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
+    cs.down()
+    fw.wait(lambda r: r.get("session") is not None, 30, "session start")
+    fw.wait(lambda r: "t" in r and r["t"] >= 9, 40, "some meter values queued")
+    fw.kill()  # SIGKILL: no clean stop, as a power cut
+    cs.up()
+    fw2 = Firmware("idle.json", cs.url, data_dir)
+    _, stop = cs.wait_call("StopTransaction", timeout_s=60)
+    assert fw2.finish() == 0
+    actions = _once_each(cs)
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1
+    assert actions.count("MeterValues") >= 2
+    _, start = cs.wait_call("StartTransaction")
+    assert stop[3]["reason"] == "PowerLoss" and stop[3]["transactionId"] == 101
+    assert start[3]["meterStart"] <= stop[3]["meterStop"]
+    regs = [_register(c[3]) for c in cs.calls("MeterValues")]
+    assert max(regs) <= stop[3]["meterStop"]  # never less than a register already reported
