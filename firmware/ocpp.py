@@ -671,7 +671,15 @@ class Ocpp:
 
     def _service(self):
         net = self._net
-        msg = self._ws.recv(IDLE_POLL_MS)
+        with self._lock:
+            backlog = len(self._commands) + len(self._results) >= _SMALL_MAX
+        if backlog:
+            # The loop has not answered the CALLs it holds yet: leave further
+            # frames in the socket (TCP back-pressure) rather than refuse them.
+            msg = None
+            net.sleep_ms(IDLE_POLL_MS // 4)
+        else:
+            msg = self._ws.recv(IDLE_POLL_MS)
         if msg is not None:
             self.stats["received"] += 1
             self._incoming(msg)

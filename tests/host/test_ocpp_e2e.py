@@ -518,3 +518,80 @@ def test_transaction_cut_by_a_power_loss_while_offline_is_closed_and_delivered_o
     assert start[3]["meterStart"] <= stop[3]["meterStop"]
     regs = [_register(c[3]) for c in cs.calls("MeterValues")]
     assert max(regs) <= stop[3]["meterStop"]  # never less than a register already reported
+
+
+# ---- hostile frames -------------------------------------------------------------------------
+
+# (frame text, uid of the answer, the answer: a CALLERROR code or ("result", payload))
+HOSTILE = [
+    ('{"not": "an array"', "-1", "FormationViolation"),
+    ("[]", "-1", "FormationViolation"),
+    ('[2, "h1"]', "h1", "FormationViolation"),
+    ('[7, "h2", "Reset", {"type": "Soft"}]', "h2", "FormationViolation"),
+    ('[2, "h3", "Reset", {"type": "Soft"}, 5]', "h3", "FormationViolation"),
+    ('[2, "h4", "NoSuchAction", {}]', "h4", "NotImplemented"),
+    ('[2, "h5", "SetChargingProfile", {"connectorId": 1}]', "h5", "NotSupported"),
+    ('[2, "h6", "RemoteStartTransaction", {"idTag": 5}]', "h6", "TypeConstraintViolation"),
+    ('[2, "h7", "RemoteStartTransaction", {}]', "h7", "OccurenceConstraintViolation"),
+    ('[2, "h8", "Reset", {"type": "Later"}]', "h8", "PropertyConstraintViolation"),
+    ('[2, "h9", "RemoteStartTransaction", {"idTag": "%s"}]' % ("X" * 21), "h9", "TypeConstraintViolation"),
+    ('[2, "h10", "ChangeAvailability", {"connectorId": 1, "type": "Operative", "x": 1}]', "h10", "FormationViolation"),
+    ('[2, "h11", "Reset", []]', "h11", "FormationViolation"),
+    ('[2, "h12", "RemoteStopTransaction", {"transactionId": "12"}]', "h12", "TypeConstraintViolation"),
+    ('[2, "h13", "RemoteStopTransaction", {"transactionId": true}]', "h13", "TypeConstraintViolation"),
+    ('[2, "h14", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 5}]', "h14", "TypeConstraintViolation"),
+    ('[2, "h15", "GetConfiguration", {"key": [1]}]', "h15", "TypeConstraintViolation"),
+    ('[2, "h16", "ChangeAvailability", {"connectorId": -1, "type": "Operative"}]', "h16", "PropertyConstraintViolation"),
+    ('[2, "h17", "DataTransfer", {"vendorId": "v", "data": "%s"}]' % ("D" * 6000), "h17", ("result", {"status": "UnknownVendorId"})),
+    (
+        '[2, "h18", "RemoteStartTransaction", {"idTag": "X", "chargingProfile": {"chargingProfileId": 1, "stackLevel": 0,'
+        ' "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Absolute", "chargingSchedule": {"chargingRateUnit": "A",'
+        ' "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 80}]}}}]',
+        "h18",
+        ("result", {"status": "Rejected"}),  # a session is running: no second one, and no profile raises the offer
+    ),
+    ('[3, "nobody-asked", {}]', None, None),  # an answer to nothing: ignored
+]
+
+
+def test_hostile_frames_each_get_the_right_answer_and_the_offer_stays_within_the_cable(cs, data_dir):
+    fw = Firmware("hostile.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
+    rounds = 60
+    for r in range(rounds):
+        for text, uid, _ in HOSTILE:
+            cs.send_raw(text.replace('"h', '"r%d-h' % r) if uid != "-1" else text)
+    want = {}
+    for r in range(rounds):
+        for _, uid, answer in HOSTILE:
+            if uid is not None and uid != "-1":
+                want["r%d-%s" % (r, uid)] = answer
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not set(want) <= set(_answers(cs)):
+        time.sleep(0.2)
+    got = _answers(cs)
+    for uid, answer in want.items():
+        m = got.get(uid)
+        assert m is not None, "no answer to %s" % uid
+        if isinstance(answer, tuple):
+            assert m[0] == 3 and m[2] == answer[1], (uid, m)
+        else:
+            assert m[0] == 4 and m[2] == answer, (uid, m)
+    with cs.cond:
+        anonymous = [m for _, d, m in cs.msgs if d == "in" and isinstance(m, list) and m[:1] == [4] and m[1] == "-1"]
+    assert len(anonymous) == 2 * rounds and {m[2] for m in anonymous} == {"FormationViolation"}
+    # A message above the size limit: the charge point closes with 1009 and comes back.
+    n = len(cs.calls("StatusNotification"))
+    old = cs.cp
+    try:
+        cs.send_raw('[2, "big", "DataTransfer", {"vendorId": "v", "data": "%s"}]' % ("B" * 20000))
+    except websockets.exceptions.ConnectionClosed:
+        pass
+    cs.wait(lambda d, m: cs.cp is not old and len(cs.calls("StatusNotification")) > n, 60, "reconnect after 1009")
+    assert old._connection.close_code == 1009
+    assert "big" not in _answers(cs)
+    assert fw.finish() == 0
+    recs = fw.records()
+    assert max(r["offer_a"] for r in recs) == 13  # the 13 A cable (PP 1.5 kOhm) decides, as without OCPP
+    assert recs[-1]["contactor"] and recs[-1]["fault"] is None  # still charging at the end
+    print("\nhostile frames answered: %d, plus one oversized message closed with 1009" % (len(want) + len(anonymous)))
