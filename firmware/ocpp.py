@@ -452,6 +452,7 @@ class Ocpp:
         reason = rec.get("reason") or ""
         if self._reset is not None and reason == "remote_stop":
             oc = self._reset + "Reset"
+            self._reset = None
         else:
             oc = _REASONS.get(reason, "Other")
         self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)

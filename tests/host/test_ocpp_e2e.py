@@ -104,12 +104,13 @@ class CentralSystem:
     """An OCPP 1.6 central system on a free loopback port, in a thread of its
     own. `msgs`: every frame as (host time, "in"/"out", parsed JSON)."""
 
-    def __init__(self, heartbeat_s=2, boot_answers=(), password=None):
+    def __init__(self, heartbeat_s=2, boot_answers=(), password=None, ssl_ctx=None):
         self.heartbeat_s = heartbeat_s
         self.boot_answers = list(boot_answers)
         self.tags = {"TAG0001", "REMOTE1"}
         self.next_txid = 100
         self.password = password
+        self.ssl_ctx = ssl_ctx
         self.msgs = []
         self.cond = threading.Condition()
         self.cp = None
@@ -126,6 +127,8 @@ class CentralSystem:
 
     @property
     def url(self):
+        if self.ssl_ctx is not None:
+            return "wss://localhost:%d/ocpp/%s" % (self.port, CP_ID)
         return "ws://127.0.0.1:%d/ocpp/%s" % (self.port, CP_ID)
 
     def _record(self, direction, raw):
@@ -159,7 +162,12 @@ class CentralSystem:
     def up(self):
         async def start():
             return await serve(
-                self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6"], process_request=self._process_request
+                self._handler,
+                "localhost" if self.ssl_ctx else "127.0.0.1",
+                self.port,
+                subprotocols=["ocpp1.6"],
+                process_request=self._process_request,
+                ssl=self.ssl_ctx,
             )
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
@@ -595,3 +603,44 @@ def test_hostile_frames_each_get_the_right_answer_and_the_offer_stays_within_the
     assert max(r["offer_a"] for r in recs) == 13  # the 13 A cable (PP 1.5 kOhm) decides, as without OCPP
     assert recs[-1]["contactor"] and recs[-1]["fault"] is None  # still charging at the end
     print("\nhostile frames answered: %d, plus one oversized message closed with 1009" % (len(want) + len(anonymous)))
+
+
+# ---- security profiles 1 and 2: Basic auth, TLS with the central system's CA -------------
+
+
+def _config(data_dir, **cfg):
+    with open(os.path.join(data_dir, "config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
+def test_basic_auth_over_tls_verified_against_the_ca_connects(data_dir):
+    import ssl
+
+    from test_link_secure import _pki
+
+    pki_dir = tempfile.mkdtemp(prefix="evse-pki-")
+    try:
+        pki = _pki(pki_dir)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["server"], os.path.join(pki_dir, "server.key"))
+        cs = CentralSystem(password="0123456789abcdef", ssl_ctx=ctx)
+        try:
+            _config(data_dir, ocpp_password="0123456789abcdef", ocpp_ca=pki["ca"])
+            fw = Firmware("idle.json", cs.url, data_dir)
+            cs.wait_call("BootNotification", timeout_s=30)
+            assert fw.finish() == 0
+            assert cs.auth_seen and cs.auth_seen[0].startswith("Basic ")
+        finally:
+            cs.close()
+        # The same central system with another CA on the board, or a wrong password: no connection.
+        for cfg in ({"ocpp_password": "0123456789abcdef", "ocpp_ca": pki["other"]}, {"ocpp_password": "wrong-password!!", "ocpp_ca": pki["ca"]}):
+            cs = CentralSystem(password="0123456789abcdef", ssl_ctx=ctx)
+            try:
+                _config(data_dir, **cfg)
+                fw = Firmware("idle.json", cs.url, data_dir)
+                assert fw.finish() == 0
+                assert cs.calls() == [], cfg
+            finally:
+                cs.close()
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
