@@ -214,12 +214,14 @@ class Firmware:
                 self._switch_safe_since = None
                 self._event({"event": "phases", "phases": e.phases})
 
-    def _energy_event(self, code):
+    def _energy_event(self, bits):
         e = self.energy
-        ev = {"event": EVENT_NAMES[code]}
-        if code == EV_PHASES:
-            ev["phases"] = e.want_phases
-        self._event(ev)
+        for bit, name in EVENT_NAMES:
+            if bits & bit:
+                ev = {"event": name, "mode": e.mode}
+                if bit == EV_PHASES:
+                    ev["phases"] = e.want_phases
+                self._event(ev)
 
     def mains(self, payload):
         """A reading of the house's grid current (the mains topic, or a

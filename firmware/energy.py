@@ -24,7 +24,7 @@ A reading older than `mains_stale_s` is stale (not in normal mode): the limit
 falls back to `mains_stale_a` (0: pause) until fresh readings come back.
 
 Allocates nothing in step() (it runs from the loop); events (stale/fresh, solar
-start/stop, phase switch) are left in `event` for the app to report.
+start/stop, phase switch) are left as bits in `event` for the app to report.
 """
 
 from micropython import const
@@ -42,23 +42,23 @@ SOLAR_HOLD_MS = const(60000)  # after a solar start: hold the minimum this long
 # often than PHASE_MIN_GAP_MS. The switch itself waits PHASE_SAFE_MS with
 # the pilot steady and the contactor open (current practice: >= 10 s, so the
 # EV sees a clean restart).
-PHASE_DOWN_MS = const(60000)
+PHASE_DOWN_MS = const(120000)
 PHASE_UP_MS = const(300000)
 PHASE_UP_MARGIN_MA = const(1000)
-PHASE_MIN_GAP_MS = const(600000)
+PHASE_MIN_GAP_MS = const(900000)
 PHASE_SAFE_MS = const(10000)
 _READING_MAX_MA = const(1000000)  # |reading| above 1000 A per phase is not a house
 _READING_MAX_A = const(1000)
 MAINS_PAYLOAD_MAX = const(128)  # bytes of a mains topic payload
 
-# Event codes left in `event` (0: none).
-EV_NONE = const(0)
+# Event bits left in `event` by step() (0: none).
 EV_STALE = const(1)
 EV_FRESH = const(2)
-EV_SOLAR_START = const(3)
-EV_SOLAR_STOP = const(4)
-EV_PHASES = const(5)  # a phase switch is due: the app asks the charger
-EVENT_NAMES = ("", "mains_stale", "mains_ok", "solar_start", "solar_stop", "phase_switch")
+EV_SOLAR_START = const(4)
+EV_SOLAR_STOP = const(8)
+EV_PHASES = const(16)  # a phase switch is due: the app asks the charger
+EVENT_NAMES = ((EV_STALE, "mains_stale"), (EV_FRESH, "mains_ok"), (EV_SOLAR_START, "solar_start"),
+               (EV_SOLAR_STOP, "solar_stop"), (EV_PHASES, "phase_switch"))
 
 
 class Energy:
@@ -86,7 +86,7 @@ class Energy:
         # Output.
         self.limit_ma = NO_LIMIT_MA
         self.reason = None
-        self.event = EV_NONE
+        self.event = 0
         # Timers and solar state.
         self._step_ms = 0
         self._stepped = False
@@ -140,8 +140,8 @@ class Energy:
         """Update limit_ma and reason from the latest reading. ev_ma: the
         charger's measured current per phase (mA); connected: an EV is plugged
         in. Call every tick or so: it works only when a reading arrived or
-        STEP_MS passed. Leaves at most one event in `event`."""
-        self.event = EV_NONE
+        STEP_MS passed. Leaves what happened as bits in `event`."""
+        self.event = 0
         if self.mode == "normal":
             self.limit_ma = NO_LIMIT_MA
             self.reason = None
@@ -155,10 +155,10 @@ class Energy:
         if fresh != self.fresh:
             self.fresh = fresh
             if not fresh:
-                self.event = EV_STALE
+                self.event |= EV_STALE
                 self._stale_said = True
             elif self._stale_said:
-                self.event = EV_FRESH
+                self.event |= EV_FRESH
                 self._stale_said = False
             due = True
         if not due:
@@ -240,7 +240,7 @@ class Energy:
             ):
                 self.solar_on = True
                 self._solar_since = now
-                self.event = EV_SOLAR_START
+                self.event |= EV_SOLAR_START
                 self._choose_phases(now, surplus, True)
                 return MIN_OFFER_MA
             self._choose_phases(now, surplus, False)
@@ -264,7 +264,7 @@ class Energy:
             self._short = False
             self._stopped_once = True
             self._solar_since = now
-            self.event = EV_SOLAR_STOP
+            self.event |= EV_SOLAR_STOP
             return 0
         return MIN_OFFER_MA
 
@@ -309,7 +309,7 @@ class Energy:
             return
         if not self.switching:
             self.switching = True  # pause first: the pilot goes steady, the EV opens S2
-            self.event = EV_PHASES
+            self.event |= EV_PHASES
 
     def switched(self, now, n):
         """The charger moved the relay to n phases."""

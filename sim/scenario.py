@@ -39,6 +39,7 @@ from sim.board import SimBoard
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
 _NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
 _TRACE_EVERY_MS = 1000  # a record at least once per simulated second
+_ENERGY_EVENTS = ("solar_start", "solar_stop", "phase_switch", "phases", "mains_stale", "mains_ok")
 
 
 class _Stop(Exception):
@@ -154,6 +155,9 @@ class Runner:
         self.solar_mams = 0
         self.over_since = -1
         self.over_ms_max = 0
+        self.energy_events = []  # (t_ms, event) of load management, for the summary
+        if self.energy:
+            self.fw.on_event = self._on_fw_event
         self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
         self.until_ms = _ms(scenario["until"])
         # A house meter that publishes the grid current like a smart meter on
@@ -283,6 +287,10 @@ class Runner:
         else:
             self.over_since = -1
 
+    def _on_fw_event(self, ev):
+        if ev.get("event") in _ENERGY_EVENTS:
+            self.energy_events.append({"t": (self.sim.now_ms - self.t0) / 1000, "event": ev["event"]})
+
     def energy_summary(self):
         v = self.sim.voltage_v
         log = self.sim.phase_log
@@ -292,6 +300,7 @@ class Runner:
             "mains_over_ms_max": self.over_ms_max,
             "phase_switches": [{"t": (ms - self.t0) / 1000, "phases": n, "contacts_closed": c, "pwm": w}
                                for ms, n, c, w in log],
+            "events": self.energy_events,
         }
 
     def _publish_mains(self):

@@ -231,6 +231,8 @@ EXPECTS = {
     "truth_energy_wh": _range_or_num,
     "fault": _expect_nullable_text,
     "session": _expect_session,
+    "grid_a": _expect_current,
+    "phases": _int(1, 3),
 }
 
 
@@ -401,7 +403,7 @@ def _match(expected, got):
 
 def field_matches(field, expected, got):
     """Whether one trace field satisfies one expectation (docs/scenarios.md)."""
-    if field == "current_a":
+    if field in ("current_a", "grid_a"):
         return (
             isinstance(got, list)
             and len(got) == len(expected)
