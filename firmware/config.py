@@ -25,6 +25,9 @@ SCHEMA = {
     "rcd_selftest": (True, "bool", 0, 0),  # test the RCD before each session
     "pe_check": (True, "bool", 0, 0),  # use the board's PE check when it has one
     "enabled": (True, "bool", 0, 0),  # charging enabled at boot
+    "wifi_ssid": ("", "str", 0, 32),  # WiFi network to join; empty: no WiFi (an Ethernet board ignores it)
+    "wifi_password": ("", "str", 0, 63),  # WPA2 passphrase, 8..63; empty: an open network. Never echoed
+    "ntp_host": ("pool.ntp.org", "str", 0, 64),  # SNTP server, "host" or "host:port"; empty: clock never set
     "mqtt_host": ("", "str", 0, 64),  # empty: no MQTT
     "mqtt_port": (1883, "int", 1, 65535),
     "mqtt_user": ("", "str", 0, 64),
@@ -71,6 +74,10 @@ def check(name, value):
     if kind == "str":
         if not isinstance(value, str) or not low <= len(value) <= high:
             raise ValueError("%s must be a string of %d..%d characters" % (name, low, high))
+        if name in ("wifi_ssid", "wifi_password"):  # limits in bytes (802.11, WPA2); the value is never shown
+            n = len(value.encode())
+            if n > high or name == "wifi_password" and 0 < n < 8:
+                raise ValueError("%s must be %s bytes" % (name, "0..32" if name == "wifi_ssid" else "0 or 8..63"))
         if name in ("id", "mqtt_prefix"):
             for ch in value:
                 if ch not in _ID_CHARS:

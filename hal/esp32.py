@@ -42,6 +42,10 @@ spacing is a minimum, not a guarantee; the burst costs about
 burst * max(spacing, read time) of the tick (48 * 43 us = ~2 ms).
 WiFi interrupts can delay single reads; the median absorbs a few.
 
+Network (netif, hal/net.py): a WiFi station (WlanIf), or the Ethernet PHY of
+the board file's `eth` block (LanIf); neither touches the radio or the PHY
+before the network thread calls up(), so boot.py's safe() builds no driver.
+
 Current sense (adc_burst). Channels are read back to back inside each frame
 (a few tens of us of skew between phases), frames are spaced 1/adc_rate_hz on
 ticks_us deadlines (Bresenham remainder, so the mean rate is exact). Codes are
@@ -83,6 +87,12 @@ _INPUT_ONLY = (34, 35, 36, 37, 38, 39)  # no output driver, no pull resistors
 _ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 is unusable while WiFi runs
 _ATTEN = {"0db": 0, "2.5db": 1, "6db": 2, "11db": 3}  # machine.ADC.ATTN_* values
 _PULLS = ("up", "down", None)
+# Ethernet (EMAC + RMII PHY): the RMII data pins are fixed in the ESP32's
+# silicon (TXD0 19, TX_EN 21, TXD1 22, RXD0 25, RXD1 26, CRS_DV 27); the 50 MHz
+# reference clock comes in on GPIO0 or goes out on GPIO0/16/17.
+_RMII_PINS = (19, 21, 22, 25, 26, 27)
+_CLOCK_PINS = {"in": (0,), "out": (0, 16, 17)}
+_PHYS = ("LAN8720", "LAN8710", "IP101", "RTL8201", "DP83848", "KSZ8041", "KSZ8081")  # network.PHY_<name>
 _RESET_NAMES = {
     machine.PWRON_RESET: "power_on",
     machine.HARD_RESET: "hard",
@@ -173,7 +183,7 @@ def validate(desc):
     if not isinstance(desc, dict):
         raise BoardFileError("board file: top level must be an object")
     used: dict = {}  # pin -> key that uses it
-    b = {"name": _get(desc, "", "name", str)}
+    b = {"name": _get(desc, "", "name", str), "eth": _eth(desc.get("eth"), used)}
 
     adc = _get(desc, "", "adc", dict)
     atten = _get(adc, "adc", "atten", str)
@@ -311,6 +321,39 @@ def validate(desc):
         else {"pin": _pin(s, "led", "pin", used, output=True), "active_level": _level(s, "led", "active_level")}
     )
     return b
+
+
+def _eth(s, used):
+    """The optional `eth` block (an Ethernet PHY on the RMII bus), or None.
+    Checked first, so a charger pin on an RMII pin is named as the clash."""
+    if s is None:
+        return None
+    if not isinstance(s, dict):
+        raise BoardFileError("board file: 'eth' must be an object or null")
+    phy = _get(s, "eth", "phy", str)
+    if phy not in _PHYS:
+        raise BoardFileError("board file: 'eth.phy' must be one of " + ", ".join(_PHYS))
+    mode = _get(s, "eth", "clock_mode", str)
+    if mode not in _CLOCK_PINS:
+        raise BoardFileError('board file: \'eth.clock_mode\' must be "in" (PHY or oscillator drives GPIO0) or "out"')
+    for p in _RMII_PINS:
+        used[p] = "eth (RMII data)"
+    e = {
+        "phy": phy,
+        "phy_addr": _get(s, "eth", "phy_addr", int, 0, 31),
+        "clock_mode": mode,
+        "mdc": _pin(s, "eth", "mdc", used, output=True),
+        "mdio": _pin(s, "eth", "mdio", used, output=True),
+        "power_pin": _pin(s, "eth", "power_pin", used, output=True, optional=True),
+    }
+    clk = _get(s, "eth", "clock_pin", int, 0, 39)
+    if clk not in _CLOCK_PINS[mode]:
+        pins = ", ".join(str(p) for p in _CLOCK_PINS[mode])
+        raise BoardFileError(
+            "board file: 'eth.clock_pin' = " + str(clk) + " cannot carry the RMII clock " + mode + " (GPIO " + pins + ")"
+        )
+    e["clock_pin"] = _pin(s, "eth", "clock_pin", used)
+    return e
 
 
 def load(path):
@@ -566,6 +609,9 @@ class Esp32Board(Board):
         self._led_on = 1 if s is None else s["active_level"]
         self._led_mode = 0
 
+        # The network interface: the board file's Ethernet PHY, else WiFi.
+        self.netif = _net.WlanIf() if b["eth"] is None else _net.LanIf(b["eth"])
+
         self._next = time.ticks_ms()  # wait_tick deadline
         self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
         self.data_dir = "/data"
@@ -600,6 +646,11 @@ class Esp32Board(Board):
         if t + self._epoch < SECS_2024_SINCE_1970:
             return None
         return t + self._epoch
+
+    def set_wall_time(self, unix_s, ms=0):
+        t = time.gmtime(unix_s - self._epoch)
+        # (year, month, day, weekday, hour, minute, second, microsecond)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], ms * 1000))
 
     # --- control pilot -----------------------------------------------------------
     def pilot_pwm(self, duty_pm):

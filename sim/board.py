@@ -214,7 +214,6 @@ class SimBoard:
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
         self._wall = None
-        self._wall_at = 0
         self._realtime = realtime
         self._rt_due = None  # wall ms of the next paced tick, from the first one
         # --- PRNGs: one for EV/board timing, one for measurement noise -------
@@ -257,6 +256,9 @@ class SimBoard:
         self._cause = "power_on"
         self._wdt_ms = 0
         self._wdt_fed = 0
+        from sim.net import SimNetIf
+
+        self.netif = SimNetIf(self)  # the network interface: link, RSSI, NTP to control (sim/net.py)
         # --- EV -------------------------------------------------------------------
         self._ev = "A"
         self.ev_s2_closed = False
@@ -347,13 +349,13 @@ class SimBoard:
             self._e_uj += self._p_mw * dt
 
     def wall_time(self):
-        if self._wall is None:
+        w = self._wall  # (unix ms, now_ms) when set: one word, so the NTP thread's write is atomic
+        if w is None:
             return None
-        return self._wall + (self.now_ms - self._wall_at) // 1000
+        return (w[0] + self.now_ms - w[1]) // 1000
 
-    def set_wall_time(self, unix_s):
-        self._wall = unix_s
-        self._wall_at = self.now_ms
+    def set_wall_time(self, unix_s, ms=0):
+        self._wall = (unix_s * 1000 + ms, self.now_ms)
 
     # --- control pilot ------------------------------------------------------------------
     def pilot_pwm(self, duty_pm):

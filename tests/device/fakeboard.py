@@ -99,6 +99,9 @@ class FakeBoard:
     def pe_ok(self):
         return self.pe
 
+    def set_wall_time(self, unix_s, ms=0):  # NTP (firmware/netup.py); tests set self.wall directly
+        self.wall = unix_s
+
     def temp_dc(self):
         return self.temp
 
