@@ -17,6 +17,7 @@ charger has already acted in the same iteration.
 """
 
 import json
+from array import array
 
 from micropython import const
 
@@ -24,12 +25,15 @@ from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
 from firmware.charger import TICK_MS, Charger
+from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse_mains
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
 
 METER_EVERY = const(10)  # one current-sense burst every 10 ticks (100 ms)
 LINK_EVERY = const(10)  # look at the link's queues every 100 ms
+ENERGY_EVERY = const(10)  # load management looks at its readings every 100 ms
+MAINS_CT_EVERY = const(100)  # the board's own mains CTs are read every second
 # A fresh status goes to the link on every change of state, fault, offer or
 # session, and otherwise this often (uptime alone must not publish every second).
 STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: current, energy
@@ -120,6 +124,9 @@ class Firmware:
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
+        self.energy = Energy(cfg, hal.ticks_diff, cfg["phases"], getattr(hal, "phase_relay", False) and cfg["phase_switch"])
+        self._mains_buf = array("i", (0, 0, 0))
+        self._switch_safe_since = None  # phase switch: since when the pilot and contactor are safe
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
         netif = getattr(hal, "netif", None)
@@ -234,6 +241,8 @@ class Firmware:
             self._last_offer = ch.offer_ma
             self._last_session = self.session_id
             self._status_due = True
+        if n % ENERGY_EVERY == 0:
+            self._energy_step(n)
         if self._anchor is None and n % CLOCK_CHECK_EVERY == 0:
             self._check_clock()
         if self.link is not None and n % LINK_EVERY == 0:
@@ -242,6 +251,55 @@ class Firmware:
             self.ocpp.service(self)
         if self.bench is not None:
             self.bench.poll()
+
+    def _energy_step(self, n):
+        """Load management (firmware/energy.py) after the charger's decision:
+        its limit takes effect in the next tick; a phase switch it asks for is
+        made only after PHASE_SAFE_MS with the pilot steady and the contactor
+        open, and the charger checks that again before the relay moves."""
+        e = self.energy
+        hal = self.hal
+        ch = self.charger
+        now = hal.ticks_ms()
+        if e.mode != "normal" and n % MAINS_CT_EVERY == 0:
+            b = self._mains_buf
+            if hal.mains_read(b):
+                e.feed(now, b[0], b[1], b[2])
+        e.step(now, self.meter.i_ma, ch.state not in ("A1", "A2", "E", "F"))
+        lim = ch.limits
+        lim.balance_ma = e.limit_ma
+        if e.reason is not None:
+            lim.balance_reason = e.reason
+        if e.event:
+            self._energy_event(e.event)
+        if not e.switching:
+            self._switch_safe_since = None
+        elif ch.contactor_on or ch.duty_pm != 0:
+            self._switch_safe_since = None
+        elif self._switch_safe_since is None:
+            self._switch_safe_since = now
+        elif hal.ticks_diff(now, self._switch_safe_since) >= PHASE_SAFE_MS:
+            if ch.switch_phases(e.want_phases) is None:
+                e.switched(now, e.want_phases)
+                self._switch_safe_since = None
+                self._event({"event": "phases", "phases": e.phases})
+
+    def _energy_event(self, bits):
+        e = self.energy
+        for bit, name in EVENT_NAMES:
+            if bits & bit:
+                ev = {"event": name, "mode": e.mode}
+                if bit == EV_PHASES:
+                    ev["phases"] = e.want_phases
+                self._event(ev)
+
+    def mains(self, payload):
+        """A reading of the house's grid current (the mains topic, or a
+        meter simulated by the scenario runner): (ok, error)."""
+        v, err = parse_mains(payload)
+        if err is None:
+            err = self.energy.feed(self.hal.ticks_ms(), v[0], v[1], v[2])
+        return err is None, err
 
     def _meter_step(self):
         hal = self.hal
@@ -373,7 +431,7 @@ class Firmware:
         ch = self.charger
         m = self.meter
         i = m.i_ma
-        return {
+        st = {
             "state": ch.state,
             "fault": ch.fault,
             "offer_a": ch.offer_ma / 1000,
@@ -394,6 +452,16 @@ class Firmware:
             "rssi_dbm": None if self.netup is None else self.netup.rssi_dbm,  # WiFi signal; null on Ethernet
             "clock_set": self._anchor is not None,  # false: times are {"boot", "mono_ms"}
         }
+        e = self.energy
+        st["mode"] = e.mode
+        st["phases_active"] = e.phases
+        age = e.age_ms(self.hal.ticks_ms())
+        st["mains_a"] = [g / 1000 for g in e.grid_ma] if age >= 0 else None
+        st["mains_age_s"] = age // 1000 if age >= 0 else None
+        if e.mode == "solar":
+            st["solar"] = e.solar_on
+            st["surplus_a"] = e.surplus_ma / 1000
+        return st
 
     def _service_link(self):
         link = self.link
@@ -464,7 +532,7 @@ class Firmware:
         if err is None and name == "authorize" and self.ocpp is not None:
             return self.ocpp.authorize(value)  # a card: the central system decides (Authorize)
         if err is None:
-            err = self.charger.command(name, value)
+            err = self.energy.set_mode(value) if name == "mode" else self.charger.command(name, value)
         if err is None:
             self._event({"event": "command", "cmd": name})
         return err is None, err

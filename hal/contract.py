@@ -53,6 +53,8 @@ class Board:
     adc_rate_hz = 3200
     # Full-scale ADC code + 1 (4096 for a 12-bit ADC).
     adc_full_scale = 4096
+    # True when the board has a phase-switch relay (1 or 3 phases to the EV).
+    phase_relay = False
     # Where the firmware keeps its files (config, journal, counters).
     data_dir = "/data"
     # Every board also has `net`: network access for the MQTT link (the
@@ -154,6 +156,21 @@ class Board:
         """Nominal microamps of line current per ADC count for a channel, from
         the board description (CT ratio, burden, ADC reference). The firmware's
         per-channel calibration (firmware/meter.py) multiplies this."""
+        raise NotImplementedError
+
+    # --- energy management ----------------------------------------------------------
+    def phase_switch(self, phases):
+        """Move the phase-switch relay: phases 1 (L1 only) or 3. The firmware
+        calls it only with the contactor open and the pilot steady for at
+        least 10 s (firmware/charger.py switch_phases()). A board without a
+        relay (phase_relay False) ignores it."""
+        raise NotImplementedError
+
+    def mains_read(self, out):
+        """The house's grid current per phase from the board's own mains CTs:
+        fills out[0..2] (a preallocated array('i', 3)) with mA, negative for
+        export where the board can tell the direction. Returns False (and
+        leaves out alone) on a board without mains CTs."""
         raise NotImplementedError
 
     # --- housekeeping ----------------------------------------------------------------

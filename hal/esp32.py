@@ -68,6 +68,8 @@ PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
 SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level is reported
 STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
+MAINS_SAMPLES = const(40)  # mains_read(): reads per CT over ...
+MAINS_WINDOW_US = const(20000)  # ... one 50 Hz period (60 reads at most: the sums stay < 2**30)
 PP_READS = const(4)  # reads averaged per pp_ohm()
 NTC_READS = const(4)  # reads averaged per sensor per temp_dc()
 NTC_MIN_C = const(-40)  # NTC table range; outside it the sensor is open or shorted
@@ -288,6 +290,30 @@ def validate(desc):
         "rate_hz": _get(s, "ct", "rate_hz", int, 500, 10000),
     }
 
+    # Energy management: an optional 1/3 phase relay and optional mains CTs
+    # (the house's grid current, measured like the EV's; no direction). Both
+    # may be left out of a board file (older files have neither).
+    s = _get(desc, "", "phase_relay", dict, optional=True) if "phase_relay" in desc else None
+    b["phase_relay"] = (
+        None
+        if s is None
+        else {
+            "pin": _pin(s, "phase_relay", "pin", used, output=True),
+            "three_phase_level": _level(s, "phase_relay", "three_phase_level"),
+        }
+    )
+    s = _get(desc, "", "mains_ct", dict, optional=True) if "mains_ct" in desc else None
+    b["mains_ct"] = (
+        None
+        if s is None
+        else {
+            "pins": _pins(s, "mains_ct", (1, 2, 3), used, adc=True),
+            "ratio": _get(s, "mains_ct", "ratio", int, 1, 10000),
+            "burden_ohm": _get(s, "mains_ct", "burden_ohm", int, 1, 10000),
+            "full_scale_mv": _get(s, "mains_ct", "full_scale_mv", int, 500, 3300),
+        }
+    )
+
     s = _get(desc, "", "led", dict, optional=True)
     b["led"] = (
         None
@@ -424,6 +450,18 @@ def _select(a, lo, hi, k):
     return a[k]
 
 
+def isqrt(n):
+    """Integer square root of n >= 0 (Newton's method, small ints only)."""
+    if n <= 0:
+        return 0
+    x = n
+    y = (x + 1) >> 1
+    while y < x:
+        x = y
+        y = (x + n // x) >> 1
+    return x
+
+
 def median(a, lo, hi):
     """Median of a[lo:hi] (upper median for an even count); reorders a[lo:hi]."""
     return _select(a, lo, hi, (lo + hi) >> 1)
@@ -554,6 +592,17 @@ class Esp32Board(Board):
         self._ua = ua_per_count(ct["ratio"], ct["burden_ohm"], ct["full_scale_mv"])
         self._frame_us = 1000000 // ct["rate_hz"]
         self._frame_rem = 1000000 % ct["rate_hz"]
+
+        s = b["phase_relay"]
+        self.phase_relay = s is not None
+        if s is not None:  # three phases at boot: the contactor is open anyway
+            self._relay_3 = s["three_phase_level"]
+            self._relay = Pin(s["pin"], Pin.OUT, value=self._relay_3)
+        s = b["mains_ct"]
+        self._mains = None if s is None else tuple(ADC(Pin(q), atten=atten) for q in s["pins"])
+        if s is not None:
+            self._mains_ua = ua_per_count(s["ratio"], s["burden_ohm"], s["full_scale_mv"])
+            self._mbuf = array("H", bytes(2 * MAINS_SAMPLES))
 
         s = b["led"]
         self._led = None if s is None else Pin(s["pin"], Pin.OUT, value=1 - s["active_level"])
@@ -731,6 +780,43 @@ class Esp32Board(Board):
 
     def adc_ua_per_count(self, channel):
         return self._ua
+
+    # --- energy management ---------------------------------------------------------------
+    def phase_switch(self, phases):
+        if self.phase_relay:
+            self._relay.value(self._relay_3 if phases == 3 else 1 - self._relay_3)
+
+    def mains_read(self, out):
+        """RMS of each mains CT over one burst of MAINS_SAMPLES reads spread
+        over MAINS_WINDOW_US (one 50 Hz period; 60 Hz leaves a partial period,
+        a small error for a load manager). CTs without a voltage reference
+        cannot tell import from export: readings are >= 0 (solar mode needs
+        a signed feed on MQTT). Integer maths; allocates nothing."""
+        adcs = self._mains
+        if adcs is None:
+            return False
+        for k in range(3):
+            if k >= len(adcs):
+                out[k] = 0
+                continue
+            adc = adcs[k]
+            a = self._mbuf
+            s = 0
+            t = time.ticks_us()
+            for i in range(MAINS_SAMPLES):
+                while time.ticks_diff(t, time.ticks_us()) > 0:
+                    pass
+                c = adc.read_u16() >> 4
+                a[i] = c
+                s += c
+                t = time.ticks_add(t, MAINS_WINDOW_US // MAINS_SAMPLES)
+            mean = s // MAINS_SAMPLES
+            v = 0
+            for i in range(MAINS_SAMPLES):  # two passes: every sum stays below 2**30
+                d = a[i] - mean
+                v += d * d
+            out[k] = isqrt(v // MAINS_SAMPLES) * self._mains_ua // 1000
+        return True
 
     # --- housekeeping ------------------------------------------------------------------
     def wdt_start(self, timeout_ms):

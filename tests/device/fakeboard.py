@@ -66,6 +66,14 @@ class FakeBoard:
     def rcd_test(self, on):
         self._rcd_test = on
 
+    phase_relay = True
+
+    def phase_switch(self, n):
+        self.log.append((self.t, "phases", n))
+
+    def mains_read(self, out):
+        return False
+
     # inputs
     def pilot_read(self, out):
         if self.duty == 0 and self.level == -1:

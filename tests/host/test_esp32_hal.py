@@ -517,6 +517,52 @@ def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
     assert 19687 <= elapsed <= 19687 + 64 * 3 * 2 + 10, elapsed
 
 
+def energy_board():
+    """The devkit with one EV CT, two mains CTs and a phase relay."""
+    d = devkit()
+    d["ct"]["pins"] = [34]
+    d["mains_ct"] = {"pins": [35, 32], "ratio": 2000, "burden_ohm": 22, "full_scale_mv": 3100}
+    d["phase_relay"] = {"pin": 5, "three_phase_level": 1}
+    return d
+
+
+def test_phase_relay_and_mains_cts_come_from_the_board_file(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=energy_board())
+    assert b.phase_relay and b._relay.v == 1  # three phases at boot
+    b.phase_switch(1)
+    assert b._relay.v == 0
+    b.phase_switch(3)
+    assert b._relay.v == 1
+    plain = mod.Esp32Board(board=devkit())
+    assert not plain.phase_relay
+    plain.phase_switch(1)  # no relay: ignored
+    out = array("i", (7, 7, 7))
+    assert plain.mains_read(out) is False and list(out) == [7, 7, 7]
+    bad = energy_board()
+    bad["phase_relay"]["three_phase_level"] = 2
+    with pytest.raises(mod.BoardFileError, match="phase_relay.three_phase_level"):
+        mod.validate(bad)
+    bad = energy_board()
+    bad["mains_ct"]["pins"] = [34]  # already the EV's CT
+    with pytest.raises(mod.BoardFileError):
+        mod.validate(bad)
+
+
+def test_mains_read_gives_the_rms_current_of_each_mains_ct(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=energy_board())
+    # A square wave of +-100 counts around mid-scale: RMS 100 counts = 6.88 A.
+    hi, lo = (2048 + 100) * 16 * 50, (2048 - 100) * 16 * 50  # read_u16 = uv // 50; code = u16 >> 4
+    b._mains[0].seq = [hi, lo]
+    b._mains[1].seq = [2048 * 16 * 50]  # a flat channel: no current
+    clock.us_step[0] = 1
+    out = array("i", (0, 0, 0))
+    assert b.mains_read(out) is True
+    assert out[0] == 100 * 68803 // 1000 and out[1] == 0 and out[2] == 0
+    assert mod.isqrt(0) == 0 and mod.isqrt(99) == 9 and mod.isqrt(4095 * 4095) == 4095
+
+
 def test_contactor_feedback_rcd_pe_outputs_follow_board_levels(hw):
     mod, _, _ = hw
     b = mod.Esp32Board(board=devkit())
@@ -861,6 +907,12 @@ m1 = gc.mem_alloc()
 with open("hal/boards/esp32_devkit.json") as f:
     d = json.load(f)
 b = esp32.Esp32Board(board=d)
+d["ct"]["pins"] = [34]
+d["mains_ct"] = {"pins": [35, 32], "ratio": 2000, "burden_ohm": 22, "full_scale_mv": 3100}
+d["phase_relay"] = {"pin": 5, "three_phase_level": 1}
+e = esp32.Esp32Board(board=d)
+e._mains[0].seq = [(2048 + 100) * 800, (2048 - 100) * 800]
+m3 = array("i", (0, 0, 0))
 d = None
 gc.collect()
 m2 = gc.mem_alloc()
@@ -902,9 +954,12 @@ try:
         b.led(2 + (i & 1))
         b.wait_tick(10)
         b.ticks_diff(b.ticks_add(b.ticks_ms(), 5), b.ticks_ms())
+        e.mains_read(m3)
+        e.phase_switch(1 + 2 * (i & 1))
     b.safe()
 finally:
     micropython.heap_unlock()
+print("MAINS", m3[0], m3[1], m3[2])
 print("NOALLOC", out[0], out[1])
 """
 
@@ -928,3 +983,4 @@ def test_hot_path_allocates_nothing_on_micropython(tmp_path):
     assert r.returncode == 0 and "NOALLOC" in r.stdout, r.stdout + r.stderr
     _, high, low = r.stdout.split()[-3:]
     assert abs(int(high) - 6000) <= 60 and abs(int(low) + 12000) <= 60  # the PWM read inside the lock
+    assert "MAINS 6880 0 0" in r.stdout  # mains_read inside the lock: 100 counts RMS
