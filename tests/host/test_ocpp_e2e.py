@@ -424,10 +424,22 @@ def test_central_system_starts_and_stops_a_session_remotely(cs, data_dir):
     t_stop = time.monotonic()
     cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Finishing")
     fw.wait(lambda r: "t" in r and "state" in r and not r["contactor"] and r["session"] is None, 10, "contactor open")
-    assert fw.finish() == 0
-    # The charger stopped before it reported the stop: no offer in any record the host read after it.
-    recs = [r for t, r in fw.lines if t > t_stop and "offer_a" in r]
+    # The charger stopped before it reported the stop: no offer in any record the host read after it
+    # (a record comes at least once per simulated second: wait for two).
+    deadline = time.monotonic() + 20
+    while len([1 for t, r in list(fw.lines) if t > t_stop and "offer_a" in r]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    t_restart = time.monotonic()
+    recs = [r for t, r in list(fw.lines) if t_stop < t < t_restart and "offer_a" in r]
     assert recs and all(r["offer_a"] == 0 and r["duty"] is None for r in recs)
+    # Started again with the car still plugged in, then a soft Reset ends it.
+    assert cs.send(call.RemoteStartTransaction(id_tag="REMOTE1")).status == "Accepted"
+    cs.wait(lambda d, m: len(cs.calls("StartTransaction")) == 2, 20, "second StartTransaction")
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging" and len(cs.calls("StartTransaction")) == 2)
+    assert cs.send(call.Reset(type="Soft")).status == "Accepted"
+    _, stop2 = cs.wait_call("StopTransaction", where=lambda p: p["transactionId"] == 102)
+    assert stop2[3]["reason"] == "SoftReset"
+    assert fw.finish() == 0
 
 
 def test_configuration_keys_change_refuse_and_list(cs, data_dir):
