@@ -656,3 +656,12 @@ def test_basic_auth_over_tls_verified_against_the_ca_connects(data_dir):
                 cs.close()
     finally:
         shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+def test_a_latched_fault_shows_faulted_with_its_error_code_and_ends_the_transaction(cs, data_dir):
+    fw = Firmware("fault.json", cs.url, data_dir)
+    _, st = cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Faulted")
+    assert st[3]["errorCode"] == "GroundFailure" and st[3]["vendorErrorCode"] == "rcd_trip"
+    _, stop = cs.wait_call("StopTransaction")
+    assert stop[3]["reason"] == "Other" and stop[3]["transactionId"] == 101
+    assert fw.finish() == 0
