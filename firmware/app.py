@@ -143,7 +143,7 @@ class Firmware:
         if cfg["ocpp_url"]:
             from firmware.ocpp import Ocpp
 
-            self.ocpp = Ocpp(cfg, hal.net, data)
+            self.ocpp = Ocpp(cfg, hal.net, data, hal)
             self.ocpp.version = VERSION
             self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None

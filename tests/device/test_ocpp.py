@@ -227,3 +227,14 @@ def test_connector_status_follows_the_charger():
         assert st(_Ch(state="B1")) == ("Preparing", "NoError", None)  # unplugged in between: a new car
     finally:
         tmpdirs.remove(d)
+
+
+def test_central_system_time_is_read_as_utc_seconds():
+    assert ocpp.parse_time("2026-12-01T19:55:07Z") == 1796154907
+    assert ocpp.parse_time("2026-12-01T19:55:07.123+00:00") == 1796154907
+    assert ocpp.parse_time("2000-03-01T00:00:00Z") == 951868800
+    assert ocpp.parse_time("2024-02-29T23:59:59Z") == 1709251199
+    assert ocpp.parse_time("2099-12-31T12:00:00Z") == 4102401600
+    for bad in ("2026-12-01T19:55:07+01:00", "2026-12-01 19:55:07Z", "yesterday", "", None, 5, "2026-13-01T00:00:00Z"):
+        assert ocpp.parse_time(bad) is None, bad
+    assert ocpp.iso(1796154907) == "2026-12-01T19:55:07Z"

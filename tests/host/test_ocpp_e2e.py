@@ -20,6 +20,7 @@ messages, never on how fast the machine is.
 """
 
 import asyncio
+import calendar
 import json
 import os
 import shutil
@@ -370,6 +371,8 @@ def test_card_authorizes_a_session_whose_meter_values_end_on_the_stop_register(c
     assert fw.finish() == 0
     s, p = start[3], stop[3]
     assert s["connectorId"] == 1 and s["idTag"] == "TAG0001"
+    # No NTP in the simulation: the wall clock came from the BootNotification's currentTime.
+    assert abs(calendar.timegm(time.strptime(s["timestamp"], "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 120
     assert p["transactionId"] == 101 and p["reason"] == "EVDisconnected" and p["idTag"] == "TAG0001"
     assert p["meterStop"] > s["meterStart"]  # 16 A for ~8 s: some Wh
     mvs = [c[3] for c in cs.calls("MeterValues")]
