@@ -200,23 +200,27 @@ def test_nothing_within_the_timeout_gives_none():
         lp.close()
 
 
-def test_oversized_frame_and_message_are_refused_with_close_1009():
-    for frames in (
-        [_server_frame(ws.OP_TEXT, b"x" * (ws.MAX_MESSAGE_BYTES + 1))],
-        [_server_frame(ws.OP_TEXT, b"x" * 5000, fin=False), _server_frame(ws.OP_CONT, b"y" * 5000)],
-    ):
-        lp = _Loop()
+def _refused(frames):
+    """Send `frames` to a fresh client: its recv() must raise WsError; returns
+    the close frame it sent back."""
+    lp = _Loop()
+    try:
+        for f in frames:
+            lp.peer.send(f)
         try:
-            for f in frames:
-                lp.peer.send(f)
-            try:
-                lp.client.recv(1000)
-                raise AssertionError("accepted an oversized message")
-            except ws.WsError:
-                pass
-            assert _read_client_frame(lp.peer) == (ws.OP_CLOSE, b"\x03\xf1")  # 1009
-        finally:
-            lp.close()
+            lp.client.recv(1000)
+            raise AssertionError("accepted %r" % (frames,))
+        except ws.WsError:
+            pass
+        return _read_client_frame(lp.peer)
+    finally:
+        lp.close()
+
+
+def test_oversized_frame_and_message_are_refused_with_close_1009():
+    assert _refused([_server_frame(ws.OP_TEXT, b"x" * (ws.MAX_MESSAGE_BYTES + 1))]) == (ws.OP_CLOSE, b"\x03\xf1")
+    two = [_server_frame(ws.OP_TEXT, b"x" * 5000, fin=False), _server_frame(ws.OP_CONT, b"y" * 5000)]
+    assert _refused(two) == (ws.OP_CLOSE, b"\x03\xf1")  # 1009
 
 
 def test_protocol_errors_close_with_1002():
@@ -227,17 +231,11 @@ def test_protocol_errors_close_with_1002():
         _server_frame(ws.OP_PING, b"p", fin=False),  # fragmented control frame
         _server_frame(0x3, b""),  # unknown opcode
     ):
-        lp = _Loop()
-        try:
-            lp.peer.send(bad)
-            try:
-                lp.client.recv(1000)
-                raise AssertionError("accepted %r" % bad)
-            except ws.WsError:
-                pass
-            assert _read_client_frame(lp.peer) == (ws.OP_CLOSE, b"\x03\xea")  # 1002
-        finally:
-            lp.close()
+        assert _refused([bad]) == (ws.OP_CLOSE, b"\x03\xea")  # 1002
+
+
+def test_text_that_is_not_utf8_closes_with_1007():
+    assert _refused([_server_frame(ws.OP_TEXT, b"\xff\xfe")]) == (ws.OP_CLOSE, b"\x03\xef")
 
 
 def test_server_close_is_echoed_and_raised_with_its_code():
