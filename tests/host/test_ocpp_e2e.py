@@ -482,15 +482,18 @@ def test_configuration_keys_change_refuse_and_list(cs, data_dir):
 
 
 def _once_each(cs):
-    """The transaction CALLs as the central system got them, with duplicates
-    (same action and payload twice) reported."""
+    """The transaction CALLs as the central system got them: one transaction,
+    start first, stop last, nothing twice (same action and payload)."""
     seen = []
     for _, _, action, payload in cs.calls():
         if action in ("StartTransaction", "MeterValues", "StopTransaction"):
             key = (action, json.dumps(payload, sort_keys=True))
             assert key not in seen, "delivered twice: %s" % (key,)
             seen.append(key)
-    return [a for a, _ in seen]
+    actions = [a for a, _ in seen]
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction", actions
+    assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1, actions
+    return actions
 
 
 def test_transaction_while_the_central_system_is_down_is_delivered_once_on_its_return(cs, data_dir):
@@ -504,10 +507,7 @@ def test_transaction_while_the_central_system_is_down_is_delivered_once_on_its_r
     cs.up()
     _, stop = cs.wait_call("StopTransaction", timeout_s=60)  # after the back-off
     assert fw.finish() == 0
-    actions = _once_each(cs)
-    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
-    assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1
-    assert actions.count("MeterValues") >= 3
+    assert _once_each(cs).count("MeterValues") >= 3
     assert stop[3]["transactionId"] == 101 and stop[3]["reason"] == "EVDisconnected" and stop[3]["idTag"] == "FREE"
     mvs = [c[3] for c in cs.calls("MeterValues")]
     assert all(m["transactionId"] == 101 for m in mvs)
@@ -532,10 +532,7 @@ def test_transaction_cut_by_a_power_loss_while_offline_is_closed_and_delivered_o
     fw2 = Firmware("idle.json", cs.url, data_dir)
     _, stop = cs.wait_call("StopTransaction", timeout_s=60)
     assert fw2.finish() == 0
-    actions = _once_each(cs)
-    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
-    assert actions.count("StartTransaction") == 1 and actions.count("StopTransaction") == 1
-    assert actions.count("MeterValues") >= 2
+    assert _once_each(cs).count("MeterValues") >= 2
     _, start = cs.wait_call("StartTransaction")
     assert stop[3]["reason"] == "PowerLoss" and stop[3]["transactionId"] == 101
     assert start[3]["meterStart"] <= stop[3]["meterStop"]
