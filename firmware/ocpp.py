@@ -790,7 +790,7 @@ class Ocpp:
         """One message from the central system."""
         try:
             msg = json.loads(text)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - ValueError, or MemoryError on a board: a bad frame either way
             msg = None
         if not isinstance(msg, list) or len(msg) < 3 or not isinstance(msg[1], str) or len(msg[1]) > 36:
             uid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) and len(msg[1]) <= 36 else "-1"
