@@ -233,6 +233,7 @@ class TxQueue:
         self.txids = {}  # local -> txid for every transaction still referenced
         self.seq = 0
         self.dropped = 0
+        self.flash_errors = 0  # writes that failed (flash full or broken): never raised into the loop
         self.size = 0
         torn = False
         if exists(path):
@@ -247,10 +248,13 @@ class TxQueue:
                             self._apply(json.loads(line))
                         except (ValueError, TypeError, KeyError, IndexError):
                             torn = True
-            except OSError:
+            except Exception:  # noqa: BLE001 - unreadable, not UTF-8: keep what was read, rewrite the rest
                 torn = True
         if torn:
-            self._compact()
+            try:
+                self._compact()
+            except OSError:
+                self.flash_errors += 1
 
     def _apply(self, r):
         kind = r[0]
@@ -330,7 +334,12 @@ class TxQueue:
             return False
         payload.pop("_periodic", None)
         seq = self.seq + 1
-        self._write(["q", seq, action, local, payload])
+        try:
+            self._write(["q", seq, action, local, payload])
+        except OSError:
+            self.flash_errors += 1
+            self.dropped += 1
+            return False
         self.seq = seq
         with lock:
             self._apply(["q", seq, action, local, payload])
@@ -344,11 +353,17 @@ class TxQueue:
                 entry = e
         if entry is None:
             return None
-        self._write(["d", seq, txid])
+        try:
+            self._write(["d", seq, txid])
+        except OSError:
+            self.flash_errors += 1  # sent again after a reboot: at least once
         with lock:
             self._apply(["d", seq, txid])
         if not self.entries and self.size > COMPACT_BYTES:
-            self._compact()
+            try:
+                self._compact()
+            except OSError:
+                self.flash_errors += 1
         return entry
 
 

@@ -238,3 +238,21 @@ def test_central_system_time_is_read_as_utc_seconds():
     for bad in ("2026-12-01T19:55:07+01:00", "2026-12-01 19:55:07Z", "yesterday", "", None, 5, "2026-13-01T00:00:00Z"):
         assert ocpp.parse_time(bad) is None, bad
     assert ocpp.iso(1796154907) == "2026-12-01T19:55:07Z"
+
+
+def test_a_queue_whose_flash_write_fails_refuses_and_counts_instead_of_raising():
+    q = ocpp.TxQueue("/nonexistent-dir-for-ocpp/q")
+    ok = q.push("StartTransaction", "s1", {"connectorId": 1, "idTag": "T", "meterStart": 1, "timestamp": "t"}, _Lock())
+    assert ok is False and q.entries == [] and q.flash_errors == 1 and q.dropped == 1
+
+
+def test_a_queue_file_of_garbage_loads_empty_and_is_rewritten():
+    d = tmpdirs.make("ocpp")
+    try:
+        with open(d + "/q", "wb") as f:
+            f.write(b'["q", 1, "StartTransaction", "s1", {"connectorId": 1, "idTag": "T", "meterStart": 1, "timestamp": "t"}]\n\xff\xfe\x00garbage\n[1, 2]\n')
+        q = ocpp.TxQueue(d + "/q")
+        assert [e[1] for e in q.entries] == ["StartTransaction"]
+        assert [e[1] for e in ocpp.TxQueue(d + "/q").entries] == ["StartTransaction"]
+    finally:
+        tmpdirs.remove(d)
