@@ -680,6 +680,9 @@ class Ocpp:
         )
         self._pending = None
         self._last_tx = self._net.ticks_ms()
+        self._rx_frames = 0
+        self._rx_t = self._last_tx
+        self._pinged = False
         with self._lock:
             self._status_q = []  # what changed while offline is history: the latest goes out
         self._last_status = {}  # send every connector's status again
@@ -724,6 +727,7 @@ class Ocpp:
         if msg is not None:
             self.stats["received"] += 1
             self._incoming(msg)
+        self._keepalive()
         with self._lock:
             results = self._results
             if results:
@@ -753,6 +757,27 @@ class Ocpp:
         if self._hb_now or net.ticks_diff(now, self._last_tx) >= self._hb_ms > 0:
             self._hb_now = False
             self._call("Heartbeat", {}, "hb", None)
+
+    def _keepalive(self):
+        """WebSocketPingInterval: after that long without a frame from the
+        central system, ping it; without any frame IO_TIMEOUT_MS later the
+        connection is dead (dropped, made again)."""
+        ws = self._ws
+        now = self._net.ticks_ms()
+        if ws.frames != self._rx_frames:
+            self._rx_frames = ws.frames
+            self._rx_t = now
+            self._pinged = False
+            return
+        every = self.keys.get_int("WebSocketPingInterval") * 1000
+        if not every:
+            return
+        idle = self._net.ticks_diff(now, self._rx_t)
+        if idle >= every + IO_TIMEOUT_MS:
+            raise OSError("no frame from the central system")
+        if idle >= every and not self._pinged:
+            self._pinged = True
+            ws.ping()
 
     def _send_status(self):
         with self._lock:

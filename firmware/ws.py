@@ -118,6 +118,7 @@ class WebSocket:
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self.close_code = None  # the server's close code, once it closed
+        self.frames = 0  # frames received: any of them shows the connection is alive
 
     # --- the handshake -----------------------------------------------------------
     @classmethod
@@ -190,6 +191,9 @@ class WebSocket:
     def _write(self, opcode, payload):
         self.sock.write(encode_frame(opcode, payload, os.urandom(4)))
 
+    def ping(self):
+        self._write(OP_PING, b"")
+
     def send(self, text):
         """Send one text message (str or UTF-8 bytes)."""
         self._write(OP_TEXT, text.encode() if isinstance(text, str) else text)
@@ -209,6 +213,7 @@ class WebSocket:
         """(fin, opcode, payload) of the next frame. Raises on a protocol error
         after sending the matching close frame."""
         h = self._read_exact(2)
+        self.frames += 1
         fin = h[0] & 0x80
         op = h[0] & 0x0F
         if h[0] & 0x70:
@@ -238,10 +243,11 @@ class WebSocket:
         raise WsError(why)
 
     def recv(self, timeout_ms):
-        """The next text message as str, or None when none starts within
-        timeout_ms. Pings are answered, pongs ignored, binary messages
-        refused (close 1003 is not used by OCPP: they are skipped). A close
-        from the server is answered and raised as WsClosed."""
+        """The next text message as str, or None when none is complete within
+        timeout_ms (a ping alone is answered with a pong and gives None; a
+        pong is counted in `frames` only). A binary message gives "" (not
+        OCPP-J: the link answers it as malformed). A close from the server
+        is answered and raised as WsClosed."""
         if not self._poller.poll(timeout_ms):
             return None
         fin, op, data = self._frame()  # once a frame has begun: the socket's io timeout
@@ -278,6 +284,8 @@ class WebSocket:
                 kind = op
             elif op != OP_PONG:
                 self._fail(CLOSE_PROTOCOL, "unknown opcode")
+            if parts is None:
+                return None  # a control frame on its own: no message yet
             fin, op, data = self._frame()  # the rest of a message: the io timeout
 
     def _text(self, data, op):

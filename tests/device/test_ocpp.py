@@ -256,3 +256,65 @@ def test_a_queue_file_of_garbage_loads_empty_and_is_rewritten():
         assert [e[1] for e in ocpp.TxQueue(d + "/q").entries] == ["StartTransaction"]
     finally:
         tmpdirs.remove(d)
+
+
+class _ClockNet(_Net):
+    def __init__(self):
+        self.t = 0
+
+    def ticks_ms(self):
+        return self.t
+
+
+class _PingWS(_WS):
+    def __init__(self):
+        super().__init__()
+        self.frames = 0
+        self.pings = 0
+
+    def recv(self, timeout_ms):
+        return None
+
+    def ping(self):
+        self.pings += 1
+
+
+def test_websocket_ping_interval_pings_an_idle_central_system_and_drops_a_dead_one():
+    d = tmpdirs.make("ocpp")
+    try:
+        cp = _cp(d)
+        net = _ClockNet()
+        cp._net = net
+        w = _PingWS()
+        cp._ws = w
+        cp._rx_frames, cp._rx_t, cp._pinged = 0, 0, False
+        cp.accepted = True
+        cp._hb_ms = 10**9
+        cp._last_tx = 0
+        cp._service()
+        assert w.pings == 0  # WebSocketPingInterval 0 (the default): never
+        cp.keys.values["WebSocketPingInterval"] = "30"
+        net.t = 29999
+        cp._service()
+        assert w.pings == 0
+        net.t = 30000
+        cp._service()
+        cp._service()
+        assert w.pings == 1
+        w.frames += 1  # the pong (or anything) came
+        net.t = 35000
+        cp._service()
+        net.t = 64999
+        cp._service()
+        assert w.pings == 1
+        net.t = 65000
+        cp._service()
+        assert w.pings == 2
+        net.t = 65000 + ocpp.IO_TIMEOUT_MS
+        try:
+            cp._service()
+            raise AssertionError("a silent central system was not dropped")
+        except OSError:
+            pass
+    finally:
+        tmpdirs.remove(d)

@@ -263,3 +263,18 @@ def test_peer_gone_without_close_frame_raises():
             assert e.args[0] is None
     finally:
         lp.close()
+
+
+def test_a_ping_on_its_own_is_answered_and_gives_no_message_without_waiting_for_more():
+    lp = _Loop()
+    try:
+        lp.peer.send(_server_frame(ws.OP_PING, b"alive?"))
+        assert lp.client.recv(1000) is None  # (reading on would end in the socket's 2 s timeout: OSError)
+        assert _read_client_frame(lp.peer) == (ws.OP_PONG, b"alive?")
+        lp.peer.send(_server_frame(ws.OP_TEXT, b"[]"))
+        assert lp.client.recv(1000) == "[]"
+        assert lp.client.frames == 2
+        lp.client.ping()
+        assert _read_client_frame(lp.peer) == (ws.OP_PING, b"")
+    finally:
+        lp.close()
