@@ -105,13 +105,14 @@ class CentralSystem:
     """An OCPP 1.6 central system on a free loopback port, in a thread of its
     own. `msgs`: every frame as (host time, "in"/"out", parsed JSON)."""
 
-    def __init__(self, heartbeat_s=2, boot_answers=(), password=None, ssl_ctx=None):
+    def __init__(self, heartbeat_s=2, boot_answers=(), password=None, ssl_ctx=None, ping_interval=20):
         self.heartbeat_s = heartbeat_s
         self.boot_answers = list(boot_answers)
         self.tags = {"TAG0001", "REMOTE1"}
         self.next_txid = 100
         self.password = password
         self.ssl_ctx = ssl_ctx
+        self.ping_interval = ping_interval
         self.msgs = []
         self.cond = threading.Condition()
         self.cp = None
@@ -169,6 +170,8 @@ class CentralSystem:
                 subprotocols=["ocpp1.6"],
                 process_request=self._process_request,
                 ssl=self.ssl_ctx,
+                ping_interval=self.ping_interval,
+                ping_timeout=5,
             )
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
@@ -665,3 +668,15 @@ def test_a_latched_fault_shows_faulted_with_its_error_code_and_ends_the_transact
     _, stop = cs.wait_call("StopTransaction")
     assert stop[3]["reason"] == "Other" and stop[3]["transactionId"] == 101
     assert fw.finish() == 0
+
+
+def test_an_idle_connection_answers_the_central_systems_pings_and_stays_up(data_dir):
+    cs = CentralSystem(heartbeat_s=300, ping_interval=0.3)
+    try:
+        fw = Firmware("idle.json", cs.url, data_dir)
+        cs.wait_call("BootNotification", timeout_s=30)
+        assert fw.finish() == 0  # 8 s of simulated (= wall) time, pinged every 0.3 s
+        assert len(cs.auth_seen) == 1  # one connection all along
+        assert cs.calls("Heartbeat") == []
+    finally:
+        cs.close()
