@@ -528,7 +528,7 @@ class Ocpp:
             if ch.duty_pm == 0:
                 return "SuspendedEVSE", "NoError", None
             return "SuspendedEV", "NoError", None
-        if not ch.enabled:
+        if not ch.enabled or ch.inhibit:  # disabled, or the journal is full (no new session)
             return "Unavailable", "NoError", None
         if not plugged:
             return "Available", "NoError", None

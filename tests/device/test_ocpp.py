@@ -203,6 +203,7 @@ class _Ch:
         self.contactor_on = False
         self.duty_pm = 0
         self.enabled = True
+        self.inhibit = False
         for k in kw:
             setattr(self, k, kw[k])
 
@@ -218,6 +219,7 @@ def test_connector_status_follows_the_charger():
         assert st(_Ch(state="B2", session_active=True, duty_pm=266)) == ("SuspendedEV", "NoError", None)
         assert st(_Ch(state="C1", session_active=True)) == ("SuspendedEVSE", "NoError", None)
         assert st(_Ch(enabled=False)) == ("Unavailable", "NoError", None)
+        assert st(_Ch(inhibit=True, state="B1")) == ("Unavailable", "NoError", None)
         assert st(_Ch(fault="rcd_trip", state="F")) == ("Faulted", "GroundFailure", "rcd_trip")
         assert st(_Ch(fault="weld", state="F")) == ("Faulted", "PowerSwitchFailure", "weld")
         assert st(_Ch(fault="something_new", state="F")) == ("Faulted", "OtherError", "something_new")
