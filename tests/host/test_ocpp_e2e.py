@@ -232,8 +232,10 @@ class Firmware:
     """`micropython -m sim.scenario SCENARIO --realtime --ocpp URL` as a child;
     its trace records with host arrival times."""
 
-    def __init__(self, scenario, url, data):
+    def __init__(self, scenario, url, data, broker=None):
         cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario), "--realtime", "--data", data, "--ocpp", url]
+        if broker is not None:
+            cmd += ["--broker", "127.0.0.1:%d" % broker, "--id", "both"]
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=MP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
@@ -680,3 +682,26 @@ def test_an_idle_connection_answers_the_central_systems_pings_and_stays_up(data_
         assert cs.calls("Heartbeat") == []
     finally:
         cs.close()
+
+
+def test_mqtt_and_ocpp_run_at_once_and_both_get_the_session(cs, data_dir):
+    from broker import Broker, mosquitto_path
+
+    if mosquitto_path() is None or not os.path.exists(os.path.join(REPO, "lib", "umqtt", "simple.py")):
+        pytest.skip("mosquitto or umqtt.simple missing")
+    from test_mqtt_e2e import Sub
+
+    with Broker() as b:
+        sub = Sub(b.port, ["evse/both/session"])
+        try:
+            fw = Firmware("both_links.json", cs.url, data_dir, broker=b.port)
+            _, stop = cs.wait_call("StopTransaction", timeout_s=40)
+            _, payload, _ = sub.wait(lambda t, p, r: True, 40, "session over MQTT")[:3]
+            assert fw.finish() == 0
+        finally:
+            sub.close()
+    rec = json.loads(payload)
+    _, start = cs.wait_call("StartTransaction")
+    assert stop[3]["meterStop"] == rec["meter_stop_mwh"] // 1000
+    assert start[3]["meterStart"] == rec["meter_start_mwh"] // 1000
+    assert len(cs.calls("StartTransaction")) == 1
