@@ -320,3 +320,28 @@ def test_websocket_ping_interval_pings_an_idle_central_system_and_drops_a_dead_o
             pass
     finally:
         tmpdirs.remove(d)
+
+
+def test_reconnect_spread_of_3000_charge_points_after_a_central_system_outage_is_printed():
+    # Every charge point lost the central system at t=0; it is back at 120 s.
+    # Each retries after Backoff delays (firmware/backoff.py, seeded from its id
+    # and a random word as Ocpp does); the first attempt at or after 120 s gets in.
+    import os
+
+    from firmware.backoff import Backoff, seed_for
+
+    back_ms = 120000
+    per_s = {}
+    last = 0
+    for i in range(3000):
+        b = Backoff(seed_for("CP%04d" % i, int.from_bytes(os.urandom(4), "little")))
+        t = 0
+        while t < back_ms:
+            t += b.next_ms()
+        s = (t - back_ms) // 1000
+        per_s[s] = per_s.get(s, 0) + 1
+        last = max(last, t - back_ms)
+    peak = max(per_s.values())
+    first10 = sum(per_s.get(s, 0) for s in range(10))
+    print("3000 charge points, central system back after 120 s: all in within %d s; peak %d connects in one second; %d in the first 10 s" % (last // 1000 + 1, peak, first10))
+    assert sum(per_s.values()) == 3000
