@@ -480,7 +480,7 @@ def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
         cmd.append("--realtime")
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID
+    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID, --ocpp URL
     env = dict(os.environ)
     env["MICROPYPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "lib")])
     until = sc["until"]
@@ -705,6 +705,11 @@ def cmd_run(args):
             extra += ["--broker", args.broker]
         if args.id:
             extra += ["--id", args.id]
+        if getattr(args, "ocpp", None):  # OCPP 1.6J central system (docs/ocpp.md)
+            if not args.ocpp.startswith(("ws://", "wss://")):
+                print("rig: --ocpp wants ws://HOST:PORT/ID, got %r" % args.ocpp, file=sys.stderr)
+                return EXIT_BAD_INPUT
+            extra += ["--ocpp", args.ocpp]
         records, _commands, summary = run_scenario(
             args.scenario, sc, args.seed, args.realtime, live, extra
         )
@@ -1457,6 +1462,8 @@ def build_parser():
         "stop that lets queued sessions reach it and publishes online 0. With --port: the "
         "broker the board's link uses; the rig sends the `set` steps there as remote commands",
     )
+    r.add_argument("--ocpp", metavar="URL", help="connect the simulated charger to this OCPP 1.6J "
+                   "central system, ws://HOST:PORT/PATH/ID (docs/ocpp.md); best with --realtime")
     r.add_argument("--id", metavar="ID", help="the charger's id (MQTT topics, session ids); "
                    "with --port: the board's id for the command topics (default: from its config)")
     b = r.add_argument_group(

@@ -705,3 +705,16 @@ def test_mqtt_and_ocpp_run_at_once_and_both_get_the_session(cs, data_dir):
     assert stop[3]["meterStop"] == rec["meter_stop_mwh"] // 1000
     assert start[3]["meterStart"] == rec["meter_start_mwh"] // 1000
     assert len(cs.calls("StartTransaction")) == 1
+
+
+def test_rig_run_connects_the_simulated_charger_with_ocpp(cs):
+    rig = os.path.join(REPO, "tools", "rig.py")
+    p = subprocess.run(
+        [os.path.join(REPO, ".venv", "bin", "python"), rig, "run", os.path.join(SCEN, "idle.json"), "--realtime", "--ocpp", cs.url],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert cs.calls("BootNotification") and cs.calls("StatusNotification")
+    bad = subprocess.run([os.path.join(REPO, ".venv", "bin", "python"), rig, "run", os.path.join(SCEN, "idle.json"), "--ocpp", "http://x/y"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--ocpp" in bad.stderr
