@@ -14,10 +14,11 @@ the data type, as the `ocpp` package's central system maps it); a value
 outside its enumeration or range -> PropertyConstraintViolation.
 """
 
-# Field kinds: "s" + max length (CiString), "i" integer, "e" enumeration
-# (the allowed values follow), "o" object (not checked further here), "b"
-# boolean, "t" date-time string, "a" array of strings of the given length.
-# One rule: (name, required, kind, arg).
+# Field kinds: "s" + max length (CiString; None: any length), "i" integer
+# (arg: its minimum or None), "n" number, "t" date-time string, "e"
+# enumeration (arg: the allowed values), "o" object (arg: its rules), "p"
+# array of objects (arg: their rules), "a" array of strings (arg: their
+# maximum length). One rule: (name, required, kind, arg).
 _AVAIL = ("Inoperative", "Operative")
 _TRIGGERS = (
     "BootNotification",
@@ -28,8 +29,29 @@ _TRIGGERS = (
     "StatusNotification",
 )
 
+# ChargingProfile (RemoteStartTransaction here; SetChargingProfile later).
+_PERIOD = (("startPeriod", 1, "i", 0), ("limit", 1, "n", None), ("numberPhases", 0, "i", 1))
+_SCHEDULE = (
+    ("duration", 0, "i", 0),
+    ("startSchedule", 0, "t", None),
+    ("chargingRateUnit", 1, "e", ("A", "W")),
+    ("chargingSchedulePeriod", 1, "p", _PERIOD),
+    ("minChargingRate", 0, "n", None),
+)
+PROFILE = (
+    ("chargingProfileId", 1, "i", None),
+    ("transactionId", 0, "i", None),
+    ("stackLevel", 1, "i", 0),
+    ("chargingProfilePurpose", 1, "e", ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")),
+    ("chargingProfileKind", 1, "e", ("Absolute", "Recurring", "Relative")),
+    ("recurrencyKind", 0, "e", ("Daily", "Weekly")),
+    ("validFrom", 0, "t", None),
+    ("validTo", 0, "t", None),
+    ("chargingSchedule", 1, "o", _SCHEDULE),
+)
+
 CALLS = {
-    "RemoteStartTransaction": (("connectorId", 0, "i", 1), ("idTag", 1, "s", 20), ("chargingProfile", 0, "o", None)),
+    "RemoteStartTransaction": (("connectorId", 0, "i", 1), ("idTag", 1, "s", 20), ("chargingProfile", 0, "o", PROFILE)),
     "RemoteStopTransaction": (("transactionId", 1, "i", None),),
     "Reset": (("type", 1, "e", ("Hard", "Soft")),),
     "ChangeAvailability": (("connectorId", 1, "i", 0), ("type", 1, "e", _AVAIL)),
@@ -64,10 +86,6 @@ NOT_IMPLEMENTED = "NotImplemented"
 NOT_SUPPORTED = "NotSupported"
 
 
-def _is_int(v):
-    return isinstance(v, int) and v is not True and v is not False
-
-
 def check(action, payload):
     """None when `payload` of CALL `action` follows its schema, else
     (error code, description)."""
@@ -76,24 +94,31 @@ def check(action, payload):
         if action in KNOWN:
             return NOT_SUPPORTED, action + " is not supported"
         return NOT_IMPLEMENTED, "unknown action"
-    if not isinstance(payload, dict):
+    return check_object(payload, rules)
+
+
+def check_object(obj, rules):
+    """None when `obj` follows `rules`, else (error code, description)."""
+    if not isinstance(obj, dict):
         return FORMATION, "payload must be an object"
     n = 0
     for name, required, kind, arg in rules:
-        if name not in payload:
+        if name not in obj:
             if required:
                 return OCCURENCE, name + " is required"
             continue
         n += 1
-        v = payload[name]
-        if kind == "s":
+        v = obj[name]
+        if kind == "s" or kind == "t":
             if not isinstance(v, str):
                 return TYPE, name + " must be a string"
             if arg is not None and len(v) > arg:
                 return TYPE, "%s longer than %d" % (name, arg)
-        elif kind == "i":
-            if not _is_int(v):
-                return TYPE, name + " must be an integer"
+            if kind == "t" and (len(v) < 19 or v[4] != "-" or v[10] != "T"):
+                return PROPERTY, name + " must be a date-time"
+        elif kind == "i" or kind == "n":
+            if v is True or v is False or not (isinstance(v, int) or kind == "n" and isinstance(v, float)):
+                return TYPE, name + (" must be an integer" if kind == "i" else " must be a number")
             if arg is not None and v < arg:
                 return PROPERTY, "%s below %d" % (name, arg)
         elif kind == "e":
@@ -104,14 +129,26 @@ def check(action, payload):
         elif kind == "o":
             if not isinstance(v, dict):
                 return TYPE, name + " must be an object"
+            err = check_object(v, arg)
+            if err is not None:
+                return err
+        elif kind == "p":
+            if not isinstance(v, list):
+                return TYPE, name + " must be an array"
+            for item in v:
+                if not isinstance(item, dict):
+                    return TYPE, name + " must hold objects"
+                err = check_object(item, arg)
+                if err is not None:
+                    return err
         elif kind == "a":
             if not isinstance(v, list):
                 return TYPE, name + " must be an array"
-            for s in v:
-                if not isinstance(s, str):
+            for item in v:
+                if not isinstance(item, str):
                     return TYPE, name + " must hold strings"
-                if len(s) > arg:
+                if len(item) > arg:
                     return TYPE, "%s entry longer than %d" % (name, arg)
-    if n != len(payload):
+    if n != len(obj):
         return FORMATION, "unknown property"
     return None

@@ -347,3 +347,41 @@ def test_reconnect_spread_of_3000_charge_points_after_a_central_system_outage_is
     first10 = sum(per_s.get(s, 0) for s in range(10))
     print("3000 charge points, central system back after 120 s: all in within %d s; peak %d connects in one second; %d in the first 10 s" % (last // 1000 + 1, peak, first10))
     assert sum(per_s.values()) == 3000
+
+
+def _profile(**change):
+    p = {
+        "chargingProfileId": 1,
+        "stackLevel": 0,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.5}, {"startPeriod": 60, "limit": 16}]},
+    }
+    for k in change:
+        if change[k] is None:
+            del p[k]
+        else:
+            p[k] = change[k]
+    return {"idTag": "T", "chargingProfile": p}
+
+
+def test_a_charging_profile_in_a_remote_start_is_checked_to_its_schema():
+    assert sch.check("RemoteStartTransaction", _profile()) is None
+    assert sch.check("RemoteStartTransaction", _profile(validFrom="2026-12-01T00:00:00Z", recurrencyKind="Daily")) is None
+    bad_schedule = {"chargingRateUnit": "kW", "chargingSchedulePeriod": []}
+    cases = (
+        (_profile(chargingSchedule=None), "OccurenceConstraintViolation"),
+        (_profile(chargingProfilePurpose="Mine"), "PropertyConstraintViolation"),
+        (_profile(stackLevel=-1), "PropertyConstraintViolation"),
+        (_profile(chargingProfileId="1"), "TypeConstraintViolation"),
+        (_profile(validTo="tomorrow"), "PropertyConstraintViolation"),
+        (_profile(chargingSchedule=bad_schedule), "PropertyConstraintViolation"),
+        (_profile(chargingSchedule={"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": "16"}]}), "TypeConstraintViolation"),
+        (_profile(chargingSchedule={"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0}]}), "OccurenceConstraintViolation"),
+        (_profile(chargingSchedule={"chargingRateUnit": "A", "chargingSchedulePeriod": [5]}), "TypeConstraintViolation"),
+        (_profile(chargingSchedule={"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6, "x": 1}]}), "FormationViolation"),
+        (_profile(extra=True), "FormationViolation"),
+    )
+    for payload, code in cases:
+        got = sch.check("RemoteStartTransaction", payload)
+        assert got is not None and got[0] == code, (payload, got)
