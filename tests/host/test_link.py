@@ -285,8 +285,8 @@ class Watcher:
         self.client.disconnect()
 
 
-@pytest.fixture(params=sorted(UMQTT_LIBS))
-def umqtt(request):
+@pytest.fixture(params=sorted(UMQTT_LIBS), name="umqtt")
+def umqtt_fixture(request):
     """The umqtt.simple version the Driver imports (each test runs with both)."""
     lib = UMQTT_LIBS[request.param]
     if not os.path.exists(os.path.join(lib, "umqtt", "simple.py")):

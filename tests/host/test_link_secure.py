@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from broker import Broker
-from test_link import Driver, _cfg, umqtt  # noqa: F401 - umqtt: the fixture below
+from test_link import Driver, _cfg, umqtt_fixture  # noqa: F401 - the umqtt fixture
 
 pytestmark = pytest.mark.usefixtures("umqtt")
 
