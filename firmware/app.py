@@ -61,6 +61,9 @@ class Firmware:
                 "phases %d but the board measures %d: using %d" % (cfg["phases"], hal.adc_channels, hal.adc_channels)
             )
             cfg["phases"] = hal.adc_channels
+        if not cfg["id"]:
+            # Two chargers left at a fixed default would share topics and one HA device.
+            cfg["id"] = "evse-" + hal.unique_id()
         self.cfg = cfg
         self.config_errors = errors
         for e in errors:
@@ -91,7 +94,7 @@ class Firmware:
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
-            self.link = Link(cfg, hal.net, hal.net)
+            self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
         self.session_id = None
         self.ticks = 0
         self.bench = None  # bench mode: trace records on the console (firmware/bench.py)

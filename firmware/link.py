@@ -282,12 +282,14 @@ class _Client(MQTTClient):
 
 
 class Link:
-    def __init__(self, cfg, clock, net):
+    def __init__(self, cfg, clock, net, device_info=None):
         """clock: ticks_ms/ticks_diff in wall time (a board's `net` will do);
-        net: the board's network access (hal/net.py)."""
+        net: the board's network access (hal/net.py); device_info: extra
+        fields of Home Assistant's device block (serial_number, hw_version)."""
         self._clock = clock
         self._net = net
         self._cfg = cfg
+        self._device_info = device_info
         dev_id = cfg["id"]
         base = "%s/%s/" % (cfg.get("mqtt_prefix") or "evse", dev_id)
         self.topic_base = base
@@ -502,7 +504,7 @@ class Link:
 
     def _publish_discovery(self, c):
         self._rediscover = False
-        for topic, payload in discovery.configs(self._cfg, self.topic_base):
+        for topic, payload in discovery.configs(self._cfg, self.topic_base, self._device_info):
             c.publish(topic, payload, retain=True)
 
     def _service(self):

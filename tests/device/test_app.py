@@ -108,3 +108,14 @@ def test_a_journal_full_of_unacknowledged_sessions_refuses_new_sessions_and_says
         fw.tick()
         sim.wait_tick(10)
     assert fw.charger.contactor_on and fw.session_id is not None
+
+
+def test_the_default_device_id_comes_from_the_chips_unique_id():
+    # Two chargers left at a fixed default id would share topics, session ids
+    # and one Home Assistant device.
+    fw = Firmware(SimBoard(unique_id="a0b1c2d3e4f5", data_dir=fresh_dir("uid")), {})
+    assert fw.cfg["id"] == "evse-a0b1c2d3e4f5"
+    a = Firmware(SimBoard(seed=1, data_dir=fresh_dir("uid1")), {})
+    b = Firmware(SimBoard(seed=2, data_dir=fresh_dir("uid2")), {})
+    assert a.cfg["id"] != b.cfg["id"]
+    assert Firmware(SimBoard(data_dir=fresh_dir("uid3")), {"id": "garage"}).cfg["id"] == "garage"
