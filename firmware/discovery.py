@@ -20,127 +20,46 @@ from firmware.iec61851 import MIN_OFFER_MA
 
 DISCOVERY_PREFIX = "homeassistant"
 
-_STATES = ["A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F"]
+_STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
 # firmware/limits.py's reasons, plus "none" before the first tick decided one
-_LIMITS = ["hardware", "config", "cable", "remote", "balance", "thermal", "none"]
+_LIMITS = ("hardware", "config", "cable", "remote", "balance", "thermal", "none")
 _DIAG = "diagnostic"
+_A = "current"
+_E = "energy"
+_M = "measurement"
+_TI = "total_increasing"
 
-# (component, object, name, fields). Fields read the status topic unless they
-# name another one ("@ack", "@session": replaced by that topic).
+# Read-only entities, one tuple each (tuples of strings keep the resident
+# table small; each config dict exists only while it is published):
+# (component, object, name, topic, value template, device_class, unit,
+#  state_class, entity_category, icon). topic: the status unless "session"/"ack".
 _ENTITIES = (  # fmt: skip
-    ("sensor", "state", "State", {
-        "value_template": "{{ value_json.state }}",
-        "device_class": "enum",
-        "options": _STATES,
-        "icon": "mdi:ev-station",
-    }),
-    ("binary_sensor", "plugged_in", "Plugged in", {
-        "value_template": "{{ 'ON' if value_json.state[:1] in ['B', 'C', 'D'] else 'OFF' }}",
-        "device_class": "plug",
-    }),
-    ("binary_sensor", "charging", "Charging", {
-        "value_template": "{{ 'ON' if value_json.state in ['C2', 'D2'] else 'OFF' }}",
-        "device_class": "battery_charging",
-    }),
-    ("binary_sensor", "problem", "Problem", {
-        "value_template": "{{ 'ON' if value_json.fault else 'OFF' }}",
-        "device_class": "problem",
-    }),
-    ("sensor", "fault", "Fault", {
-        "value_template": "{{ value_json.fault or 'none' }}",
-        "icon": "mdi:alert-circle-outline",
-        "entity_category": _DIAG,
-    }),
-    ("sensor", "current", "Current", {
-        "value_template": "{{ (value_json.current_ma | int(0)) / 1000 }}",
-        "device_class": "current",
-        "unit_of_measurement": "A",
-        "state_class": "measurement",
-    }),
-    ("sensor", "offered_current", "Offered current", {
-        "value_template": "{{ value_json.offer_a }}",
-        "device_class": "current",
-        "unit_of_measurement": "A",
-        "state_class": "measurement",
-    }),
-    ("sensor", "limit_reason", "Offer limited by", {
-        "value_template": "{{ value_json.limit_reason or 'none' }}",
-        "device_class": "enum",
-        "options": _LIMITS,
-        "entity_category": _DIAG,
-    }),
-    ("sensor", "power", "Power", {
-        "value_template": "{{ value_json.power_w }}",
-        "device_class": "power",
-        "unit_of_measurement": "W",
-        "state_class": "measurement",
-    }),
+    ("sensor", "state", "State", None, "{{ value_json.state }}", "enum", None, None, None, "mdi:ev-station"),
+    ("binary_sensor", "plugged_in", "Plugged in", None,
+     "{{ 'ON' if value_json.state[:1] in ['B', 'C', 'D'] else 'OFF' }}", "plug", None, None, None, None),
+    ("binary_sensor", "charging", "Charging", None,
+     "{{ 'ON' if value_json.state in ['C2', 'D2'] else 'OFF' }}", "battery_charging", None, None, None, None),
+    ("binary_sensor", "problem", "Problem", None,
+     "{{ 'ON' if value_json.fault else 'OFF' }}", "problem", None, None, None, None),
+    ("sensor", "fault", "Fault", None, "{{ value_json.fault or 'none' }}", None, None, None, _DIAG,
+     "mdi:alert-circle-outline"),
+    ("sensor", "current", "Current", None, "{{ (value_json.current_ma | int(0)) / 1000 }}", _A, "A", _M, None, None),
+    ("sensor", "offered_current", "Offered current", None, "{{ value_json.offer_a }}", _A, "A", _M, None, None),
+    ("sensor", "limit_reason", "Offer limited by", None, "{{ value_json.limit_reason or 'none' }}", "enum", None,
+     None, _DIAG, None),
+    ("sensor", "power", "Power", None, "{{ value_json.power_w }}", "power", "W", _M, None, None),
     # Goes back to 0 when a session starts: total_increasing books a drop as
     # a new cycle, so the statistics never see negative energy.
-    ("sensor", "session_energy", "Session energy", {
-        "value_template": "{{ value_json.session_wh }}",
-        "device_class": "energy",
-        "unit_of_measurement": "Wh",
-        "state_class": "total_increasing",
-    }),
-    ("sensor", "lifetime_energy", "Lifetime energy", {
-        "value_template": "{{ value_json.lifetime_wh }}",
-        "device_class": "energy",
-        "unit_of_measurement": "Wh",
-        "state_class": "total_increasing",
-    }),
-    ("sensor", "temperature", "Temperature", {
-        "value_template": "{{ value_json.temp_c }}",  # null (no sensor) renders None: unknown
-        "device_class": "temperature",
-        "unit_of_measurement": "°C",
-        "state_class": "measurement",
-        "entity_category": _DIAG,
-    }),
-    # The closed session (QoS 1, not retained): energy, with the record as attributes.
-    ("sensor", "last_session", "Last session", {
-        "state_topic": "@session",
-        "json_attributes_topic": "@session",
-        "value_template": "{{ value_json.energy_wh }}",
-        "device_class": "energy",
-        "unit_of_measurement": "Wh",
-        "icon": "mdi:receipt-text-outline",
-    }),
+    ("sensor", "session_energy", "Session energy", None, "{{ value_json.session_wh }}", _E, "Wh", _TI, None, None),
+    ("sensor", "lifetime_energy", "Lifetime energy", None, "{{ value_json.lifetime_wh }}", _E, "Wh", _TI, None, None),
+    # temp_c null (no sensor) renders None: HA shows unknown
+    ("sensor", "temperature", "Temperature", None, "{{ value_json.temp_c }}", "temperature", "°C", _M, _DIAG, None),
+    # The closed session (QoS 1, not retained): its energy, the record as attributes.
+    ("sensor", "last_session", "Last session", "session", "{{ value_json.energy_wh }}", _E, "Wh", None, None,
+     "mdi:receipt-text-outline"),
     # The answer to the last command: "ok" or the firmware's error text.
-    ("sensor", "last_command", "Last command", {
-        "state_topic": "@ack",
-        "json_attributes_topic": "@ack",
-        "value_template": "{{ 'ok' if value_json.ok else value_json.error }}",
-        "icon": "mdi:console-line",
-        "entity_category": _DIAG,
-    }),
-    ("switch", "enable", "Charging enabled", {
-        "command_topic": "@set/enable",
-        "payload_on": "true",
-        "payload_off": "false",
-        "value_template": "{{ 'true' if value_json.enabled else 'false' }}",
-        "state_on": "true",
-        "state_off": "false",
-        "icon": "mdi:power",
-    }),
-    ("button", "stop", "Stop session", {
-        "command_topic": "@set/stop",
-        "payload_press": "1",
-        "icon": "mdi:stop-circle-outline",
-    }),
-    ("button", "clear_fault", "Clear fault", {
-        "command_topic": "@set/clear_fault",
-        "payload_press": "1",
-        "icon": "mdi:alert-remove-outline",
-        "entity_category": "config",
-    }),
-    ("text", "authorize", "Authorize tag", {
-        "command_topic": "@set/authorize",
-        "min": 1,
-        "max": TAG_MAX,
-        "pattern": "[ -~]+",  # printable ASCII, what commands.parse accepts
-        "mode": "text",
-        "icon": "mdi:card-account-details-outline",
-    }),
+    ("sensor", "last_command", "Last command", "ack", "{{ 'ok' if value_json.ok else value_json.error }}", None,
+     None, None, _DIAG, "mdi:console-line"),
 )
 
 
@@ -186,32 +105,67 @@ def configs(cfg, topic_base, device_info=None):
         "device": device,
         "origin": origin,
     }
-    for component, obj, name, extra in _ENTITIES:
-        yield _one(component, dev_id, obj, name, common, extra, topic_base)
+    for e in _ENTITIES:
+        extra = {"value_template": e[4]}
+        if e[3]:
+            extra["state_topic"] = extra["json_attributes_topic"] = topic_base + e[3]
+        if e[5]:
+            extra["device_class"] = e[5]
+            if e[5] == "enum":
+                extra["options"] = _STATES if e[1] == "state" else _LIMITS
+        for k, i in (("unit_of_measurement", 6), ("state_class", 7), ("entity_category", 8), ("icon", 9)):
+            if e[i]:
+                extra[k] = e[i]
+        yield _one(e[0], dev_id, e[1], e[2], common, extra)
     for i in range(cfg.get("phases") or 1):
         n = "%d" % (i + 1)
         yield _one("sensor", dev_id, "current_l" + n, "Current L" + n, common, {
             "value_template": "{{ value_json.current_a[%d] }}" % i,
-            "device_class": "current",
+            "device_class": _A,
             "unit_of_measurement": "A",
-            "state_class": "measurement",
-        }, topic_base)  # fmt: skip
+            "state_class": _M,
+        })  # fmt: skip
+    cmd = topic_base + "set/"
+    yield _one("switch", dev_id, "enable", "Charging enabled", common, {
+        "command_topic": cmd + "enable",
+        "payload_on": "true",
+        "payload_off": "false",
+        "value_template": "{{ 'true' if value_json.enabled else 'false' }}",
+        "state_on": "true",
+        "state_off": "false",
+        "icon": "mdi:power",
+    })  # fmt: skip
     # Offers exactly what the firmware accepts: 6 A .. the installation limit
     # (pause with the switch). While paused (limit 0) it shows its minimum.
     yield _one("number", dev_id, "current_limit", "Current limit", common, {
-        "command_topic": "@set/current_a",
+        "command_topic": cmd + "current_a",
         "value_template": "{{ [(value_json.limit_ma | int(0)) / 1000, %d] | max }}" % (MIN_OFFER_MA // 1000),
         "min": MIN_OFFER_MA // 1000,
         "max": cfg.get("max_current_a", 16),
         "step": 1,
         "mode": "box",
         "unit_of_measurement": "A",
-        "device_class": "current",
+        "device_class": _A,
         "icon": "mdi:current-ac",
-    }, topic_base)  # fmt: skip
+    })  # fmt: skip
+    yield _one("button", dev_id, "stop", "Stop session", common, {
+        "command_topic": cmd + "stop", "payload_press": "1", "icon": "mdi:stop-circle-outline",
+    })  # fmt: skip
+    yield _one("button", dev_id, "clear_fault", "Clear fault", common, {
+        "command_topic": cmd + "clear_fault", "payload_press": "1", "icon": "mdi:alert-remove-outline",
+        "entity_category": "config",
+    })  # fmt: skip
+    yield _one("text", dev_id, "authorize", "Authorize tag", common, {
+        "command_topic": cmd + "authorize",
+        "min": 1,
+        "max": TAG_MAX,
+        "pattern": "[ -~]+",  # printable ASCII, what commands.parse accepts
+        "mode": "text",
+        "icon": "mdi:card-account-details-outline",
+    })  # fmt: skip
 
 
-def _one(component, dev_id, obj, name, common, extra, topic_base):
+def _one(component, dev_id, obj, name, common, extra):
     uid = unique_id(dev_id, obj)
     conf = {
         "name": name,
@@ -222,8 +176,5 @@ def _one(component, dev_id, obj, name, common, extra, topic_base):
     for k in common:
         conf[k] = common[k]
     for k in extra:
-        v = extra[k]
-        if isinstance(v, str) and v[:1] == "@":
-            v = topic_base + v[1:]  # "@ack" -> "<prefix>/<id>/ack"
-        conf[k] = v
+        conf[k] = extra[k]
     return topic(component, dev_id, obj).encode(), json.dumps(conf).encode()
