@@ -174,7 +174,7 @@ class _Client(MQTTClient):
     one publish/subscribe wait is bounded in time)."""
 
     net = None  # the board's hal/net.py, set by the Link
-    clock = None  # the Link's clock (ticks_ms/ticks_diff)
+    clock = None  # the Link's clock (ticks_ms/ticks_diff); else the net's
     busy_since = None  # ticks_ms when a publish/subscribe began waiting for its ack
     limit_ms = 10000  # how long such a wait, or one incoming packet, may take
     _junk = None  # the buffer oversized payloads are read into and dropped
@@ -253,6 +253,8 @@ class _Client(MQTTClient):
 
     def connect(self, clean_session=True, timeout=None, ssl_ctx=None):
         timeout_s = timeout if timeout is not None else IO_TIMEOUT_MAX_MS / 1000
+        if self.clock is None:
+            self.clock = self.net  # the board's net has a wall clock too
         raw = self.net.tcp_connect(self.server, self.port, timeout_s)
         self.sock = raw
         if ssl_ctx is not None:
