@@ -282,6 +282,7 @@ class Link:
         self._t_ack = (base + "ack").encode()
         self._t_online = (base + "online").encode()
         self._t_set = (base + "set/").encode()
+        self._t_mains = (base + "mains").encode()  # the house's grid current (docs/energy.md)
         self._t_ha = (_discovery().DISCOVERY_PREFIX + "/status").encode()
         _unload_discovery()
         self._keepalive_s = int(cfg.get("mqtt_keepalive_s") or 60)
@@ -297,6 +298,7 @@ class Link:
         self._acked = _Ring(ACKED_MAX)
         self._commands = _Ring(COMMANDS_MAX)
         self._status = None
+        self._mains = None  # the latest mains reading not yet taken (newest wins)
         self._stop_req = False
         # --- written by the thread, read by anyone (single-word writes) -------
         self.connected = False
@@ -308,6 +310,7 @@ class Link:
             "dropped": 0,  # events/acks dropped because the queue was full
             "commands_dropped": 0,
             "sessions_refused": 0,
+            "mains_ignored": 0,  # retained or oversized mains readings
             "last_error": None,
             "last_backoff_ms": 0,
             "last_connect_ms": 0,  # how long the last successful connect took
@@ -363,6 +366,15 @@ class Link:
             return None
         with self._lock:
             return self._acked.pop()
+
+    def poll_mains(self):
+        """The latest mains reading (payload bytes) since the last call, or None."""
+        if self._mains is None:
+            return None
+        with self._lock:
+            m = self._mains
+            self._mains = None
+            return m
 
     def poll_command(self):
         if not self._commands.n:
@@ -457,6 +469,7 @@ class Link:
         c.publish(self._t_online, b"1", retain=True)
         self._acked_call(c.subscribe, self._t_set + b"+")
         self._acked_call(c.subscribe, self._t_ha)
+        self._acked_call(c.subscribe, self._t_mains)  # any mode: the mode command may change it
         self._publish_discovery(c)
         self._poller = select.poll()
         self._poller.register(c.sock, select.POLLIN)
@@ -581,6 +594,15 @@ class Link:
         for the loop; note Home Assistant's birth message. msg is None for a
         payload too large to hold (topic None for such a topic)."""
         if topic is None:
+            return
+        if topic == self._t_mains:
+            # A measurement, not a command: the newest replaces an unread one,
+            # and a retained reading is of unknown age (ignored).
+            if msg is not None and not retained:
+                with self._lock:
+                    self._mains = bytes(msg)
+            else:
+                self.stats["mains_ignored"] += 1
             return
         if topic == self._t_ha:
             # HA announces "online" when it starts: it forgot non-retained
