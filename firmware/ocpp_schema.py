@@ -126,16 +126,10 @@ def check_object(obj, rules):
                 return TYPE, name + " must be a string"
             if v not in arg:
                 return PROPERTY, name + " not an allowed value"
-        elif kind == "o":
-            if not isinstance(v, dict):
-                return TYPE, name + " must be an object"
-            err = check_object(v, arg)
-            if err is not None:
-                return err
-        elif kind == "p":
-            if not isinstance(v, list):
-                return TYPE, name + " must be an array"
-            for item in v:
+        elif kind == "o" or kind == "p":  # an object, or an array of them
+            if not isinstance(v, dict if kind == "o" else list):
+                return TYPE, name + (" must be an object" if kind == "o" else " must be an array")
+            for item in (v,) if kind == "o" else v:
                 if not isinstance(item, dict):
                     return TYPE, name + " must hold objects"
                 err = check_object(item, arg)
