@@ -97,6 +97,10 @@ _ERRORS = {
 }
 
 
+_CP_AVAILABLE = ("Available", "NoError", None)  # connector 0: the charger as a whole
+_CP_UNAVAILABLE = ("Unavailable", "NoError", None)
+
+
 def iso(wall_s):
     """An OCPP date-time (UTC) from wall seconds; the epoch when the clock is unset."""
     t = time.gmtime(int(wall_s or 0))
@@ -542,8 +546,8 @@ class Ocpp:
         if st != self._st:
             self._st = st
             self._post_status(1, st)
-        st0 = ("Available" if ch.enabled or ch.session_active else "Unavailable", "NoError", None)
-        if st0 != self._st0:
+        st0 = _CP_AVAILABLE if ch.enabled or ch.session_active else _CP_UNAVAILABLE
+        if st0 is not self._st0:
             self._st0 = st0
             self._post_status(0, st0)
         now = hal.ticks_ms()

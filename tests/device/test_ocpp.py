@@ -385,3 +385,33 @@ def test_a_charging_profile_in_a_remote_start_is_checked_to_its_schema():
     for payload, code in cases:
         got = sch.check("RemoteStartTransaction", payload)
         assert got is not None and got[0] == code, (payload, got)
+
+
+def test_the_loops_side_allocates_nothing_while_nothing_changes():
+    d = tmpdirs.make("ocpp")
+    try:
+        cp = _cp(d)
+
+        class Hal:
+            def ticks_ms(self):
+                return 1000
+
+            def ticks_diff(self, a, b):
+                return a - b
+
+        class Fw:
+            pass
+
+        fw = Fw()
+        fw.charger = _Ch(state="C2", session_active=True, contactor_on=True, duty_pm=266)
+        fw.hal = Hal()
+        fw.link = None
+        cp.service(fw)  # the first call posts the statuses
+        cp._local, cp._mv_started, cp._mv_t = "s1", True, 1000  # a transaction, its next sample not due
+        gc.collect()
+        before = gc.mem_alloc()
+        for _ in range(100):
+            cp.service(fw)
+        assert gc.mem_alloc() - before == 0
+    finally:
+        tmpdirs.remove(d)
