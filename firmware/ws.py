@@ -11,8 +11,9 @@ Never: imports socket or ssl (sockets come from the board's hal/net.py, as
 for the MQTT link), runs in the control tick, or waits without a timeout:
 every socket operation has the timeout the link gave to connect(), and
 recv() returns None when nothing arrives within its own timeout.
-RAM: the module ~8 KB of heap after import (unix port, 64-bit); a connection holds one receive buffer
-of the message being read (at most MAX_MESSAGE_BYTES).
+RAM: the module ~8 KB of heap after import (unix port, 64-bit); a
+connection holds one receive buffer of the message being read (at most
+MAX_MESSAGE_BYTES).
 """
 
 import os
