@@ -146,7 +146,7 @@ SIM_KEYS = {
     "phases": _int(1, 3),
     "mains_hz": _one_of((50, 60)),
     "voltage_v": _int(100, 480),
-    "pilot_noise_mv": _int(0, 2000),
+    "pilot_noise_mv": _int(0, 5000),
     "contactor_close_ms": _int(0, 1000),
     "contactor_open_ms": _int(0, 1000),
     "has_feedback": _bool,
@@ -745,6 +745,11 @@ def cmd_measure(args):
         notes = []
         if unfinished:
             notes.append("%d opening(s) required but never done" % unfinished)
+        # control (issue 15): a close the world forbade (sim/scenario.py "unsafe")
+        unsafe = [c for c in summary.get("closes", []) if c.get("cause") == "unsafe"]
+        if unsafe:
+            notes.append("%d unsafe close(s): %s" % (len(unsafe), ", ".join(
+                "%s at %.2f s" % (c.get("why"), c["t"]) for c in unsafe[:3])))  # fmt: skip
         if o_max is not None and o_max > OPEN_TARGET_MS:
             notes.append("open > %d ms" % OPEN_TARGET_MS)
         if c_max is not None and c_max > CLOSE_TARGET_MS:

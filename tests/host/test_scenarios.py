@@ -39,6 +39,8 @@ def test_scenario_expectations_hold(path):
     failures = rig.check_expects(sc, records)
     assert failures == [], failures
     SUMMARIES[os.path.basename(path)] = summary
+    # No close the simulated world forbade (S2 open, a diode/CP short, PE open, RCD trip).
+    assert summary["unsafe_closes"] == 0, [c for c in summary["closes"] if c["cause"] == "unsafe"]
     # No record may show the contactor closed outside C/D with PWM, or during a fault.
     for r in records:
         if r["contactor"]:
