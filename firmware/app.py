@@ -88,6 +88,7 @@ class Firmware:
         self.charger.inhibit = self.journal.full()  # reported by start()
 
         self.link = None
+        self.command_note = None  # set by command()
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
@@ -293,7 +294,7 @@ class Firmware:
                 break
             name, payload = cmd
             ok, err = self.command(name, payload)
-            link.post_ack(name, ok, err)
+            link.post_ack(name, ok, err, self.command_note)
             self._status_due = True
         while True:
             sid = link.poll_acked()
@@ -344,10 +345,13 @@ class Firmware:
 
     # --- remote commands ----------------------------------------------------------------------------
     def command(self, name, payload):
-        """Validate and apply one remote command. Returns (ok, error)."""
+        """Validate and apply one remote command. Returns (ok, error); sets
+        command_note to what the ack says besides "ok" (None: nothing)."""
+        self.command_note = None
         value, err = commands.parse(name, payload, self.cfg)
         if err is None:
             err = self.charger.command(name, value)
         if err is None:
+            self.command_note = commands.note(name, value)
             self._event({"event": "command", "cmd": name})
         return err is None, err

@@ -427,8 +427,10 @@ class Charger:
         limit is only one more minimum."""
         now = self.hal.ticks_ms()
         if name == "current_a":  # value in mA (commands.parse gives int mA)
-            if not isinstance(value, int) or (value != 0 and not iec.MIN_OFFER_MA <= value <= iec.MAX_OFFER_MA):
-                return "current_a must be 0 or 6..80 A"
+            # Below 6 A (0 included) pauses: Limits.offer_ma() is then 0, the
+            # pilot goes steady and the contactor opens by the x1 rules.
+            if not isinstance(value, int) or not 0 <= value <= iec.MAX_OFFER_MA:
+                return "current_a must be 0..80 A"
             self.limits.remote_ma = value
             return None
         if name == "enable":

@@ -267,9 +267,9 @@ class Link:
             if self._out.push(payload):
                 self.stats["dropped"] += 1
 
-    def post_ack(self, cmd, ok, error):
+    def post_ack(self, cmd, ok, error, note=None):
         with self._lock:
-            if self._acks.push((cmd, bool(ok), error)):
+            if self._acks.push((cmd, bool(ok), error, note)):
                 self.stats["dropped"] += 1
 
     def post_session(self, session_id, payload):
@@ -455,10 +455,13 @@ class Link:
                     break
                 payload = item
                 if ring is self._acks:
-                    cmd, ok, error = item
+                    cmd, ok, error, note = item
+                    ack = {"cmd": cmd, "ok": ok, "error": error}
+                    if note is not None:  # how an accepted command was applied (a pause)
+                        ack["note"] = note
                     # bytes: umqtt sizes a str payload by characters, and a command
                     # name with non-ASCII characters would corrupt the packet
-                    payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
+                    payload = json.dumps(ack).encode()
                 c.publish(topic, payload, qos=1)
                 self._restore_timeout()
                 self.stats["published"] += 1

@@ -371,9 +371,36 @@ def test_remote_limit_cannot_exceed_the_configuration():
     run(ch, b, 6000)
     assert ch.offer_ma == 16000
     assert ch.command("current_a", 81000) is not None
-    assert ch.command("current_a", 3000) is not None
+    assert ch.command("current_a", -1) is not None
     assert ch.command("current_a", 16.5) is not None  # the parser gives int mA
     assert ch.command("nope", 1) == "unknown command"
+
+
+def test_a_remote_limit_below_6_a_pauses_and_the_contactor_opens_by_the_x1_rules():
+    # Issue 15 item 19: 3 A was refused and the EV kept its 16 A.
+    ch, b = plugged_charging()
+    assert ch.offer_ma == 16000
+    assert ch.command("current_a", 3000) is None
+    run(ch, b, 20)
+    assert b.duty == 0 and b.level == 1 and ch.offer_ma == 0 and ch.state == "C1"
+    assert ch.limits.reason == "remote"
+    assert b.closed  # x1 with the EV still in C: it may stay closed until the EV opens S2
+    b.high_mv = B  # the EV follows the pause
+    t0 = b.t
+    run(ch, b, 50)
+    assert not b.closed and b.ticks_diff(first(b, "contactor", False, t0), t0) <= 10
+    assert ch.command("current_a", 10000) is None  # a limit of 6 A or more resumes
+    run(ch, b, 20)
+    assert b.duty == 166 and ch.offer_ma == 10000
+
+
+def test_an_ev_that_ignores_a_remote_pause_is_opened_after_6_s():
+    ch, b = plugged_charging()
+    ch.command("current_a", 5999)
+    t0 = b.t
+    run(ch, b, 7000)
+    t = first(b, "contactor", False, t0)
+    assert t is not None and 5900 <= b.ticks_diff(t, t0) <= 6020
 
 
 def test_remote_zero_pauses_with_a_steady_pilot():

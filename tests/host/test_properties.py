@@ -23,8 +23,9 @@ Invariants checked on every record (docs/testing.md):
   disabled, stopped, unauthorized or ventilation-blocked;
 - the rig's reaction-time summary: every required opening <= 100 ms, none
   left undone;
-- invalid commands get an error text, valid ones none; the process never
-  crashes (rig exit 3 = RigError).
+- invalid commands get an error text, valid ones none (a current_a below
+  6 A is valid: a pause, with a note); the process never crashes (rig exit
+  3 = RigError).
 
 `make test` runs CI_EXAMPLES derandomized examples (the same ones every run);
 `make fuzz N=500` runs N fresh random ones and reports how many scenarios and
@@ -270,7 +271,9 @@ class Model:
             return
         if name == "current_a":
             amps = float(payload)
-            assert amps == 0 or 6 <= amps <= min(self.hw_a, 80) + EPS, "accepted an out-of-range current: %r" % c
+            assert 0 <= amps <= min(self.hw_a, 80) + EPS, "accepted an out-of-range current: %r" % c
+            if amps < 6:  # below the 6 A minimum: a pause, and the ack says so
+                assert c.get("note", "").startswith("paused"), "a pause without a note: %r" % c
             self.remote_a = amps
         elif name == "enable":
             self.enabled = payload == "true"
