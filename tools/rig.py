@@ -153,6 +153,9 @@ SIM_KEYS = {
     "has_pe": _bool,
     "adc_noise_counts": _int(0, 200),
     "start_ticks": _int(0, 2**30 - 1),
+    # control (issue 15): the PP resistor at start (ohm), null: none seen,
+    # false: a tethered cable without PP coding (the board has no PP input)
+    "pp": lambda v: None if v is False else _num(0, 100000, nullable=True)(v),
 }
 
 

@@ -62,13 +62,16 @@ DEFAULTS = {"max_current_a": 16, "hw_max_current_a": 32, "enabled": True, "requi
 FAULTS_OPEN_AT_ONCE = ("cp_short", "pe_open", "rcd_trip")
 
 
-def cable_limit_a(pp):
-    if pp is None:
-        return 0.0
-    for lo, hi, amps in CABLE_A:
-        if lo <= pp <= hi:
-            return float(amps)
-    return 0.0
+def cable_limit_a(pp, rating_a=0):
+    """The cable's limit: from the PP table, or for a tethered cable without
+    PP coding (pp False) none; a configured cable rating caps both."""
+    if pp is False:
+        amps = 80.0
+    elif pp is None:
+        amps = 0.0
+    else:
+        amps = next((float(a) for lo, hi, a in CABLE_A if lo <= pp <= hi), 0.0)
+    return min(amps, rating_a) if rating_a else amps
 
 
 def thermal_bound_a(base_a, temp_c):
@@ -154,6 +157,8 @@ def configs(draw):
         cfg["fault_retries"] = draw(st.integers(0, 10))
     if draw(st.booleans()):
         cfg["phases"] = draw(st.integers(1, 3))
+    if draw(st.integers(0, 3)) == 3:  # a tethered cable's rating
+        cfg["cable_max_current_a"] = draw(st.sampled_from((0, 5, 6, 13, 16, 32, 48, 80)))
     return cfg
 
 
@@ -173,6 +178,8 @@ def sims(draw):
         sim["phases"] = draw(st.integers(1, 3))
     if draw(st.booleans()):
         sim["mains_hz"] = draw(st.sampled_from((50, 60)))
+    if draw(st.integers(0, 3)) == 3:  # a tethered cable without PP coding, or none seen at start
+        sim["pp"] = draw(st.sampled_from((False, False, None, 680)))
     if draw(st.booleans()):
         sim["adc_noise_counts"] = draw(st.integers(0, 40))
     if draw(st.booleans()):  # ticks wrap (2^30) somewhere in the run
@@ -228,7 +235,8 @@ class Model:
         self.stopped = False
         self.vent_block = False
         self.remote_a = None
-        self.pp = DEFAULT_PP_OHM
+        self.pp = sc["sim"].get("pp", DEFAULT_PP_OHM)
+        self.cable_rating_a = cfg.get("cable_max_current_a", 0)
         self.temp_c = DEFAULT_TEMP_C
         self.faults = {}  # active injected fault -> time it was injected
         self.rcd_dead = False
@@ -287,7 +295,7 @@ class Model:
     def limit_a(self):
         if not self.enabled or self.stopped or not self.authorized or self.vent_block:
             return 0.0
-        m = min(self.hw_a, self.config_a, cable_limit_a(self.pp))
+        m = min(self.hw_a, self.config_a, cable_limit_a(self.pp, self.cable_rating_a))
         if self.remote_a is not None:
             m = min(m, self.remote_a)
         m = thermal_bound_a(m, self.temp_c)
@@ -441,6 +449,7 @@ def test_random_sessions_keep_every_safety_invariant(pytestconfig):
 def test_the_limit_model_follows_the_tables():
     assert [cable_limit_a(p) for p in (None, 59, 80, 140, 141, 220, 680, 1500, 2461)] == [
         0, 0, 63, 63, 0, 32, 20, 13, 0]  # fmt: skip
+    assert cable_limit_a(False) == 80 and cable_limit_a(False, 48) == 48 and cable_limit_a(220, 16) == 16
     assert thermal_bound_a(32, 64.9) == 32 and thermal_bound_a(32, 65) == 16
     assert thermal_bound_a(32, 68) == 8 and thermal_bound_a(32, 71) == 0
     assert ev_decoded_a(26.6) == 26.6 * 0.6 and ev_decoded_a(90) == 65 and ev_decoded_a(7) == 0

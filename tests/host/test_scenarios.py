@@ -25,7 +25,7 @@ def test_library_covers_what_commercial_testers_exercise():
     for required in (
         "state_a_idle", "state_b_connected", "state_c_charge_and_unplug", "state_d_vent_allowed",
         "state_d_vent_not_allowed", "state_e_cp_short", "diode_short", "pe_open", "pp_13a", "pp_20a",
-        "pp_32a", "pp_63a", "pp_invalid", "rcd_trip", "weld", "x1_pause_obeyed", "x1_pause_ignored",
+        "pp_32a", "pp_63a", "pp_invalid", "rcd_trip", "weld", "x1_pause_obeyed", "x1_pause_ignored", "tethered_j1772_80a",
         "overcurrent", "overtemperature",
     ):  # fmt: skip
         assert required in names, required
