@@ -59,3 +59,15 @@ def test_reaction_times_over_the_library():
           % (len(SUMMARIES), open_max, close_max))  # fmt: skip
     assert open_max <= 100
     assert close_max <= 3000
+
+
+def test_measure_fails_on_a_close_the_world_forbade(monkeypatch, capsys):
+    # Issue 15 item 1: the runner labelled a close with the diode still shorted
+    # "resume" and `measure` passed it. sim/scenario.py now labels it "unsafe";
+    # here a summary holding one must make `measure` exit 1 and name it.
+    path = os.path.join(REPO, "tests", "scenarios", "diode_short_retry_noisy.json")
+    summary = {"opens": [], "closes": [{"t": 5.36, "cause": "unsafe", "why": "diode_short", "ms": None}],
+               "unsafe_closes": 1, "open_max_ms": None, "close_max_ms": None}  # fmt: skip
+    monkeypatch.setattr(rig, "run_scenario", lambda *a, **k: ([], [], summary))
+    assert rig.main(["measure", path]) == rig.EXIT_FAILED
+    assert "1 unsafe close(s): diode_short at 5.36 s" in capsys.readouterr().out
