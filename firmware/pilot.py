@@ -4,14 +4,14 @@ Owns the filtering rules and the diode check. Invalid readings (gaps between
 the windows) never change the state by themselves; they are counted so the
 charger can treat a pilot that stays invalid longer than FILTER_MAX_MS as a
 fault. A move towards less energy (out of C/D, into A, E or F) is taken on
-the first reading that shows it. A move from no charge request into C or D,
-and between A and B, needs CONFIRM_TICKS consecutive readings in the new
-window AND the mean of the last AVG_N readings inside that window by
-iec.ENTRY_HYST_MV: a pilot noisy enough to throw single readings of a B into
-the C window cannot move the mean there (docs/architecture.md, "Pilot
-filtering"). Moves between C and D keep the short confirmation (D without
-ventilation means less energy). Never touches outputs; allocates nothing per
-reading.
+the first reading that shows it. A move from no charge request into C or D
+needs CONFIRM_TICKS consecutive readings in the new window AND the mean of
+the last AVG_N readings inside that window by iec.ENTRY_HYST_MV: a pilot
+noisy enough to throw single readings of a B into the C window cannot move
+the mean there (docs/architecture.md, "Pilot filtering"). Moves between C
+and D (D without ventilation means less energy) and between A and B (no
+energy either way) need the CONFIRM_TICKS readings only. Never touches
+outputs; allocates nothing per reading.
 """
 
 from array import array
@@ -21,7 +21,7 @@ from micropython import const
 from firmware import iec61851 as iec
 
 CONFIRM_TICKS = const(2)  # consecutive readings that must agree before a confirmed move
-# Readings averaged to confirm a move into C/D or between A and B: 16 ticks =
+# Readings averaged to confirm a move into C/D: 16 ticks =
 # 160 ms at a 10 ms tick. A B -> C move then confirms ~110 ms after S2
 # closes, far inside iec.CLOSE_WITHIN_MS (3 s); moves out of C are not
 # filtered by it. A power of two: the mean is a shift.
@@ -85,7 +85,8 @@ class Pilot:
             confirm = True
             average = not cd_now  # into a charge request: also the mean; C <-> D: readings only
         elif (k == iec.P_B and cur == iec.P_A) or (k == iec.P_A and cur == iec.P_B):
-            confirm = average = True  # plug / unplug
+            confirm = True  # plug / unplug: readings only (no energy either way)
+            average = False
         else:
             confirm = average = False  # towards less energy, or the first reading after forget()
         if confirm:

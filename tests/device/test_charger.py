@@ -107,7 +107,7 @@ def test_ev_that_stops_itself_then_unplugs_ends_as_ev_stopped():
     b.high_mv = B
     run(ch, b, 1000)
     b.high_mv = A
-    run(ch, b, 300)  # B -> A is confirmed over the pilot's average (pilot.AVG_N readings)
+    run(ch, b, 100)
     assert events(ch) == [(chg.EV_SESSION_END, "ev_stopped")]
 
 
@@ -254,7 +254,7 @@ def test_failed_rcd_self_test_blocks_energy():
     b.rcd_responds = False
     run(ch, b, 50)
     b.high_mv = B
-    run(ch, b, 400)
+    run(ch, b, 200)
     assert ch.fault == "rcd_selftest" and b.duty == 0
 
 
