@@ -497,7 +497,7 @@ class Link:
             # Full (a burst arrived while a publish waited for its PUBACK):
             # answer instead of dropping silently; the sender may retry.
             self.stats["commands_dropped"] += 1
-            if self._acks.push((name, False, "busy: too many commands, try again")):
+            if self._acks.push((name, False, "busy: too many commands, try again", None)):
                 self.stats["dropped"] += 1
 
     def _goodbye(self):
