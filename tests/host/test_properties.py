@@ -242,6 +242,7 @@ class Model:
         self.rcd_dead = False
         self.rcd_dead_since_reset = False  # no self-test can have passed since the last reset
         self.ev = "A"  # the EV state the steps set last
+        self.connected = False  # the firmware has seen an EV (B/C/D) since the last unplug
         self.steps = list(sc["steps"])
         self.si = 0
         self.prev = None
@@ -306,10 +307,14 @@ class Model:
         why = "t=%.3f %r" % (t, r)
         if state.startswith("A") or r["fault"] is not None:  # unplugged or fault: every right is reset
             if state.startswith("A"):
-                self.authorized = not self.cfg["require_auth"]
+                if self.connected:  # an unplug; an authorization given before plugging in holds
+                    self.authorized = not self.cfg["require_auth"]
+                self.connected = False
                 self.stopped = False
                 self.vent_block = False
             self.rcd_dead_since_reset = self.rcd_dead
+        if state[0] in "BCD":
+            self.connected = True
         if state.startswith("D") and not self.vent:
             self.vent_block = True
         prev = self.prev
@@ -495,6 +500,15 @@ def test_a_long_charging_session_with_pilot_noise_keeps_every_invariant():
     _run(sc, stats)
     assert stats["closes"] >= 2 and stats["opens"] >= 2, stats
     assert not math.isnan(stats["sim_seconds"])
+
+
+def test_an_authorization_given_before_plugging_in_holds_for_the_checker_too():
+    # Found by the fuzzer (a false alarm of the checker, not of the firmware):
+    # it reset the authorization on every record in A, so a card tapped
+    # before plugging in made the firmware's offer look unauthorized.
+    sc = {"name": "fuzz", "seed": 0, "until": 30.0, "config": {"require_auth": True}, "sim": {},
+          "steps": [{"t": 0.0, "ev": "A", "set": {"authorize": "0"}}, {"t": 0.01, "ev": "A"}, {"t": 0.02, "ev": "B"}]}  # fmt: skip
+    _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
 
 
 def test_regression_no_closing_in_the_tick_the_pwm_starts_after_a_diode_fault():
