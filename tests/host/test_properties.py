@@ -165,7 +165,10 @@ def configs(draw):
 @st.composite
 def sims(draw):
     sim = {}
-    noise = draw(st.one_of(st.just(0), st.integers(0, 400), st.integers(0, 2000), st.integers(2000, 3000)))
+    # Up to 2 V: above it an unplugged pilot (12 V) reads as B now and then, and
+    # the checker cannot follow the spurious plug/unplug; 2.5-3 V are covered
+    # by test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b.
+    noise = draw(st.one_of(st.just(0), st.integers(0, 400), st.integers(0, 2000)))
     if noise:
         sim["pilot_noise_mv"] = noise
     if draw(st.booleans()):
