@@ -148,6 +148,15 @@ def compile_device_dir(src_dir, paths):
 
 
 @pytest.fixture
+def esp32_build():
+    """Paths of the ESP32-faithful build (tools/mpbuild.py paths), built when out of date."""
+    paths, why = esp32_paths()
+    if paths is None:
+        pytest.fail(why, pytrace=False)
+    return paths
+
+
+@pytest.fixture
 def mp_interpreter(request):
     """(name, executable) of one selected interpreter: a test asking for it runs once per interpreter."""
     return request.param, interpreter_path(request.param)
