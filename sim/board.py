@@ -17,10 +17,11 @@ far faster than real time. What it owns:
   ESP32-like nonlinearity, clipping) and the exact energy the EV drew.
 
 Never lets wall time into the simulated world; `realtime=True` (main.py on the
-unix port) only paces wait_tick() to the wall clock. Runs only on the unix port (the ADC kernel uses viper
-with 64-bit intermediate products). Every method the firmware calls from its
-control tick returns small ints or fills a caller's buffer and allocates
-nothing; world updates run only when something is due (event driven), so an
+unix port) only paces wait_tick() to the wall clock. Runs on the unix port,
+64-bit or 32-bit (the ESP32-faithful build): every value stays a small int
+with 31-bit small ints too (sim/ticks.py, _muldiv, the viper ADC kernel's
+products below 2**28). Every method the firmware calls from its control tick
+returns small ints or fills a caller's buffer and allocates nothing; world updates run only when something is due (event driven), so an
 idle wait_tick(10) costs a few microseconds.
 """
 
