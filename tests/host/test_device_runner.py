@@ -282,6 +282,16 @@ def test_floats_are_single_precision():
     assert 1.0 + 1e-8 == 1.0 and 16777216.0 + 1.0 == 16777216.0
 
 
+def test_tls_threads_sockets_and_vfsrom_are_built_in():
+    import _thread
+    import socket
+    import tls
+    import vfs
+
+    assert hasattr(vfs, "VfsRom") and hasattr(tls, "SSLContext")
+    assert hasattr(socket, "socket") and hasattr(_thread, "start_new_thread")
+
+
 def test_the_heap_is_the_esp32s_112_kb():
     gc.collect()
     total = gc.mem_free() + gc.mem_alloc()
@@ -300,5 +310,5 @@ def test_the_esp32_interpreter_is_32_bit_single_float_112_kb_with_the_firmware_f
     (tmp_path / "device" / "test_esp32_runtime.py").write_text(ESP32_MODULE)
     code, output = run_pytest(tmp_path, "-rA", "--rootdir", str(tmp_path), "--micropython", "esp32", str(tmp_path))
     assert code == 0, output[-3000:]
-    assert re.search(r"^=+ 4 passed in ", output, re.MULTILINE), output[-2000:]
+    assert re.search(r"^=+ 5 passed in ", output, re.MULTILINE), output[-2000:]
     assert "test_words_are_32_bit_and_small_ints_31[esp32]" in output
