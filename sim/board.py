@@ -763,7 +763,11 @@ class SimBoard:
     def _make_lin(self, counts):
         """ESP32-like ADC transfer curve: an S-shaped bow of up to `counts`
         (a cubic through both ends, so 0 and 4095 stay), plus a dead zone of
-        `counts` codes at the bottom where the ESP32 reads 0."""
+        `counts` codes at the bottom where the ESP32 reads 0. Without a bow
+        the kernel never looks it up: a 1-entry table instead of 8 KB of heap."""
+        self._nonlinear = 1 if counts else 0
+        if not counts:
+            return array("H", (0,))
         lin = array("H", bytes(2 * 4096))
         for x in range(4096):
             u = (x - 2048) / 2048
@@ -771,7 +775,6 @@ class SimBoard:
             if counts and x < counts:
                 y = 0
             lin[x] = max(0, min(4095, y))
-        self._nonlinear = 1 if counts else 0
         return lin
 
     def adc_burst(self, buf):
