@@ -139,6 +139,7 @@ class Firmware:
 
             self.netup = NetUp(cfg, hal)
         self.link = None
+        self.command_note = None  # set by command()
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
@@ -459,7 +460,7 @@ class Firmware:
                 break
             name, payload = cmd
             ok, err = self.command(name, payload)
-            link.post_ack(name, ok, err)
+            link.post_ack(name, ok, err, self.command_note)
             self._status_due = True
         while True:
             sid = link.poll_acked()
@@ -513,7 +514,9 @@ class Firmware:
 
     # --- remote commands ----------------------------------------------------------------------------
     def command(self, name, payload):
-        """Validate and apply one remote command. Returns (ok, error)."""
+        """Validate and apply one remote command. Returns (ok, error); sets
+        command_note to what the ack says besides "ok" (None: nothing)."""
+        self.command_note = None
         value, err = commands.parse(name, payload, self.cfg)
         if err is None:
             if name == "mode":
@@ -523,5 +526,6 @@ class Firmware:
             else:
                 err = self.charger.command(name, value)
         if err is None:
+            self.command_note = commands.note(name, value)
             self._event({"event": "command", "cmd": name})
         return err is None, err

@@ -15,6 +15,9 @@ SCHEMA = {
     "id": ("", "str", 1, 32),  # device id: MQTT topics, session ids; unset: "evse-" + the chip's unique id
     "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
+    # Rating of a tethered cable (a board without PP input reads no cable coding,
+    # e.g. every J1772 unit); 0: none configured. Also caps a PP reading.
+    "cable_max_current_a": (0, "num", 0, 80),
     "phases": (3, "int", 1, 3),
     "voltage_v": (230, "int", 100, 480),  # phase voltage for power when not measured
     "mains_hz": (50, "int", 50, 60),  # mains frequency: the meter's RMS window is one period
