@@ -43,7 +43,7 @@ def bench():
         pytest.skip("mosquitto not installed")
     p = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "bench.py"), "--quick", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=480, check=False,
     )  # fmt: skip
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     last = p.stdout.strip().splitlines()[-1]
