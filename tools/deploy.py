@@ -48,8 +48,8 @@ ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp"
 CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
 ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
 # The simulation (sim/: the simulated board, its scenario runner, the rig
-# follower) needs the unix port (viper with 64-bit products): deployed only to
-# the emulated board (sys.platform "linux"), never to a real one.
+# follower) stands in for the hardware on the unix port: deployed only to the
+# emulated board (sys.platform "linux"), never to a real one.
 SIM_PACKAGE = "sim"
 BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
