@@ -3,9 +3,12 @@
 
 Opens a pseudo-terminal (and optionally a TCP port) and answers on it like an
 ESP32 running MicroPython: friendly REPL, raw REPL, raw-paste mode, Ctrl-C,
-soft reset (Ctrl-D) and hard reset (machine.reset()). Code runs in the
+soft reset (Ctrl-D) and hard reset (machine.reset()). Code runs in a
 MicroPython unix port (tools/simboard_agent.py) with the board's flash folder
-mounted at "/". See docs/simboard.md for what it does not model.
+mounted at "/": by default the ESP32-faithful one (build/esp32, 32-bit, 112 KB
+heap, firmware/hal/umqtt frozen like a board image built from manifest.py),
+or with --interpreter unix64 the venv's 64-bit one. See docs/simboard.md for
+what it does not model.
 
 The first line on stdout is the device path (e.g. /dev/pts/5); then it serves
 until SIGTERM or SIGINT (exit code 0). Exit code 2: bad arguments or the
@@ -607,6 +610,27 @@ def default_micropython():
     return "micropython"
 
 
+# The two interpreters a board can run: (default heap, how to find the program).
+# esp32: the launcher tools/mpbuild.py writes (build/esp32/micropython): 32-bit,
+# the firmware, the HAL, umqtt.simple 1.8.0 and the simulator frozen, i.e. the
+# board image manifest.py describes (plus the simulator that stands in for the
+# hardware); 112k is the heap of an ESP32_GENERIC without PSRAM.
+# unix64: the venv's unix port; 128k leaves ~120 KB free after boot.
+INTERPRETERS = {"esp32": "112k", "unix64": "128k"}
+ESP32_LAUNCHER = os.path.join(HERE, "..", "build", "esp32", "micropython")
+
+
+def esp32_micropython():
+    """The ESP32-faithful interpreter, built (tools/mpbuild.py) if out of date;
+    None with the reason printed when it cannot be."""
+    mpbuild = os.path.join(HERE, "mpbuild.py")
+    p = subprocess.run([sys.executable, mpbuild, "build", "--quiet"], capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        return None
+    return os.path.abspath(ESP32_LAUNCHER)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Emulate a MicroPython board (ESP32-like) on a pseudo-terminal, for "
@@ -617,10 +641,22 @@ def parse_args(argv):
     p.add_argument("--flash", required=True, help="folder that is the board's flash (its '/'); created if missing")
     p.add_argument("--tcp", type=int, metavar="PORT", help="also serve on 127.0.0.1:PORT (mpremote connect socket://127.0.0.1:PORT)")
     p.add_argument("--flash-kb", type=int, default=2048, help="flash partition size os.statvfs('/') reports, in KiB (default: 2048, an ESP32 with 4 MB flash); not enforced")
-    p.add_argument("--heapsize", default="128k", help="MicroPython heap (default: 128k, which leaves ~120 KB free like an ESP32 without PSRAM)")
-    p.add_argument("--micropython", default=default_micropython(), help="the unix-port interpreter (default: the one in .venv)")
+    p.add_argument("--interpreter", choices=sorted(INTERPRETERS), default="esp32",
+                   help="esp32 (default): the ESP32-faithful interpreter with the firmware frozen (build/esp32, "
+                   "built by tools/mpbuild.py when out of date); unix64: the 64-bit unix port in .venv")  # fmt: skip
+    p.add_argument("--heapsize", help="MicroPython heap (default: 112k for esp32, the heap of an ESP32 without "
+                   "PSRAM; 128k for unix64)")  # fmt: skip
+    p.add_argument("--micropython", help="the interpreter program (default: build/esp32/micropython for esp32, "
+                   ".venv/bin/micropython for unix64)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log resets and connections to stderr")
     args = p.parse_args(argv)
+    if args.heapsize is None:
+        args.heapsize = INTERPRETERS[args.interpreter]
+    if args.micropython is None:
+        args.micropython = default_micropython() if args.interpreter == "unix64" else esp32_micropython()
+        if args.micropython is None:
+            p.exit(2, "simboard: the ESP32-faithful interpreter could not be built (make esp32), "
+                   "or use --interpreter unix64\n")  # fmt: skip
     args.flash = os.path.abspath(args.flash)
     try:
         os.makedirs(args.flash, exist_ok=True)
