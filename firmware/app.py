@@ -38,6 +38,7 @@ REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 WDT_MS = const(2000)  # the control loop must come round this often or the board resets
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
+JOURNAL_RETRY_EVERY = const(6000)  # ticks (60 s): after a failed journal write (full flash), try again
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 
 CONFIG_FILE = "config.json"
@@ -79,10 +80,22 @@ class Firmware:
                 self.notes.append(err)
         self.meter = meter
 
-        self.journal = Journal(data)
-        self.boot_id = self.journal.boot()
+        j = Journal(data)
+        self.journal = j
+        self.boot_id = j.boot()
         now = hal.ticks_ms()
-        self.recovered = self.journal.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.recovered = j.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.notes += j.notes
+        # A power cut between a journal checkpoint and the next lifetime
+        # persist: the counter goes on from the journaled reading, never
+        # below a meter_stop already billed (docs/metering.md).
+        if meter.at_least(j.meter_mwh):
+            self.notes.append("meter: lifetime raised to %d Wh, the journal's last reading" % meter.lifetime_wh)
+            err = meter.persist(self._lifetime_path, now)
+            if err:
+                self.notes.append(err)
+        if j.error:
+            self.notes.append(j.error)
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
@@ -123,7 +136,10 @@ class Firmware:
             }
         )
         if self.charger.inhibit:
-            self._event({"event": "journal_full", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full", "pending": self.journal.pending_count()}
+            if self.journal.error:
+                ev["error"] = self.journal.error
+            self._event(ev)
         for e in self.config_errors:
             self._event({"event": "config_error", "error": e})
         for n in self.notes:
@@ -190,9 +206,13 @@ class Firmware:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
             if t.checkpoint_due(now, meter.session_mwh):
-                self.journal.checkpoint(
-                    t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh())
-                )
+                j = self.journal
+                j.checkpoint(t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh()))
+                if j.error:
+                    self._check_journal()  # a full flash: this session goes on, no new one starts
+        elif self.journal.error and self.ticks % JOURNAL_RETRY_EVERY < METER_EVERY:
+            self.journal.retry()
+            self._check_journal()
         self._meter_t = now
         if meter.checkpoint_due(now):
             err = meter.persist(self._lifetime_path, now)
@@ -214,6 +234,7 @@ class Firmware:
                 self.session_id = sid
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
+                    self._check_journal()
                 self._event({"event": "session_start", "session": sid, "tag": arg})
             elif kind == chg.EV_SESSION_END:
                 self._end_session(now, arg)
@@ -250,10 +271,14 @@ class Firmware:
         """A journal full of unacknowledged sessions refuses new sessions
         (docs/journal.md): no energy is sold that could not be billed. Say so
         when that starts and ends."""
-        full = self.journal.full()
+        j = self.journal
+        full = j.full()
         if full != self.charger.inhibit:
             self.charger.inhibit = full
-            self._event({"event": "journal_full" if full else "journal_ok", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full" if full else "journal_ok", "pending": j.pending_count()}
+            if j.error:
+                ev["error"] = j.error  # e.g. ENOSPC: the flash is full
+            self._event(ev)
 
     def _event(self, ev):
         if self.link is not None:
