@@ -425,18 +425,22 @@ def levels(a, n, spread, out):
     out[1] = out[0]
 
 
-# The installer's board description, when present, wins over the default.
+# The installer's board description, when present, wins over the default,
+# which ships beside this module (in its A/B slot: /slot_a/hal/boards/...).
 BOARD_FILE = "/data/board.json"
-DEFAULT_BOARD_FILE = "/hal/boards/esp32_devkit.json"
+DEFAULT_BOARD_FILE = "boards/esp32_devkit.json"  # relative to this module's folder
 
 
 def board_file():
-    """Path of the board description in force: /data/board.json if present."""
+    """Path of the board description in force: /data/board.json if present,
+    else the default one next to this module."""
     try:
         os.stat(BOARD_FILE)
         return BOARD_FILE
     except OSError:
-        return DEFAULT_BOARD_FILE
+        pass
+    here = globals().get("__file__", "/hal/esp32.py")
+    return here[: here.rfind("/") + 1] + DEFAULT_BOARD_FILE
 
 
 class Esp32Board(Board):
