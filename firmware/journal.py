@@ -240,9 +240,12 @@ class Journal:
     def _read(self, off, n):
         """The record of the frame at off, or None (counted) when it no longer
         checks: flash that rotted after it was written."""
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            buf = f.read(n)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(off)
+                buf = f.read(n)
+        except OSError:
+            buf = b""
         if len(buf) == n and _check(buf[:HDR_BYTES], buf[HDR_BYTES:]):
             return json.loads(buf[HDR_BYTES:])
         self.skipped += 1
