@@ -178,7 +178,7 @@ def test_a_full_flash_mid_session_keeps_charging_refuses_the_next_session_and_sa
 
     import ramdisk
 
-    root = ramdisk.mount(96)
+    root = ramdisk.mount(128)
     try:
         sim = SimBoard(data_dir=root + "/data")
         fw = Firmware(sim, {"max_current_a": 16})

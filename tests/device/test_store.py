@@ -183,7 +183,7 @@ def test_write_replaces_atomically_and_a_missing_file_is_read_from_its_complete_
     for fat in (False, True):
         import ramdisk
 
-        root = ramdisk.mount(128, fat=fat)
+        root = ramdisk.mount(64, fat=fat)
         try:
             p = root + "/cfg"
             store.write(p, b"one")
