@@ -332,7 +332,7 @@ def _good_v1_v2(board, make_tree):
     for v in ("1.0.0", "2.0.0"):
         r = run_deploy(board, make_tree(v, healthy_ticks=20))
         assert r.returncode == 0, r.stdout + r.stderr
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20  # an upper bound: a loaded machine boots slowly
         while not board.state()["good"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert board.state()["good"], "the app did not mark its slot good"
@@ -345,7 +345,7 @@ def test_a_damaged_file_in_the_good_active_slot_rolls_back_to_the_intact_previou
     _good_v1_v2(board, make_tree)
     app = board.flash / "slot_b" / "firmware" / "app.mpy"
     app.write_bytes(app.read_bytes()[:100])  # flash rot: a truncated module
-    seen = board.power_cycle(watch=15)
+    seen = board.power_cycle(watch=25)
     assert seen["started"] and seen["version"] == "1.0.0", seen
     st = board.state()
     assert st["active"] == "a" and "2.0.0 in slot_b: damaged files" in st["rollback"], st
@@ -362,7 +362,7 @@ def test_a_lost_or_corrupt_slot_json_or_root_module_still_boots_an_intact_slot(m
         p.unlink()
     else:
         p.write_bytes(b"\x00\xff{garbage")
-    seen = board.power_cycle(watch=10)
+    seen = board.power_cycle(watch=20)
     assert seen["started"] and seen["version"] == "2.0.0", seen  # the newest intact slot
     # ...and the next deploy repairs what was lost
     r = run_deploy(board, make_tree("3.0.0", healthy_ticks=20))
@@ -376,10 +376,11 @@ def test_a_boot_loop_stops_writing_slot_json_once_its_tries_are_used_up(make_boa
     r = run_deploy(board, make_tree("1.0.0", crash=True), watch=6)  # no fallback: it loops
     assert r.returncode == deploy.EXIT_NOT_UP, r.stdout + r.stderr
     path = board.flash / "slot.json"
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30  # an upper bound
     while board.state()["tries"] < deploy_tries() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)  # the boot that reaches the limit writes its error once
+        time.sleep(0.05)
+    # The boot that counted the last try wrote it; its error is the same one
+    # already recorded: from here on nothing is written.
     first = path.stat()
     writes = 0
     last = (first.st_ino, first.st_mtime_ns)
