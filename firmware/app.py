@@ -442,7 +442,10 @@ class Firmware:
             "power_w": m.power_w,
             "energy_wh": m.session_mwh / 1000,
             "session_wh": m.session_mwh / 1000,
-            "lifetime_wh": m.lifetime_wh,
+            # What survives a power cut (persisted, or journaled by a session
+            # checkpoint), so a published reading never goes backwards after
+            # a reboot; it lags the meter by at most one checkpoint.
+            "lifetime_wh": max(m.saved_wh(), self.journal.meter_mwh // 1000),
             "session": self.session_id,
             "enabled": ch.enabled,
             "limit_reason": ch.limits.reason,  # what decides the offer: config, cable, remote, thermal...

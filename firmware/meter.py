@@ -502,6 +502,10 @@ class Meter:
             return "meter: %s missing, lifetime %d Wh from the last good copy" % (path, best[0])
         return None
 
+    def saved_wh(self):
+        """The lifetime Wh as last persisted: what a power cut cannot take back."""
+        return self._saved_wh
+
     def at_least(self, mwh):
         """Raise the lifetime counter to mwh (a reading journaled after the
         last persist(): a power cut came between the two). True when raised;

@@ -264,3 +264,17 @@ def test_damaged_files_everywhere_boot_with_defaults_and_report_each_one():
     sim.set_ev("C")
     _run(fw, sim, 5)
     assert fw.charger.contactor_on  # it charges
+
+
+def test_the_published_lifetime_reading_never_goes_backwards_across_a_power_cut():
+    d = fresh_dir("published")
+    sim = SimBoard(data_dir=d)
+    fw = Firmware(sim, {"max_current_a": 32})
+    sim.set_ev("C")
+    published = []
+    for _ in range(12):  # 2 minutes at 22 kW, a status every 10 s as while charging
+        _run(fw, sim, 10)
+        published.append(fw.status()["lifetime_wh"])
+    assert published[-1] > 100 and published == sorted(published)
+    fw2 = Firmware(SimBoard(data_dir=d), {"max_current_a": 32})  # power cut, boot again
+    assert fw2.status()["lifetime_wh"] >= max(published), (fw2.status()["lifetime_wh"], published)
