@@ -54,6 +54,18 @@ def _persisted_wh(data_dir):
     return best
 
 
+def _charge(tmp_path, data, stdout):
+    """The unix-port firmware charging at 11 kW on the flash folder `data`."""
+    data.mkdir()
+    charge = _scenario(tmp_path / "charge.json", 3600, [
+        {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
+        {"t": 1, "ev": "C"},
+    ])  # fmt: skip
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
+    return subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
+                            stdout=stdout, text=True)  # fmt: skip
+
+
 def _journal_records(data_dir):
     """Every frame of journal.bin that checks, as (kind letter, record)."""
     try:
@@ -86,14 +98,7 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
     tmp_path,
 ):
     data = tmp_path / "flash"
-    data.mkdir()
-    charge = _scenario(tmp_path / "charge.json", 3600, [
-        {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
-        {"t": 1, "ev": "C"},
-    ])  # fmt: skip
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
-    proc = subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = _charge(tmp_path, data, subprocess.PIPE)
     last = None
     killed = False
     try:
@@ -149,14 +154,7 @@ def test_after_a_sigkill_the_next_session_starts_at_or_above_the_recovered_sessi
     persisted lifetime counter (the process is frozen with SIGSTOP to look at
     its flash, so this does not depend on how fast the simulation runs)."""
     data = tmp_path / "flash"
-    data.mkdir()
-    charge = _scenario(tmp_path / "charge.json", 3600, [
-        {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
-        {"t": 1, "ev": "C"},
-    ])  # fmt: skip
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
-    proc = subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL)  # fmt: skip
+    proc = _charge(tmp_path, data, subprocess.DEVNULL)
     ahead = None
     try:
         deadline = time.monotonic() + 120
