@@ -400,14 +400,21 @@ def _eth(s, used):
     return e
 
 
+_BOARD_MAX_BYTES = 16384  # a description is ~1.5 KB: anything far larger is not one
+
+
 def load(path):
-    """Read and validate a board description file."""
+    """Read (at most _BOARD_MAX_BYTES) and validate a board description file."""
     try:
-        with open(path) as f:
-            desc = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(_BOARD_MAX_BYTES + 1)
     except OSError:
         raise BoardFileError("board file: cannot read " + path) from None
-    except ValueError as e:
+    if len(data) > _BOARD_MAX_BYTES:
+        raise BoardFileError("board file: " + path + " is larger than " + str(_BOARD_MAX_BYTES) + " bytes")
+    try:
+        desc = json.loads(data.decode())
+    except (ValueError, MemoryError, RuntimeError) as e:  # UnicodeError is a ValueError; too deep
         raise BoardFileError("board file: " + path + " is not valid JSON (" + str(e) + ")") from None
     return validate(desc)
 

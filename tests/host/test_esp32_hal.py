@@ -400,6 +400,12 @@ def test_unreadable_or_broken_board_file_fails_clearly(hw, tmp_path):
     p.write_text("{ not json")
     with pytest.raises(mod.BoardFileError, match="not valid JSON"):
         mod.load(str(p))
+    p.write_bytes(b'{"name": "\xff"}')  # invalid UTF-8
+    with pytest.raises(mod.BoardFileError, match="not valid JSON"):
+        mod.load(str(p))
+    p.write_bytes(b'{"name": "' + b"x" * (3 << 20) + b'"}')  # 3 MB: not read whole
+    with pytest.raises(mod.BoardFileError, match="larger than"):
+        mod.load(str(p))
 
 
 # --- 3. pure logic under CPython -------------------------------------------------------
