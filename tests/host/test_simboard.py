@@ -401,3 +401,39 @@ def test_without_flash_the_board_gets_a_fresh_temporary_flash_and_says_where(tmp
             import shutil
 
             shutil.rmtree(flash, ignore_errors=True)
+
+
+def test_a_ctrl_c_meant_for_a_program_that_just_ended_does_not_tear_the_next_command(make_board):
+    """Raw REPL: a short program, a Ctrl-C while it starts, the next program
+    already queued. The SIGINT reaches the agent as it reads that next
+    command; it once lost the line it had just read (then: ValueError,
+    interpreter exited, an unplanned hard reset)."""
+    board = make_board()
+    fd = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
+    out = b""
+    try:
+        tty.setraw(fd)
+        os.write(fd, b"\r\x03\r\x01")
+        os.set_blocking(fd, False)
+
+        def read_for(seconds):
+            nonlocal out
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                try:
+                    out += os.read(fd, 65536)
+                except BlockingIOError:
+                    time.sleep(0.01)
+
+        read_for(1.0)
+        assert b"raw REPL" in out, out
+        out = b""
+        for _ in range(10):
+            os.write(fd, b"x=1\x04\x03x=2\x04")
+            read_for(0.32)  # (simboard passes one SIGINT per 0.3 s)
+        read_for(1.0)
+    finally:
+        os.close(fd)
+    text = out.decode("utf-8", "replace")
+    assert "interpreter exited" not in text and "ValueError" not in text, text[-1500:]
+    assert text.count("OK") == 20, text[-1500:]  # every program ran
