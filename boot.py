@@ -12,8 +12,8 @@
 # skip main.py.
 import sys
 
-# Where the board description may be: the installer's, then the default one
-# of the active slot (put first by _slot_files()), then a hand-flashed root.
+# Where the board description may be: the installer's, else the default one
+# of the active slot (see _board_files()), else a hand-flashed root's.
 BOARD_FILES = ["/data/board.json", "/hal/boards/esp32_devkit.json"]
 _BOARD_MAX_BYTES = 8192
 
@@ -105,12 +105,19 @@ def _safe(machine):
     return False
 
 
-def _slot_files():
-    files = list(BOARD_FILES)
-    for p in sys.path:
-        if p.startswith("/slot_") and not p.endswith("/lib"):
-            files.insert(1, p + BOARD_FILES[1])
-    return files
+def _board_files():
+    """The board file in force, as hal/esp32.board_file() picks it: the
+    installer's when present (damaged or not: never another board's pins),
+    else the active slot's default, else a hand-flashed root's."""
+    import os
+
+    try:
+        os.stat(BOARD_FILES[0])
+        return BOARD_FILES[:1]
+    except OSError:
+        pass
+    files = [p + BOARD_FILES[1] for p in sys.path if p.startswith("/slot_") and not p.endswith("/lib")]
+    return files + BOARD_FILES[1:]
 
 
 try:
@@ -121,10 +128,10 @@ try:
     if _m is not None:
         # First the bare pins: nothing of the slot is imported yet (a damaged
         # module could hang its import before slots.boot() has checked it).
-        _bare_pins(_m, _slot_files())
+        _bare_pins(_m, _board_files())
     if slots is not None:
         _st = slots.boot()  # checks the slot's files; may fall back (its modules forgotten)
     if _m is not None and not _safe(_m):
-        _bare_pins(_m, _slot_files())
+        _bare_pins(_m, _board_files())
 except BaseException as e:
     print("boot:", repr(e))

@@ -80,6 +80,22 @@ def test_bare_pins_honour_active_low_coils_and_an_inverting_pilot_stage():
         tmpdirs.remove(d)
 
 
+def test_a_damaged_installer_board_file_drives_no_pins_rather_than_the_default_boards():
+    d = tmpdirs.make("evse-boot")
+    try:
+        p = d + "/board.json"
+        with open(p, "w") as f:
+            f.write('{"name": "mine", "contactor": ')  # cut short
+        ns = {"__name__": "boot"}
+        exec(_boot_source(p), ns)
+        fake = _FakeMachine()
+        assert ns["_board_files"]() == [p]  # the default board's pins are not this board's
+        assert not ns["_bare_pins"](fake, ns["_board_files"]())
+        assert fake.set == []
+    finally:
+        tmpdirs.remove(d)
+
+
 def test_a_rollback_forgets_the_failed_slots_modules_and_path():
     from firmware import slots
 
