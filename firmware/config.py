@@ -16,9 +16,12 @@ MAX_BYTES = 4096  # a config file larger than this is damage, not settings
 # Ranges are the physically meaningful ones; the offer is further limited by
 # the board, the cable and the remote limit at run time.
 SCHEMA = {
-    "id": ("evse", "str", 1, 32),  # device id: MQTT topics, session ids
+    "id": ("", "str", 1, 32),  # device id: MQTT topics, session ids; unset: "evse-" + the chip's unique id
     "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
+    # Rating of a tethered cable (a board without PP input reads no cable coding,
+    # e.g. every J1772 unit); 0: none configured. Also caps a PP reading.
+    "cable_max_current_a": (0, "num", 0, 80),
     "phases": (3, "int", 1, 3),
     "voltage_v": (230, "int", 100, 480),  # phase voltage for power when not measured
     "mains_hz": (50, "int", 50, 60),  # mains frequency: the meter's RMS window is one period
@@ -40,6 +43,7 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "config_url": ("", "str", 0, 128),  # Home Assistant's "visit device" link, if the charger has a page
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
     # Energy management (firmware/energy.py, docs/energy.md).
     "mode": ("normal", "str", 5, 6),  # normal | smart (house fuse) | solar (surplus)

@@ -64,8 +64,10 @@ def _unpath(d):
 
 
 def use(st=None):
-    """Put the active slot (and its lib/) first on sys.path, the other slot
-    off it. No writes."""
+    """Put the active slot first on sys.path, and its lib/ right after the
+    frozen modules: a library the image freezes (stock ESP32 images freeze
+    umqtt.simple) runs from flash instead of a second copy loaded into RAM.
+    The other slot goes off the path. No writes."""
     if st is None:
         st = read()
     if st is None:
@@ -74,7 +76,7 @@ def use(st=None):
         _unpath(slot_dir(name))
     d = slot_dir(st["active"])
     sys.path.insert(0, d)
-    sys.path.insert(0, d + "/lib")
+    sys.path.insert(sys.path.index(".frozen") + 1 if ".frozen" in sys.path else 1, d + "/lib")
     return st
 
 

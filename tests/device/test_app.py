@@ -278,3 +278,14 @@ def test_the_published_lifetime_reading_never_goes_backwards_across_a_power_cut(
     assert published[-1] > 100 and published == sorted(published)
     fw2 = Firmware(SimBoard(data_dir=d), {"max_current_a": 32})  # power cut, boot again
     assert fw2.status()["lifetime_wh"] >= max(published), (fw2.status()["lifetime_wh"], published)
+
+
+def test_the_default_device_id_comes_from_the_chips_unique_id():
+    # Two chargers left at a fixed default id would share topics, session ids
+    # and one Home Assistant device.
+    fw = Firmware(SimBoard(unique_id="a0b1c2d3e4f5", data_dir=fresh_dir("uid")), {})
+    assert fw.cfg["id"] == "evse-a0b1c2d3e4f5"
+    a = Firmware(SimBoard(seed=1, data_dir=fresh_dir("uid1")), {})
+    b = Firmware(SimBoard(seed=2, data_dir=fresh_dir("uid2")), {})
+    assert a.cfg["id"] != b.cfg["id"]
+    assert Firmware(SimBoard(data_dir=fresh_dir("uid3")), {"id": "garage"}).cfg["id"] == "garage"
