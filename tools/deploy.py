@@ -15,7 +15,7 @@ Steps (docs/deploy.md has the board layout and the reasoning):
     changed into the INACTIVE slot (files the active slot already has are
     copied on the board), check free space first, verify every hash on the
     board, write the slot's manifest;
- 5. update /boot.py, /main.py, /slots.mpy (temp + rename, only when changed);
+ 5. update /boot.py, /main.py, /slots.mpy, /store.mpy (temp + rename, only when changed);
  6. switch slots with one rename of /slot.json, reset, watch the board come up.
 
 Exit codes: 0 done (or nothing to do), 1 usage/build error, 2 no board,
