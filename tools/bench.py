@@ -41,7 +41,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
-import rig  # (tools/rig.py: scenario loading, running, reaction rows)
+from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
+from evrig.cli import CLOSE_TARGET_MS, OPEN_TARGET_MS, reaction_row
+from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
 # times faster than an ESP32 at 240 MHz. An estimate, not a measurement: it is
@@ -59,17 +61,13 @@ TARGETS = {
     "tick_alloc_bytes": ("==", 0),
     "min_heap_kb": ("<=", 64),
     "sim_speed_x": (">=", 500),
-    "open_ms_max": ("<=", rig.OPEN_TARGET_MS),
-    "close_ms_max": ("<=", rig.CLOSE_TARGET_MS),
+    "open_ms_max": ("<=", OPEN_TARGET_MS),
+    "close_ms_max": ("<=", CLOSE_TARGET_MS),
 }
 
 
 class BenchError(Exception):
     pass
-
-
-def micropython():
-    return rig.micropython()
 
 
 def mp_env(path):
@@ -120,15 +118,15 @@ def measure_sessions(minutes):
 
 
 def measure_reaction():
-    paths = sorted(glob.glob(os.path.join(rig.SCENARIO_DIR, "*.json")))
+    paths = sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.json")))
     opens, closes, unfinished = [], [], 0
     for path in paths:
-        sc = rig.load_scenario(path)
+        sc = load_scenario(path)
         try:
-            _records, _commands, summary = rig.run_scenario(path, sc)
-        except rig.RigError as e:
+            _records, _commands, summary = run_scenario(path, sc)
+        except RigError as e:
             raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
-        o_max, c_max, unf, _n_o, _n_c = rig.reaction_row(summary)
+        o_max, c_max, unf, _n_o, _n_c = reaction_row(summary)
         unfinished += unf
         if o_max is not None:
             opens.append(o_max)
@@ -239,7 +237,7 @@ def measure_heap(quick):
 
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
-    scenario = os.path.join(rig.SCENARIO_DIR, "demo_session.json")
+    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
     step = 8 if quick else 2
     tree = tempfile.mkdtemp(prefix="evse-mpy-")
     try:
@@ -448,7 +446,7 @@ def main(argv=None):
         return 3
     try:
         out = measure_all(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (BenchError, rig.BadScenario, RuntimeError) as e:
+    except (BenchError, BadScenario, RuntimeError) as e:
         print("bench: %s" % e, file=sys.stderr)
         return 3
     print_table(out)

@@ -26,9 +26,10 @@ RIG = REPO / "tools" / "rig.py"
 BENCH = REPO / "tests" / "scenarios" / "bench"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
-import rig  # noqa: E402
 from broker import Broker, mosquitto_path  # noqa: E402
 from emulated_board import EmulatedBoard  # noqa: E402
+from evrig.board_run import describe_step, needs_operator  # noqa: E402
+from evrig.scenario import TRACE_FIELDS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (MICROPYTHON.exists() and (BIN / "mpremote").exists()),
@@ -193,19 +194,19 @@ def test_bench_options_that_do_not_fit_exit_2(extra):
 
 # --- operator texts -------------------------------------------------------------------------------
 def test_steps_are_announced_in_rig_words():
-    assert rig.describe_step({"t": 3, "ev": "C"}) == ["set EV to state C (close S2)"]
-    assert rig.describe_step({"t": 10, "fault": "diode_short"}) == ["short the diode"]
-    assert rig.describe_step({"t": 10.05, "expect": {"contactor": False, "state": "F"}}) == [
+    assert describe_step({"t": 3, "ev": "C"}) == ["set EV to state C (close S2)"]
+    assert describe_step({"t": 10, "fault": "diode_short"}) == ["short the diode"]
+    assert describe_step({"t": 10.05, "expect": {"contactor": False, "state": "F"}}) == [
         "expect contactor open, state F"
     ]
-    assert rig.describe_step({"t": 1, "pp_ohm": 220}) == ["set PP to 220 ohm (32 A cable)"]
-    assert rig.describe_step({"t": 1, "set": {"current_a": 10.0}}, "mqtt") == [
+    assert describe_step({"t": 1, "pp_ohm": 220}) == ["set PP to 220 ohm (32 A cable)"]
+    assert describe_step({"t": 1, "set": {"current_a": 10.0}}, "mqtt") == [
         "rig sends remote command current_a=10"
     ]
-    assert rig.needs_operator({"t": 1, "ev": "B"})
-    assert not rig.needs_operator({"t": 1, "expect": {"state": "A1"}})
-    assert rig.needs_operator({"t": 1, "set": {"stop": None}})
-    assert not rig.needs_operator({"t": 1, "set": {"stop": None}}, mqtt=True)
+    assert needs_operator({"t": 1, "ev": "B"})
+    assert not needs_operator({"t": 1, "expect": {"state": "A1"}})
+    assert needs_operator({"t": 1, "set": {"stop": None}})
+    assert not needs_operator({"t": 1, "set": {"stop": None}}, mqtt=True)
 
 
 # --- BenchTrace in the unix port -------------------------------------------------------------------
@@ -263,4 +264,4 @@ def test_bench_trace_prints_on_change_and_every_second_without_allocating(tmp_pa
     assert any(x["state"].startswith("B") for x in plugged)
     # the ticks wrapped at 2.5 s: t still counts on from the start
     assert all(2.5 <= x["t"] <= 2.6 for x in plugged)
-    assert set(recs[0]) == set(rig.TRACE_FIELDS)
+    assert set(recs[0]) == set(TRACE_FIELDS)

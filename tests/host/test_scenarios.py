@@ -14,7 +14,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import rig  # noqa: E402
+from evrig import load_scenario  # noqa: E402
+from evrig.scenario import check_expects  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 SCENARIOS = sorted(glob.glob(os.path.join(REPO, "tests", "scenarios", "*.json")))
 SUMMARIES = {}
@@ -33,10 +35,10 @@ def test_library_covers_what_commercial_testers_exercise():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[os.path.basename(p) for p in SCENARIOS])
 def test_scenario_expectations_hold(path):
-    sc = rig.load_scenario(path)
+    sc = load_scenario(path)
     assert any("expect" in s for s in sc["steps"]), "a scenario without expectations tests nothing"
-    records, _commands, summary = rig.run_scenario(path, sc)
-    failures = rig.check_expects(sc, records)
+    records, _commands, summary = run_scenario(path, sc)
+    failures = check_expects(sc, records)
     assert failures == [], failures
     SUMMARIES[os.path.basename(path)] = summary
     # No record may show the contactor closed outside C/D with PWM, or during a fault.
@@ -50,7 +52,7 @@ def test_reaction_times_over_the_library():
     missing = [os.path.basename(p) for p in SCENARIOS if os.path.basename(p) not in SUMMARIES]
     for name in missing:  # when run alone
         path = os.path.join(REPO, "tests", "scenarios", name)
-        SUMMARIES[name] = rig.run_scenario(path, rig.load_scenario(path))[2]
+        SUMMARIES[name] = run_scenario(path, load_scenario(path))[2]
     open_max = max((s["open_max_ms"] or 0) for s in SUMMARIES.values())
     close_max = max((s["close_max_ms"] or 0) for s in SUMMARIES.values())
     print("\nreaction times over %d scenarios: open max %d ms (target 20), close max %d ms (target 200)"
