@@ -25,6 +25,7 @@ BIN = REPO / ".venv" / "bin"
 DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 import deploy  # noqa: E402
+from board_session import BoardSession  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from emulated_board import EmulatedBoard  # noqa: E402
@@ -42,11 +43,11 @@ class Board(EmulatedBoard):
 
     def power_cycle(self, watch=5.0):
         """Interrupt whatever runs, machine.reset(), and report what boots."""
-        b = deploy.Board(self.port, log=lambda s: None)
+        b = BoardSession(self.port)
         try:
             b.interrupt()
-            b.reset()
-            return b.watch(watch, settle=0.3)
+            deploy.reset(b, log=lambda s: None)
+            return deploy.watch(b, watch, settle=0.3, log=lambda s: None)
         finally:
             b.close()
 
@@ -312,14 +313,14 @@ def test_hash_mismatch_after_upload_exits_6_and_switches_nothing(make_board, mak
     board = make_board()
     assert run_deploy(board, make_tree("1.0.0")).returncode == 0
     before = board.state()
-    real = deploy.Board.write_file
+    real = BoardSession.write_file
 
-    def flaky(self, path, data, progress=None):  # one flipped byte on the way, as a bad line would
+    def flaky(self, path, data, progress=None, each=""):  # one flipped byte on the way, as a bad line would
         if path.endswith("/firmware/app.mpy"):
             data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
-        return real(self, path, data, progress)
+        return real(self, path, data, progress, each)
 
-    monkeypatch.setattr(deploy.Board, "write_file", flaky)
+    monkeypatch.setattr(BoardSession, "write_file", flaky)
     code = deploy.main(["--port", board.port, "--source", str(make_tree("2.0.0", touch_all=True))])
     assert code == deploy.EXIT_HASH
     assert "hash mismatch after upload: /slot_b/firmware/app.mpy" in capsys.readouterr().err

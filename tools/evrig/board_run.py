@@ -14,6 +14,8 @@ import os
 import threading
 import time
 
+from board_session import BoardError, BoardSession
+
 from evrig import RigError
 from evrig.report import LivePrinter
 from evrig.scenario import ACTIONS, _is_num
@@ -25,7 +27,6 @@ RIG_BACKUP = "rig_backup.json"  # the files the rig changed, as they were before
 BACKED_UP = ("config.json", "sim.json")
 FIRST_RECORD_S = 30.0  # after the reset, the first trace record must come within this
 SILENCE_S = 5.0  # longer without a record while running: the board stopped
-FILE_CHUNK = 512  # characters per raw-REPL exec when writing a file
 
 EV_TEXT = {
     "A": "set EV to state A (unplug: open the CP line)",
@@ -120,21 +121,17 @@ def needs_operator(step, mqtt=False):
     return any(k in ACTIONS for k in step) or ("set" in step and not mqtt)
 
 
-class BenchBoard:
-    """The board on the serial line: files through the raw REPL (mpremote's
-    transport), a soft reset into the firmware, then its console read by a thread."""
+class BoardTrace:
+    """The rig's view of a board running the firmware in bench mode: a board
+    session (tools/board_session.py) for files and resets, and a thread that
+    reads the console: trace records, command answers, other output, and
+    the firmware's time estimated from the records."""
 
     def __init__(self, port, baud=115200):
         try:
-            from mpremote.transport import TransportError
-            from mpremote.transport_serial import SerialTransport
-        except ImportError:
-            raise RigError("mpremote is not installed: run `make deps`") from None
-        self.TransportError = TransportError
-        try:
-            self.t = SerialTransport(port, baudrate=baud)
-        except Exception as e:
-            raise RigError("no board at %s: %s" % (port, e)) from None
+            self.session = BoardSession(port, baud)
+        except BoardError as e:
+            raise RigError(str(e)) from None
         self.port = port
         self.lock = threading.Lock()
         self.records, self.commands, self.output = [], [], []
@@ -147,61 +144,8 @@ class BenchBoard:
         self._stop = threading.Event()
         self._thread = None
 
-    # --- raw REPL -----------------------------------------------------------------------------
-    def interrupt(self):
-        """Ctrl-C the firmware (it leaves the board safe) and enter the raw REPL."""
-        for _attempt in range(3):
-            try:
-                self.t.enter_raw_repl(soft_reset=False, timeout_overall=5)
-                self.exec("import os\nos.chdir('/')\n")
-                return
-            except self.TransportError:
-                pass  # e.g. the Ctrl-C landed in boot.py and main.py started: again
-            except OSError as e:
-                raise RigError("lost the board on %s: %s" % (self.port, e)) from None
-        raise RigError("no MicroPython REPL answers on %s" % self.port)
-
-    def exec(self, code):
-        try:
-            out, err = self.t.exec_raw(code, timeout=10)
-        except self.TransportError as e:
-            raise RigError("lost the board on %s: %s" % (self.port, e)) from None
-        if err:
-            raise RigError("board error: %s" % err.decode("utf-8", "replace").strip())
-        return out.decode("utf-8", "replace")
-
-    def read_file(self, path):
-        """Text of a board file, None when it does not exist."""
-        out = self.exec(
-            "try:\n with open(%r) as _f: print(repr(_f.read()))\nexcept OSError:\n print(None)\n" % path
-        )
-        import ast
-
-        return ast.literal_eval(out.strip())
-
-    def write_file(self, path, text):
-        """Write a board file whole: a temp file, then one replacing rename."""
-        tmp = path + ".tmp"
-        self.exec("_f = open(%r, 'w')\n" % tmp)
-        for i in range(0, len(text), FILE_CHUNK):
-            self.exec("_f.write(%r)\n" % text[i:i + FILE_CHUNK])
-        self.exec(
-            "_f.close()\ntry:\n os.rename(%r, %r)\nexcept OSError:\n os.remove(%r)\n os.rename(%r, %r)\n"
-            % (tmp, path, path, tmp, path)
-        )
-
-    def remove(self, path):
-        self.exec("try:\n os.remove(%r)\nexcept OSError:\n pass\n" % path)
-
-    def restart(self):
-        """Soft reset from the friendly REPL: boot.py, then main.py runs the firmware."""
-        self.t.exit_raw_repl()
-        time.sleep(0.1)
-        self.t.serial.write(b"\x04")
-
     # --- the console ------------------------------------------------------------------------------
     def start_reader(self):
-        self.t.serial.timeout = 0.05
         self._stop.clear()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -213,25 +157,15 @@ class BenchBoard:
             self._thread = None
 
     def _read(self):
-        ser = self.t.serial
-        buf = b""
         while not self._stop.is_set():
             try:
-                data = ser.read(1)
-                if data:
-                    n = ser.in_waiting
-                    if n:
-                        data += ser.read(n)
-            except Exception as e:  # the port went away
+                lines = self.session.read_lines()
+            except BoardError as e:
                 self.lost = str(e)
                 return
-            if not data:
-                continue
             now = time.monotonic()
-            buf += data
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                self._line(raw.decode("utf-8", "replace").rstrip("\r"), now)
+            for line in lines:
+                self._line(line, now)
 
     def _line(self, line, now):
         obj = None
@@ -270,10 +204,7 @@ class BenchBoard:
 
     def close(self):
         self.stop_reader()
-        try:
-            self.t.close()
-        except Exception:
-            pass
+        self.session.close()
 
 
 def _json_obj(text):
@@ -287,47 +218,56 @@ def _json_obj(text):
     return v if isinstance(v, dict) else {}
 
 
-def bench_prepare(board, sc, sim_ev=False, seed=None, strip_sets=False, log=print):
+def _read_text(session, path):
+    data = session.read_file(path)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def _write_text(session, path, text):
+    session.replace_file(path, text.encode("utf-8"))
+
+
+def prepare_board(session, sc, sim_ev=False, seed=None, strip_sets=False, log=print):
     """Put the board in bench mode: back up the files the rig changes (once: a
     backup left by an aborted run holds the true originals), write config.json
     with the scenario's config and bench_trace true, and for --sim-ev sim.json
     (the scenario's sim options and seed) and rig_scenario.json. Returns the
     originals {name: text or None}."""
-    board.exec("try:\n os.mkdir(%r)\nexcept OSError:\n pass\n" % BOARD_DATA)
+    session.mkdir(BOARD_DATA)
     backup_path = BOARD_DATA + "/" + RIG_BACKUP
-    old = board.read_file(backup_path)
+    old = _read_text(session, backup_path)
     originals = _json_obj(old) if old is not None else None
     if originals is not None and all(k in originals for k in BACKED_UP):
         log("rig: %s/%s holds the files of an aborted run; they are restored at the end" % (BOARD_DATA, RIG_BACKUP))
     else:
-        originals = {name: board.read_file(BOARD_DATA + "/" + name) for name in BACKED_UP}
-        board.write_file(backup_path, json.dumps(originals))
+        originals = {name: _read_text(session, BOARD_DATA + "/" + name) for name in BACKED_UP}
+        _write_text(session, backup_path, json.dumps(originals))
     cfg = _json_obj(originals["config.json"])
     cfg.update(sc.get("config") or {})
     cfg["bench_trace"] = True
-    board.write_file(BOARD_DATA + "/config.json", json.dumps(cfg))
+    _write_text(session, BOARD_DATA + "/config.json", json.dumps(cfg))
     scenario_path = BOARD_DATA + "/" + RIG_SCENARIO
     if sim_ev:
         sim = _json_obj(originals["sim.json"])
         sim.pop("ev", None)  # the scenario starts unplugged, as in a simulated run
         sim.update(sc.get("sim") or {})
         sim["seed"] = seed if seed is not None else sc.get("seed", 1)
-        board.write_file(BOARD_DATA + "/sim.json", json.dumps(sim))
+        _write_text(session, BOARD_DATA + "/sim.json", json.dumps(sim))
         uploaded = dict(sc)
         if strip_sets:  # the rig sends them over MQTT itself
             uploaded["steps"] = [{k: v for k, v in s.items() if k != "set"} for s in sc["steps"]]
-        board.write_file(scenario_path, json.dumps(uploaded))
+        _write_text(session, scenario_path, json.dumps(uploaded))
     else:
-        board.remove(scenario_path)
+        session.remove(scenario_path)
     return originals
 
 
-def bench_restore(board, originals=None):
-    """Undo bench_prepare (with no originals given: from the backup file on the
+def restore_board(session, originals=None):
+    """Undo prepare_board (with no originals given: from the backup file on the
     board; nothing to do without one). The board must be in the raw REPL."""
     backup_path = BOARD_DATA + "/" + RIG_BACKUP
     if originals is None:
-        text = board.read_file(backup_path)
+        text = _read_text(session, backup_path)
         if text is None:
             return False
         originals = _json_obj(text)
@@ -336,11 +276,11 @@ def bench_restore(board, originals=None):
         if name not in originals:
             continue
         if originals[name] is None:
-            board.remove(path)
+            session.remove(path)
         else:
-            board.write_file(path, originals[name])
-    board.remove(BOARD_DATA + "/" + RIG_SCENARIO)
-    board.remove(backup_path)
+            _write_text(session, path, originals[name])
+    session.remove(BOARD_DATA + "/" + RIG_SCENARIO)
+    session.remove(backup_path)
     return True
 
 
@@ -398,8 +338,8 @@ def _check_board(board):
         raise RigError("no trace record for %.0f s: the board stopped" % SILENCE_S)
 
 
-def run_bench(args, sc, log=print, ask=input):
-    """The bench session; returns (records, aligned scenario). Raises RigError."""
+def run_on_board(args, sc, log=print, ask=input):
+    """The scenario on the board at args.port; returns (records, aligned scenario). Raises RigError."""
     print_lock = threading.Lock()  # the console reader prints too
     plain_log = log
 
@@ -408,13 +348,13 @@ def run_bench(args, sc, log=print, ask=input):
             plain_log(text)
 
     mqtt_sets = bool(args.broker)
-    board = BenchBoard(args.port, args.baud)
+    board = BoardTrace(args.port, args.baud)
     originals = None
     mq = None
     try:
         log("rig: connecting to %s, stopping the firmware (Ctrl-C: it leaves the outputs safe)" % args.port)
-        board.interrupt()
-        originals = bench_prepare(board, sc, args.sim_ev, args.seed, strip_sets=mqtt_sets, log=log)
+        board.session.interrupt()
+        originals = prepare_board(board.session, sc, args.sim_ev, args.seed, strip_sets=mqtt_sets, log=log)
         if mqtt_sets:
             cfg = _json_obj(originals["config.json"])
             mq = _Mqtt(args.broker, cfg.get("mqtt_prefix", "evse"), args.id or cfg.get("id", "evse"), log)
@@ -428,7 +368,7 @@ def run_bench(args, sc, log=print, ask=input):
         board.on_output = lambda line: log("          board| %s" % line)
         board.start_reader()
         log("rig: bench_trace on, restarting the firmware (t = 0 is its start)")
-        board.restart()
+        board.session.soft_reset()
         end = time.monotonic() + FIRST_RECORD_S
         while board.board_time() is None:
             _check_board(board)
@@ -472,17 +412,19 @@ def run_bench(args, sc, log=print, ask=input):
         if live:
             live.finish()
         return records, dict(sc, steps=steps)
+    except BoardError as e:
+        raise RigError(str(e)) from None
     finally:
         board.stop_reader()
         if mq is not None:
             mq.close()
         try:
-            board.interrupt()
+            board.session.interrupt()
             if originals is not None:
-                bench_restore(board, originals)
+                restore_board(board.session, originals)
             log("rig: board files restored, restarting the firmware")
-            board.restart()
-        except RigError as e:
+            board.session.soft_reset()
+        except BoardError as e:
             log("rig: could not restore the board (%s); run `rig.py restore --port %s`" % (e, args.port))
         board.close()
 

@@ -15,8 +15,10 @@ import json
 import os
 import sys
 
+from board_session import BoardError, BoardSession
+
 from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, SCENARIO_DIR, BadScenario, RigError, load_scenario
-from evrig.board_run import BOARD_DATA, RIG_BACKUP, BenchBoard, bench_restore, run_bench
+from evrig.board_run import BOARD_DATA, RIG_BACKUP, restore_board, run_on_board
 from evrig.calibrate import CAL_LIMIT_PCT, cmd_calibrate
 from evrig.report import LivePrinter, plot
 from evrig.scenario import check_expects
@@ -202,7 +204,7 @@ def cmd_bench(args):
         print(text, flush=True)
 
     try:
-        records, aligned = run_bench(args, sc, log)
+        records, aligned = run_on_board(args, sc, log)
     except RigError as e:
         print("rig: %s" % e, file=sys.stderr)
         return EXIT_CRASH
@@ -224,22 +226,20 @@ def cmd_bench(args):
 
 def cmd_restore(args):
     """Undo what an aborted bench run left on the board (rig_backup.json)."""
+    board = None
     try:
-        board = BenchBoard(args.port, args.baud)
-    except RigError as e:
-        print("rig: %s" % e, file=sys.stderr)
-        return EXIT_CRASH
-    try:
+        board = BoardSession(args.port, args.baud)
         board.interrupt()
-        done = bench_restore(board)
+        done = restore_board(board)
         print("rig: %s" % ("board files restored" if done else "nothing to restore (no %s/%s)"
                            % (BOARD_DATA, RIG_BACKUP)))
-        board.restart()
-    except RigError as e:
+        board.soft_reset()
+    except BoardError as e:
         print("rig: %s" % e, file=sys.stderr)
         return EXIT_CRASH
     finally:
-        board.close()
+        if board is not None:
+            board.close()
     return EXIT_OK
 
 
