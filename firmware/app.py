@@ -23,7 +23,8 @@ from micropython import const
 from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
-from firmware.charger import TICK_MS, Charger
+from firmware.charger import Charger
+from firmware.facts import TICK_MS
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
@@ -94,11 +95,11 @@ class Firmware:
             self.link = Link(cfg, hal.net, hal.net)
         self.session_id = None
         self.ticks = 0
-        self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
+        self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)
         if cfg["bench_trace"]:
-            from firmware.bench import BenchTrace
+            from firmware.rigtrace import RigTrace
 
-            self.bench = BenchTrace(self)
+            self.rig_trace = RigTrace(self)
         self.on_event = None  # optional callable(dict) for the host side (rig, tests)
         self._meter_t = now
         self._last_state = None
@@ -170,8 +171,8 @@ class Firmware:
             self._status_due = True
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
-        if self.bench is not None:
-            self.bench.poll()
+        if self.rig_trace is not None:
+            self.rig_trace.poll()
 
     def _meter_step(self):
         hal = self.hal

@@ -33,6 +33,7 @@ from micropython import const
 
 from hal import net as _net
 from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
 _TICKS_MASK = const((1 << 30) - 1)
@@ -63,7 +64,6 @@ _THIRD_CYCLE = const(22369621)  # 2**26 / 3: 120 degrees between phases
 _WAVE_ZERO = const(32768)  # the table is offset binary, q14 around this
 _AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 uA
 
-FAULTS = ("cp_short", "diode_short", "pe_open", "rcd_trip", "weld", "rcd_dead", "stuck_adc")
 
 
 class WatchdogReset(Exception):
@@ -628,6 +628,13 @@ class SimBoard:
     def truth_energy_wh(self):
         """Exact energy the EV drew since the start, Wh."""
         return self._e_uj / 3.6e9
+
+    def trace_extra(self):
+        """What only the simulation knows, as more trace record members (JSON
+        text; firmware/rigtrace.py and sim/scenario.py append it): the true
+        energy in Wh, truncated to 3 decimals like the firmware's own figures."""
+        mwh = int(self.truth_energy_wh * 1000)
+        return ', "truth_energy_wh": %d.%03d' % (mwh // 1000, mwh % 1000)
 
     def pilot_v(self):
         return self._high_mv / 1000

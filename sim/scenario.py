@@ -32,72 +32,16 @@ import sys
 import time
 
 from firmware.app import Firmware
-from firmware.trace import Shown, fixed, record
+from firmware.trace import EVERY_MS, Shown, record
 from sim.board import SimBoard
+from sim.steps import StepClock, apply_world, ms, send_commands
 
 # World events that require the contactor to open (when commanded closed).
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
-_NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
-_TRACE_EVERY_MS = 1000  # a record at least once per simulated second
 
 
 class _Stop(Exception):
     """Raised from on_tick at `until`: ends Firmware.run()."""
-
-
-def _payload(value):
-    """The plain MQTT payload text for a step's `set` value."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value == int(value):
-        return str(int(value))
-    return str(value)
-
-
-def apply_world(sim, step):
-    """Apply a scenario step's world actions (docs/scenarios.md: ev, draw_a,
-    ev_obeys, ev_phases, pp_ohm, fault, temp_c) to the simulated board `sim`.
-    `set`, `expect`, `note` and `t` are left alone. Shared with sim/follower.py."""
-    for key in step:
-        v = step[key]
-        if key == "ev":
-            sim.set_ev(v)
-        elif key == "draw_a":
-            sim.ev_draw_a = v
-        elif key == "ev_obeys":
-            sim.ev_obeys = v
-        elif key == "ev_phases":
-            sim.ev_phases = v
-        elif key == "pp_ohm":
-            sim.set_pp(v)
-        elif key == "fault":
-            sim.set_fault(v)
-        elif key == "temp_c":
-            sim.set_temp_c(v)
-
-
-def send_commands(fw, step, t_ms):
-    """Send a step's `set` commands through fw.command(), exactly like MQTT.
-    Returns one JSON line per command ({"t", "command", "payload", "ok",
-    "error"}), in order; empty when the step has none."""
-    lines = []
-    cmds = step.get("set")
-    if cmds:
-        for name in cmds:
-            text = _payload(cmds[name])
-            ok, err = fw.command(name, text)
-            lines.append(
-                json.dumps({"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err})
-            )
-    return lines
-
-
-def _ms(seconds):
-    return int(seconds * 1000 + 0.5)
 
 
 def _fresh_dir():
@@ -136,16 +80,14 @@ class Runner:
         self.flush_ms = flush_ms
         self.fw = Firmware(sim, cfg)
         self.ch = self.fw.charger
-        self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
-        self.until_ms = _ms(scenario["until"])
+        self.steps = StepClock(scenario)
+        self.until_ms = ms(scenario["until"])
         self.realtime = realtime
         self.t0 = sim.now_ms
         self.prev = sim.now_ms  # the time of the firmware's latest tick
-        self.next_i = 0
-        self.next_ms = self.steps[0][0] if self.steps else _NEVER
         # What the latest record showed (None: nothing written yet).
         self.shown = Shown()  # what the last record showed
-        self.last_rec_ms = -_TRACE_EVERY_MS
+        self.last_rec_ms = -EVERY_MS
         self.step_due = False
         # Reaction-time bookkeeping (ms since start).
         self.c_on = False
@@ -170,10 +112,7 @@ class Runner:
         self.last_rec_ms = t
         self.records += 1
         pilot_mv = int(self.sim.pilot_v() * 1000)
-        truth_mwh = int(self.sim.truth_energy_wh * 1000)
-        print(
-            record(fw, t, pilot_mv, ', "truth_energy_wh": ' + fixed(truth_mwh, 1000, 3))
-        )
+        print(record(fw, t, pilot_mv, self.sim.trace_extra()))
 
     # --- steps ------------------------------------------------------------------------
     def _apply(self, t, step):
@@ -218,9 +157,8 @@ class Runner:
             self.s2_fresh = False
         else:
             if self.need_open_ms >= 0:
-                ms = t - self.need_open_ms
                 self.opens.append(
-                    {"t": t / 1000, "cause": self.need_open_cause, "ms": ms}
+                    {"t": t / 1000, "cause": self.need_open_cause, "ms": t - self.need_open_ms}
                 )
             else:
                 self.opens.append({"t": t / 1000, "cause": "firmware", "ms": None})
@@ -240,7 +178,7 @@ class Runner:
         if (
             self.step_due
             or self.shown.changed(self.fw)
-            or t - self.last_rec_ms >= _TRACE_EVERY_MS
+            or t - self.last_rec_ms >= EVERY_MS
         ):
             self.step_due = False
             self._emit(t)
@@ -248,12 +186,8 @@ class Runner:
             if self.last_rec_ms != t:
                 self._emit(t)
             raise _Stop()
-        while self.next_ms <= now:
-            self._apply(now, self.steps[self.next_i][1])
-            self.next_i += 1
-            self.next_ms = (
-                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
-            )
+        while self.steps.next_ms <= now:
+            self._apply(now, self.steps.take())
         self._world(now)
         if self.realtime:
             ahead = now - time.ticks_diff(time.ticks_ms(), self.wall0_ms)
@@ -264,12 +198,8 @@ class Runner:
     def run(self):
         sim = self.sim
         # Steps at t = 0 belong to the world the first tick sees.
-        while self.next_ms <= 0:
-            self._apply(0, self.steps[self.next_i][1])
-            self.next_i += 1
-            self.next_ms = (
-                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
-            )
+        while self.steps.next_ms <= 0:
+            self._apply(0, self.steps.take())
         self._world(0)
         sim.on_tick = self.on_tick
         try:

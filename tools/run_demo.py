@@ -45,10 +45,10 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
 import monitor  # noqa: E402
-from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, BadScenario, RigError, load_scenario
+from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, BadScenario, load_scenario
 from evrig.report import LivePrinter
 from evrig.scenario import check_expects
-from evrig.unixport import micropython, parse_line
+from evrig.unixport import parse_line, start_scenario
 
 DEFAULT_SCENARIO = os.path.join(REPO, "tests", "scenarios", "mqtt", "demo_short.json")
 DEFAULT_ID = "demo"
@@ -169,20 +169,9 @@ def watch(port, dev_id):
 
 # --- the firmware -------------------------------------------------------------------
 def start_firmware(path, realtime, broker_port, dev_id):
-    mp = micropython()
-    if not os.path.exists(mp):
-        raise RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
-    cmd = [mp, "-m", "sim.scenario", os.path.abspath(path)]
-    if realtime:
-        cmd.append("--realtime")
-    if broker_port:
-        cmd += ["--broker", "127.0.0.1:%d" % broker_port, "--id", dev_id]
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
+    extra = ["--broker", "127.0.0.1:%d" % broker_port, "--id", dev_id] if broker_port else []
     # Its own session: Ctrl-C reaches only this tool, which then interrupts it by pid.
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        errors="replace", start_new_session=True,
-    )  # fmt: skip
+    return start_scenario(path, realtime, extra, start_new_session=True)
 
 
 def follow(proc, live, interrupted):

@@ -2,10 +2,10 @@
 emulated board (tools/simboard.py) running this checkout's boot.py, main.py,
 firmware/, hal/ and lib/ from a temp flash folder.
 
-The board streams firmware/bench.py's trace lines; with --sim-ev its simulated
+The board streams firmware/rigtrace.py's trace lines; with --sim-ev its simulated
 EV follows the uploaded scenario (sim/follower.py). Scenarios run in real time, so
 the dedicated ones in tests/scenarios/bench/ are short (3-12 s). Plus the
-pieces that need no board: BenchTrace in the unix port (records on change and
+pieces that need no board: RigTrace in the unix port (records on change and
 every second, no allocation when nothing is due, t across the 2^30 tick wrap),
 the operator texts and the argument checks.
 """
@@ -38,9 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 
 # --- the emulated board ------------------------------------------------------------------------
-Board = EmulatedBoard
-
-
 def make_flash(root, config):
     """A flash folder with this checkout's boot.py, main.py, firmware/, hal/, lib/
     and the board's own /data/config.json."""
@@ -59,7 +56,7 @@ def make_flash(root, config):
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     # The board's own settings, which the rig must leave as it found them.
-    b = Board(make_flash(tmp_path_factory.mktemp("bench"), {"id": "bench1", "fault_retries": 2}))
+    b = EmulatedBoard(make_flash(tmp_path_factory.mktemp("bench"), {"id": "bench1", "fault_retries": 2}))
     yield b
     b.stop()
 
@@ -121,7 +118,7 @@ def test_set_steps_go_over_mqtt_with_broker(tmp_path):
     it to the board's command topic; the board's link applies it and acks."""
     with Broker() as broker:
         cfg = {"id": "bench2", "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
-        b = Board(make_flash(tmp_path, cfg))
+        b = EmulatedBoard(make_flash(tmp_path, cfg))
         try:
             r = run_rig(BENCH / "plug_charge_unplug.json", "--port", b.port, "--sim-ev",
                         "--broker", "127.0.0.1:%d" % broker.port)  # fmt: skip
@@ -209,7 +206,7 @@ def test_steps_are_announced_in_rig_words():
     assert not needs_operator({"t": 1, "set": {"stop": None}}, mqtt=True)
 
 
-# --- BenchTrace in the unix port -------------------------------------------------------------------
+# --- RigTrace in the unix port -------------------------------------------------------------------
 BENCH_SCRIPT = textwrap.dedent(
     """
     import gc, micropython
@@ -217,7 +214,7 @@ BENCH_SCRIPT = textwrap.dedent(
     from firmware.app import Firmware
     sim = SimBoard(data_dir=DATA, start_ticks=(1 << 30) - 2500)  # wraps after 2.5 s
     fw = Firmware(sim, {"bench_trace": True})
-    b = fw.bench
+    b = fw.rig_trace
 
     def run(n):
         while n:

@@ -2,7 +2,7 @@
 a real board on a pilot-signal rig, or the emulated one (tools/simboard.py).
 
 docs/bench.md. The board runs the real firmware with `bench_trace` on and prints
-firmware/bench.py's `TRACE {...}` lines; this side backs up and changes the
+firmware/rigtrace.py's `TRACE {...}` lines; this side backs up and changes the
 board's files (config.json, and for --sim-ev sim.json and the scenario the
 emulated EV follows), restarts it, announces each step at its time on the
 board's clock (estimated from the trace), sends `set` steps over MQTT with
@@ -19,8 +19,9 @@ from board_session import BoardError, BoardSession
 from evrig import RigError
 from evrig.report import LivePrinter
 from evrig.scenario import ACTIONS, _is_num
+from firmware.facts import TRACE_PREFIX
+from sim.steps import StepClock, payload
 
-BENCH_PREFIX = "TRACE "  # firmware/bench.py PREFIX
 BOARD_DATA = "/data"  # the board's data directory (config.json, sim.json on the emulated board)
 RIG_SCENARIO = "rig_scenario.json"  # --sim-ev: the steps the emulated EV follows (sim/follower.py)
 RIG_BACKUP = "rig_backup.json"  # the files the rig changed, as they were before
@@ -50,19 +51,6 @@ PP_TEXT = {1500: "13 A", 680: "20 A", 220: "32 A", 100: "63 A"}
 def _t_text(t):
     s = ("%.3f" % t).rstrip("0")
     return s + "0" if s.endswith(".") else s
-
-
-def payload_text(value):
-    """The plain MQTT payload text of a `set` value (as sim/scenario.py sends it)."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value == int(value):
-        return str(int(value))
-    return str(value)
 
 
 def describe_expect(exp):
@@ -110,7 +98,7 @@ def describe_step(step, commands="operator"):
         elif key == "set":
             for name, value in v.items():
                 who = {"operator": "send", "mqtt": "rig sends", "board": "the board applies"}[commands]
-                out.append("%s remote command %s=%s" % (who, name, payload_text(value) or '""'))
+                out.append("%s remote command %s=%s" % (who, name, payload(value) or '""'))
     if "expect" in step:
         out.append(describe_expect(step["expect"]))
     return out
@@ -169,9 +157,9 @@ class BoardTrace:
 
     def _line(self, line, now):
         obj = None
-        if line.startswith(BENCH_PREFIX):
+        if line.startswith(TRACE_PREFIX):
             try:
-                obj = json.loads(line[len(BENCH_PREFIX):])
+                obj = json.loads(line[len(TRACE_PREFIX):])
             except ValueError:
                 obj = None
         with self.lock:
@@ -304,7 +292,7 @@ class _Mqtt:
         self.c.loop_start()
 
     def send(self, name, value):
-        info = self.c.publish(self.base + "set/" + name, payload_text(value), qos=1, retain=False)
+        info = self.c.publish(self.base + "set/" + name, payload(value), qos=1, retain=False)
         info.wait_for_publish(5)
 
     def close(self):
@@ -374,13 +362,15 @@ def run_on_board(args, sc, log=print, ask=input):
             _check_board(board)
             if time.monotonic() > end:
                 raise RigError("no trace record within %.0f s of the reset: does the board run this "
-                               "firmware (firmware/bench.py)?" % FIRST_RECORD_S)
+                               "firmware (firmware/rigtrace.py)?" % FIRST_RECORD_S)
             time.sleep(0.02)
         shift = 0.0  # --step: how much later than planned the board's clock runs the scenario
         steps = []
-        for step in sc["steps"]:
-            due = step["t"] + shift
+        clock = StepClock(sc)  # the steps' times, as the simulation hands them out
+        while not clock.done():
+            due = clock.next_ms / 1000 + shift
             _wait_board_time(board, due)
+            step = clock.take()
             texts = describe_step(step, "mqtt" if mqtt_sets else "board" if args.sim_ev else "operator")
             note = ("  -- " + step["note"]) if "note" in step else ""
             if args.sim_ev and any(k in ACTIONS for k in step):

@@ -9,24 +9,15 @@ import bisect
 import json
 import math
 
-# (the package's __init__ put the repository on sys.path)
-from firmware import config as fw_config  # plain Python: runs on CPython too
+# Plain-Python modules of the firmware and the simulation, the one definition
+# of what they name (the package's __init__ put the repository on sys.path).
+from firmware import config as fw_config
+from firmware.facts import STATES, TICK_MS
+from sim.steps import FAULTS
 
-TICK_MS = 10  # the firmware's tick: step times are whole ticks
 MAX_UNTIL_S = 24 * 3600
-STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
 EV_STATES = ("A", "B", "C", "D")
-# sim/board.py FAULTS, plus "none" (clears them all).
-SIM_FAULTS = (
-    "none",
-    "cp_short",
-    "diode_short",
-    "pe_open",
-    "rcd_trip",
-    "weld",
-    "rcd_dead",
-    "stuck_adc",
-)
+SIM_FAULTS = ("none",) + FAULTS  # "none" clears them all
 TRACE_FIELDS = (
     "t", "state", "pilot_v", "duty", "offer_a", "contactor", "current_a",
     "energy_wh", "truth_energy_wh", "fault", "session",

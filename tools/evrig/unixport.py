@@ -47,26 +47,31 @@ def parse_line(line):
     return "output", line
 
 
-def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
-    """Run one scenario in the unix port. Returns (records, commands, summary).
-    on_line(kind, obj) is called as lines arrive: kind "record", "command" or
-    "output" (any other text). Raises RigError when the process fails."""
+def start_scenario(path, realtime=False, extra=(), **popen):
+    """Start sim/scenario.py on a scenario file in the unix port: the Popen,
+    its stdout (stderr merged) a text stream of lines. extra: more arguments
+    (--seed N, --data DIR, --broker HOST:PORT, --id ID); popen: more Popen options."""
     mp = micropython()
     if not os.path.exists(mp):
         raise RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
     cmd = [mp, "-m", "sim.scenario", os.path.abspath(path)]
     if realtime:
         cmd.append("--realtime")
-    if seed is not None:
-        cmd += ["--seed", str(seed)]
-    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID
-    env = mp_env()
+    cmd += list(extra)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=mp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1, errors="replace", **popen,
+    )  # fmt: skip
+
+
+def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
+    """Run one scenario in the unix port. Returns (records, commands, summary).
+    on_line(kind, obj) is called as lines arrive: kind "record", "command" or
+    "output" (any other text). Raises RigError when the process fails."""
+    seed_args = ["--seed", str(seed)] if seed is not None else []
     until = sc["until"]
     limit_s = until + 30 if realtime else 30 + until / 20
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, errors="replace",
-    )  # fmt: skip
+    proc = start_scenario(path, realtime, seed_args + list(extra))
     timed_out = []
 
     def kill():
