@@ -4,7 +4,7 @@ board, check its expectations, show and plot what happened, and measure the
 contactor's reaction times; with --port, the same scenario on a board over its
 serial line. The code is the package tools/evrig/ (one job a module); this is
 its command line. docs/scenarios.md describes the scenario format, the expect
-rules and the trace fields; docs/bench.md the board runs.
+rules and the trace fields; docs/rig.md the board runs.
 
 Exit codes (scripts may rely on them):
     0  every expectation held / every reaction time within its target

@@ -4,7 +4,7 @@ firmware/, hal/ and lib/ from a temp flash folder.
 
 The board streams firmware/rigtrace.py's trace lines; with --sim-ev its simulated
 EV follows the uploaded scenario (sim/follower.py). Scenarios run in real time, so
-the dedicated ones in tests/scenarios/bench/ are short (3-12 s). Plus the
+the dedicated ones in tests/scenarios/rig/ are short (3-12 s). Plus the
 pieces that need no board: RigTrace in the unix port (records on change and
 every second, no allocation when nothing is due, t across the 2^30 tick wrap),
 the operator texts and the argument checks.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 MICROPYTHON = BIN / "micropython"
 RIG = REPO / "tools" / "rig.py"
-BENCH = REPO / "tests" / "scenarios" / "bench"
+BENCH = REPO / "tests" / "scenarios" / "rig"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
 from broker import Broker, mosquitto_path  # noqa: E402

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Board(EmulatedBoard):
+class DeployTarget(EmulatedBoard):
 
     def state(self):
         return json.loads((self.flash / "slot.json").read_text())
@@ -61,7 +61,7 @@ def make_board(tmp_path):
         (flash / "data").mkdir(parents=True)
         if sim:
             (flash / "data" / "sim.json").write_text(json.dumps(sim))
-        b = Board(flash, flash_kb)
+        b = DeployTarget(flash, flash_kb)
         boards.append(b)
         return b
 

@@ -53,7 +53,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Board:
+class SimboardProcess:
     def __init__(self, flash, tcp=None):
         self.flash = flash
         cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "-v"]
@@ -103,7 +103,7 @@ def make_board(tmp_path):
             (flash / "boot.py").write_text(boot)
         if main is not None:
             (flash / "main.py").write_text(main)
-        b = Board(flash, tcp)
+        b = SimboardProcess(flash, tcp)
         boards.append(b)
         return b
 

@@ -5,7 +5,7 @@
 - `unixport`: running a scenario on the MicroPython unix port against the
   simulated board (sim/scenario.py) and reading its trace stream;
 - `board_run`: the same scenario on a board over its serial line, real on a
-  pilot-signal rig or emulated (tools/simboard.py), docs/bench.md;
+  pilot-signal rig or emulated (tools/simboard.py), docs/rig.md;
 - `report`: the live timeline and the plot;
 - `calibrate`: the meter calibration against a known load (simulated board);
 - `cli`: the command line (`run`, `measure`, `restore`, `calibrate`).

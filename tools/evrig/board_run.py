@@ -1,7 +1,7 @@
 """A scenario on a board over its serial line (`rig.py run SCENARIO --port PORT`):
 a real board on a pilot-signal rig, or the emulated one (tools/simboard.py).
 
-docs/bench.md. The board runs the real firmware with `bench_trace` on and prints
+docs/rig.md. The board runs the real firmware with `bench_trace` on and prints
 firmware/rigtrace.py's `TRACE {...}` lines; this side backs up and changes the
 board's files (config.json, and for --sim-ev sim.json and the scenario the
 emulated EV follows), restarts it, announces each step at its time on the

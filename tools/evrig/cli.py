@@ -37,7 +37,7 @@ def _print_bad(path, errors):
 
 def cmd_run(args):
     if args.port:
-        return cmd_bench(args)
+        return cmd_board_run(args)
     try:
         sc = load_scenario(args.scenario)
     except BadScenario as e:
@@ -172,7 +172,7 @@ def _ms_text(v):
     return "-" if v is None else "%d ms" % v
 
 
-def cmd_bench(args):
+def cmd_board_run(args):
     """`run SCENARIO --port PORT`: a real (or emulated) board on the bench."""
     bad = [o for o, v in (("--realtime", args.realtime), ("--data", args.data)) if v]
     if bad:
@@ -300,7 +300,7 @@ def build_parser():
     r.add_argument("--id", metavar="ID", help="the charger's id (MQTT topics, session ids); "
                    "with --port: the board's id for the command topics (default: from its config)")
     b = r.add_argument_group(
-        "bench (a real board on a pilot-signal rig, docs/bench.md)",
+        "a board (a real one on a pilot-signal rig, or the emulated one; docs/rig.md)",
         "With --port the scenario drives a board running the firmware: the rig turns on "
         "bench_trace in its /data/config.json (restored at the end), restarts it, announces each "
         "step at its time on the board's clock, records the board's trace and checks the "
