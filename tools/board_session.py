@@ -20,6 +20,7 @@ import errno
 import time
 
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
+ENTER_READ_S = 0.1  # serial read timeout while entering the raw REPL (a booting board may drop input)
 EXEC_READ_S = 1.0  # serial read timeout while talking to the raw REPL
 CONSOLE_READ_S = 0.05  # serial read timeout while reading the console
 
@@ -64,8 +65,10 @@ class BoardSession:
         """Ctrl-C whatever runs and enter the raw REPL without a soft reset;
         the working directory becomes "/"."""
         # A board that is resetting or booting loses (or defers) what it is
-        # sent, so: bounded reads, and a few attempts.
-        self.t.serial.timeout = EXEC_READ_S
+        # sent, so: short reads, and a few attempts. (mpremote waits for the
+        # banner as long as output keeps coming: a board that prints without
+        # pause and ignores Ctrl-C holds it up.)
+        self.t.serial.timeout = ENTER_READ_S
         self._defined = False
         for _attempt in range(attempts):
             try:
@@ -77,6 +80,7 @@ class BoardSession:
                 raise BoardError("no board at %s: %s" % (self.port, e)) from None
         else:
             raise BoardError("no MicroPython REPL answers on %s" % self.port)
+        self.t.serial.timeout = EXEC_READ_S
         self.exec("import os\nos.chdir('/')\n", helpers=False)
 
     def exec(self, code, timeout=20, helpers=True):

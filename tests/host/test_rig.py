@@ -355,3 +355,41 @@ def test_help_explains_both_commands():
         [sys.executable, str(RIG), "run"], capture_output=True, text=True, timeout=30
     )
     assert p.returncode == 2
+
+
+# --- one definition of each fact -------------------------------------------------------------------
+def test_the_step_clock_hands_out_each_step_once_in_order_when_its_time_has_come():
+    from sim.steps import StepClock
+
+    clock = StepClock({"steps": [{"t": 0, "ev": "B"}, {"t": 0.01, "ev": "C"}, {"t": 2.5, "ev": "A"}]})
+    assert len(clock) == 3 and clock.next_ms == 0
+    assert clock.take() == {"t": 0, "ev": "B"} and clock.next_ms == 10
+    assert clock.take()["ev"] == "C" and clock.next_ms == 2500 and not clock.done()
+    assert clock.take()["ev"] == "A" and clock.done()
+    assert clock.next_ms > 24 * 3600 * 1000  # never comes
+    assert StepClock({"steps": []}).done()
+
+
+def test_set_values_become_the_payload_text_a_person_would_type():
+    from sim.steps import payload
+
+    assert [payload(v) for v in (True, False, None, 10.0, 10.5, 7, "tag-1")] == [
+        "true", "false", "", "10", "10.5", "7", "tag-1"]  # fmt: skip
+
+
+def test_the_rig_names_every_state_and_fault_as_the_firmware_and_the_simulation_define_them():
+    from evrig.board_run import FAULT_TEXT
+    from evrig.scenario import SIM_FAULTS
+
+    from firmware.facts import STATES as FIRMWARE_STATES
+    from sim.steps import FAULTS
+
+    assert STATES is FIRMWARE_STATES
+    assert set(SIM_FAULTS) == {"none", *FAULTS}
+    assert set(FAULT_TEXT) == set(SIM_FAULTS)  # the operator is told how to make every fault
+
+
+def test_the_firmware_never_names_a_field_only_the_simulation_knows():
+    for path in sorted((REPO / "firmware").glob("*.py")):
+        text = path.read_text()
+        assert "truth_" not in text and "SimBoard" not in text, path.name

@@ -18,7 +18,7 @@ from board_session import BoardError, BoardSession
 
 from evrig import RigError
 from evrig.report import LivePrinter
-from evrig.scenario import ACTIONS, _is_num
+from evrig.scenario import ACTIONS, is_number
 from firmware.facts import TRACE_PREFIX
 from sim.steps import StepClock, payload
 
@@ -163,7 +163,7 @@ class BoardTrace:
             except ValueError:
                 obj = None
         with self.lock:
-            if isinstance(obj, dict) and "state" in obj and _is_num(obj.get("t")):
+            if isinstance(obj, dict) and "state" in obj and is_number(obj.get("t")):
                 self.records.append(obj)
                 lag = now - obj["t"]
                 self.offset = lag if self.offset is None else min(self.offset, lag)

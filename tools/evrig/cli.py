@@ -35,6 +35,31 @@ def _print_bad(path, errors):
         print("  " + e, file=sys.stderr)
 
 
+def _broker_ok(args):
+    """Whether --broker (if given) is HOST:PORT; says so on stderr when not."""
+    if args.broker:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            print("rig: --broker wants HOST:PORT, got %r" % args.broker, file=sys.stderr)
+            return False
+    return True
+
+
+def _judge(args, sc, records, title):
+    """Write --trace and --plot, print one FAIL line per failed expectation.
+    Returns (failures, number of expectations)."""
+    if args.trace:
+        with open(args.trace, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if args.plot and records:
+        plot(records, args.plot, title)
+    failures = check_expects(sc, records)
+    for msg in failures:
+        print("FAIL " + msg)
+    return failures, sum(len(s.get("expect", {})) for s in sc["steps"])
+
+
 def cmd_run(args):
     if args.port:
         return cmd_board_run(args)
@@ -57,9 +82,7 @@ def cmd_run(args):
         if args.data:
             extra += ["--data", os.path.abspath(args.data)]
         if args.broker:
-            host, _, port = args.broker.rpartition(":")
-            if not host or not port.isdigit():
-                print("rig: --broker wants HOST:PORT, got %r" % args.broker, file=sys.stderr)
+            if not _broker_ok(args):
                 return EXIT_BAD_INPUT
             extra += ["--broker", args.broker]
         if args.id:
@@ -72,16 +95,7 @@ def cmd_run(args):
         return EXIT_CRASH
     if live:
         live.finish()
-    if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-    if args.plot:
-        plot(records, args.plot, sc.get("name", os.path.basename(args.scenario)))
-    failures = check_expects(sc, records)
-    for msg in failures:
-        print("FAIL " + msg)
-    n_exp = sum(len(s.get("expect", {})) for s in sc["steps"])
+    failures, n_exp = _judge(args, sc, records, sc.get("name", os.path.basename(args.scenario)))
     speed = (
         summary["sim_seconds"] / summary["wall_seconds"]
         if summary.get("wall_seconds")
@@ -185,11 +199,8 @@ def cmd_board_run(args):
     if args.seed is not None and not args.sim_ev:
         print("rig: --seed only applies to the emulated EV (--sim-ev)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.broker:
-        host, _, port = args.broker.rpartition(":")
-        if not host or not port.isdigit():
-            print("rig: --broker wants HOST:PORT, got %r" % args.broker, file=sys.stderr)
-            return EXIT_BAD_INPUT
+    if not _broker_ok(args):
+        return EXIT_BAD_INPUT
     try:
         sc = load_scenario(args.scenario)
     except BadScenario as e:
@@ -208,16 +219,7 @@ def cmd_board_run(args):
     except RigError as e:
         print("rig: %s" % e, file=sys.stderr)
         return EXIT_CRASH
-    if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-    if args.plot and records:
-        plot(records, args.plot, name + " (bench)")
-    failures = check_expects(aligned, records)
-    for msg in failures:
-        print("FAIL " + msg)
-    n_exp = sum(len(s.get("expect", {})) for s in sc["steps"])
+    failures, n_exp = _judge(args, aligned, records, name + " (bench)")
     last_t = records[-1]["t"] if records else 0
     print("%s: %d of %d expectations held; %.1f s on the board, %d records"
           % (os.path.basename(args.scenario), n_exp - len(failures), n_exp, last_t, len(records)))

@@ -8,11 +8,11 @@ currents over one time axis (PNG, matplotlib). Reads records, never runs anythin
 
 import sys
 
-from evrig.scenario import STATES, _is_num
+from evrig.scenario import STATES, is_number
 
 
 def _fmt_num(v, spec):
-    return format(v, spec) if _is_num(v) else "-"
+    return format(v, spec) if is_number(v) else "-"
 
 
 def format_record(r):

@@ -25,7 +25,8 @@ TRACE_FIELDS = (
 
 
 # --- validation --------------------------------------------------------------------------
-def _is_num(v):
+def is_number(v):
+    """A finite int or float (true and false are not numbers here)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -33,7 +34,7 @@ def _num(lo, hi, nullable=False):
     def check(v):
         if v is None and nullable:
             return None
-        if not _is_num(v):
+        if not is_number(v):
             return "must be a number" + (" or null" if nullable else "")
         if not lo <= v <= hi:
             return "%s is out of range %s..%s" % (v, lo, hi)
@@ -44,7 +45,7 @@ def _num(lo, hi, nullable=False):
 
 def _int(lo, hi):
     def check(v):
-        if not _is_num(v) or int(v) != v:
+        if not is_number(v) or int(v) != v:
             return "must be a whole number"
         if not lo <= v <= hi:
             return "%s is out of range %s..%s" % (v, lo, hi)
@@ -77,7 +78,7 @@ def _flag(v):
 
 
 def _set_number(v):
-    return None if _is_num(v) else "must be a number"
+    return None if is_number(v) else "must be a number"
 
 
 # A step's actions (applied to the simulated world / sent as remote commands).
@@ -116,9 +117,9 @@ SIM_KEYS = {
 
 
 def _range_or_num(v):
-    if _is_num(v):
+    if is_number(v):
         return None
-    if isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v):
+    if isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v):
         return None if v[0] <= v[1] else "range [%s, %s] has lo > hi" % (v[0], v[1])
     return "must be a number or a [lo, hi] range"
 
@@ -218,7 +219,7 @@ def validate(sc):
     prev_t = None
     for i, step in enumerate(steps):
         errors += ["step %d: %s" % (i, e) for e in _step_errors(step, prev_t, until)]
-        if isinstance(step, dict) and _is_num(step.get("t")):
+        if isinstance(step, dict) and is_number(step.get("t")):
             prev_t = step["t"]
     return errors
 
@@ -230,7 +231,7 @@ def _step_errors(step, prev_t, until):
     t = step.get("t")
     if "t" not in step:
         errors.append("t: missing")
-    elif not _is_num(t) or t < 0:
+    elif not is_number(t) or t < 0:
         errors.append("t: must be a number of seconds >= 0")
     else:
         ticks = t * 1000 / TICK_MS
@@ -294,9 +295,9 @@ def tolerance(expected):
 
 def _match(expected, got):
     if isinstance(expected, list):  # a [lo, hi] range
-        return _is_num(got) and expected[0] <= got <= expected[1]
-    if _is_num(expected):
-        return _is_num(got) and abs(got - expected) <= tolerance(expected)
+        return is_number(got) and expected[0] <= got <= expected[1]
+    if is_number(expected):
+        return is_number(got) and abs(got - expected) <= tolerance(expected)
     return expected == got and type(expected) is type(got)
 
 
