@@ -15,6 +15,7 @@ through a float conversion: numbers are parsed digit by digit into integers).
 | `authorize`   | RFID/user tag, printable ASCII, 1..64     | str                     |
 | `stop`        | empty or anything up to PAYLOAD_MAX bytes | True                    |
 | `clear_fault` | empty or anything up to PAYLOAD_MAX bytes | True                    |
+| `mode`        | normal, smart or solar (any case)         | str (firmware/energy.py)|
 
 `limits` is a dict holding `hw_max_current_a` (the config dict itself will do;
 firmware/config.py keeps it within 6..80 A). Surrounding ASCII whitespace is
@@ -23,13 +24,14 @@ ignored. Payloads longer than PAYLOAD_MAX bytes are refused unread.
 
 from micropython import const
 
+from firmware.config import MODES
 from firmware.iec61851 import MAX_OFFER_MA, MIN_OFFER_MA
 
 PAYLOAD_MAX = const(64)  # bytes; longer payloads are refused before parsing
 TAG_MAX = const(64)  # characters of an authorize tag
 _FRACTION_DIGITS_MAX = const(3)  # "16.125" A = 16125 mA is the finest accepted
 
-NAMES = ("current_a", "enable", "authorize", "stop", "clear_fault")
+NAMES = ("current_a", "enable", "authorize", "stop", "clear_fault", "mode")
 
 _TRUE = (b"true", b"1", b"on")
 _FALSE = (b"false", b"0", b"off")
@@ -69,6 +71,12 @@ def _parse(name, payload, limits):
         return text.decode(), None
     if name == "stop" or name == "clear_fault":
         return True, None
+    if name == "mode":
+        low = text.lower()
+        for m in MODES:
+            if low == m.encode():
+                return m, None
+        return None, "mode must be normal, smart or solar"
     return None, "unknown command"
 
 

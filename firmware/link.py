@@ -32,12 +32,9 @@ from micropython import const
 from umqtt.simple import MQTTClient, MQTTException
 
 from firmware import discovery
+from firmware.backoff import BACKOFF_MAX_MS, BACKOFF_MIN_MS, Backoff, seed_for  # noqa: F401 (link.Backoff)
+from firmware.netup import start_thread
 
-# Back-off between connection attempts: full jitter, uniform in
-# [0, min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2^n)] (n = failures so far), so a
-# fleet that lost its broker at the same moment does not return in one storm.
-BACKOFF_MIN_MS = const(1000)
-BACKOFF_MAX_MS = const(300000)  # 5 min
 # Socket timeout for connect, CONNACK, SUBACK and PUBACK waits: at most this,
 # at most half the keepalive, at least IO_TIMEOUT_MIN_MS.
 IO_TIMEOUT_MAX_MS = const(10000)
@@ -100,41 +97,6 @@ class _Ring:
         self.n -= 1
         self.head_id += 1
         return item
-
-
-class Backoff:
-    """Reconnect delays with full jitter. Its own small generator (30-bit
-    xorshift: small ints on an ESP32) so each device, and each simulated
-    device in a test, has an independent, seedable sequence."""
-
-    def __init__(self, seed):
-        self._s = (seed & 0x3FFFFFFF) or 1
-        self.failures = 0
-
-    def _rand(self):
-        s = self._s
-        s ^= (s << 7) & 0x3FFFFFFF
-        s ^= s >> 9
-        s ^= (s << 8) & 0x3FFFFFFF
-        self._s = s
-        return s
-
-    def next_ms(self):
-        n = self.failures
-        ceiling = BACKOFF_MAX_MS if n >= 9 else min(BACKOFF_MAX_MS, BACKOFF_MIN_MS << n)
-        self.failures = n + 1
-        return self._rand() % (ceiling + 1)
-
-    def reset(self):
-        self.failures = 0
-
-
-def seed_for(dev_id, extra=0):
-    """30-bit seed from the device id (FNV-1a folded) mixed with `extra`."""
-    h = 0x811C9DC5 & 0x3FFFFFFF
-    for b in dev_id.encode() if isinstance(dev_id, str) else dev_id:
-        h = ((h ^ b) * 0x01000193) & 0x3FFFFFFF
-    return h ^ (extra & 0x3FFFFFFF)
 
 
 class _Client(MQTTClient):
@@ -240,6 +202,7 @@ class Link:
         # --- thread-only state -------------------------------------------------
         self._client = None
         self._poller = None
+        self.netup = None  # firmware/netup.NetUp: polled by this thread; no broker while the network is down
         self._status_sent = None
         self._status_t = 0
         self._last_rx = 0
@@ -250,13 +213,7 @@ class Link:
         if self.running:
             return
         self.running = True
-        try:
-            old = _thread.stack_size(THREAD_STACK_BYTES)
-        except Exception:
-            old = None
-        _thread.start_new_thread(self._run, ())
-        if old is not None:
-            _thread.stack_size(old)
+        start_thread(self._run, THREAD_STACK_BYTES)
 
     def post_status(self, payload):
         with self._lock:
@@ -317,9 +274,18 @@ class Link:
         wait_ms = 0
         try:
             while not self._stop_req:
-                if self._client is None:
-                    if wait_ms and not self._sleep(wait_ms):
+                if self.netup is not None and not self.netup.poll():
+                    if self._client is not None:
+                        self._drop(OSError("network down"))
+                    if not self._sleep(self.netup.POLL_MS):
                         break
+                    continue
+                if self._client is None:
+                    if wait_ms:
+                        if not self._sleep(wait_ms):
+                            break
+                        wait_ms = 0
+                        continue  # look at the network again: it may have gone meanwhile
                     try:
                         self._connect()
                         self.backoff.reset()
@@ -349,6 +315,8 @@ class Link:
         while self._clock.ticks_diff(self._clock.ticks_ms(), t0) < ms:
             if self._stop_req:
                 return False
+            if self.netup is not None:
+                self.netup.poll()  # the network and the clock are kept up during a back-off too
             self._net.sleep_ms(min(50, ms))
         return not self._stop_req
 

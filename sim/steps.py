@@ -64,7 +64,7 @@ class StepClock:
 
 def apply_world(sim, step):
     """Apply a step's world actions (ev, draw_a, ev_obeys, ev_phases, pp_ohm,
-    fault, temp_c) to the simulated board `sim`. `set`, `expect`, `note` and
+    fault, temp_c, house_a, pv_a) to the simulated board `sim`. `set`, `expect`, `note` and
     `t` are left alone."""
     for key in step:
         v = step[key]
@@ -82,6 +82,10 @@ def apply_world(sim, step):
             sim.set_fault(v)
         elif key == "temp_c":
             sim.set_temp_c(v)
+        elif key == "house_a":
+            sim.set_house_a(v)
+        elif key == "pv_a":
+            sim.set_pv_a(v)
 
 
 def send_commands(fw, step, t_ms):

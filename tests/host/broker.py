@@ -42,6 +42,18 @@ def wait_port(port, timeout_s=5.0, host="127.0.0.1"):
     return False
 
 
+def firmware_over_mqtt_marks(repo):
+    """pytest marks for a test that runs the firmware's link on the unix port
+    against Mosquitto: skipped, saying why, when one of the three is missing."""
+    return [
+        pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed"),
+        pytest.mark.skipif(not os.path.exists(os.path.join(repo, ".venv", "bin", "micropython")), reason="run make deps first"),
+        pytest.mark.skipif(
+            not os.path.exists(os.path.join(repo, "lib", "umqtt", "simple.py")), reason="umqtt.simple not in lib/"
+        ),
+    ]
+
+
 class Broker:
     def __init__(self, port=None, persistence=False):
         exe = mosquitto_path()

@@ -95,6 +95,10 @@ def describe_step(step, commands="operator"):
             out.append(FAULT_TEXT[v])
         elif key == "temp_c":
             out.append("board temperature %g C" % v)
+        elif key in ("house_a", "pv_a"):
+            out.append("%s %s A" % ("house load" if key == "house_a" else "solar production", v))
+        elif key == "mains_meter":
+            out.append("house meter %s" % ("publishes" if v else "silent"))
         elif key == "set":
             for name, value in v.items():
                 who = {"operator": "send", "mqtt": "rig sends", "board": "the board applies"}[commands]
