@@ -211,8 +211,9 @@ BENCH_SCRIPT = textwrap.dedent(
     """
     import gc, micropython
     from sim.board import SimBoard
-    from firmware.app import Firmware
+    # The board first (its tables want large blocks), then the firmware, as main.py does.
     sim = SimBoard(data_dir=DATA, start_ticks=(1 << 30) - 2500)  # wraps after 2.5 s
+    from firmware.app import Firmware
     fw = Firmware(sim, {"bench_trace": True})
     b = fw.rig_trace
 

@@ -3,7 +3,7 @@
 Each test starts its own board on a fresh flash folder, deploys trees copied
 from this checkout (with a test VERSION and, where a test needs it, a broken
 or never-healthy app), and reads the result both from the board's console and
-from the flash folder itself. The board runs with a 256k heap: the simulated
+from the flash folder itself. The board runs with a 384k heap (tests/host/emulated_board.py): the simulated
 HAL's tables and EV model need ~35 KB that an ESP32 does not carry.
 Run with -s to see the measured deploy figures.
 """
