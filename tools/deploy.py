@@ -46,7 +46,7 @@ EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HA
 # sys.implementation._mpy >> 10 (MicroPython's MP_NATIVE_ARCH_* order) -> mpy-cross -march.
 ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
          "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
-CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
+CHARGING_STATES = ("C2", "D2")  # energy flows (or may): state names of firmware/facts.py STATES
 ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
 # The simulation (sim/: the simulated board, its scenario runner, the rig
 # follower) needs the unix port (viper with 64-bit products): deployed only to
