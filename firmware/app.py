@@ -100,6 +100,9 @@ class Firmware:
                 "phases %d but the board measures %d: using %d" % (cfg["phases"], hal.adc_channels, hal.adc_channels)
             )
             cfg["phases"] = hal.adc_channels
+        if not cfg["id"]:
+            # Two chargers left at a fixed default would share topics and one HA device.
+            cfg["id"] = "evse-" + hal.unique_id()
         self.cfg = cfg
         self.config_errors = errors
         for e in errors:
@@ -128,6 +131,7 @@ class Firmware:
         self.energy = Energy(cfg, hal.ticks_diff, cfg["phases"], getattr(hal, "phase_relay", False) and cfg["phase_switch"])
         self._mains_buf = array("i", (0, 0, 0))
         self._switch_safe_since = None  # phase switch: since when the pilot and contactor are safe
+        self._mains_err = None  # the last bad mains payload's error (reported once)
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
         netif = getattr(hal, "netif", None)
@@ -139,7 +143,7 @@ class Firmware:
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
-            self.link = Link(cfg, hal.net, hal.net)
+            self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
         self.session_id = None
         self.ticks = 0
         self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)
@@ -431,6 +435,8 @@ class Firmware:
         }
         e = self.energy
         st["mode"] = e.mode
+        st["mains_max_a"] = e.mains_max_ma / 1000
+        st["solar_import_a"] = e.import_ma / 1000
         st["phases_active"] = e.phases
         age = e.age_ms(self.hal.ticks_ms())
         st["mains_a"] = [g / 1000 for g in e.grid_ma] if age >= 0 else None
@@ -442,6 +448,12 @@ class Firmware:
 
     def _service_link(self):
         link = self.link
+        m = link.poll_mains()
+        if m is not None:
+            ok, err = self.mains(m)
+            if not ok and err != self._mains_err:
+                self._event({"event": "mains_error", "error": err})  # once per kind of error
+            self._mains_err = err
         while True:
             cmd = link.poll_command()
             if cmd is None:
@@ -505,7 +517,12 @@ class Firmware:
         """Validate and apply one remote command. Returns (ok, error)."""
         value, err = commands.parse(name, payload, self.cfg)
         if err is None:
-            err = self.energy.set_mode(value) if name == "mode" else self.charger.command(name, value)
+            if name == "mode":
+                err = self.energy.set_mode(value)
+            elif name in commands.ENERGY_SETTINGS:
+                err = self.energy.set_limit(name, value)
+            else:
+                err = self.charger.command(name, value)
         if err is None:
             self._event({"event": "command", "cmd": name})
         return err is None, err

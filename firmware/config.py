@@ -12,7 +12,7 @@ import json
 # Ranges are the physically meaningful ones; the offer is further limited by
 # the board, the cable and the remote limit at run time.
 SCHEMA = {
-    "id": ("evse", "str", 1, 32),  # device id: MQTT topics, session ids
+    "id": ("", "str", 1, 32),  # device id: MQTT topics, session ids; unset: "evse-" + the chip's unique id
     "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
     "phases": (3, "int", 1, 3),
@@ -36,6 +36,7 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "config_url": ("", "str", 0, 128),  # Home Assistant's "visit device" link, if the charger has a page
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
     # Energy management (firmware/energy.py, docs/energy.md).
     "mode": ("normal", "str", 5, 6),  # normal | smart (house fuse) | solar (surplus)

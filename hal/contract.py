@@ -190,6 +190,11 @@ class Board:
         """Short text: 'power_on', 'watchdog', 'soft', 'hard', 'deepsleep'."""
         raise NotImplementedError
 
+    def unique_id(self):
+        """The chip's unique id as lowercase hex (an ESP32's factory MAC, 12
+        digits), the same at every boot: the default device id derives from it."""
+        raise NotImplementedError
+
     def safe(self):
         """Contactor open, RCD test off, pilot steady +12 V. Never raises."""
         raise NotImplementedError

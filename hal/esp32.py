@@ -854,6 +854,11 @@ class Esp32Board(Board):
     def reset_cause(self):
         return _RESET_NAMES.get(machine.reset_cause(), "hard")
 
+    def unique_id(self):
+        from binascii import hexlify
+
+        return hexlify(machine.unique_id()).decode()
+
     def safe(self):
         try:
             off = 1 - self._pole_on

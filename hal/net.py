@@ -12,12 +12,19 @@ runs in the network thread only, never in the control tick.
 """
 
 import socket
+import sys
 import time
 
 from hal.contract import LINK_CONNECTING, LINK_DOWN, LINK_FAILED, LINK_UP, NO_RSSI
 
 _IPPROTO_TCP = 6  # the unix port has no socket constants for these
 _TCP_NODELAY = 1
+
+# Stack of the thread that calls these. An ESP32 resolves names in lwIP's own
+# task: 16 KB covers the TLS handshake. On the unix port glibc's getaddrinfo
+# runs on the caller's stack and needs more than 16 KB for any name it must
+# ask DNS about (a 16 KB thread dies with SIGSEGV; 24 KB was enough here).
+LINK_STACK_BYTES = 65536 if sys.platform in ("linux", "darwin") else 16384
 
 
 def ticks_ms():

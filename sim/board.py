@@ -176,7 +176,7 @@ class SimBoard:
                  has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
-                 data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False):
+                 data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None):
         # --- configuration (plain attributes may be changed between ticks) ---
         self.adc_channels = 3 if phases == 3 else 1
         self._supply_phases = self.adc_channels  # a single-phase supply feeds one phase
@@ -254,6 +254,8 @@ class SimBoard:
         self.set_temp_c(temp_c)
         self.led_mode = 0
         self._cause = "power_on"
+        # a MAC-like chip id, from the seed unless given: boards with different seeds differ
+        self._uid = unique_id or "5e%010x" % ((seed * 2654435761) & 0xFFFFFFFFFF)
         self._wdt_ms = 0
         self._wdt_fed = 0
         from sim.net import SimNetIf
@@ -751,6 +753,9 @@ class SimBoard:
 
     def reset_cause(self):
         return self._cause
+
+    def unique_id(self):
+        return self._uid
 
     def set_reset_cause(self, cause):
         self._cause = cause

@@ -165,3 +165,14 @@ def test_solar_mode_switches_phases_only_after_ten_safe_seconds():
     assert "solar_start" in names and "phase_switch" in names and "phases" in names
     assert fw.charger.state == "C2" and sim.supply_phases == 1 and fw.status()["phases_active"] == 1
     assert t_switch >= 10000  # the pause lasted at least PHASE_SAFE_MS before the relay moved
+
+
+def test_the_default_device_id_comes_from_the_chips_unique_id():
+    # Two chargers left at a fixed default id would share topics, session ids
+    # and one Home Assistant device.
+    fw = Firmware(SimBoard(unique_id="a0b1c2d3e4f5", data_dir=fresh_dir("uid")), {})
+    assert fw.cfg["id"] == "evse-a0b1c2d3e4f5"
+    a = Firmware(SimBoard(seed=1, data_dir=fresh_dir("uid1")), {})
+    b = Firmware(SimBoard(seed=2, data_dir=fresh_dir("uid2")), {})
+    assert a.cfg["id"] != b.cfg["id"]
+    assert Firmware(SimBoard(data_dir=fresh_dir("uid3")), {"id": "garage"}).cfg["id"] == "garage"
