@@ -99,16 +99,17 @@ class BoardSession:
         return out.decode("utf-8", "replace")
 
     # --- files (paths on the board) ---------------------------------------------------------
-    def _fs(self, call, *args):
-        """An mpremote filesystem call; None when the path does not exist."""
+    def _fs(self, call, path, *args, absent=errno.ENOENT):
+        """An mpremote filesystem call on path; None when it fails with
+        `absent` (the path is missing, or for mkdir already there)."""
         try:
-            return call(*args)
+            return call(path, *args)
         except OSError as e:
-            if e.errno == errno.ENOENT:
+            if e.errno == absent:
                 return None
-            raise BoardError("board error: %s: %s" % (args[0], e), lost=False) from None
+            raise BoardError("board error: %s: %s" % (path, e), lost=False) from None
         except self._TransportExecError as e:
-            raise BoardError("board error: %s: %s" % (args[0], e.error_output.strip()), lost=False) from None
+            raise BoardError("board error: %s: %s" % (path, e.error_output.strip()), lost=False) from None
         except self._TransportError as e:
             raise self._lost(e) from None
 
@@ -123,7 +124,7 @@ class BoardSession:
 
     def mkdir(self, path):
         """Make a directory; nothing when it exists."""
-        self.exec("try:\n os.mkdir(%r)\nexcept OSError:\n pass\n" % path, helpers=False)
+        self._fs(self.t.fs_mkdir, path, absent=errno.EEXIST)
 
     def write_file(self, path, data, progress=None, each=""):
         """Write a whole file in base64 chunks; the last chunk closes it.

@@ -66,7 +66,13 @@ def test_a_binary_file_of_several_chunks_is_written_and_read_back_unchanged(boar
 def test_a_missing_file_reads_as_none_and_removing_it_is_no_error(session):
     assert session.read_file("/data/no-such-file") is None
     session.remove("/data/no-such-file")
-    session.mkdir("/data")  # exists: no error
+
+
+def test_mkdir_makes_a_directory_and_one_that_exists_is_no_error(board, session):
+    session.mkdir("/data/new")
+    assert (board.flash / "data" / "new").is_dir()
+    session.mkdir("/data/new")
+    session.mkdir("/data")
 
 
 def test_replace_file_replaces_an_existing_file_whole_and_leaves_no_temp(board, session):
