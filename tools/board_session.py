@@ -26,6 +26,9 @@ CONSOLE_READ_S = 0.05  # serial read timeout while reading the console
 
 
 class BoardError(Exception):
+    """A board session failed; `lost`: the line or the board is gone (the
+    deploy's exit 2), else the board answered with an error."""
+
     def __init__(self, msg, lost=True):
         super().__init__(msg)
         self.lost = lost
