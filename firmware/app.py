@@ -135,15 +135,23 @@ class Firmware:
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
         netif = getattr(hal, "netif", None)
-        if netif is not None and (cfg["mqtt_host"] or netif.kind != "host"):  # else: nothing to run it
+        if netif is not None and (cfg["mqtt_host"] or cfg["ocpp_url"] or netif.kind != "host"):  # else: nothing to run it
             from firmware.netup import NetUp
 
             self.netup = NetUp(cfg, hal)
         self.link = None
+        self.command_note = None  # set by command()
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
             self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
+        self.ocpp = None  # the OCPP 1.6J charge point (firmware/ocpp.py), beside MQTT or alone
+        if cfg["ocpp_url"]:
+            from firmware.ocpp import Ocpp
+
+            self.ocpp = Ocpp(cfg, hal.net, data, hal)
+            self.ocpp.version = VERSION
+            self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None
         self.ticks = 0
         self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)
@@ -189,6 +197,8 @@ class Firmware:
             self._repost()
         elif self.netup is not None:
             self.netup.start()  # no broker: a thread of its own keeps the network and the clock
+        if self.ocpp is not None:
+            self.ocpp.start()
 
     def shutdown(self, flush_ms=0):
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
@@ -196,6 +206,15 @@ class Firmware:
         self.hal.safe()
         if self.netup is not None:
             self.netup.stop()
+        oc = self.ocpp
+        if oc is not None:
+            net = self.hal.net
+            t0 = net.ticks_ms()
+            while oc.pending() and net.ticks_diff(net.ticks_ms(), t0) < flush_ms:
+                oc.service(self)
+                net.sleep_ms(10)
+            oc.service(self)
+            oc.stop(2000)
         link = self.link
         if link is None:
             return
@@ -234,6 +253,8 @@ class Firmware:
             self._check_clock()
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
+        if self.ocpp is not None and n % LINK_EVERY == 0:
+            self.ocpp.service(self)
         if self.rig_trace is not None:
             self.rig_trace.poll()
 
@@ -361,6 +382,8 @@ class Firmware:
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
                 self._event({"event": "session_start", "session": sid, "tag": arg})
+                if self.ocpp is not None:
+                    self.ocpp.tx_start(self.tracker.opening(), hal.wall_time())
             elif kind == chg.EV_SESSION_END:
                 self._end_session(now, arg)
             elif kind == chg.EV_FAULT:
@@ -389,6 +412,8 @@ class Firmware:
             self._event({"event": "note", "text": err})
         if self.link is not None:
             self.link.post_session(rec["id"], to_json(rec).encode())
+        if self.ocpp is not None:
+            self.ocpp.tx_stop(rec, hal.wall_time(), self)
         if self.on_event is not None:
             self.on_event({"event": "session", "record": rec})
 
@@ -460,7 +485,7 @@ class Firmware:
                 break
             name, payload = cmd
             ok, err = self.command(name, payload)
-            link.post_ack(name, ok, err)
+            link.post_ack(name, ok, err, self.command_note)
             self._status_due = True
         while True:
             sid = link.poll_acked()
@@ -510,12 +535,18 @@ class Firmware:
                     self.netup.stop()
                 if self.link is not None:
                     self.link.stop(1000)  # online 0; the thread ends
+                if self.ocpp is not None:
+                    self.ocpp.stop(1000)
             raise
 
     # --- remote commands ----------------------------------------------------------------------------
     def command(self, name, payload):
-        """Validate and apply one remote command. Returns (ok, error)."""
+        """Validate and apply one remote command. Returns (ok, error); sets
+        command_note to what the ack says besides "ok" (None: nothing)."""
+        self.command_note = None
         value, err = commands.parse(name, payload, self.cfg)
+        if err is None and name == "authorize" and self.ocpp is not None:
+            return self.ocpp.authorize(value)  # a card: the central system decides (Authorize)
         if err is None:
             if name == "mode":
                 err = self.energy.set_mode(value)
@@ -524,5 +555,6 @@ class Firmware:
             else:
                 err = self.charger.command(name, value)
         if err is None:
+            self.command_note = commands.note(name, value)
             self._event({"event": "command", "cmd": name})
         return err is None, err

@@ -178,10 +178,25 @@ class Runner:
             else:
                 self._require_open(t, "unplug" if self.ev == "A" else "s2_open")
 
+    def _unsafe_close(self):
+        """Why closing is forbidden in the world the firmware's tick just saw
+        (S2 open: the EV does not ask; a fault injected that forbids energy),
+        or None. Steps for `now` are applied after this check, S2 moves are
+        taken in by _world() after it."""
+        if not self.s2:
+            return "s2_open"
+        for f in self.sim.faults():
+            if f in _FAULTS_REQUIRING_OPEN:
+                return f
+        return None
+
     def _contactor_moved(self, on, t):
         self.c_on = on
         if on:
-            if self.s2_fresh:
+            why = self._unsafe_close()
+            if why is not None:  # a safety violation, never a "resume"
+                self.closes.append({"t": t / 1000, "cause": "unsafe", "why": why, "ms": None})
+            elif self.s2_fresh:
                 self.closes.append(
                     {"t": t / 1000, "cause": "s2_close", "ms": t - self.s2_closed_ms}
                 )
@@ -321,6 +336,7 @@ class Runner:
         return {
             "opens": self.opens,
             "closes": self.closes,
+            "unsafe_closes": sum(1 for c in self.closes if c["cause"] == "unsafe"),
             "open_max_ms": open_max,
             "close_max_ms": close_max,
             "sim_seconds": self.until_ms / 1000,
@@ -333,7 +349,7 @@ class Runner:
 
 _USAGE = (
     "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
-    " [--data DIR] [--broker HOST:PORT] [--id ID]"
+    " [--data DIR] [--broker HOST:PORT] [--id ID] [--ocpp ws://HOST:PORT/ID]"
 )
 
 
@@ -348,6 +364,9 @@ def main(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
+        elif a == "--ocpp" and i + 1 < len(argv):
+            i += 1
+            mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
         elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
             i += 1
             v = argv[i]

@@ -91,12 +91,15 @@ def apply_world(sim, step):
 def send_commands(fw, step, t_ms):
     """Send a step's `set` commands through fw.command(), exactly like MQTT.
     Returns one JSON line per command ({"t", "command", "payload", "ok",
-    "error"}), in order; empty when the step has none."""
+    "error"}, and "note" when the ack has one), in order; empty when the step has none."""
     lines = []
     cmds = step.get("set")
     if cmds:
         for name in cmds:
             text = payload(cmds[name])
             ok, err = fw.command(name, text)
-            lines.append(json.dumps({"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err}))
+            line = {"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err}
+            if fw.command_note is not None:
+                line["note"] = fw.command_note
+            lines.append(json.dumps(line))
     return lines

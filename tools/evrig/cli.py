@@ -87,6 +87,11 @@ def cmd_run(args):
             extra += ["--broker", args.broker]
         if args.id:
             extra += ["--id", args.id]
+        if getattr(args, "ocpp", None):  # OCPP 1.6J central system (docs/ocpp.md)
+            if not args.ocpp.startswith(("ws://", "wss://")):
+                print("rig: --ocpp wants ws://HOST:PORT/ID, got %r" % args.ocpp, file=sys.stderr)
+                return EXIT_BAD_INPUT
+            extra += ["--ocpp", args.ocpp]
         records, _commands, summary = run_scenario(
             args.scenario, sc, args.seed, args.realtime, live, extra
         )
@@ -154,6 +159,11 @@ def cmd_measure(args):
         notes = []
         if unfinished:
             notes.append("%d opening(s) required but never done" % unfinished)
+        # control (issue 15): a close the world forbade (sim/scenario.py "unsafe")
+        unsafe = [c for c in summary.get("closes", []) if c.get("cause") == "unsafe"]
+        if unsafe:
+            notes.append("%d unsafe close(s): %s" % (len(unsafe), ", ".join(
+                "%s at %.2f s" % (c.get("why"), c["t"]) for c in unsafe[:3])))  # fmt: skip
         if o_max is not None and o_max > OPEN_TARGET_MS:
             notes.append("open > %d ms" % OPEN_TARGET_MS)
         if c_max is not None and c_max > CLOSE_TARGET_MS:
@@ -299,6 +309,8 @@ def build_parser():
         "stop that lets queued sessions reach it and publishes online 0. With --port: the "
         "broker the board's link uses; the rig sends the `set` steps there as remote commands",
     )
+    r.add_argument("--ocpp", metavar="URL", help="connect the simulated charger to this OCPP 1.6J "
+                   "central system, ws://HOST:PORT/PATH/ID (docs/ocpp.md); best with --realtime")
     r.add_argument("--id", metavar="ID", help="the charger's id (MQTT topics, session ids); "
                    "with --port: the board's id for the command topics (default: from its config)")
     b = r.add_argument_group(

@@ -53,6 +53,8 @@ class LivePrinter:
         self._notes_until(obj["t"])
         if kind == "command":
             answer = "ok" if obj.get("ok") else "rejected: %s" % obj.get("error")
+            if obj.get("note"):  # control (issue 15): e.g. a current_a below 6 A pauses
+                answer += " (%s)" % obj["note"]
             print("%9.3f s  set %s=%s -> %s" % (obj["t"], obj["command"], obj["payload"] or '""', answer),
                   file=self.out, flush=True)  # fmt: skip
             return

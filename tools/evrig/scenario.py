@@ -134,7 +134,7 @@ SIM_KEYS = {
     "phases": _int(1, 3),
     "mains_hz": _one_of((50, 60)),
     "voltage_v": _int(100, 480),
-    "pilot_noise_mv": _int(0, 2000),
+    "pilot_noise_mv": _int(0, 5000),
     "contactor_close_ms": _int(0, 1000),
     "contactor_open_ms": _int(0, 1000),
     "has_feedback": _bool,
@@ -143,6 +143,9 @@ SIM_KEYS = {
     "start_ticks": _int(0, 2**30 - 1),
     "phase_relay": _bool,
     "mains_ct": _bool,
+    # control (issue 15): the PP resistor at start (ohm), null: none seen,
+    # false: a tethered cable without PP coding (the board has no PP input)
+    "pp": lambda v: None if v is False else _num(0, 100000, nullable=True)(v),
 }
 
 

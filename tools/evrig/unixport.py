@@ -50,7 +50,7 @@ def parse_line(line):
 def start_scenario(path, realtime=False, extra=(), **popen):
     """Start sim/scenario.py on a scenario file in the unix port: the Popen,
     its stdout (stderr merged) a text stream of lines. extra: more arguments
-    (--seed N, --data DIR, --broker HOST:PORT, --id ID); popen: more Popen options."""
+    (--seed N, --data DIR, --broker HOST:PORT, --id ID, --ocpp URL); popen: more Popen options."""
     mp = micropython()
     if not os.path.exists(mp):
         raise RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
