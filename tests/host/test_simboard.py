@@ -54,9 +54,11 @@ def free_port():
 
 
 class SimboardProcess:
-    def __init__(self, flash, tcp=None):
+    def __init__(self, flash, tcp=None, interpreter=None):
         self.flash = flash
         cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "-v"]
+        if interpreter:
+            cmd += ["--interpreter", interpreter]
         if tcp:
             cmd += ["--tcp", str(tcp)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -96,14 +98,14 @@ class SimboardProcess:
 def make_board(tmp_path):
     boards = []
 
-    def make(boot=None, main=None, tcp=None):
+    def make(boot=None, main=None, tcp=None, interpreter=None):
         flash = tmp_path / "flash"
         flash.mkdir(exist_ok=True)
         if boot is not None:
             (flash / "boot.py").write_text(boot)
         if main is not None:
             (flash / "main.py").write_text(main)
-        b = SimboardProcess(flash, tcp)
+        b = SimboardProcess(flash, tcp, interpreter)
         boards.append(b)
         return b
 
@@ -404,12 +406,17 @@ def test_without_flash_the_board_gets_a_fresh_temporary_flash_and_says_where(tmp
             shutil.rmtree(flash, ignore_errors=True)
 
 
-def test_a_ctrl_c_meant_for_a_program_that_just_ended_does_not_tear_the_next_command(make_board):
+@pytest.mark.parametrize("interpreter", [
+    "unix64",
+    pytest.param("esp32", marks=pytest.mark.xfail(strict=True, reason="known: on the ESP32-faithful interpreter "
+                 "the late SIGINT escapes the agent's poll() guard (KeyboardInterrupt, exit 130, hard reset)")),
+])  # fmt: skip
+def test_a_ctrl_c_meant_for_a_program_that_just_ended_does_not_tear_the_next_command(make_board, interpreter):
     """Raw REPL: a short program, a Ctrl-C while it starts, the next program
     already queued. The SIGINT reaches the agent as it reads that next
     command; it once lost the line it had just read (then: ValueError,
     interpreter exited, an unplanned hard reset)."""
-    board = make_board()
+    board = make_board(interpreter=interpreter)
     fd = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
     out = b""
     try:
