@@ -10,8 +10,9 @@ A record is printed whenever a discrete field changes (state, duty, offer,
 contactor, fault, session) and at least once per second. `t` is the time since
 this object was built (Firmware start), in ms, from the HAL clock through
 ticks_diff; kept as whole seconds + ms so it never grows past a small int.
-`pilot_v` is the firmware's own reading; `truth_energy_wh` is null on a real
-board (a board that knows the truth, the simulated one, reports it).
+`pilot_v` is the firmware's own reading; `truth_energy_wh`, `ev_s2` and
+`contacts` are null on a real board (a board that knows the truth, the
+simulated one, reports them).
 
 Never decides anything. poll() compares a few ints and identities and returns
 when nothing is due: no allocation. A record allocates (a new string) and
@@ -21,7 +22,7 @@ driver has no TX buffer); it comes after the charger has acted in that tick.
 
 from micropython import const
 
-from firmware.trace import Shown, fixed, record
+from firmware.trace import Shown, record, truth
 
 PREFIX = "TRACE "  # every bench line starts with this (tools/rig.py looks for it)
 EVERY_MS = const(1000)  # a record at least this often
@@ -39,8 +40,6 @@ class BenchTrace:
         self._last = now  # ticks of the last record
         # What the last record showed.
         self._shown = Shown()
-        # The simulated board knows the energy the EV really drew; a real one does not.
-        self._truth = hasattr(hal, "truth_energy_wh")
         self.records = 0
 
     def poll(self):
@@ -67,8 +66,4 @@ class BenchTrace:
         self._shown.take(fw)
         self._last = now
         self.records += 1
-        if self._truth:
-            extra = ', "truth_energy_wh": ' + fixed(int(self.hal.truth_energy_wh * 1000), 1000, 3)
-        else:
-            extra = ', "truth_energy_wh": null'
-        print(PREFIX + record(fw, self.t_ms(now), None, extra))
+        print(PREFIX + record(fw, self.t_ms(now), None, truth(self.hal)))

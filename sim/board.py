@@ -156,11 +156,15 @@ class SimBoard:
     set_ev('A'|'B'|'C'|'D'); attributes ev_draw_a, ev_phases, ev_obeys,
     voltage_v (setters take effect at once); set_fault(name, on=True) with a
     name of FAULTS or 'none'; set_pp(ohm|None|False); set_temp_c(c|None);
-    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick.
-    Read-outs: now_ms, pilot_v(), ev_s2_closed, ev_state_seen(), ev_state(),
+    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick;
+    set_alarm(at_ms, fn) (a world change at an exact ms, between ticks).
+    Read-outs: now_ms, pilot_v(), ev_s2_closed, s2_ms, ev_state_seen(), ev_state(),
     ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
-    contacts_closed, contactor_cmd_ms, contacts_ms, contactor_log,
-    pilot_cmd_ms, led_mode, faults().
+    contacts_closed, contacts_welded, contactor_commanded, contactor_cmd_ms,
+    contacts_ms, contactor_log, pilot_cmd_ms, led_mode, faults(), stalls.
+    profile="esp32" (sim/timing.py) makes every board call, flash write, GC
+    and TLS handshake cost virtual time, during which the world moves on;
+    "ideal" (default) charges nothing.
     A WatchdogReset leaves the outputs as they were (the worst case: boot.py
     must make them safe) and stops the watchdog until wdt_start() again.
     """
@@ -176,7 +180,15 @@ class SimBoard:
                  has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
-                 data_dir="/tmp/evse_sim", realtime=False):
+                 data_dir="/tmp/evse_sim", realtime=False, profile="ideal"):
+        # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
+        self.profile_name = profile
+        self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
+        self._timed = profile != "ideal"
+        self.costs = None  # sim/timing.py Costs: the flash, GC and TLS model of a timed profile
+        self._us = 0  # virtual time charged below one ms, us
+        self._stall_us = 0  # a stall another thread caused (TLS), charged at the next board call
+        self.calls = 0  # board calls that cost Python time (for the profile's per-call figure)
         # --- configuration (plain attributes may be changed between ticks) ---
         self.adc_channels = 3 if phases == 3 else 1
         self._supply_phases = self.adc_channels  # a single-phase supply feeds one phase
@@ -207,6 +219,8 @@ class SimBoard:
         self._ticks = start_ticks & _TICKS_MASK
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
+        self._alarm_ms = _NEVER  # set_alarm(): a callback at an exact virtual ms
+        self._alarm_fn = None
         self._wall = None
         self._wall_at = 0
         self._realtime = realtime
@@ -254,6 +268,7 @@ class SimBoard:
         # --- EV -------------------------------------------------------------------
         self._ev = "A"
         self.ev_s2_closed = False
+        self.s2_ms = -1  # now_ms of S2's last move
         self._s2_due = _NEVER
         self._draw_ma = int(ev_draw_a * 1000)
         self._ev_phases = ev_phases
@@ -270,6 +285,12 @@ class SimBoard:
         self._wave = self._make_wave(harmonics)
         self._lin = self._make_lin(adc_nonlinear_counts)
         self._pilot_calc()
+        if self._timed:
+            from sim import timing
+
+            self.profile = timing.get(profile)
+            self.costs = timing.active = timing.Costs(self, self.profile)
+            self.net = timing.Net(_net, self.costs)
 
     # --- configuration that changes the world: setters mark it for an update --
     @property
@@ -296,10 +317,13 @@ class SimBoard:
         return (t + delta_ms) & _TICKS_MASK
 
     def wait_tick(self, period_ms):
+        if self._timed:
+            self.costs.tick_end()
         now = self.now_ms
         end = self._tick_ret + period_ms
         if end > now:
-            if self._next_ms <= end:
+            self._us = 0  # the sleep ends on a whole ms
+            if self._next_ms <= end or self._alarm_ms <= end:
                 self.step(end - now)
             else:  # nothing due: the idle fast path, no world update
                 self._advance(end - now)
@@ -327,12 +351,72 @@ class SimBoard:
             self._rt_due = None  # more than 1 s behind: restart pacing from now
 
     def step(self, dt_ms):
-        """Advance virtual time by dt_ms, updating the world at every due event."""
+        """Advance virtual time by dt_ms, updating the world at every due
+        event and calling the alarm (set_alarm) at its exact ms."""
         end = self.now_ms + dt_ms
-        while self._next_ms <= end:
-            self._advance(self._next_ms - self.now_ms)
-            self._update()
+        while True:
+            due = self._next_ms if self._next_ms < self._alarm_ms else self._alarm_ms
+            if due > end:
+                break
+            self._advance(due - self.now_ms)
+            if self._alarm_ms <= self.now_ms:
+                fn = self._alarm_fn
+                self._alarm_ms = _NEVER
+                self._alarm_fn = None
+                fn(self)  # may change the world (its setters make _next_ms due now)
+            if self._next_ms <= self.now_ms:
+                self._update()
         self._advance(end - self.now_ms)
+
+    def set_alarm(self, at_ms, fn):
+        """Call fn(sim) when virtual time reaches at_ms (now_ms units), between
+        or inside ticks as the world would change on a board: the firmware
+        sees the change at its next reading. One alarm at a time; fn may set
+        the next one. at_ms in the past: at the next step."""
+        self._alarm_ms = at_ms
+        self._alarm_fn = fn
+
+    # --- the timing profile: virtual time a call costs ------------------------------------
+    def _spend(self, us):
+        """Let us microseconds of virtual time pass inside a board call: the
+        world moves on meanwhile (contacts, S2, scenario steps)."""
+        u = self._us + us
+        if u >= 1000:
+            self._us = u % 1000
+            self.step(u // 1000)
+        else:
+            self._us = u
+
+    def _call(self, us):
+        """A board call from the firmware's Python: its own cost us, the
+        Python that ran since the previous call, and any stall another
+        thread caused (a TLS handshake holding the GIL)."""
+        self.calls += 1
+        s = self._stall_us
+        if s:
+            self._stall_us = 0
+            us += s
+        self._spend(self.profile.py_call_us + us)
+
+    def alloc_mark(self):
+        """Heap allocated now (timed profile only; 0 otherwise): with
+        alloc_exclude(mark), what the simulation's own tooling allocates
+        (trace records) is kept out of the firmware's garbage."""
+        c = self.costs
+        return c.alloc_mark() if c is not None else 0
+
+    def alloc_exclude(self, mark):
+        c = self.costs
+        if c is not None:
+            c.alloc_exclude(mark)
+
+    @property
+    def stalls(self):
+        """[(now_ms, kind, us, energized)] of every flash erase, GC and TLS
+        handshake the timing profile charged (kind: erase, erase_long, gc,
+        gc_auto, tls; energized: the contactor was commanded or closed)."""
+        c = self.costs
+        return c.stalls if c is not None else []
 
     def _advance(self, dt):
         if dt > 0:
@@ -353,6 +437,8 @@ class SimBoard:
     def pilot_pwm(self, duty_pm):
         if self._pwm and duty_pm == self._duty_pm:
             return
+        if self._timed:
+            self._call(self.profile.pwm_us)
         self._pwm = True
         self._duty_pm = duty_pm
         self._pilot_changed()
@@ -360,6 +446,8 @@ class SimBoard:
     def pilot_steady(self, level):
         if not self._pwm and level == self._level:
             return
+        if self._timed:
+            self._call(self.profile.pwm_us)
         self._pwm = False
         self._duty_pm = 0
         self._level = level
@@ -371,6 +459,16 @@ class SimBoard:
         self._next_ms = self.now_ms
 
     def pilot_read(self, out):
+        if self._timed:  # the burst: the reading is the world at its middle
+            p = self.profile
+            half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
+            self._call(half)
+            self._pilot_sample(out)
+            self._spend(half + p.pilot_levels_us)
+        else:
+            self._pilot_sample(out)
+
+    def _pilot_sample(self, out):
         n = self.pilot_noise_mv
         if n:
             out[0] = self._high_mv + self._noise(n)
@@ -409,6 +507,8 @@ class SimBoard:
         return EV_DIODE_MV + _divider_mv(src_mv - EV_DIODE_MV, r)
 
     def pp_ohm(self):
+        if self._timed:
+            self._call(4 * self.profile.adc_read_us)  # hal/esp32.py PP_READS
         if self._pp is False:
             return UNKNOWN  # tethered: no PP input
         if self._pp is None:
@@ -422,6 +522,8 @@ class SimBoard:
     # --- contactor -------------------------------------------------------------------------
     def contactor(self, closed):
         closed = bool(closed)
+        if self._timed:
+            self._call(2 * self.profile.gpio_us)  # one pin per pole
         if closed == self._cmd:
             return
         self._cmd = closed
@@ -447,17 +549,33 @@ class SimBoard:
             self._move_due = self.now_ms + (self.contactor_close_ms if self._cmd else self.contactor_open_ms)
         self._next_ms = self.now_ms
 
+    @property
+    def contactor_commanded(self):
+        """The contactor's coil is driven (the firmware's last command)."""
+        return self._cmd
+
+    @property
+    def contacts_welded(self):
+        """The contacts are welded shut: no command opens them."""
+        return self._welded
+
     def contactor_feedback(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if not self.has_feedback:
             return UNKNOWN
         return 1 if self.contacts_closed else 0
 
     # --- protection -------------------------------------------------------------------------
     def rcd_tripped(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         return self._rcd_fault or self._rcd_test_trip
 
     def rcd_test(self, on):
         on = bool(on)
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if on == self._rcd_test:
             return
         self._rcd_test = on
@@ -468,11 +586,15 @@ class SimBoard:
         self._next_ms = self.now_ms
 
     def pe_ok(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if not self.has_pe:
             return UNKNOWN
         return 0 if self._pe_open else 1
 
     def temp_dc(self):
+        if self._timed:
+            self._call(4 * self.profile.adc_read_us)  # hal/esp32.py NTC_READS, one sensor
         return self._temp_dc
 
     def set_temp_c(self, c):
@@ -515,6 +637,8 @@ class SimBoard:
             raise ValueError("EV state must be A, B, C or D: " + str(x))
         self._ev = x
         if x in ("A", "B"):
+            if self.ev_s2_closed:
+                self.s2_ms = self.now_ms
             self.ev_s2_closed = False
             self._s2_due = _NEVER
             self._set_current(0)
@@ -590,6 +714,7 @@ class SimBoard:
             if self._s2_due <= now:
                 self._s2_due = _NEVER
                 self.ev_s2_closed = want
+                self.s2_ms = now
                 self._pilot_calc()
         else:
             self._s2_due = _NEVER
@@ -681,6 +806,8 @@ class SimBoard:
         for c in range(nch):
             par[10 + c] = i * _AMP_K * (1000 + err[c]) // 1000 // upc if c < self._drawn_phases() else 0
         self._nrng = _adc_fill(buf, self._wave, par, self._lin)
+        if self._timed:  # the burst's sampling time, then the meter's Python on it
+            self._call(self.adc_burst_len * 1000000 // self.adc_rate_hz + self.profile.meter_py_us)
 
     def adc_ua_per_count(self, channel):
         return self.ct_ua_per_count
@@ -691,9 +818,13 @@ class SimBoard:
         self._wdt_fed = self.now_ms
 
     def wdt_feed(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         self._wdt_fed = self.now_ms
 
     def led(self, mode):
+        if self._timed and mode != self.led_mode:
+            self._call(self.profile.gpio_us)
         self.led_mode = mode
 
     def reset_cause(self):

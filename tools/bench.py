@@ -59,7 +59,8 @@ TARGETS = {
     "tick_alloc_bytes": ("==", 0),
     "min_heap_kb": ("<=", 64),
     "sim_speed_x": (">=", 500),
-    "open_ms_max": ("<=", rig.OPEN_TARGET_MS),
+    "open_ms_max": ("<=", rig.IEC_OPEN_MS),  # physical: event -> contacts open (IEC 61851-1)
+    "open_decide_ms_max": ("<=", rig.OPEN_TARGET_MS),  # the firmware's share: event -> open command
     "close_ms_max": ("<=", rig.CLOSE_TARGET_MS),
 }
 
@@ -120,26 +121,22 @@ def measure_sessions(minutes):
 
 
 def measure_reaction():
+    """Reaction times over the scenario library on the ESP32 timing profile,
+    from physical truth (sim/timing.py, tools/rig.py reaction_figures)."""
     paths = sorted(glob.glob(os.path.join(rig.SCENARIO_DIR, "*.json")))
-    opens, closes, unfinished = [], [], 0
+    summaries, unfinished = [], 0
     for path in paths:
         sc = rig.load_scenario(path)
         try:
-            _records, _commands, summary = rig.run_scenario(path, sc)
+            _records, _commands, summary = rig.run_scenario(path, sc, profile=rig.MEASURE_PROFILE)
         except rig.RigError as e:
             raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
-        o_max, c_max, unf, _n_o, _n_c = rig.reaction_row(summary)
-        unfinished += unf
-        if o_max is not None:
-            opens.append(o_max)
-        if c_max is not None:
-            closes.append(c_max)
-    return {
-        "scenarios": len(paths),
-        "open_ms_max": max(opens) if opens else None,
-        "close_ms_max": max(closes) if closes else None,
-        "openings_never_done": unfinished,
-    }
+        unfinished += rig.reaction_row(summary)[2]
+        summaries.append(summary)
+    out = {"scenarios": len(paths), "reaction_profile": rig.MEASURE_PROFILE, "openings_never_done": unfinished}
+    out.update(rig.reaction_figures(summaries))
+    out["energized_erases"] = sum(s.get("energized_erases", 0) for s in summaries)
+    return out
 
 
 def measure_mqtt(quick):
@@ -390,10 +387,14 @@ def print_table(out, file=sys.stdout):
         "x",
         "sim_speed_x",
     )
-    print("reaction times over %d scenarios (simulated)" % out["scenarios"], file=file)
-    row("contactor open max", out["open_ms_max"], "ms", "open_ms_max")
-    row("contactor close max (from S2)", out["close_ms_max"], "ms", "close_ms_max")
+    print("reaction times over %d scenarios (simulated, %s timing profile, physical truth)"
+          % (out["scenarios"], out["reaction_profile"]), file=file)
+    for key, what in (("open", "event -> contacts open"), ("open_decide", "event -> open command"),
+                      ("close", "S2 closed -> contacts closed")):
+        row("%s p50 / p99" % what, "%s / %s" % (out[key + "_ms_p50"], out[key + "_ms_p99"]), "ms")
+        row("%s max" % what, out[key + "_ms_max"], "ms", key + "_ms_max")
     row("required openings never done", out["openings_never_done"], "")
+    row("flash erases with the contactor closed", out["energized_erases"], "")
     print("mqtt (Mosquitto on loopback)", file=file)
     row("QoS 1 publish round trip, median", "%.3f" % out["mqtt_publish_ms_median"], "ms")
     row(
