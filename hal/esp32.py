@@ -50,6 +50,7 @@ read_u16() >> 4 (12-bit, raw); calibration lives in firmware/meter.py.
 
 import json
 import os
+import select
 import time
 from array import array
 
@@ -518,6 +519,7 @@ class Esp32Board(Board):
         self._led_mode = 0
 
         self._next = time.ticks_ms()  # wait_tick deadline
+        self._idle = select.poll()  # nothing registered: wait_tick's GIL-free sleep
         self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
         self.data_dir = "/data"
         try:
@@ -536,12 +538,25 @@ class Esp32Board(Board):
         return time.ticks_add(t, delta_ms)
 
     def wait_tick(self, period_ms):
+        """Sleep until the next tick of the fixed-rate grid, without holding
+        the GIL. time.sleep_ms() would not do: ports/esp32/mphalport.c
+        mp_hal_delay_ms() sleeps in whole FreeRTOS ticks (10 ms, GIL released)
+        only while at least one more tick fits, then busy-waits the rest in
+        mp_hal_delay_us() holding the GIL, so a sleep under 10 ms, every
+        sleep of this loop, would starve the link thread. An empty poll
+        (extmod/modselect.c) waits in MICROPY_EVENT_POLL_HOOK
+        (ports/esp32/mpconfigport.h): ulTaskNotifyTake(1) with the GIL released,
+        until the deadline has passed. It wakes on the first FreeRTOS tick at or
+        after the deadline (up to 10 ms late); the grid keeps its deadlines, so
+        the loop locks onto the FreeRTOS tick and does not drift. ipoll()
+        allocates nothing."""
         self._led_update()
         nxt = time.ticks_add(self._next, period_ms)
         now = time.ticks_ms()
         d = time.ticks_diff(nxt, now)
         if d > 0:
-            time.sleep_ms(d)
+            for _ in self._idle.ipoll(d):
+                pass  # nothing is registered: never an event
             self._next = nxt
         else:
             self._next = now  # late: return at once, restart the grid (no catch-up burst)

@@ -158,6 +158,23 @@ def gmtime(s):
     return (epoch[0], 1, 1, 0, 0, 0, 5, 1)
 """
 
+# wait_tick sleeps in an empty poll (GIL released on an ESP32): on the fake clock.
+FAKE_SELECT = """
+import time as _t
+
+
+class _Poll:
+    def ipoll(self, ms=-1, flags=0):
+        _t.slept[0] = ms
+        _t.slept[1] += 1
+        _t.ms[0] = (_t.ms[0] + ms) & _t.MASK
+        return ()
+
+
+def poll():
+    return _Poll()
+"""
+
 FAKE_OS = """
 made = []
 
@@ -193,10 +210,14 @@ def hw(monkeypatch):
     spec = importlib.util.spec_from_file_location("hal_esp32_under_test", REPO / "hal" / "esp32.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["time"] = clock  # only while the module body runs
+    real_select = sys.modules.get("select")
     try:
+        sys.modules["select"] = _module("select", FAKE_SELECT)
         spec.loader.exec_module(mod)
     finally:
         sys.modules["time"] = real_time
+        if real_select is not None:
+            sys.modules["select"] = real_select
     mod.os = _module("os", FAKE_OS)
     return mod, machine, clock
 
@@ -559,6 +580,21 @@ def test_wait_tick_is_fixed_rate_across_the_2_pow_30_wrap(hw):
     assert clock.ms[0] < 100  # it did wrap
 
 
+def test_wait_tick_never_calls_time_sleep_ms_which_busy_waits_holding_the_gil(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+
+    def busy(n):
+        raise AssertionError("time.sleep_ms(%d) spins holding the GIL below 10 ms on an ESP32" % n)
+
+    clock.sleep_ms = busy
+    t0 = clock.ms[0]
+    for k in range(1, 4):
+        clock.ms[0] = clock.ticks_add(clock.ms[0], 2)
+        b.wait_tick(10)
+        assert clock.ms[0] == clock.ticks_add(t0, 10 * k)
+
+
 def test_wait_tick_when_late_returns_at_once_and_restarts_the_grid(hw):
     mod, _, clock = hw
     clock.ms[0] = (1 << 30) - 5
@@ -650,6 +686,8 @@ import fake_machine, fake_time, fake_os
 sys.modules["machine"] = fake_machine
 sys.modules["time"] = fake_time
 sys.modules["os"] = fake_os
+import fake_select
+sys.modules["select"] = fake_select
 import gc, json, micropython
 from array import array
 gc.collect()
@@ -714,6 +752,7 @@ def test_hot_path_allocates_nothing_on_micropython(tmp_path):
     (tmp_path / "fake_machine.py").write_text(FAKE_MACHINE)
     (tmp_path / "fake_time.py").write_text(FAKE_TIME)
     (tmp_path / "fake_os.py").write_text(FAKE_OS)
+    (tmp_path / "fake_select.py").write_text(FAKE_SELECT)
     (tmp_path / "harness.py").write_text(HARNESS)
     env = dict(os.environ, MICROPYPATH=str(tmp_path) + ":" + str(REPO))
     r = subprocess.run(
