@@ -6,16 +6,26 @@ journal -> MQTT link), and the rule that any exception, KeyboardInterrupt or
 SystemExit leaves the board safe (contactor open, pilot steady) before it
 propagates. Never decides anything about energy: firmware/charger.py does.
 
-One iteration, every TICK_MS:
-1. every METER_EVERY ticks: one current-sense burst (meter), session sampling;
-2. charger.tick(): inputs -> decision -> outputs (allocation free);
-3. only when something happened: session start/end, faults -> journal, link;
-4. every LINK_EVERY ticks: commands, acks and status to and from the link
+One iteration, every TICK_MS; nothing stands between the pilot reading and
+the decision it informs:
+1. charger.tick(): inputs -> decision -> outputs (allocation free), first;
+2. only when something happened: session start/end, faults -> journal, link;
+3. every _GC_LOOK_EVERY ticks: a garbage collection when enough garbage grew
+   (a chosen point right after the decision, not wherever an allocation
+   happens to run out of heap);
+4. every METER_EVERY ticks: one current-sense burst (meter), session sampling,
+   the bounded flash checkpoints;
+5. every LINK_EVERY ticks: commands, acks and status to and from the link
    thread (non-blocking queue operations; the network never runs here).
-Flash writes (journal, lifetime counter) happen in steps 1 and 3, after the
-charger has already acted in the same iteration.
+No flash write while the contactor is closed (a NOR sector erase stalls both
+cores for 45 ms, up to 400 ms, beyond IEC 61851-1's 100 ms): journal
+checkpoints, the lifetime counter and acks wait until it opens, unless the
+configuration says `flash_while_charging`. A TLS link is not (re)connected while
+the contactor is closed (its handshake holds the GIL for 1-2 s). docs/architecture.md
+has the figures.
 """
 
+import gc
 import json
 
 from micropython import const
@@ -36,6 +46,13 @@ STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: curre
 STATUS_IDLE_EVERY = const(6000)  # 60 s otherwise
 REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 WDT_MS = const(2000)  # the control loop must come round this often or the board resets
+# ... with the contactor open, where a TLS handshake (1-2 s holding the GIL) and
+# a long flash erase (0.4 s) may legitimately stall it: the watchdog is a hang
+# detector, never fired by those.
+WDT_IDLE_MS = const(5000)
+_GC_LOOK_EVERY = const(100)  # ticks between looks at the heap (gc.mem_alloc() walks it)
+_GC_IDLE_BYTES = const(8192)  # heap grown since the last collection: collect when idle ...
+_GC_CHARGING_BYTES = const(16384)  # ... and while charging (a collection costs 5-15 ms on an ESP32)
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
@@ -106,6 +123,9 @@ class Firmware:
         self._last_offer = 0
         self._last_session = None
         self._status_due = True
+        self._acked = []  # session ids the broker has, journaled when flash writes are allowed
+        self._wdt_ms = 0
+        self._gc_base = gc.mem_alloc()
 
     # --- start-up / shut-down ------------------------------------------------------
     def start(self):
@@ -145,6 +165,8 @@ class Firmware:
             self._service_link()
             net.sleep_ms(10)
         self._service_link()
+        if self._acked:
+            self._journal_acks()  # the outputs are safe: flash writes may stall now
         link.stop(2000)
 
     # --- one loop iteration ------------------------------------------------------------
@@ -152,11 +174,13 @@ class Firmware:
         ch = self.charger
         n = self.ticks
         self.ticks = n + 1
-        if n % METER_EVERY == 0:
-            self._meter_step()
         ch.tick()
         if ch._ev_len:
             self._drain_events()
+        if n % _GC_LOOK_EVERY == _GC_LOOK_EVERY - 1:
+            self._collect()
+        if n % METER_EVERY == 0:
+            self._meter_step()
         if (
             ch.state is not self._last_state
             or ch.fault is not self._last_fault
@@ -172,6 +196,22 @@ class Firmware:
             self._service_link()
         if self.bench is not None:
             self.bench.poll()
+
+    def _flash_ok(self):
+        """Flash writes are allowed now: the contactor is open (or the
+        configuration accepts the stall while charging)."""
+        return not self.charger.contactor_on or self.cfg["flash_while_charging"]
+
+    def _collect(self):
+        """A garbage collection at this chosen point (after the decision),
+        when the heap grew enough since the last one: more while charging,
+        where the 5-15 ms it costs delays the next pilot reading."""
+        a = gc.mem_alloc()
+        if a < self._gc_base:
+            self._gc_base = a  # collected elsewhere meanwhile
+        elif a - self._gc_base > (_GC_CHARGING_BYTES if self.charger.contactor_on else _GC_IDLE_BYTES):
+            gc.collect()
+            self._gc_base = gc.mem_alloc()
 
     def _meter_step(self):
         hal = self.hal
@@ -189,12 +229,12 @@ class Firmware:
                 if i_ma[p] > _PHASE_FLOOR_MA:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
-            if t.checkpoint_due(now, meter.session_mwh):
+            if t.checkpoint_due(now, meter.session_mwh) and self._flash_ok():
                 self.journal.checkpoint(
                     t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh())
                 )
         self._meter_t = now
-        if meter.checkpoint_due(now):
+        if meter.checkpoint_due(now) and self._flash_ok():
             err = meter.persist(self._lifetime_path, now)
             if err:
                 self._event({"event": "note", "text": err})
@@ -299,8 +339,10 @@ class Firmware:
             sid = link.poll_acked()
             if sid is None:
                 break
-            self.journal.ack(sid)
-            self._check_journal()
+            self._acked.append(sid)
+        if self._acked and self._flash_ok():
+            self._journal_acks()
+        link.hold_tls = self.charger.contactor_on  # no TLS handshake while charging
         every = STATUS_CHARGING_EVERY if self.charger.contactor_on else STATUS_IDLE_EVERY
         if self._status_due or self.ticks % every < LINK_EVERY:
             self._status_due = False
@@ -308,9 +350,18 @@ class Firmware:
         if self.ticks % REPOST_EVERY < LINK_EVERY:
             self._repost()
 
+    def _journal_acks(self):
+        for sid in self._acked:
+            self.journal.ack(sid)
+        self._acked = []
+        self._check_journal()
+
     def _repost(self):
         """Offer the journal's unacknowledged sessions to the link (it ignores
-        ids it already holds, and refuses when its queue is full)."""
+        ids it already holds, and refuses when its queue is full). Not while
+        acks wait for the journal: those sessions are delivered."""
+        if self._acked:
+            return
         if self.journal.pending_count() > self.link.pending_sessions():
             for rec in self.journal.pending(limit=8):
                 if not self.link.post_session(rec["id"], to_json(rec).encode()):
@@ -323,12 +374,16 @@ class Firmware:
         hal = self.hal
         try:
             self.start()
-            hal.wdt_start(WDT_MS)
             while True:
                 self.tick()
                 if self.ticks == HEALTHY_AFTER:
                     slots.mark_good()  # the A/B slot proved itself (firmware/slots.py)
-                hal.wdt_feed()
+                w = WDT_MS if self.charger.contactor_on else WDT_IDLE_MS
+                if w != self._wdt_ms:
+                    self._wdt_ms = w
+                    hal.wdt_start(w)  # (re)starting it feeds it
+                else:
+                    hal.wdt_feed()
                 hal.wait_tick(TICK_MS)
         except BaseException as e:
             hal.safe()

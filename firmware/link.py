@@ -223,6 +223,10 @@ class Link:
         self._commands = _Ring(COMMANDS_MAX)
         self._status = None
         self._stop_req = False
+        # Set by the control loop while the contactor is closed: a TLS link does
+        # not (re)connect then (the handshake holds the GIL for 1-2 s on an
+        # ESP32, extmod/modtls_mbedtls.c); a plain one does.
+        self.hold_tls = False
         # --- written by the thread, read by anyone (single-word writes) -------
         self.connected = False
         self.running = False
@@ -320,6 +324,10 @@ class Link:
                 if self._client is None:
                     if wait_ms and not self._sleep(wait_ms):
                         break
+                    if self.hold_tls and self._cfg.get("mqtt_tls"):  # see hold_tls
+                        if not self._sleep(100):
+                            break
+                        continue
                     try:
                         self._connect()
                         self.backoff.reset()

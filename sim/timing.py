@@ -143,7 +143,8 @@ class Costs:
         self._flash_w = []  # (path, size before) of files opened for writing, unsettled
         self._programmed = 0  # bytes in the metadata log since its last compaction
         self.erases = 0
-        self._gc_base = _gc.mem_alloc()  # bytes allocated after the last collection
+        self.excluded = 0  # bytes the simulation's tooling allocated since the last collection
+        self._gc_base = self.mem_alloc()  # the firmware's bytes allocated after the last collection
         self._gc_n = 0  # loop iterations since the heap was last looked at
 
     def _stall(self, kind, us):
@@ -160,12 +161,11 @@ class Costs:
         self._gc_n += 1
         if self._gc_n >= _GC_LOOK_EVERY:
             self._gc_n = 0
-            a = _gc.mem_alloc()
+            a = self.mem_alloc()
             if a < self._gc_base:
                 self._gc_base = a  # the unix port collected by itself
             elif self.p.gc_budget and a - self._gc_base > self.p.gc_budget:
-                _gc.collect()
-                self._gc_base = _gc.mem_alloc()
+                self.collect()
                 self._stall("gc_auto", self.p.gc_us)
 
     def flash_opened(self, path, write):
@@ -189,18 +189,23 @@ class Costs:
         self.board._call(self.p.fs_rename_us)
         self._program(256)
 
+    def mem_alloc(self):
+        """gc.mem_alloc() as the firmware sees it: without what the
+        simulation's own tooling (trace records) allocated."""
+        return _gc.mem_alloc() - self.excluded
+
+    def collect(self):
+        _gc.collect()
+        self.excluded = 0
+        self._gc_base = _gc.mem_alloc()
+
     def alloc_mark(self):
         return _gc.mem_alloc()
 
     def alloc_exclude(self, mark):
         d = _gc.mem_alloc() - mark
         if d > 0:
-            self._gc_base += d
-
-    def collected(self):
-        """The firmware called gc.collect()."""
-        self._gc_base = _gc.mem_alloc()
-        self._stall("gc", self.p.gc_us)
+            self.excluded += d
 
     def tls(self):
         """A TLS handshake started (any thread): the control loop pays it at
@@ -286,16 +291,23 @@ class _Os:
 
 
 class _Gc:
-    """`gc` with collect() charged to the active timed board."""
+    """`gc` with collect() charged to the active timed board, and
+    mem_alloc() without the simulation's own garbage."""
 
     def __getattr__(self, name):
         return getattr(_gc, name)
 
     def collect(self):
-        _gc.collect()
-        b = active
-        if b is not None:
-            b.collected()
+        c = active
+        if c is None:
+            _gc.collect()
+        else:
+            c.collect()
+            c._stall("gc", c.p.gc_us)
+
+    def mem_alloc(self):
+        c = active
+        return _gc.mem_alloc() if c is None else c.mem_alloc()
 
 
 class _TlsContext:
