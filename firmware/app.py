@@ -27,12 +27,14 @@ has the figures.
 
 import gc
 import json
+from array import array
 
 from micropython import const
 
 from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
+from firmware import iec61851 as iec
 from firmware.charger import TICK_MS, Charger
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
@@ -50,6 +52,10 @@ WDT_MS = const(2000)  # the control loop must come round this often or the board
 # a long flash erase (0.4 s) may legitimately stall it: the watchdog is a hang
 # detector, never fired by those.
 WDT_IDLE_MS = const(5000)
+# Suspect pilot reads that cut a current-sense burst short: more than one, so a
+# read on a PWM edge (the front end slewing between -12 V and the high level)
+# does not; fewer than the high phase holds at 10 % duty over a few periods.
+_WATCH_SUSPECT_READS = const(3)
 _GC_LOOK_EVERY = const(100)  # ticks between looks at the heap (gc.mem_alloc() walks it)
 _GC_IDLE_BYTES = const(8192)  # heap grown since the last collection: collect when idle ...
 _GC_CHARGING_BYTES = const(16384)  # ... and while charging (a collection costs 5-15 ms on an ESP32)
@@ -124,6 +130,8 @@ class Firmware:
         self._last_session = None
         self._status_due = True
         self._acked = []  # session ids the broker has, journaled when flash writes are allowed
+        # [above_mv, gap_lo_mv, gap_hi_mv, suspect reads that cut the burst]
+        self._guard = array("i", (0, iec.DIODE_LOW_MAX_MV, 0, _WATCH_SUSPECT_READS))
         self._wdt_ms = 0
         self._gc_base = gc.mem_alloc()
 
@@ -213,12 +221,37 @@ class Firmware:
             gc.collect()
             self._gc_base = gc.mem_alloc()
 
+    def _watch(self, ch):
+        """While energy flows, the pilot window the current-sense burst
+        watches (hal/contract.py adc_burst_watched): a read above the charging
+        state's window, or between the diode's low level and that window
+        (a short, a shorted diode), cuts the burst short. None otherwise."""
+        if not ch.contactor_on:
+            return None
+        g = self._guard
+        s = ch.state[0]
+        if s == "C":
+            g[0] = iec.C_MAX_MV
+            g[2] = iec.C_MIN_MV
+        elif s == "D":
+            g[0] = iec.D_MAX_MV
+            g[2] = iec.D_MIN_MV
+        else:
+            return None
+        return g
+
     def _meter_step(self):
         hal = self.hal
         meter = self.meter
         ch = self.charger
         now = hal.ticks_ms()
-        meter.sample(now, ch.contactor_on)
+        if not meter.sample(now, ch.contactor_on, self._watch(ch)):
+            # The pilot moved during the burst (cut short): decide again now,
+            # not a whole burst later.
+            ch.tick()
+            if ch._ev_len:
+                self._drain_events()
+            return
         t = self.tracker
         if t.active:
             used = 0

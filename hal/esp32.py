@@ -666,17 +666,33 @@ class Esp32Board(Board):
 
     # --- current sense -------------------------------------------------------------
     def adc_burst(self, buf):
+        self._burst(buf, None)
+
+    # --- timing (issue 12): the pilot watched during the current-sense burst ---------
+    def adc_burst_watched(self, buf, guard):
+        """adc_burst() with one pilot read after each frame (hal/contract.py):
+        stops once guard[3] reads were suspect, returns the frames filled. A
+        frame is 3 CT reads (~165 us from Python) in a 312 us slot: the pilot
+        read fits in the slack, so the burst keeps its rate."""
+        return self._burst(buf, guard)
+
+    # --- end timing ---
+
+    def _burst(self, buf, guard):
         ch = self._ct
         nch = len(ch)
         a0 = ch[0]
         a1 = ch[1] if nch > 1 else a0
         a2 = ch[2] if nch > 2 else a0
+        pa = self._pilot_adc
+        left = guard[3] if guard is not None else 0
         step = self._frame_us
         rem = self._frame_rem
         rate = self.adc_rate_hz
         err = 0
         t = time.ticks_us()
         i = 0
+        f = 0
         end = self.adc_burst_len * nch
         while i < end:
             while time.ticks_diff(t, time.ticks_us()) > 0:
@@ -686,12 +702,21 @@ class Esp32Board(Board):
                 buf[i + 1] = a1.read_u16() >> 4
                 buf[i + 2] = a2.read_u16() >> 4
             i += nch
+            f += 1
+            if guard is not None:
+                v = pilot_mv(pa.read_uv() // 1000, self._plo, self._phi)
+                if v > guard[0] or guard[1] < v < guard[2]:
+                    left -= 1
+                    if left <= 0 and i < end:
+                        return f
             err += rem
             if err >= rate:
                 err -= rate
                 t = time.ticks_add(t, step + 1)
             else:
                 t = time.ticks_add(t, step)
+        return f
+
 
     def adc_ua_per_count(self, channel):
         return self._ua

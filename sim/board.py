@@ -54,6 +54,7 @@ _REACT_MS = (200, 1000)  # from an offer change to the start of the ramp
 _STOP_REACT_MS = (100, 300)  # from x1 to the start of the ramp down
 _RAMP_STEP_MS = const(10)  # world update period while the current ramps
 _LOG_LEN = const(64)  # contactor commands kept for contactor_log
+_WATCH_FRAMES = const(8)  # adc_burst_watched: frames between two looks at the pilot (2.5 ms)
 
 # --- current sense ------------------------------------------------------------
 _WAVE_BITS = const(10)  # 1024-point waveform table
@@ -786,7 +787,7 @@ class SimBoard:
         self._nonlinear = 1 if counts else 0
         return lin
 
-    def adc_burst(self, buf):
+    def adc_burst(self, buf, _charge=True):
         par = self._par
         nch = self.adc_channels
         f_mhz = self.mains_hz * (1000 + self.mains_drift_pm)  # mains in mHz
@@ -806,8 +807,29 @@ class SimBoard:
         for c in range(nch):
             par[10 + c] = i * _AMP_K * (1000 + err[c]) // 1000 // upc if c < self._drawn_phases() else 0
         self._nrng = _adc_fill(buf, self._wave, par, self._lin)
-        if self._timed:  # the burst's sampling time, then the meter's Python on it
+        if self._timed and _charge:  # the burst's sampling time, then the meter's Python on it
             self._call(self.adc_burst_len * 1000000 // self.adc_rate_hz + self.profile.meter_py_us)
+
+    def adc_burst_watched(self, buf, guard):
+        """adc_burst() watching the pilot (hal/contract.py): the burst's time
+        passes in steps of _WATCH_FRAMES frames; after each, a pilot level the
+        guard calls suspect stops it (an ideal front end: the board's reads
+        would see it within a step)."""
+        self.adc_burst(buf, False)
+        n = self.adc_burst_len
+        done = 0
+        while done < n:
+            k = n - done if n - done < _WATCH_FRAMES else _WATCH_FRAMES
+            if self._timed:
+                self._call(k * 1000000 // self.adc_rate_hz)
+            done += k
+            h = self._high_mv
+            lo = self._low_mv if self._pwm else h
+            if (h > guard[0] or guard[1] < h < guard[2] or guard[1] < lo < guard[2]) and done < n:
+                return done
+        if self._timed:
+            self._call(self.profile.meter_py_us)
+        return n
 
     def adc_ua_per_count(self, channel):
         return self.ct_ua_per_count

@@ -21,9 +21,14 @@ class CallLog(SimBoard):
         self.log.append("pilot_read")
         super().pilot_read(out)
 
-    def adc_burst(self, buf):
+    def adc_burst_watched(self, buf, guard):
         self.log.append("adc_burst")
-        super().adc_burst(buf)
+        return super().adc_burst_watched(buf, guard)
+
+    def adc_burst(self, buf, charge=True):
+        if charge:  # (adc_burst_watched's own fill is logged above)
+            self.log.append("adc_burst")
+        super().adc_burst(buf, charge)
 
     def contactor(self, closed):
         self.log.append("contactor")
@@ -235,3 +240,36 @@ def test_a_tls_link_does_not_connect_while_the_contactor_is_closed():
         assert net.connects >= 1
     finally:
         link.stop(2000)
+
+
+class BurstEvent(SimBoard):
+    """SimBoard whose EV opens S2 3 ms into the first watched burst it is asked for."""
+
+    def __init__(self, **kw):
+        self.armed = False
+        self.event_ms = None
+        super().__init__(**kw)
+
+    def adc_burst_watched(self, buf, guard):
+        if self.armed:
+            self.armed = False
+            self.event_ms = self.now_ms + 3
+            self.set_alarm(self.event_ms, lambda s: s.set_ev("B"))
+        return super().adc_burst_watched(buf, guard)
+
+
+def test_s2_opening_during_a_current_sense_burst_is_decided_within_a_few_ms_not_after_the_burst():
+    d = tmpdirs.make("evse-burst")
+    sim = BurstEvent(data_dir=d, profile="esp32")
+    fw = Firmware(sim, {})
+    sim.set_ev("C")
+    run(fw, sim, 6000)
+    assert fw.charger.contactor_on
+    sim.armed = True
+    run(fw, sim, 200)
+    assert sim.event_ms is not None and not fw.charger.contactor_on
+    decide = sim.contactor_cmd_ms - sim.event_ms
+    print("S2 open 3 ms into a 20 ms burst: open command after", decide, "ms")
+    # the burst is cut at its next look at the pilot (2.5 ms steps), then the charger decides
+    assert decide < 20 - 3
+    tmpdirs.remove(d)

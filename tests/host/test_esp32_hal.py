@@ -526,6 +526,27 @@ def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
     assert 19687 <= elapsed <= 19687 + 64 * 3 * 2 + 10, elapsed
 
 
+def test_adc_burst_watched_stops_after_the_guards_count_of_suspect_pilot_reads(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+    for k in range(3):
+        b._ct[k].seq = [800]
+    # ADC mV for a pilot level: the board file's -12 V / +12 V calibration (210 / 3090 mV)
+    def adc_uv(pilot_mv):
+        return (210 + (pilot_mv + 12000) * 2880 // 24000) * 1000
+
+    c, low, b_high = adc_uv(6000), adc_uv(-12000), adc_uv(9000)
+    guard = array("i", (7000, -11000, 5000, 3))  # state C's window, the diode's low level
+    buf = array("H", bytes(2 * 64 * 3))
+    clock.us_step[0] = 1
+    b._pilot_adc.seq = [c, low, low, low]  # a charging EV: every read fine
+    assert b.adc_burst_watched(buf, guard) == 64
+    b._pilot_adc.seq, b._pilot_adc.k = [c, low] * 5 + [b_high, low, b_high, b_high] + [c] * 60, 0  # S2 opens
+    assert b.adc_burst_watched(buf, guard) == 14  # the third suspect read, at frame 14
+    b._pilot_adc.seq, b._pilot_adc.k = [c, low] * 5 + [adc_uv(0)] * 60, 0  # CP shorted: 0 V in the gap
+    assert b.adc_burst_watched(buf, guard) == 13
+
+
 def test_contactor_feedback_rcd_pe_outputs_follow_board_levels(hw):
     mod, _, _ = hw
     b = mod.Esp32Board(board=devkit())
@@ -712,6 +733,7 @@ for a in b._ct:
 b.wdt_start(2000)
 out = array("i", (0, 0))
 buf = array("H", bytes(2 * 64 * 3))
+guard = array("i", (7000, -11000, 5000, 3))
 fake_time.us_step[0] = 40
 fake_time.ms[0] = (1 << 30) - 30
 b.pilot_pwm(100)
@@ -734,6 +756,7 @@ try:
         b.pe_ok()
         b.temp_dc()
         b.adc_burst(buf)
+        b.adc_burst_watched(buf, guard)
         b.adc_ua_per_count(0)
         b.wdt_feed()
         b.led(2 + (i & 1))
