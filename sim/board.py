@@ -415,7 +415,7 @@ class SimBoard:
     def stalls(self):
         """[(now_ms, kind, us, energized)] of every flash erase, GC and TLS
         handshake the timing profile charged (kind: erase, erase_long, gc,
-        gc_auto, tls; energized: the contactor was commanded or closed)."""
+        gc_auto, tls; energized: the contactor was commanded closed)."""
         c = self.costs
         return c.stalls if c is not None else []
 

@@ -287,9 +287,11 @@ class Runner:
         ):
             self.step_due = False
             self._emit(t)
-        if t >= self.until_ms:
-            if self.last_rec_ms != t:
-                self._emit(t)
+        if now > self.until_ms:  # the next tick would start after `until`
+            # The last record is at `until`: the state then is what the last
+            # tick before it decided (ticks are off the 10 ms grid on a timed profile).
+            if self.last_rec_ms != self.until_ms:
+                self._emit(self.until_ms)
             raise _Stop()
         if self.pending:
             self._send(now)

@@ -149,7 +149,7 @@ class Costs:
 
     def _stall(self, kind, us):
         b = self.board
-        self.stalls.append((b.now_ms, kind, us, b.contacts_closed or b.contactor_commanded))
+        self.stalls.append((b.now_ms, kind, us, b.contactor_commanded))
         b._spend(us)
 
     def tick_end(self):
@@ -211,7 +211,7 @@ class Costs:
         """A TLS handshake started (any thread): the control loop pays it at
         its next board call (the handshake holds the GIL)."""
         b = self.board
-        self.stalls.append((b.now_ms, "tls", self.p.tls_us, b.contacts_closed or b.contactor_commanded))
+        self.stalls.append((b.now_ms, "tls", self.p.tls_us, b.contactor_commanded))
         b._stall_us += self.p.tls_us
 
     def _settle(self):

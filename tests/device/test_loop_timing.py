@@ -70,11 +70,11 @@ def _flash_log(sim):
 
     def on_open(path, write):
         if write:
-            log.append((sim.now_ms, sim.contacts_closed or sim.contactor_commanded))
+            log.append((sim.now_ms, sim.contactor_commanded))
         opened(path, write)
 
     def on_meta():
-        log.append((sim.now_ms, sim.contacts_closed or sim.contactor_commanded))
+        log.append((sim.now_ms, sim.contactor_commanded))
         meta()
 
     costs.flash_opened = on_open

@@ -18,8 +18,9 @@ Invariants checked on every record (docs/testing.md):
 - the offered current, and the current the EV decodes from the duty, never
   exceed min(hardware, cable, config, thermal, remote) and are 0 while
   disabled, stopped, unauthorized or ventilation-blocked;
-- the rig's reaction-time summary: every required opening <= 100 ms, none
-  left undone;
+- the rig's reaction-time summary on the ESP32 timing profile, from physical
+  truth (the event to the contacts open): every required opening <= 100 ms,
+  none left undone, no flash erase while the contactor is closed;
 - invalid commands get an error text, valid ones none; the process never
   crashes (rig exit 3 = RigError).
 
@@ -161,7 +162,9 @@ def sims(draw):
         sim["pilot_noise_mv"] = noise
     if draw(st.booleans()):
         sim["contactor_close_ms"] = draw(st.integers(0, 150))
-        sim["contactor_open_ms"] = draw(st.integers(0, 150))
+        # a contactor's own release time (10-50 ms for real ones) is inside the
+        # 100 ms the openings are checked against (physical truth)
+        sim["contactor_open_ms"] = draw(st.integers(0, 50))
     for key in ("has_feedback", "has_pe"):
         if draw(st.integers(0, 3)) == 3:
             sim[key] = False
@@ -361,7 +364,9 @@ def check_scenario(sc, path):
     model = Model(sc)
     stream = []
     try:
-        records, _cmds, summary = rig.run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
+        # the ESP32 timing profile: board calls, flash, GC cost what they cost on a board
+        records, _cmds, summary = rig.run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)),
+                                                   profile="esp32")  # fmt: skip
     except rig.RigError as e:  # exit 3: the control loop must never crash
         raise AssertionError("the firmware process failed: %s" % e) from None
     assert records, "no trace records"
@@ -378,7 +383,9 @@ def check_scenario(sc, path):
     for o in summary["opens"]:
         assert not o.get("unfinished"), "a required opening never happened: %r" % o
         if o["ms"] is not None and o["cause"] != "diode_short":
+            # physical truth: from the event to the contacts open (the release time included)
             assert o["ms"] <= OPEN_WITHIN_S * 1000, "opening took %s ms: %r" % (o["ms"], o)
+    assert summary.get("energized_erases", 0) == 0, "a flash erase with the contactor closed: %r" % summary["stalls"]
     return summary
 
 
