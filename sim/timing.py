@@ -116,7 +116,20 @@ ESP32 = Profile(
     tls_us=1200000,
 )
 
-PROFILES = {"ideal": IDEAL, "esp32": ESP32}
+# The worst board this project should meet: Python at the slow end of the
+# factor's range (150x), every sector erase at the datasheet maximum, the
+# longest TLS handshake reported (~2 s, Moddable issue 389).
+_SLOW = 150
+ESP32_WORST = Profile("esp32_worst", **dict(
+    (k, getattr(ESP32, k)) for k in dir(ESP32) if k.endswith("_us") or k in (
+        "pilot_burst_reads", "pilot_steady_reads", "gc_budget", "inline_max")))
+ESP32_WORST.py_call_us = PLAIN_TICK_US * _SLOW // PLAIN_TICK_CALLS
+ESP32_WORST.pilot_levels_us = ESP32.pilot_levels_us * _SLOW // ESP32_FACTOR
+ESP32_WORST.meter_py_us = (METER_TICK_US - PLAIN_TICK_US) * _SLOW
+ESP32_WORST.erase_us = ESP32.erase_long_us
+ESP32_WORST.tls_us = 2000000
+
+PROFILES = {"ideal": IDEAL, "esp32": ESP32, "esp32_worst": ESP32_WORST}
 
 
 def get(name):

@@ -143,7 +143,7 @@ COMMANDS = {
 # Top-level keys of a scenario, and the simulator options under "sim".
 TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps", "profile")
 # --- timing (issue 12): sim/timing.py's profiles; `measure` uses the ESP32 one ---
-PROFILES = ("ideal", "esp32")
+PROFILES = ("ideal", "esp32", "esp32_worst")
 MEASURE_PROFILE = "esp32"
 IEC_OPEN_MS = 100  # IEC 61851-1: the supply is disconnected within 100 ms
 # --- end timing ---
