@@ -66,6 +66,14 @@ class FakeBoard:
     def rcd_test(self, on):
         self._rcd_test = on
 
+    phase_relay = True
+
+    def phase_switch(self, n):
+        self.log.append((self.t, "phases", n))
+
+    def mains_read(self, out):
+        return False
+
     # inputs
     def pilot_read(self, out):
         if self.duty == 0 and self.level == -1:
@@ -90,6 +98,9 @@ class FakeBoard:
 
     def pe_ok(self):
         return self.pe
+
+    def set_wall_time(self, unix_s, ms=0):  # NTP (firmware/netup.py); tests set self.wall directly
+        self.wall = unix_s
 
     def temp_dc(self):
         return self.temp

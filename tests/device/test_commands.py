@@ -85,6 +85,14 @@ def test_stop_and_clear_fault_take_any_short_payload():
     _refused("stop", b"x" * (commands.PAYLOAD_MAX + 1))
 
 
+def test_mode_takes_normal_smart_or_solar_in_any_case():
+    assert commands.parse("mode", b"solar", LIMITS) == ("solar", None)
+    assert commands.parse("mode", b" Smart\n", LIMITS) == ("smart", None)
+    for bad in (b"", b"turbo", b"solar!", b"normalx", b"\xff"):
+        value, err = commands.parse("mode", bad, LIMITS)
+        assert value is None and err == "mode must be normal, smart or solar", bad
+
+
 def test_unknown_names_are_refused_as_unknown_command():
     for name in ("", "current", "CURRENT_A", "reboot", None, 3, "set/current_a"):
         assert _refused(name, b"1") == "unknown command"

@@ -31,6 +31,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from broker import Blackhole, Broker, mosquitto_path
+from test_link import UMQTT_LIBS, umqtt_fixture  # noqa: F401 - the umqtt fixture: umqtt.simple 1.3.4 and 1.8.0
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
@@ -112,7 +113,7 @@ class Firmware:
     """`micropython -m sim.scenario SCENARIO` as a child process; its JSON lines
     (trace records, command lines, the summary) with host arrival times."""
 
-    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None):
+    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None, umqtt_version=None):
         cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario)]
         if data:
             cmd += ["--data", str(data)]
@@ -122,8 +123,11 @@ class Firmware:
             cmd += ["--id", dev_id]
         if seed is not None:
             cmd += ["--seed", str(seed)]
+        env = MP_ENV
+        if umqtt_version:
+            env = dict(MP_ENV, MICROPYPATH="%s:%s" % (REPO, UMQTT_LIBS[umqtt_version]))
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=MP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.records = []
         self.raw = []
@@ -277,9 +281,9 @@ def test_the_last_will_online_0_fires_when_the_firmware_process_is_sigkilled(bro
 
 
 # --- broker outages ---------------------------------------------------------------------------
-def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tmp_path):
+def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tmp_path, umqtt):
     sub = Sub(broker.port, ["evse/rst1/online"])
-    fw = Firmware("long_session.json", tmp_path, broker.port, "rst1")
+    fw = Firmware("long_session.json", tmp_path, broker.port, "rst1", umqtt_version=umqtt)
     try:
         sub.wait(lambda t, p, r: p == b"1", 10, "online 1")
         start = fw.wait_record(lambda r: r["session"] is not None, 10, "the session's start")
@@ -306,13 +310,13 @@ def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tm
         sub.close()
 
 
-def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_when_it_returns(tmp_path):
+def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_when_it_returns(tmp_path, umqtt):
     b = Broker()
     data = tmp_path / "flash"
     data.mkdir()
     try:
         # No broker listens: the four sessions of the hour stay in the journal.
-        fw = Firmware("four_sessions_hour.json", data, b.port, "hour1")
+        fw = Firmware("four_sessions_hour.json", data, b.port, "hour1", umqtt_version=umqtt)
         records = fw.finish(timeout_s=60)
         ends = session_ends(records)
         assert len(ends) == 4, ends
@@ -320,11 +324,11 @@ def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_whe
         b.start()
         sub = Sub(b.port, ["evse/hour1/session"])
         try:
-            fw2 = Firmware("idle.json", data, b.port, "hour1")
+            fw2 = Firmware("idle.json", data, b.port, "hour1", umqtt_version=umqtt)
             fw2.finish()
             sub.wait(lambda t, p, r: sub.count("evse/hour1/session") >= 4, 10, "four sessions")
             # A third boot: the journal knows they were acknowledged, nothing is sent again.
-            fw3 = Firmware("idle.json", data, b.port, "hour1")
+            fw3 = Firmware("idle.json", data, b.port, "hour1", umqtt_version=umqtt)
             fw3.finish()
             time.sleep(0.5)
             got = [json.loads(p) for p in sub.payloads("evse/hour1/session")]
