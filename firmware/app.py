@@ -179,6 +179,7 @@ class Firmware:
         self._last_session = None
         self._status_due = True
         self._acked = []  # session ids the broker has, journaled when flash writes are allowed
+        self._end_due = None  # (ticks, reason) of a session end waiting for the contactor to open
         # [above_mv, gap_lo_mv, gap_hi_mv, suspect reads that cut the burst]
         self._guard = array("i", (0, iec.DIODE_LOW_MAX_MV, 0, _WATCH_SUSPECT_READS))
         self._wdt_ms = 0
@@ -219,6 +220,8 @@ class Firmware:
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
         to flush_ms to be acknowledged, publish online 0 and close the link."""
         self.hal.safe()
+        if self._end_due is not None:
+            self._end_session(*self._end_due)  # the outputs are safe: flash writes may stall now
         if self.netup is not None:
             self.netup.stop()
         link = self.link
@@ -240,7 +243,9 @@ class Firmware:
         n = self.ticks
         self.ticks = n + 1
         ch.tick()
-        if ch._ev_len:
+        if self._end_due is not None and self._flash_ok():
+            self._end_session(*self._end_due)
+        if ch._ev_len and self._end_due is None:
             self._drain_events()
         if n % _GC_LOOK_EVERY == _GC_LOOK_EVERY - 1:
             self._collect()
@@ -432,6 +437,12 @@ class Firmware:
                     self._event({"event": "journal_full", "session": sid})
                 self._event({"event": "session_start", "session": sid, "tag": arg})
             elif kind == chg.EV_SESSION_END:
+                if not self._flash_ok():
+                    # An x1 stop with the contactor still closed: the session is
+                    # closed (journal, lifetime counter) once it opens; the
+                    # events after it wait with it, in order.
+                    self._end_due = (now, arg)
+                    return
                 self._end_session(now, arg)
             elif kind == chg.EV_FAULT:
                 self._event({"event": "fault", "fault": arg, "state": ch.state})
@@ -441,6 +452,7 @@ class Firmware:
                 self._event({"event": "fault_latched", "fault": arg})
 
     def _end_session(self, now, reason):
+        self._end_due = None
         hal = self.hal
         meter = self.meter
         t = self.tracker

@@ -162,7 +162,8 @@ class SimBoard:
     Read-outs: now_ms, pilot_v(), ev_s2_closed, s2_ms, ev_state_seen(), ev_state(),
     ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
     contacts_closed, contacts_welded, contactor_commanded, contactor_cmd_ms,
-    contacts_ms, contactor_log, pilot_cmd_ms, led_mode, faults(), stalls.
+    contacts_ms, contactor_log, pilot_cmd_ms, led_mode, faults(), costs
+    (sim/timing.py Costs with a timed profile: stalls, erases).
     profile="esp32" (sim/timing.py) makes every board call, flash write, GC
     and TLS handshake cost virtual time, during which the world moves on;
     "ideal" (default) charges nothing.
@@ -252,9 +253,9 @@ class SimBoard:
         self._rcd_dead = False
         self._stuck = False
         # --- contactor ------------------------------------------------------------
-        self._cmd = False
+        self.contactor_commanded = False  # the coil is driven (the firmware's last command)
         self.contacts_closed = False
-        self._welded = False
+        self.contacts_welded = False  # no command opens them
         self._move_due = _NEVER
         self.contactor_cmd_ms = -1  # now_ms of the last command change
         self.contacts_ms = -1  # now_ms of the last physical move
@@ -410,26 +411,6 @@ class SimBoard:
             us += s
         self._spend(self.profile.py_call_us + us)
 
-    def alloc_mark(self):
-        """Heap allocated now (timed profile only; 0 otherwise): with
-        alloc_exclude(mark), what the simulation's own tooling allocates
-        (trace records) is kept out of the firmware's garbage."""
-        c = self.costs
-        return c.alloc_mark() if c is not None else 0
-
-    def alloc_exclude(self, mark):
-        c = self.costs
-        if c is not None:
-            c.alloc_exclude(mark)
-
-    @property
-    def stalls(self):
-        """[(now_ms, kind, us, energized)] of every flash erase, GC and TLS
-        handshake the timing profile charged (kind: erase, erase_long, gc,
-        gc_auto, tls; energized: the contactor was commanded closed)."""
-        c = self.costs
-        return c.stalls if c is not None else []
-
     def _advance(self, dt):
         if dt > 0:
             self.now_ms += dt
@@ -471,16 +452,10 @@ class SimBoard:
         self._next_ms = self.now_ms
 
     def pilot_read(self, out):
-        if self._timed:  # the burst: the reading is the world at its middle
-            p = self.profile
+        p = self.profile
+        if p is not None:  # the burst: the reading is the world at its middle
             half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
             self._call(half)
-            self._pilot_sample(out)
-            self._spend(half + p.pilot_levels_us)
-        else:
-            self._pilot_sample(out)
-
-    def _pilot_sample(self, out):
         n = self.pilot_noise_mv
         if n:
             out[0] = self._high_mv + self._noise(n)
@@ -488,6 +463,8 @@ class SimBoard:
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv
+        if p is not None:
+            self._spend(half + p.pilot_levels_us)
 
     def _noise(self, n):
         r = (self._nrng * 1103515245 + 12345) & 0x7FFFFFFF
@@ -536,9 +513,9 @@ class SimBoard:
         closed = bool(closed)
         if self._timed:
             self._call(2 * self.profile.gpio_us)  # one pin per pole
-        if closed == self._cmd:
+        if closed == self.contactor_commanded:
             return
-        self._cmd = closed
+        self.contactor_commanded = closed
         self.contactor_cmd_ms = self.now_ms
         i = self._log_n % _LOG_LEN
         self._log_ms[i] = self.now_ms
@@ -555,21 +532,11 @@ class SimBoard:
                 for k in range(max(0, n - _LOG_LEN), n)]
 
     def _schedule_contacts(self):
-        if self._cmd == self.contacts_closed:
+        if self.contactor_commanded == self.contacts_closed:
             self._move_due = _NEVER
         else:
-            self._move_due = self.now_ms + (self.contactor_close_ms if self._cmd else self.contactor_open_ms)
+            self._move_due = self.now_ms + (self.contactor_close_ms if self.contactor_commanded else self.contactor_open_ms)
         self._next_ms = self.now_ms
-
-    @property
-    def contactor_commanded(self):
-        """The contactor's coil is driven (the firmware's last command)."""
-        return self._cmd
-
-    @property
-    def contacts_welded(self):
-        """The contacts are welded shut: no command opens them."""
-        return self._welded
 
     def contactor_feedback(self):
         if self._timed:
@@ -625,7 +592,7 @@ class SimBoard:
         on = bool(on)
         setattr(self, "_" + ("stuck" if name == "stuck_adc" else "rcd_fault" if name == "rcd_trip" else name), on)
         if name == "weld":
-            self._welded = on and self.contacts_closed
+            self.contacts_welded = on and self.contacts_closed
             self._schedule_contacts()
         if name == "rcd_dead" and on and self._rcd_test and not self._rcd_test_trip:
             self._rcd_due = _NEVER
@@ -702,10 +669,10 @@ class SimBoard:
         # contactor contacts
         if self._move_due <= now:
             self._move_due = _NEVER
-            if self._cmd:
+            if self.contactor_commanded:
                 self.contacts_closed = True
-                self._welded = self._weld
-            elif not self._welded:
+                self.contacts_welded = self._weld
+            elif not self.contacts_welded:
                 self.contacts_closed = False
             self.contacts_ms = now
         nxt = min(nxt, self._move_due)

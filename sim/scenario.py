@@ -206,7 +206,8 @@ class Runner:
     def _emit(self, t):
         fw = self.fw
         sim = self.sim
-        mark = sim.alloc_mark()
+        costs = sim.costs
+        mark = costs.alloc_mark() if costs is not None else 0
         self.shown.take(fw)
         self.shown_s2 = sim.ev_s2_closed
         self.shown_contacts = sim.contacts_closed
@@ -219,7 +220,8 @@ class Runner:
                 fixed(sim.grid_ma(0), 1000, 2), fixed(sim.grid_ma(1), 1000, 2), fixed(sim.grid_ma(2), 1000, 2),
                 sim.supply_phases)
         print(record(fw, t, pilot_mv, extra))
-        sim.alloc_exclude(mark)  # the record is the simulation's garbage, not the firmware's
+        if costs is not None:
+            costs.alloc_exclude(mark)  # the record is the simulation's garbage, not the firmware's
 
     # --- steps: the world at their exact ms, commands at the next tick ------------------
     def _arm(self):
@@ -437,6 +439,7 @@ class Runner:
             if c["ms"] is not None and (close_max is None or c["ms"] > close_max):
                 close_max = c["ms"]
         sim = self.sim
+        stalls = sim.costs.stalls if sim.costs is not None else []
         return {
             "opens": self.opens,
             "closes": self.closes,
@@ -444,9 +447,9 @@ class Runner:
             "close_max_ms": close_max,
             "profile": sim.profile_name,
             "stalls": [{"t": (at - self.t0) / 1000, "kind": k, "ms": us / 1000, "energized": e}
-                       for at, k, us, e in sim.stalls[:_STALLS_LISTED]],
-            "energized_erases": sum(1 for s in sim.stalls if s[3] and s[1].startswith("erase")),
-            "stall_count": len(sim.stalls),
+                       for at, k, us, e in stalls[:_STALLS_LISTED]],
+            "energized_erases": sum(1 for s in stalls if s[3] and s[1].startswith("erase")),
+            "stall_count": len(stalls),
             "sim_seconds": self.until_ms / 1000,
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,
