@@ -10,7 +10,7 @@ One iteration, every TICK_MS; nothing stands between the pilot reading and
 the decision it informs:
 1. charger.tick(): inputs -> decision -> outputs (allocation free), first;
 2. only when something happened: session start/end, faults -> journal, link;
-3. every _GC_LOOK_EVERY ticks: a garbage collection when enough garbage grew
+3. every GC_LOOK_EVERY ticks: a garbage collection when enough garbage grew
    (a chosen point right after the decision, not wherever an allocation
    happens to run out of heap);
 4. every METER_EVERY ticks: one current-sense burst (meter), session sampling,
@@ -25,7 +25,6 @@ the contactor is closed (its handshake holds the GIL for 1-2 s). docs/architectu
 has the figures.
 """
 
-import gc
 import json
 from array import array
 
@@ -34,12 +33,12 @@ from micropython import const
 from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
-from firmware import iec61851 as iec
 from firmware.charger import TICK_MS, Charger
 from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse_mains
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
+from firmware.stalls import GC_LOOK_EVERY, Stalls
 
 METER_EVERY = const(10)  # one current-sense burst every 10 ticks (100 ms)
 LINK_EVERY = const(10)  # look at the link's queues every 100 ms
@@ -55,13 +54,6 @@ WDT_MS = const(2000)  # the control loop must come round this often or the board
 # a long flash erase (0.4 s) may legitimately stall it: the watchdog is a hang
 # detector, never fired by those.
 WDT_IDLE_MS = const(5000)
-# Suspect pilot reads that cut a current-sense burst short: more than one, so a
-# read on a PWM edge (the front end slewing between -12 V and the high level)
-# does not; fewer than the high phase holds at 10 % duty over a few periods.
-_WATCH_SUSPECT_READS = const(3)
-_GC_LOOK_EVERY = const(100)  # ticks between looks at the heap (gc.mem_alloc() walks it)
-_GC_IDLE_BYTES = const(8192)  # heap grown since the last collection: collect when idle ...
-_GC_CHARGING_BYTES = const(16384)  # ... and while charging (a collection costs 5-15 ms on an ESP32)
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
@@ -152,18 +144,27 @@ class Firmware:
         self.energy = Energy(cfg, hal.ticks_diff, cfg["phases"], getattr(hal, "phase_relay", False) and cfg["phase_switch"])
         self._mains_buf = array("i", (0, 0, 0))
         self._switch_safe_since = None  # phase switch: since when the pilot and contactor are safe
+        self._mains_err = None  # the last bad mains payload's error (reported once)
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
         netif = getattr(hal, "netif", None)
-        if netif is not None and (cfg["mqtt_host"] or netif.kind != "host"):  # else: nothing to run it
+        if netif is not None and (cfg["mqtt_host"] or cfg["ocpp_url"] or netif.kind != "host"):  # else: nothing to run it
             from firmware.netup import NetUp
 
             self.netup = NetUp(cfg, hal)
         self.link = None
+        self.command_note = None  # set by command()
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
             self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
+        self.ocpp = None  # the OCPP 1.6J charge point (firmware/ocpp.py), beside MQTT or alone
+        if cfg["ocpp_url"]:
+            from firmware.ocpp import Ocpp
+
+            self.ocpp = Ocpp(cfg, hal.net, data, hal)
+            self.ocpp.version = VERSION
+            self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None
         self.ticks = 0
         self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
@@ -180,10 +181,8 @@ class Firmware:
         self._status_due = True
         self._acked = []  # session ids the broker has, journaled when flash writes are allowed
         self._end_due = None  # (ticks, reason) of a session end waiting for the contactor to open
-        # [above_mv, gap_lo_mv, gap_hi_mv, suspect reads that cut the burst]
-        self._guard = array("i", (0, iec.DIODE_LOW_MAX_MV, 0, _WATCH_SUSPECT_READS))
+        self.stalls = Stalls(cfg)  # what may stall the loop, and when (firmware/stalls.py)
         self._wdt_ms = 0
-        self._gc_base = gc.mem_alloc()
         self._anchor = None  # (ticks_ms, wall_s): when this boot first saw the wall clock set
         self._up_ms = 0  # uptime until then, saturating at _ANCHOR_MAX_MS
         self._clock_t = now
@@ -215,6 +214,8 @@ class Firmware:
             self._repost()
         elif self.netup is not None:
             self.netup.start()  # no broker: a thread of its own keeps the network and the clock
+        if self.ocpp is not None:
+            self.ocpp.start()
 
     def shutdown(self, flush_ms=0):
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
@@ -224,6 +225,15 @@ class Firmware:
             self._end_session(*self._end_due)  # the outputs are safe: flash writes may stall now
         if self.netup is not None:
             self.netup.stop()
+        oc = self.ocpp
+        if oc is not None:
+            net = self.hal.net
+            t0 = net.ticks_ms()
+            while oc.pending() and net.ticks_diff(net.ticks_ms(), t0) < flush_ms:
+                oc.service(self)
+                net.sleep_ms(10)
+            oc.service(self)
+            oc.stop(2000)
         link = self.link
         if link is None:
             return
@@ -247,8 +257,8 @@ class Firmware:
             self._end_session(*self._end_due)
         if ch._ev_len and self._end_due is None:
             self._drain_events()
-        if n % _GC_LOOK_EVERY == _GC_LOOK_EVERY - 1:
-            self._collect()
+        if n % GC_LOOK_EVERY == GC_LOOK_EVERY - 1:
+            self.stalls.collect(ch)
         if n % METER_EVERY == 0:
             self._meter_step()
         if (
@@ -268,43 +278,13 @@ class Firmware:
             self._check_clock()
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
+        if self.ocpp is not None and n % LINK_EVERY == 0:
+            self.ocpp.service(self)
         if self.bench is not None:
             self.bench.poll()
 
     def _flash_ok(self):
-        """Flash writes are allowed now: the contactor is open (or the
-        configuration accepts the stall while charging)."""
-        return not self.charger.contactor_on or self.cfg["flash_while_charging"]
-
-    def _collect(self):
-        """A garbage collection at this chosen point (after the decision),
-        when the heap grew enough since the last one: more while charging,
-        where the 5-15 ms it costs delays the next pilot reading."""
-        a = gc.mem_alloc()
-        if a < self._gc_base:
-            self._gc_base = a  # collected elsewhere meanwhile
-        elif a - self._gc_base > (_GC_CHARGING_BYTES if self.charger.contactor_on else _GC_IDLE_BYTES):
-            gc.collect()
-            self._gc_base = gc.mem_alloc()
-
-    def _watch(self, ch):
-        """While energy flows, the pilot window the current-sense burst
-        watches (hal/contract.py adc_burst_watched): a read above the charging
-        state's window, or between the diode's low level and that window
-        (a short, a shorted diode), cuts the burst short. None otherwise."""
-        if not ch.contactor_on:
-            return None
-        g = self._guard
-        s = ch.state[0]
-        if s == "C":
-            g[0] = iec.C_MAX_MV
-            g[2] = iec.C_MIN_MV
-        elif s == "D":
-            g[0] = iec.D_MAX_MV
-            g[2] = iec.D_MIN_MV
-        else:
-            return None
-        return g
+        return self.stalls.flash_ok(self.charger)
 
     def _energy_step(self, n):
         """Load management (firmware/energy.py) after the charger's decision:
@@ -360,7 +340,7 @@ class Firmware:
         meter = self.meter
         ch = self.charger
         now = hal.ticks_ms()
-        if not meter.sample(now, ch.contactor_on, self._watch(ch)):
+        if not meter.sample(now, ch.contactor_on, self.stalls.watch(ch)):
             # The pilot moved during the burst (cut short): decide again now,
             # not a whole burst later.
             ch.tick()
@@ -436,6 +416,8 @@ class Firmware:
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
                 self._event({"event": "session_start", "session": sid, "tag": arg})
+                if self.ocpp is not None:
+                    self.ocpp.tx_start(self.tracker.opening(), hal.wall_time())
             elif kind == chg.EV_SESSION_END:
                 if not self._flash_ok():
                     # An x1 stop with the contactor still closed: the session is
@@ -471,6 +453,8 @@ class Firmware:
             self._event({"event": "note", "text": err})
         if self.link is not None:
             self.link.post_session(rec["id"], to_json(rec).encode())
+        if self.ocpp is not None:
+            self.ocpp.tx_stop(rec, hal.wall_time(), self)
         if self.on_event is not None:
             self.on_event({"event": "session", "record": rec})
 
@@ -517,6 +501,8 @@ class Firmware:
         }
         e = self.energy
         st["mode"] = e.mode
+        st["mains_max_a"] = e.mains_max_ma / 1000
+        st["solar_import_a"] = e.import_ma / 1000
         st["phases_active"] = e.phases
         age = e.age_ms(self.hal.ticks_ms())
         st["mains_a"] = [g / 1000 for g in e.grid_ma] if age >= 0 else None
@@ -528,13 +514,19 @@ class Firmware:
 
     def _service_link(self):
         link = self.link
+        m = link.poll_mains()
+        if m is not None:
+            ok, err = self.mains(m)
+            if not ok and err != self._mains_err:
+                self._event({"event": "mains_error", "error": err})  # once per kind of error
+            self._mains_err = err
         while True:
             cmd = link.poll_command()
             if cmd is None:
                 break
             name, payload = cmd
             ok, err = self.command(name, payload)
-            link.post_ack(name, ok, err)
+            link.post_ack(name, ok, err, self.command_note)
             self._status_due = True
         while True:
             sid = link.poll_acked()
@@ -599,14 +591,26 @@ class Firmware:
                     self.netup.stop()
                 if self.link is not None:
                     self.link.stop(1000)  # online 0; the thread ends
+                if self.ocpp is not None:
+                    self.ocpp.stop(1000)
             raise
 
     # --- remote commands ----------------------------------------------------------------------------
     def command(self, name, payload):
-        """Validate and apply one remote command. Returns (ok, error)."""
+        """Validate and apply one remote command. Returns (ok, error); sets
+        command_note to what the ack says besides "ok" (None: nothing)."""
+        self.command_note = None
         value, err = commands.parse(name, payload, self.cfg)
+        if err is None and name == "authorize" and self.ocpp is not None:
+            return self.ocpp.authorize(value)  # a card: the central system decides (Authorize)
         if err is None:
-            err = self.energy.set_mode(value) if name == "mode" else self.charger.command(name, value)
+            if name == "mode":
+                err = self.energy.set_mode(value)
+            elif name in commands.ENERGY_SETTINGS:
+                err = self.energy.set_limit(name, value)
+            else:
+                err = self.charger.command(name, value)
         if err is None:
+            self.command_note = commands.note(name, value)
             self._event({"event": "command", "cmd": name})
         return err is None, err

@@ -8,7 +8,8 @@ the network itself. Documented entity by entity in docs/mqtt.md.
 
 The status JSON keys read here are the contract with firmware/app.py (listed
 in docs/mqtt.md): state, fault, current_ma, current_a (per phase), power_w,
-session_wh, lifetime_wh, enabled, limit_ma, offer_a, limit_reason, temp_c.
+session_wh, lifetime_wh, enabled, limit_ma, offer_a, limit_reason, temp_c,
+mode, mains_a, mains_age_s, mains_max_a, solar_import_a, phases_active.
 
 RAM: one config (~0.8 KB of JSON, its dict and strings) exists at a time.
 """
@@ -16,13 +17,15 @@ RAM: one config (~0.8 KB of JSON, its dict and strings) exists at a time.
 import json
 
 from firmware.commands import TAG_MAX
+from firmware.config import MODES
 from firmware.iec61851 import MIN_OFFER_MA
 
 DISCOVERY_PREFIX = "homeassistant"
 
 _STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
 # firmware/limits.py's reasons, plus "none" before the first tick decided one
-_LIMITS = ("hardware", "config", "cable", "remote", "balance", "thermal", "none")
+_LIMITS = ("hardware", "config", "cable", "remote", "balance", "thermal", "mains", "solar", "stale", "phase_switch",
+           "none")
 _DIAG = "diagnostic"
 _A = "current"
 _E = "energy"
@@ -57,6 +60,11 @@ _ENTITIES = (  # fmt: skip
     # The closed session (QoS 1, not retained): its energy, the record as attributes.
     ("sensor", "last_session", "Last session", "session", "{{ value_json.energy_wh }}", _E, "Wh", None, None,
      "mdi:receipt-text-outline"),
+    # Energy management (docs/energy.md): the house meter's last reading and its age.
+    ("sensor", "mains_age", "Mains reading age", None, "{{ value_json.mains_age_s }}", "duration", "s", _M, _DIAG,
+     None),
+    ("sensor", "phases_active", "Phases in use", None, "{{ value_json.phases_active }}", None, None, _M, _DIAG,
+     "mdi:sine-wave"),
     # The answer to the last command: "ok" or the firmware's error text.
     ("sensor", "last_command", "Last command", "ack", "{{ 'ok' if value_json.ok else value_json.error }}", None,
      None, None, _DIAG, "mdi:console-line"),
@@ -125,7 +133,33 @@ def configs(cfg, topic_base, device_info=None):
             "unit_of_measurement": "A",
             "state_class": _M,
         })  # fmt: skip
+        # The grid current the house meter reports (null until a reading came).
+        yield _one("sensor", dev_id, "mains_l" + n, "Mains L" + n, common, {
+            "value_template": "{{ value_json.mains_a[%d] if value_json.mains_a else None }}" % i,
+            "device_class": _A,
+            "unit_of_measurement": "A",
+            "state_class": _M,
+        })  # fmt: skip
     cmd = topic_base + "set/"
+    yield _one("select", dev_id, "mode", "Charging mode", common, {
+        "command_topic": cmd + "mode",
+        "options": MODES,
+        "value_template": "{{ value_json.mode }}",
+        "icon": "mdi:solar-power-variant",
+    })  # fmt: skip
+    for name, obj, label, lo, hi in (("mains_max_a", "mains_max", "Main fuse", 6, 200),
+                                     ("solar_import_a", "solar_import", "Solar grid import allowed", 0, 50)):
+        yield _one("number", dev_id, obj, label, common, {
+            "command_topic": cmd + name,
+            "value_template": "{{ value_json.%s }}" % name,
+            "min": lo,
+            "max": hi,
+            "step": 1,
+            "mode": "box",
+            "unit_of_measurement": "A",
+            "device_class": _A,
+            "entity_category": "config",
+        })  # fmt: skip
     yield _one("switch", dev_id, "enable", "Charging enabled", common, {
         "command_topic": cmd + "enable",
         "payload_on": "true",

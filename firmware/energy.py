@@ -115,6 +115,18 @@ class Energy:
             self._stepped = False  # decide at the next step, not 2 s later
         return None
 
+    def set_limit(self, name, ma):
+        """A run-time change of mains_max_a or solar_import_a (mA, already
+        range-checked by firmware/commands.py)."""
+        if name == "mains_max_a":
+            self.mains_max_ma = ma
+        elif name == "solar_import_a":
+            self.import_ma = ma
+        else:
+            return "unknown setting"
+        self._stepped = False  # decide again at the next step
+        return None
+
     def feed(self, now, l1, l2, l3):
         """A grid reading in mA per phase (signed, negative = export). Returns
         None or an error text; a bad reading is ignored."""

@@ -282,6 +282,7 @@ class Link:
         self._t_ack = (base + "ack").encode()
         self._t_online = (base + "online").encode()
         self._t_set = (base + "set/").encode()
+        self._t_mains = (base + "mains").encode()  # the house's grid current (docs/energy.md)
         self._t_ha = (_discovery().DISCOVERY_PREFIX + "/status").encode()
         _unload_discovery()
         self._keepalive_s = int(cfg.get("mqtt_keepalive_s") or 60)
@@ -292,11 +293,12 @@ class Link:
         self._lock = _thread.allocate_lock()
         # --- shared with the loop: only under _lock --------------------------
         self._out = _Ring(OUT_MAX)  # event payloads, QoS 1
-        self._acks = _Ring(ACKS_MAX)  # (cmd, ok, error), QoS 1
+        self._acks = _Ring(ACKS_MAX)  # (cmd, ok, error, note), QoS 1
         self._sessions = []  # [session_id, payload] until PUBACK, in order
         self._acked = _Ring(ACKED_MAX)
         self._commands = _Ring(COMMANDS_MAX)
         self._status = None
+        self._mains = None  # the latest mains reading not yet taken (newest wins)
         self._stop_req = False
         # Set by the control loop while the contactor is closed: a TLS link does
         # not (re)connect then (the handshake holds the GIL for 1-2 s on an
@@ -312,6 +314,7 @@ class Link:
             "dropped": 0,  # events/acks dropped because the queue was full
             "commands_dropped": 0,
             "sessions_refused": 0,
+            "mains_ignored": 0,  # retained or oversized mains readings
             "last_error": None,
             "last_backoff_ms": 0,
             "last_connect_ms": 0,  # how long the last successful connect took
@@ -343,9 +346,9 @@ class Link:
             if self._out.push(payload):
                 self.stats["dropped"] += 1
 
-    def post_ack(self, cmd, ok, error):
+    def post_ack(self, cmd, ok, error, note=None):
         with self._lock:
-            if self._acks.push((cmd, bool(ok), error)):
+            if self._acks.push((cmd, bool(ok), error, note)):
                 self.stats["dropped"] += 1
 
     def post_session(self, session_id, payload):
@@ -367,6 +370,15 @@ class Link:
             return None
         with self._lock:
             return self._acked.pop()
+
+    def poll_mains(self):
+        """The latest mains reading (payload bytes) since the last call, or None."""
+        if self._mains is None:
+            return None
+        with self._lock:
+            m = self._mains
+            self._mains = None
+            return m
 
     def poll_command(self):
         if not self._commands.n:
@@ -465,6 +477,7 @@ class Link:
         c.publish(self._t_online, b"1", retain=True)
         self._acked_call(c.subscribe, self._t_set + b"+")
         self._acked_call(c.subscribe, self._t_ha)
+        self._acked_call(c.subscribe, self._t_mains)  # any mode: the mode command may change it
         self._publish_discovery(c)
         self._poller = select.poll()
         self._poller.register(c.sock, select.POLLIN)
@@ -562,10 +575,13 @@ class Link:
                     break
                 payload = item
                 if ring is self._acks:
-                    cmd, ok, error = item
+                    cmd, ok, error, note = item
+                    ack = {"cmd": cmd, "ok": ok, "error": error}
+                    if note is not None:  # how an accepted command was applied (a pause)
+                        ack["note"] = note
                     # bytes: umqtt sizes a str payload by characters, and a command
                     # name with non-ASCII characters would corrupt the packet
-                    payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
+                    payload = json.dumps(ack).encode()
                 self._acked_call(c.publish, topic, payload, False, 1)
                 self.stats["published"] += 1
                 with self._lock:
@@ -589,6 +605,15 @@ class Link:
         for the loop; note Home Assistant's birth message. msg is None for a
         payload too large to hold (topic None for such a topic)."""
         if topic is None:
+            return
+        if topic == self._t_mains:
+            # A measurement, not a command: the newest replaces an unread one,
+            # and a retained reading is of unknown age (ignored).
+            if msg is not None and not retained:
+                with self._lock:
+                    self._mains = bytes(msg)
+            else:
+                self.stats["mains_ignored"] += 1
             return
         if topic == self._t_ha:
             # HA announces "online" when it starts: it forgot non-retained
@@ -617,7 +642,7 @@ class Link:
                 # answer instead of dropping silently; the sender may retry.
                 self.stats["commands_dropped"] += 1
                 error = "busy: too many commands, try again"
-            if self._acks.push((name, False, error)):
+            if self._acks.push((name, False, error, None)):
                 self.stats["dropped"] += 1
 
     def _goodbye(self):

@@ -254,6 +254,8 @@ class SimBoard:
         self._stuck = False
         # --- contactor ------------------------------------------------------------
         self.contactor_commanded = False  # the coil is driven (the firmware's last command)
+        self.close_why = None  # at the last close command: what forbade it (S2 open, a fault) or None
+        self._seen_why = "s2_open"
         self.contacts_closed = False
         self.contacts_welded = False  # no command opens them
         self._move_due = _NEVER
@@ -463,6 +465,10 @@ class SimBoard:
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv
+        # What forbade closing in the world this reading saw (for close_why).
+        self._seen_why = (None if self.ev_s2_closed else "s2_open") or (
+            "cp_short" if self._cp_short else "diode_short" if self._diode_short else
+            "pe_open" if self._pe_open else "rcd_trip" if self._rcd_fault else None)  # fmt: skip
         if p is not None:
             self._spend(half + p.pilot_levels_us)
 
@@ -515,6 +521,8 @@ class SimBoard:
             self._call(2 * self.profile.gpio_us)  # one pin per pole
         if closed == self.contactor_commanded:
             return
+        if closed:  # a close the world of the latest pilot reading forbade: its reason
+            self.close_why = self._seen_why
         self.contactor_commanded = closed
         self.contactor_cmd_ms = self.now_ms
         i = self._log_n % _LOG_LEN

@@ -95,16 +95,17 @@ def apply_world(sim, step):
 def send_commands(fw, step, t_ms):
     """Send a step's `set` commands through fw.command(), exactly like MQTT.
     Returns one JSON line per command ({"t", "command", "payload", "ok",
-    "error"}), in order; empty when the step has none."""
+    "error"}, and "note" when the ack has one), in order; empty when the step has none."""
     lines = []
     cmds = step.get("set")
     if cmds:
         for name in cmds:
             text = _payload(cmds[name])
             ok, err = fw.command(name, text)
-            lines.append(
-                json.dumps({"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err})
-            )
+            line = {"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err}
+            if fw.command_note is not None:
+                line["note"] = fw.command_note
+            lines.append(json.dumps(line))
     return lines
 
 
@@ -194,6 +195,7 @@ class Runner:
         self.s2_closed_ms = 0
         self.s2_fresh = False  # S2 closed since the contacts last opened
         self.contacts = sim.contacts_closed
+        self.c_cmd = sim.contactor_commanded
         self.need_open_ms = -1  # when the world first required opening, -1: not required
         self.need_open_cause = None
         self.opens = []
@@ -285,6 +287,12 @@ class Runner:
                 self.s2_fresh = True
             else:
                 self._require_open(t, "unplug" if self.ev == "A" else "s2_open")
+        cmd = sim.contactor_commanded
+        if cmd != self.c_cmd:
+            self.c_cmd = cmd
+            if cmd and sim.close_why is not None:  # a safety violation, never a "resume"
+                self.closes.append({"t": (sim.contactor_cmd_ms - t0) / 1000, "cause": "unsafe",
+                                    "why": sim.close_why, "ms": None})  # fmt: skip
         c = sim.contacts_closed
         if c != self.contacts:
             self.contacts = c
@@ -443,6 +451,7 @@ class Runner:
         return {
             "opens": self.opens,
             "closes": self.closes,
+            "unsafe_closes": sum(1 for c in self.closes if c["cause"] == "unsafe"),
             "open_max_ms": open_max,
             "close_max_ms": close_max,
             "profile": sim.profile_name,
@@ -461,6 +470,7 @@ class Runner:
 _USAGE = (
     "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
     " [--data DIR] [--broker HOST:PORT] [--id ID] [--profile ideal|esp32]"
+    " [--ocpp ws://HOST:PORT/ID]"
 )
 
 
@@ -476,6 +486,9 @@ def main(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
+        elif a == "--ocpp" and i + 1 < len(argv):
+            i += 1
+            mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
         elif a in ("--seed", "--data", "--broker", "--id", "--profile") and i + 1 < len(argv):
             i += 1
             v = argv[i]

@@ -291,3 +291,15 @@ def test_mains_payloads():
         v, err = parse_mains(bad)
         assert v is None and err, bad
     assert parse_mains(None)[0] is None
+
+
+def test_the_main_fuse_and_import_allowance_can_change_at_run_time():
+    e = make(mode="smart", mains_max_a=25)
+    c = Clock()
+    c.run(e, 3000, grid=(10000, 10000, 10000))
+    assert e.limit_ma == 15000
+    assert e.set_limit("mains_max_a", 20000) is None
+    e.step(c.now, (0, 0, 0), True)
+    assert e.limit_ma == 10000  # a lower fuse applies at once
+    assert e.set_limit("solar_import_a", 3000) is None and e.import_ma == 3000
+    assert e.set_limit("mode", 1) is not None

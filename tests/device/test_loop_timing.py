@@ -126,6 +126,9 @@ class FakeLink:
     def poll_acked(self):
         return self.acked.pop(0) if self.acked else None
 
+    def poll_mains(self):
+        return None
+
     def post_status(self, payload):
         pass
 

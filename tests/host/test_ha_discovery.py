@@ -86,6 +86,9 @@ def test_a_first_class_device_has_the_entities_a_user_needs():
         "offered_current": "sensor", "limit_reason": "sensor", "power": "sensor", "session_energy": "sensor",
         "lifetime_energy": "sensor", "temperature": "sensor", "last_session": "sensor", "last_command": "sensor",
         "enable": "switch", "current_limit": "number", "stop": "button", "clear_fault": "button", "authorize": "text",
+        # energy management (docs/energy.md)
+        "mode": "select", "mains_max": "number", "solar_import": "number", "mains_l1": "sensor", "mains_l2": "sensor",
+        "mains_l3": "sensor", "mains_age": "sensor", "phases_active": "sensor",
     }  # fmt: skip
     assert {k: v[0] for k, v in ents.items()} == want
     assert "current_l2" not in _by_object(_configs(phases=1)[0])  # one sensor per measured phase
@@ -129,6 +132,37 @@ def test_the_current_limit_number_offers_exactly_what_the_firmware_accepts():
     assert c["command_topic"] == "evse/evse-a0b1c2d3e4f5/set/current_a"
     last = _by_object(confs)["last_command"][1]  # and a refused command shows in HA
     assert last["state_topic"] == "evse/evse-a0b1c2d3e4f5/ack" and "value_json.error" in last["value_template"]
+
+
+ENERGY_CMDS = r"""
+import json, sys
+from firmware import commands
+for name, lo, hi in json.loads(sys.argv[1]):
+    print(json.dumps([name, [v for v in range(lo, hi + 1) if commands.parse(name, b"%d" % v, {})[1] is None]]))
+for m in ("normal", "smart", "solar"):
+    print(json.dumps(["mode", m, commands.parse("mode", m.encode(), {})[1]]))
+"""
+
+
+def test_the_energy_entities_send_only_what_the_firmware_accepts():
+    ents = _by_object(_configs()[0])
+    mode = ents["mode"][1]
+    assert mode["options"] == ["normal", "smart", "solar"]
+    assert mode["command_topic"] == "evse/evse-a0b1c2d3e4f5/set/mode"
+    assert mode["value_template"] == "{{ value_json.mode }}"
+    numbers = [(c["command_topic"].rsplit("/", 1)[1], c["min"], c["max"]) for c in
+               (ents["mains_max"][1], ents["solar_import"][1])]  # fmt: skip
+    out = subprocess.run([MICROPYTHON, "-c", ENERGY_CMDS, json.dumps(numbers)], cwd=REPO, env=MP_ENV,
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    for (name, lo, hi), (name2, ok) in zip(numbers, rows):
+        assert name == name2 and ok == list(range(lo, hi + 1)), (name, ok)
+    assert [r[2] for r in rows[2:]] == [None, None, None]
+    assert ents["mains_l2"][1]["value_template"] == "{{ value_json.mains_a[1] if value_json.mains_a else None }}"
+    assert ents["mains_age"][1]["entity_category"] == "diagnostic"
+    limits = ents["limit_reason"][1]["options"]
+    assert {"mains", "solar", "stale", "phase_switch"} <= set(limits)
 
 
 # --- statistics ---------------------------------------------------------------------------------

@@ -142,6 +142,9 @@ while time.ticks_diff(time.ticks_ms(), T0) < run_ms:
     if c is not None:
         out("cmd", name=c[0], payload=c[1].decode())
         link.post_ack(c[0], True, None)
+    m = link.poll_mains()
+    if m is not None:
+        out("mains", payload=m.decode())
     a = link.poll_acked()
     if a is not None:
         out("acked", session=a)
@@ -640,6 +643,25 @@ def test_discovery_is_published_again_when_home_assistant_announces_itself(umqtt
         assert len(w.payloads(topic)) == 2  # once at connect, once for the announcement
         assert d.kinds("disconnected") == []
     finally:
+        w.close()
+        d.kill()
+
+
+def test_mains_readings_reach_the_loop_newest_first_and_retained_ones_are_ignored(umqtt, mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online"])
+    w.publish("evse/t1/mains", b'{"l1": 99}', retain=True)  # of unknown age: never used
+    d = Driver(tmp_path, _cfg(mosquitto.port), run_ms=2500)
+    try:
+        d.wait_for("connected", 5)
+        time.sleep(0.3)  # the retained reading has been delivered (and ignored) by now
+        w.publish("evse/t1/mains", b'{"l1": 12.5, "l2": 3, "l3": -4}')
+        d.wait_for("mains", 3)
+        d.finish()
+        assert [m["payload"] for m in d.kinds("mains")] == ['{"l1": 12.5, "l2": 3, "l3": -4}']
+        assert d.kinds("stats")[0]["stats"]["mains_ignored"] == 1
+        assert d.kinds("cmd") == []  # a reading is not a command: no ack
+    finally:
+        w.publish("evse/t1/mains", b"", retain=True)  # clear the retained message
         w.close()
         d.kill()
 

@@ -25,7 +25,7 @@ def test_library_covers_what_commercial_testers_exercise():
     for required in (
         "state_a_idle", "state_b_connected", "state_c_charge_and_unplug", "state_d_vent_allowed",
         "state_d_vent_not_allowed", "state_e_cp_short", "diode_short", "pe_open", "pp_13a", "pp_20a",
-        "pp_32a", "pp_63a", "pp_invalid", "rcd_trip", "weld", "x1_pause_obeyed", "x1_pause_ignored",
+        "pp_32a", "pp_63a", "pp_invalid", "rcd_trip", "weld", "x1_pause_obeyed", "x1_pause_ignored", "tethered_j1772_80a",
         "overcurrent", "overtemperature",
     ):  # fmt: skip
         assert required in names, required
@@ -39,6 +39,8 @@ def test_scenario_expectations_hold(path):
     failures = rig.check_expects(sc, records)
     assert failures == [], failures
     SUMMARIES[os.path.basename(path)] = summary
+    # No close the simulated world forbade (S2 open, a diode/CP short, PE open, RCD trip).
+    assert summary["unsafe_closes"] == 0, [c for c in summary["closes"] if c["cause"] == "unsafe"]
     # No record may show the contactor closed outside C/D with PWM, or during a fault.
     for r in records:
         if r["contactor"]:
@@ -60,3 +62,15 @@ def test_reaction_times_over_the_library():
           % (len(SUMMARIES), open_max, close_max))  # fmt: skip
     assert open_max <= 100
     assert close_max <= 3000
+
+
+def test_measure_fails_on_a_close_the_world_forbade(monkeypatch, capsys):
+    # Issue 15 item 1: the runner labelled a close with the diode still shorted
+    # "resume" and `measure` passed it. sim/scenario.py now labels it "unsafe";
+    # here a summary holding one must make `measure` exit 1 and name it.
+    path = os.path.join(REPO, "tests", "scenarios", "diode_short_retry_noisy.json")
+    summary = {"opens": [], "closes": [{"t": 5.36, "cause": "unsafe", "why": "diode_short", "ms": None}],
+               "unsafe_closes": 1, "open_max_ms": None, "close_max_ms": None}  # fmt: skip
+    monkeypatch.setattr(rig, "run_scenario", lambda *a, **k: ([], [], summary))
+    assert rig.main(["measure", path]) == rig.EXIT_FAILED
+    assert "1 unsafe close(s): diode_short at 5.36 s" in capsys.readouterr().out
