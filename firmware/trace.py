@@ -19,8 +19,9 @@ Fields (docs/scenarios.md has the full table):
     energy_wh  energy of the current/last session as measured, in Wh
     fault      null or the fault code
     session    null or the session id
-    truth_energy_wh, ev_s2, contacts   physical truth (truth(): null on a real board)
 """
+
+EVERY_MS = 1000  # a record at least this often, changed or not
 
 
 class Shown:
@@ -90,20 +91,6 @@ def _quote(s):
         else:
             out += ch
     return out + '"'
-
-
-def truth(hal):
-    """The physical-truth members of a record as JSON text (', "name": value
-    ...'): `truth_energy_wh`, `ev_s2` (the EV's S2 closed) and `contacts` (the
-    contactor's contacts closed), from a board that knows them (the simulated
-    one); null from a real board, which does not."""
-    if not hasattr(hal, "truth_energy_wh"):
-        return ', "truth_energy_wh": null, "ev_s2": null, "contacts": null'
-    return ', "truth_energy_wh": %s, "ev_s2": %s, "contacts": %s' % (
-        fixed(int(hal.truth_energy_wh * 1000), 1000, 3),
-        "true" if hal.ev_s2_closed else "false",
-        "true" if hal.contacts_closed else "false",
-    )
 
 
 def record(fw, t_ms, pilot_mv=None, extra=""):

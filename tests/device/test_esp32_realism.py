@@ -1,4 +1,8 @@
 # heapsize: 288k
+# (288k, was 224k: importing the .py sources fails with MemoryError for a
+# 1280-byte block while >100 KB are free at 192k-256k depending on the build
+# and even on MICROPYPATH's length: compile-time fragmentation. The GC pressure
+# this module checks comes from gc.threshold(), not from the heap size.)
 # timeout: 120
 # ESP32 realities the unix port hides (issue 7), as specifications:
 # - ticks_ms() wraps at 2^30 on an ESP32: a session, its energy and every
@@ -12,12 +16,7 @@
 #   here: instead every int attribute and array element of the hot-path
 #   objects is checked after long runs at the extremes (ADC clipping, 80 A,
 #   3 phases, the wrap).
-# Heap 288k (was 192k): with main's firmware plus the timing changes, importing
-# the .py sources at 192k and 256k fails with MemoryError for a 1280-byte block
-# while >100 KB are free (fragmentation while compiling firmware/meter.py's
-# native code; it even depends on the length of MICROPYPATH), 224k passes or
-# fails by path. The GC pressure this module checks comes from gc.threshold(),
-# not from the heap size. Originally: 96k is the smallest that works with the firmware compiled from
+# Heap: 96k is the smallest that works with the firmware compiled from
 # source (the compiler needs ~30 KB while importing firmware.app and its
 # modules, the simulated board's ADC tables ~10 KB, the meter's buffers and
 # the journal a few KB); an ESP32 without PSRAM has ~110 KB free and runs
