@@ -28,7 +28,7 @@ import time
 
 from micropython import const
 
-from firmware import ocpp_schema
+from firmware import ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
 from firmware.journal import _replace, exists
 from firmware.netup import start_thread
@@ -72,12 +72,13 @@ KEYS = {
     "StopTransactionOnInvalidId": ("false", 0, "b"),
     "StopTxnAlignedData": ("", 1, "m"),
     "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,RemoteTrigger", 0, "s"),
+    "SupportedFeatureProfiles": ("Core,RemoteTrigger,SmartCharging", 0, "s"),
     "TransactionMessageAttempts": ("3", 1, "i"),
     "TransactionMessageRetryInterval": ("60", 1, "i"),
     "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
     "WebSocketPingInterval": ("0", 1, "i"),
 }
+KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
 
 # Our session end reasons -> OCPP StopTransaction reasons.
 _REASONS = {"ev_unplugged": "EVDisconnected", "ev_stopped": "EVDisconnected", "remote_stop": "Remote", "power_loss": "PowerLoss"}
@@ -383,6 +384,7 @@ class Ocpp:
         self.cp_id = charge_point_id(self.url)
         self.keys = Keys(data_dir + "/" + KEYS_FILE)
         self.txq = TxQueue(data_dir + "/" + TX_FILE)
+        self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
@@ -481,11 +483,13 @@ class Ocpp:
         self._local = local
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
+        self.smart.tx_begin(wall_s)
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
         start = (opening.get("meter_start_mwh") or 0) // 1000
         self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
+        self.smart.tx_end()  # its TxProfiles go with it
         local = rec["id"]
         o = self.txq.open.get(local)
         if o is None:
@@ -552,6 +556,8 @@ class Ocpp:
             self._st0 = st0
             self._post_status(0, st0)
         now = hal.ticks_ms()
+        if self.smart.due(now, hal):  # a profile, the transaction or a period boundary changed
+            ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
         if self._local is not None:
             every = self.keys.get_int("MeterValueSampleInterval") * 1000
             if not self._mv_started:
@@ -599,10 +605,18 @@ class Ocpp:
     def _command(self, fw, action, p):
         """A validated CALL that needs the charger: its CALLRESULT payload."""
         ch = fw.charger
+        if action in ocpp_smart.ACTIONS:
+            local = self._local
+            return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
         if action == "RemoteStartTransaction":
+            prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
+            if prof is not None and prof["chargingProfilePurpose"] != "TxProfile":
+                return {"status": "Rejected"}
             err = ch.command("authorize", p["idTag"])
+            if not err:
+                self.smart.remote = prof  # installed when the transaction starts
             return {"status": "Rejected" if err else "Accepted"}
         if action == "RemoteStopTransaction":
             local = self._local
