@@ -24,7 +24,7 @@ import json
 
 from micropython import const
 
-from firmware.journal import _replace
+from firmware import store
 
 FILE = "ocpp_profiles.json"
 ACTIONS = ("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule")
@@ -247,24 +247,19 @@ class Smart:
         self._since = 0  # ticks of the last computation
         self._wait = 0  # ms from then to the next one
         self._dirty = True  # recompute at the next service()
-        try:
-            with open(self.path) as f:
-                data = f.read(_FILE_MAX_BYTES + 1)
-            saved = json.loads(data) if len(data) <= _FILE_MAX_BYTES else []
-            for pr in saved[:_MAX_PROFILES]:
-                if not _stored_ok(pr):
-                    raise ValueError
-                if pr[_PURPOSE] != _TX:  # no transaction survives a reboot
-                    self.profiles.append(pr)
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-            self.profiles = []  # missing or damaged: no profiles
+        self.load_error = None  # why the file on flash was not used (None: fine, or none there)
+        saved, self.load_error = store.load_json(self.path, _FILE_MAX_BYTES)
+        if saved is not None:
+            if isinstance(saved, list) and len(saved) <= _MAX_PROFILES and all(_stored_ok(pr) for pr in saved):
+                for pr in saved:
+                    if pr[_PURPOSE] != _TX:  # no transaction survives a reboot
+                        self.profiles.append(pr)
+            else:
+                self.load_error = "%s is damaged" % self.path  # no profiles
 
     def _save(self):
-        tmp = self.path + ".tmp"
         try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(self.profiles))
-            _replace(tmp, self.path)
+            store.write(self.path, json.dumps(self.profiles))
             return True
         except OSError:
             self.errors += 1

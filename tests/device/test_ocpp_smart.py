@@ -273,7 +273,14 @@ def test_profiles_survive_a_reboot_but_tx_profiles_and_damaged_files_do_not():
         assert Smart(d, 230, 3).profiles == []
         with open(d + "/ocpp_profiles.json", "w") as f:
             f.write(json.dumps([[1] * 13, "junk", 5]))
-        assert Smart(d, 230, 3).profiles == []
+        sm3 = Smart(d, 230, 3)
+        assert sm3.profiles == [] and "damaged" in sm3.load_error
+        with open(d + "/ocpp_profiles.json", "w") as f:
+            f.write(" " * 13000)  # above its bound: not even read
+        sm4 = Smart(d, 230, 3)
+        assert sm4.profiles == [] and "13000" in sm4.load_error
+        assert setp(sm4, 1, prof(1)) == "Accepted"  # and written again
+        assert [pr[0] for pr in Smart(d, 230, 3).profiles] == [1]
 
 
 def test_composite_schedule_lists_the_limit_over_time_in_a_or_w():
