@@ -483,8 +483,8 @@ class Ocpp:
         self._local = local
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
-        self.smart.tx_begin(wall_s)
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
+        self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
         self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
 
@@ -556,8 +556,6 @@ class Ocpp:
             self._st0 = st0
             self._post_status(0, st0)
         now = hal.ticks_ms()
-        if self.smart.due(now, hal):  # a profile, the transaction or a period boundary changed
-            ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
         if self._local is not None:
             every = self.keys.get_int("MeterValueSampleInterval") * 1000
             if not self._mv_started:
@@ -595,6 +593,8 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+        if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
+            ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -612,11 +612,11 @@ class Ocpp:
             prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
-            if prof is not None and prof["chargingProfilePurpose"] != "TxProfile":
-                return {"status": "Rejected"}
+            if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
+                return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
             err = ch.command("authorize", p["idTag"])
-            if not err:
-                self.smart.remote = prof  # installed when the transaction starts
+            if err:
+                self.smart.remote_start(None, None, None)
             return {"status": "Rejected" if err else "Accepted"}
         if action == "RemoteStopTransaction":
             local = self._local

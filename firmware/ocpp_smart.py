@@ -242,7 +242,7 @@ class Smart:
         self.limit_ma = _NO_LIMIT_MA  # the composite now (connector 1)
         self.tx_start = None  # wall s the transaction began (None: none, or no clock)
         self.tx_active = False
-        self.remote = None  # a RemoteStartTransaction's TxProfile, for the transaction it starts
+        self.remote = None  # (idTag, stored TxProfile) of a RemoteStartTransaction: for the transaction it starts
         self.errors = 0  # flash writes that failed
         self._since = 0  # ticks of the last computation
         self._wait = 0  # ms from then to the next one
@@ -266,17 +266,33 @@ class Smart:
             return False
 
     # --- the transaction ---------------------------------------------------------------
-    def tx_begin(self, wall_s):
+    def remote_start(self, tag, p, wall_s):
+        """A RemoteStartTransaction for idTag `tag` with chargingProfile `p`
+        (None: none; tag None: the start was refused after all). Until the
+        transaction begins the profile limits the charger already (so its
+        first offer obeys it); False when p is not an acceptable TxProfile."""
+        self.remote = None
+        self._dirty = True
+        if p is None or tag is None:
+            return True
+        pr = parse_profile(p, wall_s) if p["chargingProfilePurpose"] == "TxProfile" else None
+        if pr is None:
+            return False
+        pr[_CONN] = 1
+        self.remote = (tag, pr)
+        return True
+
+    def tx_begin(self, wall_s, tag):
+        """A transaction begins (wall_s: None without a clock; tag: its idTag).
+        A RemoteStartTransaction's TxProfile is installed when this is the
+        transaction it started (the same idTag), else forgotten."""
         self.tx_active = True
         self.tx_start = wall_s
         self._dirty = True
         r = self.remote
         self.remote = None
-        if r is not None:
-            pr = parse_profile(r, wall_s)
-            if pr is not None:
-                pr[_CONN] = 1
-                self._install(pr)
+        if r is not None and r[0] == tag:
+            self._install(r[1])
 
     def tx_end(self):
         self.tx_active = False
@@ -377,10 +393,11 @@ class Smart:
         best = [None, None, None]  # per purpose: the profile in force with the highest stack level
         level = [-1, -1, -1]
         nxt = None
-        for pr in self.profiles:
+        rem = self.remote
+        for pr in self.profiles if rem is None else self.profiles + [rem[1]]:
             k = pr[_PURPOSE]
-            if k == _TX and not self.tx_active:
-                continue
+            if k == _TX and not self.tx_active and (rem is None or pr is not rem[1]):
+                continue  # a TxProfile without its transaction (a remote start's waits for it, in force)
             lim, n, when = evaluate(pr, t, self.tx_start)
             nxt = _earlier(nxt, when)
             if lim is not None and pr[_STACK] > level[k]:

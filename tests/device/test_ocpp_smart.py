@@ -108,7 +108,7 @@ def test_tx_profile_overrides_tx_default_and_the_charge_point_max_caps_both():
         setp(sm, 1, prof(1, periods=((0, 10),)))
         assert setp(sm, 0, prof(2, purpose="ChargePointMaxProfile", periods=((0, 20),))) == "Accepted"
         assert at(sm, T0) == 10000
-        sm.tx_begin(T0)
+        sm.tx_begin(T0, "T")
         assert setp(sm, 1, prof(3, purpose="TxProfile", periods=((0, 32),)), txid=7) == "Accepted"
         assert at(sm, T0 + 5) == 20000  # the TxProfile replaces the default (10 A), the maximum caps it
         assert at(sm, T0 + 5, connector=0) == 20000  # connector 0: the charge point maximum alone
@@ -171,7 +171,7 @@ def test_a_relative_schedule_counts_from_the_transactions_start():
         sm = Smart(d, 230, 3)
         setp(sm, 1, prof(1, kind="Relative", periods=((0, 6), (30, 16))))
         assert at(sm, T0 + 500) == 6000  # no transaction: its first period
-        sm.tx_begin(T0 + 1000)
+        sm.tx_begin(T0 + 1000, "T")
         assert sm.composite(T0 + 1010, 1, NONE) == (6000, 0, T0 + 1030)
         assert at(sm, T0 + 1031) == 16000
         # A TxProfile of kind Absolute without startSchedule also begins with its transaction.
@@ -205,7 +205,7 @@ def test_semantically_bad_profiles_are_rejected():
         assert setp(sm, 2, prof(1)) == "Rejected"  # one connector only
         assert setp(sm, 1, prof(1, purpose="ChargePointMaxProfile")) == "Rejected"  # connector 0 only
         assert setp(sm, 0, prof(1, purpose="TxProfile")) == "Rejected"
-        sm.tx_begin(T0)
+        sm.tx_begin(T0, "T")
         assert setp(sm, 1, prof(1, purpose="TxProfile", txid=8), txid=7) == "Rejected"  # another transaction
         assert setp(sm, 1, prof(1, purpose="TxProfile", txid=7), txid=7) == "Accepted"
         assert setp(sm, 1, prof(2, stack=9)) == "Rejected"  # above ChargeProfileMaxStackLevel
@@ -263,7 +263,7 @@ def test_profiles_survive_a_reboot_but_tx_profiles_and_damaged_files_do_not():
     with _Dir() as d:
         sm = Smart(d, 230, 3)
         setp(sm, 1, prof(1, periods=((0, 16), (60, 8))))
-        sm.tx_begin(T0)
+        sm.tx_begin(T0, "T")
         setp(sm, 1, prof(2, purpose="TxProfile", periods=((0, 6),)), txid=3)
         sm2 = Smart(d, 230, 3)  # a power cut mid-transaction: the transaction is over
         assert [pr[0] for pr in sm2.profiles] == [1]
@@ -368,12 +368,24 @@ def test_the_calls_are_checked_against_their_schemas():
 def test_a_remote_starts_tx_profile_is_installed_when_its_transaction_begins():
     with _Dir() as d:
         sm = Smart(d, 230, 3)
-        sm.remote = prof(4, purpose="TxProfile", periods=((0, 10),))
-        assert at(sm, T0) == NONE
-        sm.tx_begin(T0)
-        assert at(sm, T0 + 1) == 10000 and sm.remote is None
+        assert not sm.remote_start("REMOTE1", prof(4, purpose="TxDefaultProfile"), T0)
+        assert not sm.remote_start("REMOTE1", prof(4, purpose="TxProfile", periods=((5, 10),)), T0)
+        assert sm.remote_start("REMOTE1", prof(4, purpose="TxProfile", periods=((0, 10), (60, 20))), T0)
+        assert at(sm, T0) == 10000  # in force before the transaction: its first offer obeys it
+        sm.tx_begin(T0 + 30, "REMOTE1")
+        assert (
+            at(sm, T0 + 31) == 10000 and at(sm, T0 + 90) == 20000 and sm.remote is None
+        )  # from the transaction's start
         sm.tx_end()
-        assert sm.profiles == []
+        assert sm.profiles == [] and at(sm, T0 + 100) == NONE
+        # Another card's transaction does not get it.
+        assert sm.remote_start("REMOTE1", prof(4, purpose="TxProfile", periods=((0, 10),)), T0)
+        sm.tx_begin(T0 + 100, "CARD2")
+        assert at(sm, T0 + 101) == NONE and sm.remote is None
+        # A remote start refused after all forgets it.
+        assert sm.remote_start("REMOTE1", prof(4, purpose="TxProfile", periods=((0, 10),)), T0)
+        sm.remote_start(None, None, None)
+        assert at(sm, T0) == NONE
 
 
 def test_heap_of_the_smart_charging_module_is_printed():

@@ -223,3 +223,29 @@ def test_profiles_survive_a_reboot_and_are_listed_in_the_configuration(data_dir)
         fw.kill()
     finally:
         cs.close()
+
+
+def test_a_remote_starts_tx_profile_limits_the_transaction_it_starts(data_dir):
+    cs = CentralSystem()
+    fw = None
+    try:
+        fw = Firmware("remote.json", cs.url, data_dir)  # max_current_a 16, authorization required
+        cs.wait_call(
+            "StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Preparing"
+        )
+        r = cs.send(
+            call.RemoteStartTransaction(id_tag="REMOTE1", charging_profile=_profile(7, "TxDefaultProfile", [(0, 10)]))
+        )
+        assert r.status == "Rejected"  # only a TxProfile goes with a remote start
+        r = cs.send(call.RemoteStartTransaction(id_tag="REMOTE1", charging_profile=_profile(7, "TxProfile", [(0, 10)])))
+        assert r.status == "Accepted"
+        cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
+        rec = _offer_seen(fw, lambda a: a > 0, "the first offer")
+        assert rec["offer_a"] == 10  # from the first offer on, not the configured 16 A
+        comp = cs.send(call.GetCompositeSchedule(connector_id=1, duration=30))
+        assert _periods(comp) == [(0, 10.0)]
+        assert max(r["offer_a"] for r in fw.records()) == 10
+    finally:
+        if fw is not None:
+            fw.kill()
+        cs.close()
