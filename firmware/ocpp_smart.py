@@ -34,7 +34,8 @@ _MAX_STACK = const(8)  # ChargeProfileMaxStackLevel
 _FILE_MAX_BYTES = const(12288)  # 8 profiles of 24 periods fit with room to spare
 _LIMIT_MAX_D = const(10000000)  # tenths: 1,000,000 A or W (keeps W * 100 below 2^30)
 _NO_LIMIT_MA = const(1000000)  # firmware/limits.py NO_LIMIT_MA
-_RECHECK_MS = const(60000)  # recompute at least this often (phases, a clock set late)
+_RECHECK_MS = const(60000)  # recompute at least this often (the phases in use may change)
+_NO_CLOCK_MS = const(1000)  # and this often while there are profiles but no wall clock
 _COMPOSITE_MAX = const(48)  # periods in a GetCompositeSchedule answer
 
 # Read-only configuration keys (merged into firmware/ocpp.py KEYS).
@@ -467,7 +468,9 @@ class Smart:
         self.phases = phases if phases > 0 else 1
         ma, _, nxt = self.composite(t, 1, _NO_LIMIT_MA)
         wait = _RECHECK_MS
-        if nxt is not None and t is not None and (nxt - t) * 1000 < wait:
+        if t is None and self.profiles:
+            wait = _NO_CLOCK_MS  # the clock may come with the next BootNotification answer
+        elif nxt is not None and t is not None and (nxt - t) * 1000 < wait:
             wait = (nxt - t) * 1000
         self._since = now_ms
         self._wait = wait

@@ -337,6 +337,10 @@ def test_the_limit_is_computed_again_only_at_the_next_boundary():
         assert sm.due(16000 + 60000, diff)
         sm.clear({"id": 1})
         assert sm.due(16001, diff)  # a change: at once
+        setp(sm, 1, prof(2, start=T0, periods=((0, 16), (20, 8))))
+        assert sm.update(None, 20000, 3) == 16000  # no wall clock: the first period
+        assert not sm.due(20999, diff) and sm.due(21000, diff)  # looked at every second until the clock is set
+        assert sm.update(T0 + 25, 21000, 3) == 8000
 
 
 def test_the_ocpp_limit_is_one_more_minimum_and_below_six_amps_pauses():
