@@ -1,7 +1,7 @@
 """Scenario runner: drives the simulated board (sim/board.py) from a scenario
 file and writes trace records, on the unix port.
 
-    micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]
+    micropython -m sim.scenario SCENARIO.json [--realtime] [--hold] [--seed N]
 
 (MICROPYPATH=<repo>:<repo>/lib, cwd = the repo.) The scenario has already been
 validated by tools/rig.py; docs/scenarios.md describes the format. Output on
@@ -16,6 +16,14 @@ stdout, one JSON object a line:
 - last, `{"summary": {...}}` with contactor reaction times measured in
   simulated time, sim_seconds, wall_seconds and ticks.
 
+--hold makes a run that lasts until the caller stops it, for tests that act
+in wall time (restart a broker, send commands, kill the process) while the
+firmware runs: at `until` the run does not end but goes on in real time, the
+world as the last step left it; each line on stdin is one more step (a JSON
+object of world actions and `set`, as in a scenario file, without `t`), applied
+before the next tick; the run ends, with its summary, when stdin closes. It
+then no longer depends on how fast the simulation runs.
+
 Times: every record is labelled with the simulated time of the firmware tick
 whose result it shows (ms since the run began). The firmware ticks every 10 ms;
 a step at t is applied just before the tick at t.
@@ -28,6 +36,7 @@ through `Firmware.command()`, exactly as the MQTT link does.
 
 import json
 import os
+import select
 import sys
 import time
 
@@ -39,6 +48,7 @@ from sim.board import SimBoard
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
 _NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
 _TRACE_EVERY_MS = 1000  # a record at least once per simulated second
+_STDIN_EVERY_MS = 50  # --hold: how often stdin is polled for a step or its end
 
 
 class _Stop(Exception):
@@ -118,11 +128,12 @@ def _remove_tree(path):
 
 
 class Runner:
-    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000):
+    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000, hold=False):
         """data_dir: the board's flash, kept between runs (None: a fresh one,
         removed at the end). mqtt: config overrides that connect the link
         (mqtt_host, mqtt_port, id); the run then ends with a clean stop that
-        gives queued sessions flush_ms to reach the broker and publishes online 0."""
+        gives queued sessions flush_ms to reach the broker and publishes online 0.
+        hold: at `until`, go on in real time until stdin closes (module docstring)."""
         sim_args = dict(scenario.get("sim") or {})
         if seed is None:
             seed = scenario.get("seed", 1)
@@ -139,6 +150,9 @@ class Runner:
         self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
         self.until_ms = _ms(scenario["until"])
         self.realtime = realtime
+        self.hold = hold
+        self.holding = False  # past `until` with hold: real time, steps from stdin
+        self.end_ms = self.until_ms
         self.t0 = sim.now_ms
         self.prev = sim.now_ms  # the time of the firmware's latest tick
         self.next_i = 0
@@ -244,10 +258,12 @@ class Runner:
         ):
             self.step_due = False
             self._emit(t)
-        if t >= self.until_ms:
-            if self.last_rec_ms != t:
-                self._emit(t)
-            raise _Stop()
+        if t >= self.until_ms and not self.holding:
+            if not self.hold:
+                self._stop(t)
+            self._start_holding(now)
+        if self.holding and self._held(now):
+            self._stop(t)
         while self.next_ms <= now:
             self._apply(now, self.steps[self.next_i][1])
             self.next_i += 1
@@ -259,6 +275,36 @@ class Runner:
             ahead = now - time.ticks_diff(time.ticks_ms(), self.wall0_ms)
             if ahead > 0:
                 time.sleep_ms(ahead)
+
+    def _stop(self, t):
+        if self.last_rec_ms != t:
+            self._emit(t)
+        if self.holding:
+            self.end_ms = t
+        raise _Stop()
+
+    # --- --hold: real time from `until` on, steps from stdin until it closes -----------------
+    def _start_holding(self, now):
+        self.holding = True
+        self.realtime = True  # from here on the wall clock paces the run
+        self.wall0_ms = time.ticks_add(time.ticks_ms(), -now)
+        self.stdin_next_ms = now
+        self.stdin = select.poll()
+        self.stdin.register(sys.stdin, select.POLLIN)
+
+    def _held(self, now):
+        """Apply the steps waiting on stdin; True once stdin has closed."""
+        if now < self.stdin_next_ms:
+            return False
+        self.stdin_next_ms = now + _STDIN_EVERY_MS
+        while self.stdin.poll(0):
+            line = sys.stdin.readline()
+            if not line:
+                return True
+            line = line.strip()
+            if line:
+                self._apply(now, json.loads(line))
+        return False
 
     # --- the run -------------------------------------------------------------------------------
     def run(self):
@@ -308,7 +354,7 @@ class Runner:
             "closes": self.closes,
             "open_max_ms": open_max,
             "close_max_ms": close_max,
-            "sim_seconds": self.until_ms / 1000,
+            "sim_seconds": self.end_ms / 1000,
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,
             "records": self.records,
@@ -316,7 +362,7 @@ class Runner:
 
 
 _USAGE = (
-    "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
+    "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--hold] [--seed N]"
     " [--data DIR] [--broker HOST:PORT] [--id ID]"
 )
 
@@ -325,6 +371,7 @@ def main(argv):
     path = None
     seed = None
     realtime = False
+    hold = False
     data_dir = None
     mqtt = {}
     i = 0
@@ -332,6 +379,8 @@ def main(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
+        elif a == "--hold":
+            hold = True
         elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
             i += 1
             v = argv[i]
@@ -356,7 +405,7 @@ def main(argv):
         sys.exit(2)
     with open(path) as f:
         scenario = json.load(f)
-    summary = Runner(scenario, seed, realtime, data_dir, mqtt).run()
+    summary = Runner(scenario, seed, realtime, data_dir, mqtt, hold=hold).run()
     print(json.dumps({"summary": summary}))
 
 
