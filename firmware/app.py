@@ -155,7 +155,7 @@ class Firmware:
         if n % METER_EVERY == 0:
             self._meter_step()
         ch.tick()
-        if ch._ev_len:
+        if ch.events_pending:
             self._drain_events()
         if (
             ch.state is not self._last_state
