@@ -2,8 +2,11 @@
 
 - ruff (configured in ruff.toml: MicroPython-aware, lib/ and .venv excluded)
   reports zero findings on every Python file;
-- firmware/ never imports machine, socket, network or other port modules: it
-  reaches the board only through the HAL object it is given (README, docs/architecture.md).
+- the layering (docs/architecture.md): firmware/ imports no port module, no
+  clock, nothing of hal/ or sim/ (it reaches the board and time only through the
+  HAL object it is given); hal/ imports nothing of firmware/ or sim/; no
+  module of either imports by a computed name (__import__, importlib);
+- nothing of sim/ is in what tools/deploy.py builds for a real board.
 
 The ESP32 type check (mypy against micropython-esp32-stubs) lives in
 tests/host/test_esp32_hal.py.
@@ -13,10 +16,21 @@ import ast
 import glob
 import os
 import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUFF = os.path.join(REPO, ".venv", "bin", "ruff")
-PORT_MODULES = {"machine", "socket", "usocket", "network", "esp32", "esp", "ssl", "tls"}
+# Modules that only a board driver may use: pins, peripherals, radios, sockets, TLS.
+PORT_MODULES = {"machine", "network", "socket", "usocket", "ssl", "ussl", "tls", "esp", "esp32", "bluetooth",
+                "ubluetooth", "neopixel", "onewire", "dht", "espnow", "webrepl", "rp2", "pyb", "stm"}  # fmt: skip
+# firmware/ also never reads a clock itself: time comes from the HAL (hal.ticks_ms(),
+# hal.ticks_diff()), which is what lets the simulation run it on a virtual clock.
+# Allowed there: the core modules every MicroPython port has (micropython, array,
+# json, os, sys, binascii, select) and _thread: the MQTT link runs in its own
+# thread so that network I/O never blocks the control tick; a thread is a
+# language feature (the ESP32 and unix ports have it), not a board's hardware.
+FIRMWARE_MAY_NOT = PORT_MODULES | {"time", "utime", "hal", "sim", "tools", "tests"}
+HAL_MAY_NOT = {"firmware", "sim", "tools", "tests"}
 
 
 def test_ruff_reports_no_findings():
@@ -49,10 +63,74 @@ def _imports(path):
             yield node.lineno, node.module.split(".")[0]
 
 
-def test_firmware_never_imports_port_modules():
+def _sources(folder):
+    paths = sorted(glob.glob(os.path.join(REPO, folder, "**", "*.py"), recursive=True))
+    assert paths, "no Python files under %s/" % folder
+    return paths
+
+
+def _forbidden_imports(folder, forbidden):
     bad = []
-    for path in sorted(glob.glob(os.path.join(REPO, "firmware", "*.py"))):
+    for path in _sources(folder):
         for line, mod in _imports(path):
-            if mod in PORT_MODULES:
+            if mod in forbidden:
                 bad.append("%s:%d imports %s" % (os.path.relpath(path, REPO), line, mod))
-    assert bad == [], "firmware/ must reach the board only through the HAL object:\n" + "\n".join(bad)
+    return bad
+
+
+def test_imports_are_seen_wherever_they_are_written():
+    # The checker itself: nested, conditional and from-imports all count.
+    import tempfile
+
+    src = "import os\ntry:\n    import machine\nexcept ImportError:\n    pass\n" \
+          "def f():\n    from sim.board import SimBoard\n    import time as t\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(src)
+    try:
+        assert sorted(m for _, m in _imports(f.name)) == ["machine", "os", "sim", "time"]
+    finally:
+        os.unlink(f.name)
+
+
+def test_firmware_never_imports_port_modules_a_clock_hal_or_sim():
+    bad = _forbidden_imports("firmware", FIRMWARE_MAY_NOT)
+    assert bad == [], "firmware/ must reach the board and time only through the HAL object:\n" + "\n".join(bad)
+
+
+def test_hal_never_imports_firmware_or_sim():
+    bad = _forbidden_imports("hal", HAL_MAY_NOT)
+    assert bad == [], "hal/ is the board, below the firmware and apart from the simulation:\n" + "\n".join(bad)
+
+
+def test_firmware_and_hal_never_import_by_a_computed_name():
+    bad = []
+    for path in _sources("firmware") + _sources("hal"):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            name = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                name = node.func.id
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                name = "importlib" if any(m.split(".")[0] == "importlib" for m in mods) else None
+            if name in ("__import__", "importlib"):
+                bad.append("%s:%d %s" % (os.path.relpath(path, REPO), node.lineno, name))
+    assert bad == [], "imports the static checks cannot see:\n" + "\n".join(bad)
+
+
+def test_nothing_of_sim_is_deployed_to_a_real_board():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import deploy
+
+    tool = deploy.mpy_cross()
+    ver = deploy.cross_version(tool)
+    from pathlib import Path
+
+    real = deploy.build(Path(REPO), ver, "xtensawin", [], 31, unix=False)
+    emulated = deploy.build(Path(REPO), ver, "x64", [], 63, unix=True)
+    files = sorted(real.slot) + sorted(real.root)
+    assert any(f.startswith("firmware/") for f in files) and any(f.startswith("hal/") for f in files)
+    assert [f for f in files if f.startswith(("sim/", "/sim/")) or "/sim/" in f] == [], files
+    # The same build does carry it for the emulated board: the check above can see sim/.
+    assert "sim/board.mpy" in emulated.slot
