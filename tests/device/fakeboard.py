@@ -1,6 +1,9 @@
 # A scripted board for unit tests of the charger: every input is set directly
 # by the test (pilot levels in mV, feedback, RCD...), every output recorded.
-# The physics lives in sim/board.py; this one is for exact control.
+# The physics lives in sim/board.py; this one is for exact control. It keeps
+# the whole board contract (hal/contract.py; tests/host/test_contract.py checks).
+
+from hal import net
 
 PERIOD = 1 << 30
 
@@ -17,6 +20,11 @@ class FakeMeter:
 class FakeBoard:
     name = "fake"
     data_dir = "/tmp"
+    adc_channels = 3
+    adc_burst_len = 64
+    adc_rate_hz = 3200
+    adc_full_scale = 4096
+    net = net
 
     def __init__(self, start=PERIOD - 1000):
         self.t = start  # starts 1 s before the ticks wrap, like an ESP32 might
@@ -35,6 +43,13 @@ class FakeBoard:
         self.level = 0
         self.closed = False
         self.log = []  # (t, what, value)
+        self.wall = None  # wall_time(): None until a test sets it
+        self.adc_code = 2048  # every current-sense sample (mid-scale: no current)
+        self.ua_per_count = 60000
+        self.wdt_ms = 0
+        self.wdt_feeds = 0
+        self.led_mode = 0
+        self.cause = "power_on"
 
     # clock
     def ticks_ms(self):
@@ -43,16 +58,22 @@ class FakeBoard:
     def ticks_diff(self, a, b):
         return ((a - b + PERIOD // 2) & (PERIOD - 1)) - PERIOD // 2
 
-    def ticks_add(self, t, d):
-        return (t + d) & (PERIOD - 1)
+    def ticks_add(self, t, delta_ms):
+        return (t + delta_ms) & (PERIOD - 1)
 
     def advance(self, ms):
         self.t = (self.t + ms) & (PERIOD - 1)
 
+    def wait_tick(self, period_ms):
+        self.advance(period_ms)
+
+    def wall_time(self):
+        return self.wall
+
     # outputs
-    def pilot_pwm(self, pm):
-        self.duty = pm
-        self.log.append((self.t, "pwm", pm))
+    def pilot_pwm(self, duty_pm):
+        self.duty = duty_pm
+        self.log.append((self.t, "pwm", duty_pm))
 
     def pilot_steady(self, level):
         self.duty = 0
@@ -94,8 +115,29 @@ class FakeBoard:
     def temp_dc(self):
         return self.temp
 
+    def adc_burst(self, buf):
+        for i in range(self.adc_burst_len * self.adc_channels):
+            buf[i] = self.adc_code
+
+    def adc_ua_per_count(self, channel):
+        return self.ua_per_count
+
+    # housekeeping
+    def wdt_start(self, timeout_ms):
+        self.wdt_ms = timeout_ms
+
+    def wdt_feed(self):
+        self.wdt_feeds += 1
+
+    def led(self, mode):
+        self.led_mode = mode
+
+    def reset_cause(self):
+        return self.cause
+
     def safe(self):
         self.contactor(False)
+        self.rcd_test(False)
         self.pilot_steady(1)
 
 
