@@ -1,5 +1,5 @@
 # heapsize: 192k
-# timeout: 120
+# timeout: 600
 # ESP32 realities the unix port hides (issue 7), as specifications:
 # - ticks_ms() wraps at 2^30 on an ESP32: a session, its energy and every
 #   reaction time must come out the same right across the wrap;

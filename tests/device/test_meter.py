@@ -2,7 +2,7 @@
 # calibration and the lifetime counter, on small boards defined here that
 # produce CT signals as the HAL contract describes (interleaved 12-bit codes
 # around a mid-scale bias).
-# timeout: 60
+# timeout: 120
 
 import gc
 import math
