@@ -56,6 +56,9 @@ CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
 BLOCK_BYTES = 4096  # LittleFS block on an ESP32
 SPARE_BLOCKS = 4  # kept free beyond the files (directories, slot.json, journal growth)
 WATCH_S = 10.0  # how long to watch the board come up after the reset
+# A board busy for a moment (flash erase, a loaded host) answers late: the
+# longest wait for its next byte (a raw-paste window ack) before it counts as lost.
+ANSWER_S = 10.0
 SETTLE_S = 1.0  # after the firmware started, how long it must not fail
 
 
@@ -308,6 +311,7 @@ class Board:
         for _attempt in range(3):
             try:
                 self.t.enter_raw_repl(soft_reset=False, timeout_overall=3)
+                self.t.serial.timeout = ANSWER_S
                 return
             except self.TransportError:
                 pass  # e.g. the Ctrl-C landed in boot.py and main.py started: again
@@ -319,6 +323,7 @@ class Board:
         if helpers and not self.helpers:
             self.helpers = True
             self.exec(BOARD_HELPERS)
+        self.t.serial.timeout = ANSWER_S  # not watch()'s or interrupt()'s short reads
         try:
             out, err = self.t.exec_raw(code, timeout=timeout)
         except self.TransportError as e:

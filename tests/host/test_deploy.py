@@ -352,3 +352,32 @@ def test_hash_mismatch_after_upload_exits_6_and_switches_nothing(make_board, mak
     assert "hash mismatch after upload: /slot_b/firmware/app.mpy" in capsys.readouterr().err
     assert same_slots(board.state(), before)
     assert board.power_cycle()["version"] == "1.0.0"
+
+
+def test_a_board_that_pauses_mid_upload_does_not_lose_the_deploy(make_board, make_tree):
+    # A board (or the host) busy for a moment answers a raw-paste window late:
+    # the deploy must wait for it, not give the board up after 0.1 s.
+    board = make_board()
+    p = subprocess.Popen([sys.executable, str(DEPLOY), "--port", board.port, "--source",
+                          str(make_tree("1.0.0", touch_all=True)), "--watch", "6"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out = []
+    pauses = 0
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if line.lstrip().startswith("[") and "%]" in line and pauses < 3 and len(out) % 4 == 0:
+                os.kill(board.proc.pid, signal.SIGSTOP)  # the board's serial line stops answering
+                time.sleep(0.5)
+                os.kill(board.proc.pid, signal.SIGCONT)
+                pauses += 1
+        rc = p.wait(timeout=120)
+    finally:
+        os.kill(board.proc.pid, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    text = "".join(out)
+    assert pauses == 3, text
+    assert rc == 0, text
+    assert "board runs version 1.0.0" in text
