@@ -220,7 +220,7 @@ class Watcher:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
-        assert self.subscribed.wait(5), "watcher could not subscribe"
+        assert self.subscribed.wait(30), "watcher could not subscribe"
 
     def _on_connect(self, client, userdata, flags, rc, props=None):
         client.subscribe([(t, 1) for t in self.topics])
@@ -309,7 +309,7 @@ def test_online_is_retained_1_while_connected_and_0_after_stop(mosquitto, tmp_pa
         d.kill()
     late = Watcher(mosquitto.port, ["evse/t1/online"])
     try:
-        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/t1/online", 3)
+        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/t1/online", 30)
         assert p == b"0" and retained
     finally:
         late.close()
@@ -322,7 +322,7 @@ def test_last_will_0_is_published_when_the_micropython_process_is_killed(mosquit
         w.wait(lambda t, p, r: p == b"1", 30)
         t_kill = time.monotonic()
         d.kill()
-        m = w.wait(lambda t, p, r: p == b"0", 5)
+        m = w.wait(lambda t, p, r: p == b"0", 30)
         print("last will after SIGKILL: %.0f ms" % ((m[3] - t_kill) * 1000))
     finally:
         w.close()

@@ -185,7 +185,10 @@ def test_soft_reset_runs_boot_py_but_not_main_py(make_board):
 def test_connect_interrupts_the_main_loop_and_reaches_the_raw_repl(make_board):
     board = make_board(main=MAIN_LOOP)
     assert board.wait_for("main_marks.txt", "m")
-    time.sleep(0.1)
+    end = time.monotonic() + 30
+    while len(board.read("ticks.txt")) < 2:  # the main loop runs
+        assert time.monotonic() < end, "the main loop never ticked"
+        time.sleep(0.02)
     r = board.mpremote("exec", "print(len(open('ticks.txt').read()))")
     assert r.returncode == 0, r.stderr
     ticks = int(r.stdout)
