@@ -261,8 +261,9 @@ def mosquitto():
         yield b
 
 
-# The link's I/O timeout at keepalive 2 s (firmware/link.py: half the keepalive, at least 500 ms).
-IO_TIMEOUT_US = 1000000
+def io_timeout_us(keepalive_s):
+    """The link's I/O timeout (firmware/link.py: half the keepalive, 0.5 .. 10 s)."""
+    return max(500, min(10000, keepalive_s * 1000 // 2)) * 1000
 
 
 def _cfg(port, dev_id="t1", keepalive_s=4, **kw):
@@ -402,12 +403,13 @@ def test_reconnects_after_a_broker_restart(mosquitto, tmp_path):
 
 def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
     with Blackhole() as hole:
-        d = Driver(tmp_path, _cfg(hole.port, keepalive_s=2), events=20, sessions=["s-1"])
+        # keepalive 20 s: an I/O timeout of 10 s, long enough that a loop held up
+        # by the link stands out from any scheduling delay of a loaded machine.
+        d = Driver(tmp_path, _cfg(hole.port, keepalive_s=20), events=20, sessions=["s-1"])
         try:
             # The link connects into the blackhole, waits its whole I/O timeout
-            # (1 s at keepalive 2 s) for a CONNACK and gives up; twice, while the loop runs on.
-            d.wait_for("failed", 30)
-            d.wait_for("failed", 30)
+            # for a CONNACK and gives up, while the loop runs on.
+            d.wait_for("failed", 60)
             lines = d.finish()
         finally:
             d.kill()
@@ -421,12 +423,12 @@ def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
         assert len(hole.accepted) >= 1  # the link did reach the blackhole and gave up on it
         assert stats["reconnects"] >= 1 and stats["connects"] == 0
         assert stats["dropped"] == 20 - 16  # events beyond the bounded queue: oldest dropped, counted
-        assert stats["reconnects"] >= 2
-        # A loop that waited on the network would lose a whole I/O timeout (1 s
-        # here); half of it tells that from a loaded machine's scheduling, which
-        # this test must not depend on (the loop's own speed is a benchmark's job).
-        assert worst["work_us"] < IO_TIMEOUT_US // 2
-        assert worst["late_us"] < IO_TIMEOUT_US // 2
+        # A loop that waited on the network (or on a link that holds the
+        # interpreter during its I/O) would lose the whole 10 s I/O timeout;
+        # half of it tells that from a loaded machine's scheduling (seen: 0.8 s),
+        # which this test must not depend on. The loop's speed is a benchmark's job.
+        assert worst["work_us"] < io_timeout_us(20) // 2
+        assert worst["late_us"] < io_timeout_us(20) // 2
         assert d.kinds("stopped")[0]["ok"] is True
         assert not [r for r in lines if r["kind"] == "acked"]
 
@@ -482,7 +484,7 @@ def test_a_broker_that_goes_silent_is_detected_by_missing_pingresp_and_the_link_
         d.finish()
         worst = d.kinds("worst")[0]
         print("worst tick lateness %.2f ms, worst work %.3f ms" % (worst["late_us"] / 1000, worst["work_us"] / 1000))
-        assert worst["work_us"] < IO_TIMEOUT_US // 2  # see the black-hole test
+        assert worst["work_us"] < io_timeout_us(2) // 2  # see the black-hole test
     finally:
         d.kill()
 
