@@ -429,7 +429,8 @@ def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
         # which this test must not depend on. The loop's speed is a benchmark's job.
         assert worst["work_us"] < io_timeout_us(20) // 2
         assert worst["late_us"] < io_timeout_us(20) // 2
-        assert d.kinds("stopped")[0]["ok"] is True
+        # (stop() is not asserted here: it may land in the next blackholed connect,
+        # which ends only at its 10 s I/O timeout; a clean stop: the online test.)
         assert not [r for r in lines if r["kind"] == "acked"]
 
 
