@@ -17,6 +17,7 @@ charger has already acted in the same iteration.
 """
 
 import json
+from array import array
 
 from micropython import const
 
@@ -24,12 +25,15 @@ from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
 from firmware.charger import TICK_MS, Charger
+from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse_mains
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
 
 METER_EVERY = const(10)  # one current-sense burst every 10 ticks (100 ms)
 LINK_EVERY = const(10)  # look at the link's queues every 100 ms
+ENERGY_EVERY = const(10)  # load management looks at its readings every 100 ms
+MAINS_CT_EVERY = const(100)  # the board's own mains CTs are read every second
 # A fresh status goes to the link on every change of state, fault, offer or
 # session, and otherwise this often (uptime alone must not publish every second).
 STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: current, energy
@@ -39,6 +43,40 @@ WDT_MS = const(2000)  # the control loop must come round this often or the board
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
+CLOCK_CHECK_EVERY = const(100)  # ticks (1 s): look for the wall clock until it is set
+# Stamps taken before the wall clock was set are back-computed from the ticks
+# only when the clock was set within this much uptime: half the ESP32 ticks
+# period (2**30 ms), so ticks_diff() is exact for every earlier stamp.
+_ANCHOR_MAX_MS = const(1 << 29)
+
+
+def _back_date(t, boot_id, anchor_ms, anchor_wall_s, ticks_diff):
+    """A stamp of boot `boot_id` taken before the wall clock was set, as wall
+    seconds back-computed from the monotonic clock: anchor_wall_s was the
+    wall time at anchor_ms (same boot). Wall seconds, stamps of other boots,
+    and stamps that do not lie before the anchor come back unchanged. Only
+    valid while the anchor is less than 2**29 ms (6.2 days, half the ESP32
+    ticks period) into the boot: the caller checks that."""
+    if isinstance(t, dict) and t.get("boot") == boot_id and "mono_ms" in t:
+        d = ticks_diff(anchor_ms, t["mono_ms"])
+        if d >= 0:
+            return anchor_wall_s - (d + 500) // 1000
+    return t
+
+
+def _restamped(rec, fix):
+    """rec with fix (a stamp -> stamp function) applied to its start, end and
+    recovered stamps; rec itself when nothing changed."""
+    out = rec
+    for k in ("start", "end", "recovered"):
+        if k in rec:
+            v = fix(rec[k])
+            if v is not rec[k]:
+                if out is rec:
+                    out = dict(rec)
+                out[k] = v
+    return out
+
 
 CONFIG_FILE = "config.json"
 LIFETIME_FILE = "lifetime.txt"
@@ -61,6 +99,9 @@ class Firmware:
                 "phases %d but the board measures %d: using %d" % (cfg["phases"], hal.adc_channels, hal.adc_channels)
             )
             cfg["phases"] = hal.adc_channels
+        if not cfg["id"]:
+            # Two chargers left at a fixed default would share topics and one HA device.
+            cfg["id"] = "evse-" + hal.unique_id()
         self.cfg = cfg
         self.config_errors = errors
         for e in errors:
@@ -86,12 +127,22 @@ class Firmware:
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
+        self.energy = Energy(cfg, hal.ticks_diff, cfg["phases"], getattr(hal, "phase_relay", False) and cfg["phase_switch"])
+        self._mains_buf = array("i", (0, 0, 0))
+        self._switch_safe_since = None  # phase switch: since when the pilot and contactor are safe
+        self._mains_err = None  # the last bad mains payload's error (reported once)
 
+        self.netup = None  # the network link and the clock (firmware/netup.py)
+        netif = getattr(hal, "netif", None)
+        if netif is not None and (cfg["mqtt_host"] or netif.kind != "host"):  # else: nothing to run it
+            from firmware.netup import NetUp
+
+            self.netup = NetUp(cfg, hal)
         self.link = None
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
-            self.link = Link(cfg, hal.net, hal.net)
+            self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
         self.session_id = None
         self.ticks = 0
         self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
@@ -106,6 +157,9 @@ class Firmware:
         self._last_offer = 0
         self._last_session = None
         self._status_due = True
+        self._anchor = None  # (ticks_ms, wall_s): when this boot first saw the wall clock set
+        self._up_ms = 0  # uptime until then, saturating at _ANCHOR_MAX_MS
+        self._clock_t = now
 
     # --- start-up / shut-down ------------------------------------------------------
     def start(self):
@@ -129,13 +183,18 @@ class Firmware:
         for n in self.notes:
             self._event({"event": "note", "text": n})
         if self.link is not None:
+            self.link.netup = self.netup  # the link thread runs the network too
             self.link.start()
             self._repost()
+        elif self.netup is not None:
+            self.netup.start()  # no broker: a thread of its own keeps the network and the clock
 
     def shutdown(self, flush_ms=0):
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
         to flush_ms to be acknowledged, publish online 0 and close the link."""
         self.hal.safe()
+        if self.netup is not None:
+            self.netup.stop()
         link = self.link
         if link is None:
             return
@@ -168,10 +227,63 @@ class Firmware:
             self._last_offer = ch.offer_ma
             self._last_session = self.session_id
             self._status_due = True
+        if n % ENERGY_EVERY == 0:
+            self._energy_step(n)
+        if self._anchor is None and n % CLOCK_CHECK_EVERY == 0:
+            self._check_clock()
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
         if self.bench is not None:
             self.bench.poll()
+
+    def _energy_step(self, n):
+        """Load management (firmware/energy.py) after the charger's decision:
+        its limit takes effect in the next tick; a phase switch it asks for is
+        made only after PHASE_SAFE_MS with the pilot steady and the contactor
+        open, and the charger checks that again before the relay moves."""
+        e = self.energy
+        hal = self.hal
+        ch = self.charger
+        now = hal.ticks_ms()
+        if e.mode != "normal" and n % MAINS_CT_EVERY == 0:
+            b = self._mains_buf
+            if hal.mains_read(b):
+                e.feed(now, b[0], b[1], b[2])
+        e.step(now, self.meter.i_ma, ch.state not in ("A1", "A2", "E", "F"))
+        lim = ch.limits
+        lim.balance_ma = e.limit_ma
+        if e.reason is not None:
+            lim.balance_reason = e.reason
+        if e.event:
+            self._energy_event(e.event)
+        if not e.switching:
+            self._switch_safe_since = None
+        elif ch.contactor_on or ch.duty_pm != 0:
+            self._switch_safe_since = None
+        elif self._switch_safe_since is None:
+            self._switch_safe_since = now
+        elif hal.ticks_diff(now, self._switch_safe_since) >= PHASE_SAFE_MS:
+            if ch.switch_phases(e.want_phases) is None:
+                e.switched(now, e.want_phases)
+                self._switch_safe_since = None
+                self._event({"event": "phases", "phases": e.phases})
+
+    def _energy_event(self, bits):
+        e = self.energy
+        for bit, name in EVENT_NAMES:
+            if bits & bit:
+                ev = {"event": name, "mode": e.mode}
+                if bit == EV_PHASES:
+                    ev["phases"] = e.want_phases
+                self._event(ev)
+
+    def mains(self, payload):
+        """A reading of the house's grid current (the mains topic, or a
+        meter simulated by the scenario runner): (ok, error)."""
+        v, err = parse_mains(payload)
+        if err is None:
+            err = self.energy.feed(self.hal.ticks_ms(), v[0], v[1], v[2])
+        return err is None, err
 
     def _meter_step(self):
         hal = self.hal
@@ -198,6 +310,39 @@ class Firmware:
             err = meter.persist(self._lifetime_path, now)
             if err:
                 self._event({"event": "note", "text": err})
+
+    def _check_clock(self):
+        """Until the wall clock is set (NTP, or an RTC that kept it through a
+        soft reset): once it is, remember when, and back-date the open
+        session's start from the ticks (journaled at once, so a power cut
+        keeps it). Closed records of this boot are back-dated when they are
+        posted (_repost); those of earlier boots keep their mono stamps."""
+        hal = self.hal
+        now = hal.ticks_ms()
+        up = self._up_ms + hal.ticks_diff(now, self._clock_t)
+        self._up_ms = up if up < _ANCHOR_MAX_MS else _ANCHOR_MAX_MS
+        self._clock_t = now
+        wall = hal.wall_time()
+        if wall is None:
+            return
+        self._anchor = (now, wall)
+        t = self.tracker
+        fixed = None
+        start = self._from_ticks(t.start) if t.active else None
+        if start is not None and start is not t.start:
+            t.start = start
+            m = self.meter
+            self.journal.checkpoint(t.id, t.checkpoint(now, wall, m.session_mwh, m.lifetime_mwh()))
+            fixed = t.id
+        self._event({"event": "clock_set", "wall_s": wall, "restamped": fixed})
+        self._status_due = True
+
+    def _from_ticks(self, t):
+        """A stamp of this boot from before the clock was set, as wall seconds."""
+        a = self._anchor
+        if a is None or self._up_ms >= _ANCHOR_MAX_MS:
+            return t
+        return _back_date(t, self.boot_id, a[0], a[1], self.hal.ticks_diff)
 
     def _drain_events(self):
         ch = self.charger
@@ -266,7 +411,7 @@ class Firmware:
         ch = self.charger
         m = self.meter
         i = m.i_ma
-        return {
+        st = {
             "state": ch.state,
             "fault": ch.fault,
             "offer_a": ch.offer_ma / 1000,
@@ -283,10 +428,31 @@ class Firmware:
             "blocked": "journal_full" if ch.inhibit else None,
             "temp_c": None if ch.temp_dc == -32768 else ch.temp_dc / 10,
             "uptime_s": self.ticks * TICK_MS // 1000,
+            "net": None if self.netup is None else self.netup.state,  # none, down, connecting, up
+            "rssi_dbm": None if self.netup is None else self.netup.rssi_dbm,  # WiFi signal; null on Ethernet
+            "clock_set": self._anchor is not None,  # false: times are {"boot", "mono_ms"}
         }
+        e = self.energy
+        st["mode"] = e.mode
+        st["mains_max_a"] = e.mains_max_ma / 1000
+        st["solar_import_a"] = e.import_ma / 1000
+        st["phases_active"] = e.phases
+        age = e.age_ms(self.hal.ticks_ms())
+        st["mains_a"] = [g / 1000 for g in e.grid_ma] if age >= 0 else None
+        st["mains_age_s"] = age // 1000 if age >= 0 else None
+        if e.mode == "solar":
+            st["solar"] = e.solar_on
+            st["surplus_a"] = e.surplus_ma / 1000
+        return st
 
     def _service_link(self):
         link = self.link
+        m = link.poll_mains()
+        if m is not None:
+            ok, err = self.mains(m)
+            if not ok and err != self._mains_err:
+                self._event({"event": "mains_error", "error": err})  # once per kind of error
+            self._mains_err = err
         while True:
             cmd = link.poll_command()
             if cmd is None:
@@ -313,6 +479,7 @@ class Firmware:
         ids it already holds, and refuses when its queue is full)."""
         if self.journal.pending_count() > self.link.pending_sessions():
             for rec in self.journal.pending(limit=8):
+                rec = _restamped(rec, self._from_ticks)
                 if not self.link.post_session(rec["id"], to_json(rec).encode()):
                     break
 
@@ -338,6 +505,8 @@ class Firmware:
                 # maintenance window; an abandoned REPL then ends in a reset
                 # that puts the charger back in service.
                 hal.wdt_start(MAINTENANCE_WDT_MS)
+                if self.netup is not None:
+                    self.netup.stop()
                 if self.link is not None:
                     self.link.stop(1000)  # online 0; the thread ends
             raise
@@ -347,7 +516,12 @@ class Firmware:
         """Validate and apply one remote command. Returns (ok, error)."""
         value, err = commands.parse(name, payload, self.cfg)
         if err is None:
-            err = self.charger.command(name, value)
+            if name == "mode":
+                err = self.energy.set_mode(value)
+            elif name in commands.ENERGY_SETTINGS:
+                err = self.energy.set_limit(name, value)
+            else:
+                err = self.charger.command(name, value)
         if err is None:
             self._event({"event": "command", "cmd": name})
         return err is None, err

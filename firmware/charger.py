@@ -421,6 +421,16 @@ class Charger:
         if p != iec.P_INVALID:  # an invalid reading keeps the last name
             self.state = _NAMES[p * 2 + (1 if pwm_on else 0)]
 
+    # --- phase switching (asked for by firmware/energy.py through the app) -------------------
+    def switch_phases(self, n):
+        """Move the phase relay to n phases, only while the pilot is steady
+        and the contactor is open (as commanded and, where the board can
+        tell, as its mirror contact reads). Returns None or why not."""
+        if self.duty_pm != 0 or self.contactor_on or self.hal.contactor_feedback() == 1:
+            return "pilot or contactor not safe"
+        self.hal.phase_switch(n)
+        return None
+
     # --- commands (already parsed and range-checked by firmware/commands.py) ---------------
     def command(self, name, value):
         """Apply a validated remote command. Returns None or an error text.

@@ -15,21 +15,36 @@ through a float conversion: numbers are parsed digit by digit into integers).
 | `authorize`   | RFID/user tag, printable ASCII, 1..64     | str                     |
 | `stop`        | empty or anything up to PAYLOAD_MAX bytes | True                    |
 | `clear_fault` | empty or anything up to PAYLOAD_MAX bytes | True                    |
+| `mode`        | normal, smart or solar (any case)         | str (firmware/energy.py)|
+| `mains_max_a`, `solar_import_a` | a number in the setting's range (firmware/config.py), up to 3 decimals | int mA |
 
 `limits` is a dict holding `hw_max_current_a` (the config dict itself will do;
 firmware/config.py keeps it within 6..80 A). Surrounding ASCII whitespace is
 ignored. Payloads longer than PAYLOAD_MAX bytes are refused unread.
+
+A retained command is delivered again after every reconnect, long after it
+was meant: `retained_error(name)` says which ones the link refuses when they
+come retained (authorize, stop, clear_fault: one-shot actions). current_a and
+enable are states: a retained one is a standing setting, applied again after
+each reconnect (docs/mqtt.md).
 """
 
 from micropython import const
 
+from firmware.config import MODES, check
 from firmware.iec61851 import MAX_OFFER_MA, MIN_OFFER_MA
 
 PAYLOAD_MAX = const(64)  # bytes; longer payloads are refused before parsing
 TAG_MAX = const(64)  # characters of an authorize tag
 _FRACTION_DIGITS_MAX = const(3)  # "16.125" A = 16125 mA is the finest accepted
 
-NAMES = ("current_a", "enable", "authorize", "stop", "clear_fault")
+NAMES = ("current_a", "enable", "authorize", "stop", "clear_fault", "mode", "mains_max_a", "solar_import_a")
+# Energy-management settings that may be changed at run time (not stored).
+ENERGY_SETTINGS = ("mains_max_a", "solar_import_a")
+
+# One-shot actions: retained, they would act again at every reconnect (a stale
+# authorize would let the next EV charge with require_auth on).
+_ONE_SHOT = ("authorize", "stop", "clear_fault")
 
 _TRUE = (b"true", b"1", b"on")
 _FALSE = (b"false", b"0", b"off")
@@ -41,6 +56,13 @@ def parse(name, payload, limits):
         return _parse(name, payload, limits)
     except Exception:  # a bug here must not take the link or the loop down
         return None, "invalid command"
+
+
+def retained_error(name):
+    """None when a retained `name` command may be applied, else the ack's error."""
+    if name in _ONE_SHOT:
+        return "retained %s ignored: publish it without retain" % name
+    return None
 
 
 def _parse(name, payload, limits):
@@ -69,6 +91,21 @@ def _parse(name, payload, limits):
         return text.decode(), None
     if name == "stop" or name == "clear_fault":
         return True, None
+    if name == "mode":
+        low = text.lower()
+        for m in MODES:
+            if low == m.encode():
+                return m, None
+        return None, "mode must be normal, smart or solar"
+    if name in ENERGY_SETTINGS:
+        ma = _decimal_to_milli(text)
+        if ma is None:
+            return None, "%s must be a plain number like 25 or 25.5" % name
+        try:
+            check(name, ma / 1000)  # the setting's own range, one definition
+        except ValueError as e:
+            return None, str(e)
+        return ma, None
     return None, "unknown command"
 
 

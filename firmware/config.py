@@ -12,7 +12,7 @@ import json
 # Ranges are the physically meaningful ones; the offer is further limited by
 # the board, the cable and the remote limit at run time.
 SCHEMA = {
-    "id": ("evse", "str", 1, 32),  # device id: MQTT topics, session ids
+    "id": ("", "str", 1, 32),  # device id: MQTT topics, session ids; unset: "evse-" + the chip's unique id
     "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
     "phases": (3, "int", 1, 3),
@@ -25,6 +25,9 @@ SCHEMA = {
     "rcd_selftest": (True, "bool", 0, 0),  # test the RCD before each session
     "pe_check": (True, "bool", 0, 0),  # use the board's PE check when it has one
     "enabled": (True, "bool", 0, 0),  # charging enabled at boot
+    "wifi_ssid": ("", "str", 0, 32),  # WiFi network to join; empty: no WiFi (an Ethernet board ignores it)
+    "wifi_password": ("", "str", 0, 63),  # WPA2 passphrase, 8..63; empty: an open network. Never echoed
+    "ntp_host": ("pool.ntp.org", "str", 0, 64),  # SNTP server, "host" or "host:port"; empty: clock never set
     "mqtt_host": ("", "str", 0, 64),  # empty: no MQTT
     "mqtt_port": (1883, "int", 1, 65535),
     "mqtt_user": ("", "str", 0, 64),
@@ -33,8 +36,22 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "config_url": ("", "str", 0, 128),  # Home Assistant's "visit device" link, if the charger has a page
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
+    # Energy management (firmware/energy.py, docs/energy.md).
+    "mode": ("normal", "str", 5, 6),  # normal | smart (house fuse) | solar (surplus)
+    "mains_max_a": (25, "num", 6, 1000),  # the house's main fuse per phase
+    "mains_total_a": (0, "num", 0, 3000),  # optional total over the phases (0: none)
+    "mains_stale_s": (11, "int", 2, 600),  # a mains reading older than this is stale
+    "mains_stale_a": (6, "num", 0, 80),  # the limit while stale: 0 (pause) or 6..80
+    "solar_start_a": (6, "num", 1, 300),  # surplus (sum over the phases) that starts a solar charge
+    "solar_stop_min": (10, "int", 1, 120),  # stop after this long short of surplus at the minimum
+    "solar_import_a": (0, "num", 0, 300),  # grid import allowed on top of the surplus (sum)
+    "solar_pause_min": (5, "int", 0, 120),  # no solar restart within this long after a stop
+    "phase_switch": (True, "bool", 0, 0),  # solar mode may switch 1/3 phases (board with a relay)
 }
+
+MODES = ("normal", "smart", "solar")
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -58,10 +75,16 @@ def check(name, value):
     if kind == "str":
         if not isinstance(value, str) or not low <= len(value) <= high:
             raise ValueError("%s must be a string of %d..%d characters" % (name, low, high))
+        if name in ("wifi_ssid", "wifi_password"):  # limits in bytes (802.11, WPA2); the value is never shown
+            n = len(value.encode())
+            if n > high or name == "wifi_password" and 0 < n < 8:
+                raise ValueError("%s must be %s bytes" % (name, "0..32" if name == "wifi_ssid" else "0 or 8..63"))
         if name in ("id", "mqtt_prefix"):
             for ch in value:
                 if ch not in _ID_CHARS:
                     raise ValueError("%s may hold only letters, digits, '_' and '-'" % name)
+        if name == "mode" and value not in MODES:
+            raise ValueError("mode must be normal, smart or solar")
         return value
     # Numbers: bool is an int in Python, but true is not a current.
     if value is True or value is False or not isinstance(value, (int, float)):
@@ -74,6 +97,8 @@ def check(name, value):
         if name == "mains_hz" and value not in (50, 60):
             raise ValueError("mains_hz must be 50 or 60")
         return int(value)
+    if name == "mains_stale_a" and 0 < value < 6:
+        raise ValueError("mains_stale_a must be 0 (pause) or 6..80")
     return value
 
 

@@ -29,7 +29,8 @@ class Limits:
         self.config_ma = int(cfg["max_current_a"] * 1000)
         self.hw_ma = int(cfg["hw_max_current_a"] * 1000)
         self.remote_ma = NO_LIMIT_MA  # set by the current_a command
-        self.balance_ma = NO_LIMIT_MA  # future load balancing
+        self.balance_ma = NO_LIMIT_MA  # load management (firmware/energy.py)
+        self.balance_reason = "balance"  # which: mains, solar, stale, phase_switch
         self.cable_ma = NO_LIMIT_MA
         self.thermal = T_NORMAL
         self.reason = None  # the limit that decides the offer (for status)
@@ -84,7 +85,7 @@ class Limits:
             self.reason = "remote"
         if self.balance_ma < m:
             m = self.balance_ma
-            self.reason = "balance"
+            self.reason = self.balance_reason
         t = self.thermal
         if t != T_NORMAL:
             self.reason = "thermal"

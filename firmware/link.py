@@ -12,11 +12,13 @@ The unix port has no GIL, so every field both threads touch is read and
 written under `_lock`, and the lock is never held across I/O.
 
 Sockets come from the board's `net` object (hal/net.py: TCP connect with a
-timeout and TCP_NODELAY, TLS contexts, wall-clock sleeps): the link hands the
-connected socket to umqtt.simple, because 1.3.4's connect() has no timeout and
-its TLS path imports `ussl`. `_Client.connect` replaces connect() in both 1.3.4
-and the latest micropython-lib version; everything else (publish, subscribe,
-check_msg, ping, disconnect) is umqtt.simple's own and the same in both.
+timeout and TCP_NODELAY, TLS contexts, wall-clock sleeps, the thread's stack
+size): the link hands the connected socket to umqtt.simple. `_Client` replaces
+two of umqtt's methods, the same way for 1.3.4 and 1.8.0: connect() (1.3.4 has
+no timeout and its TLS path imports `ussl`) and wait_msg() (umqtt's calls
+setblocking(True), which on an ESP32 clears the socket's timeout, and reads a
+whole PUBLISH into RAM however large). publish, subscribe, ping and disconnect
+are umqtt.simple's own.
 
 Topics (see docs/mqtt.md): status (retained), event, session, ack, online
 (retained `1`, last will `0`), set/<name> (subscribed), and discovery under
@@ -27,17 +29,16 @@ import _thread
 import json
 import os
 import select
+import sys
 
 from micropython import const
 from umqtt.simple import MQTTClient, MQTTException
 
-from firmware import discovery
+import firmware
+from firmware import commands
+from firmware.backoff import BACKOFF_MAX_MS, BACKOFF_MIN_MS, Backoff, seed_for  # noqa: F401 (link.Backoff)
+from firmware.netup import start_thread
 
-# Back-off between connection attempts: full jitter, uniform in
-# [0, min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2^n)] (n = failures so far), so a
-# fleet that lost its broker at the same moment does not return in one storm.
-BACKOFF_MIN_MS = const(1000)
-BACKOFF_MAX_MS = const(300000)  # 5 min
 # Socket timeout for connect, CONNACK, SUBACK and PUBACK waits: at most this,
 # at most half the keepalive, at least IO_TIMEOUT_MIN_MS.
 IO_TIMEOUT_MAX_MS = const(10000)
@@ -63,8 +64,34 @@ COMMANDS_MAX = const(8)
 ACKS_MAX = const(64)
 ACKED_MAX = const(16)
 COMMAND_NAME_MAX = const(32)
-THREAD_STACK_BYTES = const(16384)  # TLS handshakes need more than the default
+THREAD_STACK_BYTES = const(16384)  # when the board's net does not say (TLS needs more than the default)
+# A connection counts as healthy, and the back-off starts again from 1 s, only
+# after it stayed up this long: a broker that drops us right after CONNACK
+# (or a message that kills every connection) must not get a reconnect storm.
+STABLE_MS = const(30000)
+# Incoming PUBLISH packets: topics up to _TOPIC_MAX and payloads up to
+# _PAYLOAD_MAX bytes are held; larger ones are read through a small buffer and
+# thrown away (a command is at most commands.PAYLOAD_MAX bytes).
+_TOPIC_MAX = const(128)
+_PAYLOAD_MAX = const(128)
+_SKIP_CHUNK = const(64)
 
+
+def _discovery():
+    """firmware.discovery, loaded only while the configs are published: as
+    .mpy it holds ~14 KB of heap (unix port), ~3 KB of which stay after it is
+    unloaded (interned names). Frozen, it costs no heap either way."""
+    from firmware import discovery
+
+    return discovery
+
+
+def _unload_discovery():
+    sys.modules.pop("firmware.discovery", None)
+    try:
+        delattr(firmware, "discovery")
+    except AttributeError:
+        pass
 
 
 class _Ring:
@@ -102,52 +129,96 @@ class _Ring:
         return item
 
 
-class Backoff:
-    """Reconnect delays with full jitter. Its own small generator (30-bit
-    xorshift: small ints on an ESP32) so each device, and each simulated
-    device in a test, has an independent, seedable sequence."""
-
-    def __init__(self, seed):
-        self._s = (seed & 0x3FFFFFFF) or 1
-        self.failures = 0
-
-    def _rand(self):
-        s = self._s
-        s ^= (s << 7) & 0x3FFFFFFF
-        s ^= s >> 9
-        s ^= (s << 8) & 0x3FFFFFFF
-        self._s = s
-        return s
-
-    def next_ms(self):
-        n = self.failures
-        ceiling = BACKOFF_MAX_MS if n >= 9 else min(BACKOFF_MAX_MS, BACKOFF_MIN_MS << n)
-        self.failures = n + 1
-        return self._rand() % (ceiling + 1)
-
-    def reset(self):
-        self.failures = 0
-
-
-def seed_for(dev_id, extra=0):
-    """30-bit seed from the device id (FNV-1a folded) mixed with `extra`."""
-    h = 0x811C9DC5 & 0x3FFFFFFF
-    for b in dev_id.encode() if isinstance(dev_id, str) else dev_id:
-        h = ((h ^ b) * 0x01000193) & 0x3FFFFFFF
-    return h ^ (extra & 0x3FFFFFFF)
-
-
 class _Client(MQTTClient):
-    """umqtt.simple with our own connect(): the socket is created, connected
-    and (optionally) TLS-wrapped here, with a timeout on every step."""
+    """umqtt.simple with our own connect() (the socket is created, connected
+    and optionally TLS-wrapped here, with a timeout on every step) and our own
+    wait_msg() (the socket keeps that timeout, oversized messages are skipped,
+    one publish/subscribe wait is bounded in time)."""
 
     net = None  # the board's hal/net.py, set by the Link
+    clock = None  # the Link's clock (ticks_ms/ticks_diff); else the net's
+    busy_since = None  # ticks_ms when a publish/subscribe began waiting for its ack
+    limit_ms = 10000  # how long such a wait, or one incoming packet, may take
+    _junk = None  # the buffer oversized payloads are read into and dropped
+
+    def wait_msg(self):
+        """Read one packet. A PUBLISH goes to the callback as (topic, payload,
+        retained); payload None when it was larger than _PAYLOAD_MAX (read and
+        discarded), topic None when the topic was. PINGRESP gives None; any
+        other packet gives its first byte and the caller reads the rest
+        (umqtt's publish and subscribe do, for PUBACK and SUBACK).
+
+        Never calls setblocking(): every read keeps the socket's timeout (an
+        ESP32 socket has none after setblocking(True), and a broker that went
+        silent would hold the link forever). Raises OSError when a publish or
+        subscribe has waited longer than limit_ms for its ack, however many
+        other messages arrive meanwhile."""
+        clock = self.clock
+        t0 = clock.ticks_ms()
+        if self.busy_since is not None and clock.ticks_diff(t0, self.busy_since) > self.limit_ms:
+            raise OSError(110)  # ETIMEDOUT: no PUBACK/SUBACK in time
+        sock = self.sock
+        res = sock.read(1)
+        if res is None:
+            return None
+        if not res:
+            raise OSError(-1)  # the broker closed the connection
+        op = res[0]
+        if op == 0xD0:  # PINGRESP
+            if sock.read(1) != b"\x00":
+                raise OSError(-6)
+            return None
+        if op & 0xF0 != 0x30:
+            return op
+        size = self._recv_len()
+        if size > 0x0FFFFFFF:
+            raise OSError(-6)
+        n = sock.read(2)
+        if len(n) != 2:
+            raise OSError(-1)
+        tlen = n[0] << 8 | n[1]
+        qos = (op >> 1) & 3
+        size -= tlen + 2 + (2 if qos else 0)
+        if size < 0 or qos == 3:
+            raise OSError(-6)  # malformed
+        topic = self._take(tlen, _TOPIC_MAX, t0)
+        pid = sock.read(2) if qos else None
+        msg = self._take(size, _PAYLOAD_MAX, t0)
+        self.cb(topic, msg, op & 1)
+        if qos == 1:
+            sock.write(b"\x40\x02" + pid)
+        elif qos == 2:
+            raise OSError(-6)  # we subscribe with QoS 0: a broker never sends QoS 2
+        return None
+
+    def _take(self, n, most, t0):
+        """n bytes from the socket; None (the bytes read and dropped through a
+        small buffer) when n > most. The whole packet must arrive within
+        limit_ms, however slowly a broker trickles it."""
+        sock = self.sock
+        if n <= most:
+            data = sock.read(n) if n else b""
+            if len(data) != n:
+                raise OSError(-1)
+            return data
+        if self._junk is None:
+            self._junk = bytearray(_SKIP_CHUNK)
+        clock = self.clock
+        while n:
+            if clock.ticks_diff(clock.ticks_ms(), t0) > self.limit_ms:
+                raise OSError(110)
+            k = sock.readinto(self._junk, min(n, _SKIP_CHUNK))
+            if not k:
+                raise OSError(-1)
+            n -= k
+        return None
 
     def connect(self, clean_session=True, timeout=None, ssl_ctx=None):
         timeout_s = timeout if timeout is not None else IO_TIMEOUT_MAX_MS / 1000
+        if self.clock is None:
+            self.clock = self.net  # the board's net has a wall clock too
         raw = self.net.tcp_connect(self.server, self.port, timeout_s)
         self.sock = raw
-        self.raw_sock = raw
         if ssl_ctx is not None:
             self.sock = ssl_ctx.wrap_socket(raw, server_hostname=self.server)
         self.sock.write(self._connect_packet(clean_session))
@@ -194,12 +265,14 @@ class _Client(MQTTClient):
 
 
 class Link:
-    def __init__(self, cfg, clock, net):
+    def __init__(self, cfg, clock, net, device_info=None):
         """clock: ticks_ms/ticks_diff in wall time (a board's `net` will do);
-        net: the board's network access (hal/net.py)."""
+        net: the board's network access (hal/net.py); device_info: extra
+        fields of Home Assistant's device block (serial_number, hw_version)."""
         self._clock = clock
         self._net = net
         self._cfg = cfg
+        self._device_info = device_info
         dev_id = cfg["id"]
         base = "%s/%s/" % (cfg.get("mqtt_prefix") or "evse", dev_id)
         self.topic_base = base
@@ -209,6 +282,9 @@ class Link:
         self._t_ack = (base + "ack").encode()
         self._t_online = (base + "online").encode()
         self._t_set = (base + "set/").encode()
+        self._t_mains = (base + "mains").encode()  # the house's grid current (docs/energy.md)
+        self._t_ha = (_discovery().DISCOVERY_PREFIX + "/status").encode()
+        _unload_discovery()
         self._keepalive_s = int(cfg.get("mqtt_keepalive_s") or 60)
         ka_ms = self._keepalive_s * 1000
         self._io_timeout_ms = max(IO_TIMEOUT_MIN_MS, min(IO_TIMEOUT_MAX_MS, ka_ms // 2))
@@ -222,6 +298,7 @@ class Link:
         self._acked = _Ring(ACKED_MAX)
         self._commands = _Ring(COMMANDS_MAX)
         self._status = None
+        self._mains = None  # the latest mains reading not yet taken (newest wins)
         self._stop_req = False
         # --- written by the thread, read by anyone (single-word writes) -------
         self.connected = False
@@ -233,6 +310,7 @@ class Link:
             "dropped": 0,  # events/acks dropped because the queue was full
             "commands_dropped": 0,
             "sessions_refused": 0,
+            "mains_ignored": 0,  # retained or oversized mains readings
             "last_error": None,
             "last_backoff_ms": 0,
             "last_connect_ms": 0,  # how long the last successful connect took
@@ -240,23 +318,20 @@ class Link:
         # --- thread-only state -------------------------------------------------
         self._client = None
         self._poller = None
+        self.netup = None  # firmware/netup.NetUp: polled by this thread; no broker while the network is down
         self._status_sent = None
         self._status_t = 0
         self._last_rx = 0
         self._last_ping = 0
+        self._up_t = 0  # when the current connection came up
+        self._rediscover = False  # Home Assistant announced itself: send discovery again
 
     # ---- the loop's side: all non-blocking ---------------------------------------
     def start(self):
         if self.running:
             return
         self.running = True
-        try:
-            old = _thread.stack_size(THREAD_STACK_BYTES)
-        except Exception:
-            old = None
-        _thread.start_new_thread(self._run, ())
-        if old is not None:
-            _thread.stack_size(old)
+        start_thread(self._run, getattr(self._net, "LINK_STACK_BYTES", THREAD_STACK_BYTES))
 
     def post_status(self, payload):
         with self._lock:
@@ -292,6 +367,15 @@ class Link:
         with self._lock:
             return self._acked.pop()
 
+    def poll_mains(self):
+        """The latest mains reading (payload bytes) since the last call, or None."""
+        if self._mains is None:
+            return None
+        with self._lock:
+            m = self._mains
+            self._mains = None
+            return m
+
     def poll_command(self):
         if not self._commands.n:
             return None
@@ -317,12 +401,20 @@ class Link:
         wait_ms = 0
         try:
             while not self._stop_req:
-                if self._client is None:
-                    if wait_ms and not self._sleep(wait_ms):
+                if self.netup is not None and not self.netup.poll():
+                    if self._client is not None:
+                        self._drop(OSError("network down"))
+                    if not self._sleep(self.netup.POLL_MS):
                         break
+                    continue
+                if self._client is None:
+                    if wait_ms:
+                        if not self._sleep(wait_ms):
+                            break
+                        wait_ms = 0
+                        continue  # look at the network again: it may have gone meanwhile
                     try:
                         self._connect()
-                        self.backoff.reset()
                         wait_ms = 0
                     except Exception as e:  # noqa: BLE001 - any failure means: try later
                         self._drop(e)
@@ -349,6 +441,8 @@ class Link:
         while self._clock.ticks_diff(self._clock.ticks_ms(), t0) < ms:
             if self._stop_req:
                 return False
+            if self.netup is not None:
+                self.netup.poll()  # the network and the clock are kept up during a back-off too
             self._net.sleep_ms(min(50, ms))
         return not self._stop_req
 
@@ -365,21 +459,24 @@ class Link:
             keepalive=self._keepalive_s,
         )
         c.net = self._net
+        c.clock = self._clock
+        c.limit_ms = self._io_timeout_ms
         c.set_callback(self._on_message)
         c.set_last_will(self._t_online, b"0", retain=True, qos=1)
         self._client = c
         ctx = self._net.tls_context(cfg.get("mqtt_ca")) if cfg.get("mqtt_tls") else None
         c.connect(timeout=self._io_timeout_ms / 1000, ssl_ctx=ctx)
         c.publish(self._t_online, b"1", retain=True)
-        c.subscribe(self._t_set + b"+")
-        for topic, payload in discovery.configs(cfg, self.topic_base):
-            c.publish(topic, payload, retain=True)
-        self._restore_timeout()
+        self._acked_call(c.subscribe, self._t_set + b"+")
+        self._acked_call(c.subscribe, self._t_ha)
+        self._acked_call(c.subscribe, self._t_mains)  # any mode: the mode command may change it
+        self._publish_discovery(c)
         self._poller = select.poll()
         self._poller.register(c.sock, select.POLLIN)
         now = self._clock.ticks_ms()
         self._last_rx = now
         self._last_ping = now
+        self._up_t = now
         self._status_sent = None  # publish the status at once
         self.stats["connects"] += 1
         self.stats["last_connect_ms"] = self._clock.ticks_diff(now, t0)
@@ -398,9 +495,23 @@ class Link:
             except Exception:  # noqa: BLE001 - already broken
                 pass
 
-    def _restore_timeout(self):
-        # umqtt's check_msg() leaves the socket fully blocking: put the timeout back.
-        self._client.raw_sock.settimeout(self._io_timeout_ms / 1000)
+    def _acked_call(self, fn, *args):
+        """A publish (QoS 1) or subscribe: umqtt waits for its PUBACK/SUBACK;
+        our wait_msg() gives up when that takes longer than the I/O timeout."""
+        c = self._client
+        c.busy_since = self._clock.ticks_ms()
+        try:
+            fn(*args)
+        finally:
+            c.busy_since = None
+
+    def _publish_discovery(self, c):
+        self._rediscover = False
+        try:
+            for topic, payload in _discovery().configs(self._cfg, self.topic_base, self._device_info):
+                c.publish(topic, payload, retain=True)
+        finally:
+            _unload_discovery()
 
     def _service(self):
         """One round: read what the broker sent, keep the link alive, send."""
@@ -413,13 +524,15 @@ class Link:
             if ev & (select.POLLHUP | select.POLLERR):
                 raise OSError(-3)  # broker closed or socket error
             self._last_rx = self._clock.ticks_ms()
-            op = c.check_msg()
-            self._restore_timeout()
-            if op is not None:  # a packet umqtt does not consume outside publish()
+            if c.wait_msg() is not None:  # a packet umqtt does not consume outside publish()
                 raise OSError(-4)
         if backlog:
             self._net.sleep_ms(IDLE_POLL_MS)
         now = self._clock.ticks_ms()
+        if self.backoff.failures and self._clock.ticks_diff(now, self._up_t) >= STABLE_MS:
+            self.backoff.reset()  # this connection proved itself
+        if self._rediscover:
+            self._publish_discovery(c)
         ka_ms = self._keepalive_s * 1000
         if not backlog and self._clock.ticks_diff(now, self._last_rx) > ka_ms:
             raise OSError(-5)  # nothing (not even PINGRESP) for a whole keepalive
@@ -436,8 +549,7 @@ class Link:
                 entry = self._sessions[0] if self._sessions else None
             if entry is None:
                 return
-            c.publish(self._t_session, entry[1], qos=1)  # returns after PUBACK
-            self._restore_timeout()
+            self._acked_call(c.publish, self._t_session, entry[1], False, 1)  # returns after PUBACK
             self.stats["published"] += 1
             with self._lock:
                 if self._sessions and self._sessions[0] is entry:
@@ -459,8 +571,7 @@ class Link:
                     # bytes: umqtt sizes a str payload by characters, and a command
                     # name with non-ASCII characters would corrupt the packet
                     payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
-                c.publish(topic, payload, qos=1)
-                self._restore_timeout()
+                self._acked_call(c.publish, topic, payload, False, 1)
                 self.stats["published"] += 1
                 with self._lock:
                     if ring.head_id == hid:  # not dropped meanwhile
@@ -478,8 +589,27 @@ class Link:
             self._status_t = now
             self.stats["published"] += 1
 
-    def _on_message(self, topic, msg):
-        """umqtt callback (link thread): queue set/<name> commands for the loop."""
+    def _on_message(self, topic, msg, retained):
+        """_Client.wait_msg callback (link thread): queue set/<name> commands
+        for the loop; note Home Assistant's birth message. msg is None for a
+        payload too large to hold (topic None for such a topic)."""
+        if topic is None:
+            return
+        if topic == self._t_mains:
+            # A measurement, not a command: the newest replaces an unread one,
+            # and a retained reading is of unknown age (ignored).
+            if msg is not None and not retained:
+                with self._lock:
+                    self._mains = bytes(msg)
+            else:
+                self.stats["mains_ignored"] += 1
+            return
+        if topic == self._t_ha:
+            # HA announces "online" when it starts: it forgot non-retained
+            # state, and maybe our configs. A retained announcement is old news.
+            if msg == b"online" and not retained:
+                self._rediscover = True
+            return
         n = len(self._t_set)
         if topic[:n] != self._t_set:
             return
@@ -487,14 +617,21 @@ class Link:
             name = bytes(topic[n : n + COMMAND_NAME_MAX + 1]).decode()
         except Exception:  # noqa: BLE001 - not UTF-8: commands.parse refuses "?"
             name = "?"
+        error = None
+        if msg is None:
+            error = "payload too long"
+        elif retained:
+            error = commands.retained_error(name)
         with self._lock:
-            if self._commands.n + self._acks.n < COMMANDS_MAX:
+            if error is None and self._commands.n + self._acks.n < COMMANDS_MAX:
                 self._commands.push((name, bytes(msg)))
                 return
-            # Full (a burst arrived while a publish waited for its PUBACK):
-            # answer instead of dropping silently; the sender may retry.
-            self.stats["commands_dropped"] += 1
-            if self._acks.push((name, False, "busy: too many commands, try again")):
+            if error is None:
+                # Full (a burst arrived while a publish waited for its PUBACK):
+                # answer instead of dropping silently; the sender may retry.
+                self.stats["commands_dropped"] += 1
+                error = "busy: too many commands, try again"
+            if self._acks.push((name, False, error)):
                 self.stats["dropped"] += 1
 
     def _goodbye(self):

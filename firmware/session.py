@@ -124,7 +124,7 @@ class SessionTracker:
         self.seq = 0
         self.id = None
         self.active = False
-        self._start = None
+        self.start = None  # stamp (session.stamp); the app back-dates it when the clock gets set
         self._end = None
         self._meter_start_mwh = None
         self._meter_stop_mwh = None
@@ -150,7 +150,7 @@ class SessionTracker:
         self.id = "%s-%d-%d" % (self.device_id, self.boot_id, self.seq)
         self.active = True
         self._reset_counters()
-        self._start = stamp(self.boot_id, now_ms, wall_s)
+        self.start = stamp(self.boot_id, now_ms, wall_s)
         self._end = None
         self._meter_start_mwh = meter_start_mwh
         self._meter_stop_mwh = None
@@ -218,6 +218,7 @@ class SessionTracker:
 
     def _progress(self, end, energy_mwh, meter_mwh):
         return {
+            "start": self.start,  # back-dated by the app once the clock is set
             "end": end,
             "energy_mwh": energy_mwh,
             "energy_wh": wh(energy_mwh),
@@ -244,8 +245,8 @@ class SessionTracker:
         session; a power cut closes it with the last checkpoint merged in."""
         return {
             "id": self.id,
-            "start": self._start,
-            "end": self._start,
+            "start": self.start,
+            "end": self.start,
             "energy_mwh": 0,
             "energy_wh": 0.0,
             "meter_start_mwh": self._meter_start_mwh,

@@ -53,7 +53,10 @@ def write(st):
 
 
 def use(st=None):
-    """Put the active slot (and its lib/) first on sys.path. No writes."""
+    """Put the active slot first on sys.path, and its lib/ right after the
+    frozen modules: a library the image freezes (stock ESP32 images freeze
+    umqtt.simple) runs from flash instead of a second copy loaded into RAM.
+    No writes."""
     if st is None:
         st = read()
     if st is None:
@@ -62,7 +65,8 @@ def use(st=None):
     for p in (d + "/lib", d):
         while p in sys.path:
             sys.path.remove(p)
-        sys.path.insert(0, p)
+    sys.path.insert(0, d)
+    sys.path.insert(sys.path.index(".frozen") + 1 if ".frozen" in sys.path else 1, d + "/lib")
     return st
 
 

@@ -31,6 +31,15 @@ PP_OPEN = -2
 # temp_dc() when the board has no temperature sensor.
 NO_TEMP = -32768
 
+# NetIf.state() answers (the board's network interface, below).
+LINK_DOWN = 0  # not started, or given up: call up() again (after a back-off)
+LINK_CONNECTING = 1  # up() called: associating / link negotiation / DHCP
+LINK_UP = 2  # link up with an IP address: sockets may be used
+LINK_FAILED = 3  # the attempt failed (wrong password, no access point, no cable)
+
+# NetIf.rssi_dbm() when there is no radio signal to report (Ethernet, not up).
+NO_RSSI = -128
+
 
 class Board:
     """Interface only: each method states its contract. Not instantiated."""
@@ -44,11 +53,15 @@ class Board:
     adc_rate_hz = 3200
     # Full-scale ADC code + 1 (4096 for a 12-bit ADC).
     adc_full_scale = 4096
+    # True when the board has a phase-switch relay (1 or 3 phases to the EV).
+    phase_relay = False
     # Where the firmware keeps its files (config, journal, counters).
     data_dir = "/data"
     # Every board also has `net`: network access for the MQTT link (the
     # hal/net.py module: tcp_connect(), tls_context(), and a wall-clock
-    # ticks_ms()/ticks_diff()/sleep_ms() for the link thread).
+    # ticks_ms()/ticks_diff()/sleep_ms() for the link thread), and `netif`:
+    # its network interface (a NetIf, below: WiFi station, Ethernet, or the
+    # host's network on the unix port).
 
     # --- clock: every firmware time goes through these ----------------------
     def ticks_ms(self):
@@ -72,6 +85,12 @@ class Board:
 
     def wall_time(self):
         """Seconds since 1970-01-01 UTC when the wall clock is set, else None."""
+        raise NotImplementedError
+
+    def set_wall_time(self, unix_s, ms=0):
+        """Set the wall clock to unix_s seconds (+ ms milliseconds) since
+        1970-01-01 UTC; wall_time() then counts on from it. Called from the
+        network thread (NTP), never from the control tick."""
         raise NotImplementedError
 
     # --- control pilot -------------------------------------------------------
@@ -139,6 +158,21 @@ class Board:
         per-channel calibration (firmware/meter.py) multiplies this."""
         raise NotImplementedError
 
+    # --- energy management ----------------------------------------------------------
+    def phase_switch(self, phases):
+        """Move the phase-switch relay: phases 1 (L1 only) or 3. The firmware
+        calls it only with the contactor open and the pilot steady for at
+        least 10 s (firmware/charger.py switch_phases()). A board without a
+        relay (phase_relay False) ignores it."""
+        raise NotImplementedError
+
+    def mains_read(self, out):
+        """The house's grid current per phase from the board's own mains CTs:
+        fills out[0..2] (a preallocated array('i', 3)) with mA, negative for
+        export where the board can tell the direction. Returns False (and
+        leaves out alone) on a board without mains CTs."""
+        raise NotImplementedError
+
     # --- housekeeping ----------------------------------------------------------------
     def wdt_start(self, timeout_ms):
         """Start the hardware watchdog, or set a running one's timeout; a
@@ -156,6 +190,59 @@ class Board:
         """Short text: 'power_on', 'watchdog', 'soft', 'hard', 'deepsleep'."""
         raise NotImplementedError
 
+    def unique_id(self):
+        """The chip's unique id as lowercase hex (an ESP32's factory MAC, 12
+        digits), the same at every boot: the default device id derives from it."""
+        raise NotImplementedError
+
     def safe(self):
         """Contactor open, RCD test off, pilot steady +12 V. Never raises."""
+        raise NotImplementedError
+
+
+class NetIf:
+    """The board's network interface (`board.netif`): interface only.
+
+    Every method is called from the network thread (the MQTT link's thread,
+    firmware/netup.py), never from the control tick. state() and rssi_dbm()
+    are cheap (no allocation, no I/O wait) and may be polled often; up() may
+    block for a driver's bring-up (a LAN8720's power-up settles for 100 ms,
+    starting the WiFi driver takes a few hundred ms), never for the link
+    itself: association, cable negotiation and DHCP go on in the background
+    and state() reports them.
+    """
+
+    # "wifi" (station), "eth" (wired), or "host" (the unix port: the
+    # computer's network, always up, nothing to bring up).
+    kind = "host"
+
+    def up(self, ssid, password):
+        """Start bringing the interface up (ssid/password: WiFi only; an
+        empty password joins an open network). Restarts an attempt already
+        under way. Raises OSError when the hardware cannot be started."""
+        raise NotImplementedError
+
+    def down(self):
+        """Disconnect and stop the interface. Never raises."""
+        raise NotImplementedError
+
+    def state(self):
+        """LINK_DOWN, LINK_CONNECTING, LINK_UP or LINK_FAILED."""
+        raise NotImplementedError
+
+    def rssi_dbm(self):
+        """Received signal strength of the access point in dBm (-100..0) while
+        a WiFi link is up, else NO_RSSI."""
+        raise NotImplementedError
+
+    def ntp_start(self, host):
+        """Send one SNTP request to host (UDP port 123). Returns at once after
+        the DNS lookup (which may block this thread). Raises OSError."""
+        raise NotImplementedError
+
+    def ntp_poll(self):
+        """The answer to the last ntp_start(): None while none has arrived,
+        else (unix_s, ms) = the server's transmit time. Raises ValueError for
+        a reply that is not a valid, synchronised server answer to our
+        request (it is dropped), OSError for a socket error."""
         raise NotImplementedError

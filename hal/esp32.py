@@ -42,6 +42,10 @@ spacing is a minimum, not a guarantee; the burst costs about
 burst * max(spacing, read time) of the tick (48 * 43 us = ~2 ms).
 WiFi interrupts can delay single reads; the median absorbs a few.
 
+Network (netif, hal/net.py): a WiFi station (WlanIf), or the Ethernet PHY of
+the board file's `eth` block (LanIf); neither touches the radio or the PHY
+before the network thread calls up(), so boot.py's safe() builds no driver.
+
 Current sense (adc_burst). Channels are read back to back inside each frame
 (a few tens of us of skew between phases), frames are spaced 1/adc_rate_hz on
 ticks_us deadlines (Bresenham remainder, so the mean rate is exact). Codes are
@@ -64,6 +68,8 @@ PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
 SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level is reported
 STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
+MAINS_SAMPLES = const(40)  # mains_read(): reads per CT over ...
+MAINS_WINDOW_US = const(20000)  # ... one 50 Hz period (60 reads at most: the sums stay < 2**30)
 PP_READS = const(4)  # reads averaged per pp_ohm()
 NTC_READS = const(4)  # reads averaged per sensor per temp_dc()
 NTC_MIN_C = const(-40)  # NTC table range; outside it the sensor is open or shorted
@@ -81,6 +87,12 @@ _INPUT_ONLY = (34, 35, 36, 37, 38, 39)  # no output driver, no pull resistors
 _ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 is unusable while WiFi runs
 _ATTEN = {"0db": 0, "2.5db": 1, "6db": 2, "11db": 3}  # machine.ADC.ATTN_* values
 _PULLS = ("up", "down", None)
+# Ethernet (EMAC + RMII PHY): the RMII data pins are fixed in the ESP32's
+# silicon (TXD0 19, TX_EN 21, TXD1 22, RXD0 25, RXD1 26, CRS_DV 27); the 50 MHz
+# reference clock comes in on GPIO0 or goes out on GPIO0/16/17.
+_RMII_PINS = (19, 21, 22, 25, 26, 27)
+_CLOCK_PINS = {"in": (0,), "out": (0, 16, 17)}
+_PHYS = ("LAN8720", "LAN8710", "IP101", "RTL8201", "DP83848", "KSZ8041", "KSZ8081")  # network.PHY_<name>
 _RESET_NAMES = {
     machine.PWRON_RESET: "power_on",
     machine.HARD_RESET: "hard",
@@ -171,7 +183,7 @@ def validate(desc):
     if not isinstance(desc, dict):
         raise BoardFileError("board file: top level must be an object")
     used: dict = {}  # pin -> key that uses it
-    b = {"name": _get(desc, "", "name", str)}
+    b = {"name": _get(desc, "", "name", str), "eth": _eth(desc.get("eth"), used)}
 
     adc = _get(desc, "", "adc", dict)
     atten = _get(adc, "adc", "atten", str)
@@ -278,6 +290,30 @@ def validate(desc):
         "rate_hz": _get(s, "ct", "rate_hz", int, 500, 10000),
     }
 
+    # Energy management: an optional 1/3 phase relay and optional mains CTs
+    # (the house's grid current, measured like the EV's; no direction). Both
+    # may be left out of a board file (older files have neither).
+    s = _get(desc, "", "phase_relay", dict, optional=True) if "phase_relay" in desc else None
+    b["phase_relay"] = (
+        None
+        if s is None
+        else {
+            "pin": _pin(s, "phase_relay", "pin", used, output=True),
+            "three_phase_level": _level(s, "phase_relay", "three_phase_level"),
+        }
+    )
+    s = _get(desc, "", "mains_ct", dict, optional=True) if "mains_ct" in desc else None
+    b["mains_ct"] = (
+        None
+        if s is None
+        else {
+            "pins": _pins(s, "mains_ct", (1, 2, 3), used, adc=True),
+            "ratio": _get(s, "mains_ct", "ratio", int, 1, 10000),
+            "burden_ohm": _get(s, "mains_ct", "burden_ohm", int, 1, 10000),
+            "full_scale_mv": _get(s, "mains_ct", "full_scale_mv", int, 500, 3300),
+        }
+    )
+
     s = _get(desc, "", "led", dict, optional=True)
     b["led"] = (
         None
@@ -285,6 +321,39 @@ def validate(desc):
         else {"pin": _pin(s, "led", "pin", used, output=True), "active_level": _level(s, "led", "active_level")}
     )
     return b
+
+
+def _eth(s, used):
+    """The optional `eth` block (an Ethernet PHY on the RMII bus), or None.
+    Checked first, so a charger pin on an RMII pin is named as the clash."""
+    if s is None:
+        return None
+    if not isinstance(s, dict):
+        raise BoardFileError("board file: 'eth' must be an object or null")
+    phy = _get(s, "eth", "phy", str)
+    if phy not in _PHYS:
+        raise BoardFileError("board file: 'eth.phy' must be one of " + ", ".join(_PHYS))
+    mode = _get(s, "eth", "clock_mode", str)
+    if mode not in _CLOCK_PINS:
+        raise BoardFileError('board file: \'eth.clock_mode\' must be "in" (PHY or oscillator drives GPIO0) or "out"')
+    for p in _RMII_PINS:
+        used[p] = "eth (RMII data)"
+    e = {
+        "phy": phy,
+        "phy_addr": _get(s, "eth", "phy_addr", int, 0, 31),
+        "clock_mode": mode,
+        "mdc": _pin(s, "eth", "mdc", used, output=True),
+        "mdio": _pin(s, "eth", "mdio", used, output=True),
+        "power_pin": _pin(s, "eth", "power_pin", used, output=True, optional=True),
+    }
+    clk = _get(s, "eth", "clock_pin", int, 0, 39)
+    if clk not in _CLOCK_PINS[mode]:
+        pins = ", ".join(str(p) for p in _CLOCK_PINS[mode])
+        raise BoardFileError(
+            "board file: 'eth.clock_pin' = " + str(clk) + " cannot carry the RMII clock " + mode + " (GPIO " + pins + ")"
+        )
+    e["clock_pin"] = _pin(s, "eth", "clock_pin", used)
+    return e
 
 
 def load(path):
@@ -379,6 +448,18 @@ def _select(a, lo, hi, k):
         else:
             break
     return a[k]
+
+
+def isqrt(n):
+    """Integer square root of n >= 0 (Newton's method, small ints only)."""
+    if n <= 0:
+        return 0
+    x = n
+    y = (x + 1) >> 1
+    while y < x:
+        x = y
+        y = (x + n // x) >> 1
+    return x
 
 
 def median(a, lo, hi):
@@ -512,10 +593,24 @@ class Esp32Board(Board):
         self._frame_us = 1000000 // ct["rate_hz"]
         self._frame_rem = 1000000 % ct["rate_hz"]
 
+        s = b["phase_relay"]
+        self.phase_relay = s is not None
+        if s is not None:  # three phases at boot: the contactor is open anyway
+            self._relay_3 = s["three_phase_level"]
+            self._relay = Pin(s["pin"], Pin.OUT, value=self._relay_3)
+        s = b["mains_ct"]
+        self._mains = None if s is None else tuple(ADC(Pin(q), atten=atten) for q in s["pins"])
+        if s is not None:
+            self._mains_ua = ua_per_count(s["ratio"], s["burden_ohm"], s["full_scale_mv"])
+            self._mbuf = array("H", bytes(2 * MAINS_SAMPLES))
+
         s = b["led"]
         self._led = None if s is None else Pin(s["pin"], Pin.OUT, value=1 - s["active_level"])
         self._led_on = 1 if s is None else s["active_level"]
         self._led_mode = 0
+
+        # The network interface: the board file's Ethernet PHY, else WiFi.
+        self.netif = _net.WlanIf() if b["eth"] is None else _net.LanIf(b["eth"])
 
         self._next = time.ticks_ms()  # wait_tick deadline
         self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
@@ -551,6 +646,11 @@ class Esp32Board(Board):
         if t + self._epoch < SECS_2024_SINCE_1970:
             return None
         return t + self._epoch
+
+    def set_wall_time(self, unix_s, ms=0):
+        t = time.gmtime(unix_s - self._epoch)
+        # (year, month, day, weekday, hour, minute, second, microsecond)
+        machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], ms * 1000))
 
     # --- control pilot -----------------------------------------------------------
     def pilot_pwm(self, duty_pm):
@@ -681,6 +781,43 @@ class Esp32Board(Board):
     def adc_ua_per_count(self, channel):
         return self._ua
 
+    # --- energy management ---------------------------------------------------------------
+    def phase_switch(self, phases):
+        if self.phase_relay:
+            self._relay.value(self._relay_3 if phases == 3 else 1 - self._relay_3)
+
+    def mains_read(self, out):
+        """RMS of each mains CT over one burst of MAINS_SAMPLES reads spread
+        over MAINS_WINDOW_US (one 50 Hz period; 60 Hz leaves a partial period,
+        a small error for a load manager). CTs without a voltage reference
+        cannot tell import from export: readings are >= 0 (solar mode needs
+        a signed feed on MQTT). Integer maths; allocates nothing."""
+        adcs = self._mains
+        if adcs is None:
+            return False
+        for k in range(3):
+            if k >= len(adcs):
+                out[k] = 0
+                continue
+            adc = adcs[k]
+            a = self._mbuf
+            s = 0
+            t = time.ticks_us()
+            for i in range(MAINS_SAMPLES):
+                while time.ticks_diff(t, time.ticks_us()) > 0:
+                    pass
+                c = adc.read_u16() >> 4
+                a[i] = c
+                s += c
+                t = time.ticks_add(t, MAINS_WINDOW_US // MAINS_SAMPLES)
+            mean = s // MAINS_SAMPLES
+            v = 0
+            for i in range(MAINS_SAMPLES):  # two passes: every sum stays below 2**30
+                d = a[i] - mean
+                v += d * d
+            out[k] = isqrt(v // MAINS_SAMPLES) * self._mains_ua // 1000
+        return True
+
     # --- housekeeping ------------------------------------------------------------------
     def wdt_start(self, timeout_ms):
         """Start the watchdog, or give a running one a new timeout. It cannot
@@ -716,6 +853,11 @@ class Esp32Board(Board):
 
     def reset_cause(self):
         return _RESET_NAMES.get(machine.reset_cause(), "hard")
+
+    def unique_id(self):
+        from binascii import hexlify
+
+        return hexlify(machine.unique_id()).decode()
 
     def safe(self):
         try:

@@ -176,7 +176,7 @@ class SimBoard:
                  has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
-                 data_dir="/tmp/evse_sim", realtime=False):
+                 data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None):
         # --- configuration (plain attributes may be changed between ticks) ---
         self.adc_channels = 3 if phases == 3 else 1
         self._supply_phases = self.adc_channels  # a single-phase supply feeds one phase
@@ -199,6 +199,12 @@ class SimBoard:
         self.stuck_channel = 0  # channel the stuck_adc fault breaks
         self.stuck_code = 2048  # ... and the code it returns (2048: "no current")
         self.on_tick = None  # callable(sim) after each wait_tick(); may raise
+        # --- the house behind the same main fuse (energy management) ---------
+        self.phase_relay = phase_relay  # a 1/3 phase relay between contactor and EV
+        self.mains_ct = mains_ct  # the board measures the grid on its own CTs
+        self.house_ma = [0, 0, 0]  # the house's own load per phase
+        self.pv_ma = [0, 0, 0]  # solar production per phase
+        self.phase_log = []  # (now_ms, phases, contacts_closed, pwm_on) per relay move
         self.ev_up_ma_s = 20000  # EV ramp rates, mA per second
         self.ev_down_ma_s = 20000
         self.ev_stop_ma_s = 64000  # ramp down after x1 (stops within ~1 s)
@@ -208,7 +214,6 @@ class SimBoard:
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
         self._wall = None
-        self._wall_at = 0
         self._realtime = realtime
         self._rt_due = None  # wall ms of the next paced tick, from the first one
         # --- PRNGs: one for EV/board timing, one for measurement noise -------
@@ -249,8 +254,13 @@ class SimBoard:
         self.set_temp_c(temp_c)
         self.led_mode = 0
         self._cause = "power_on"
+        # a MAC-like chip id, from the seed unless given: boards with different seeds differ
+        self._uid = unique_id or "5e%010x" % ((seed * 2654435761) & 0xFFFFFFFFFF)
         self._wdt_ms = 0
         self._wdt_fed = 0
+        from sim.net import SimNetIf
+
+        self.netif = SimNetIf(self)  # the network interface: link, RSSI, NTP to control (sim/net.py)
         # --- EV -------------------------------------------------------------------
         self._ev = "A"
         self.ev_s2_closed = False
@@ -341,13 +351,13 @@ class SimBoard:
             self._e_uj += self._p_mw * dt
 
     def wall_time(self):
-        if self._wall is None:
+        w = self._wall  # (unix ms, now_ms) when set: one word, so the NTP thread's write is atomic
+        if w is None:
             return None
-        return self._wall + (self.now_ms - self._wall_at) // 1000
+        return (w[0] + self.now_ms - w[1]) // 1000
 
-    def set_wall_time(self, unix_s):
-        self._wall = unix_s
-        self._wall_at = self.now_ms
+    def set_wall_time(self, unix_s, ms=0):
+        self._wall = (unix_s * 1000 + ms, self.now_ms)
 
     # --- control pilot ------------------------------------------------------------------
     def pilot_pwm(self, duty_pm):
@@ -620,6 +630,44 @@ class SimBoard:
             self._set_current(0)
         self._next_ms = nxt
 
+    # --- energy management: the phase relay and the grid ------------------------------------------
+    def phase_switch(self, phases):
+        n = 1 if phases == 1 or self.adc_channels == 1 else 3
+        if not self.phase_relay or n == self._supply_phases:
+            return
+        self.phase_log.append((self.now_ms, n, self.contacts_closed, self._pwm))
+        self._supply_phases = n  # the EV follows: it draws on what it is given
+        self._set_current(self._i_ma)
+        self._next_ms = self.now_ms
+
+    @property
+    def supply_phases(self):
+        return self._supply_phases
+
+    def set_house_a(self, amps):
+        """The house's own load in A: one number for every phase, or a list per phase."""
+        self._set3(self.house_ma, amps)
+
+    def set_pv_a(self, amps):
+        """Solar production in A: one number for every phase, or a list per phase."""
+        self._set3(self.pv_ma, amps)
+
+    def _set3(self, out, amps):
+        for p in range(3):
+            v = amps if isinstance(amps, (int, float)) else (amps[p] if p < len(amps) else 0)
+            out[p] = int(round(v * 1000))
+
+    def grid_ma(self, phase):
+        """True grid current on a phase (mA, negative: export): house + EV - solar."""
+        return self.house_ma[phase] + self.truth_current_ma(phase) - self.pv_ma[phase]
+
+    def mains_read(self, out):
+        if not self.mains_ct:
+            return False
+        for p in range(3):
+            out[p] = self.grid_ma(p)
+        return True
+
     def truth_current_ma(self, phase):
         """Current the EV draws on a phase (0, 1, 2), mA."""
         return self._i_ma if phase < self._drawn_phases() else 0
@@ -698,6 +746,9 @@ class SimBoard:
 
     def reset_cause(self):
         return self._cause
+
+    def unique_id(self):
+        return self._uid
 
     def set_reset_cause(self, cause):
         self._cause = cause

@@ -49,6 +49,7 @@ _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
 _NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
 _TRACE_EVERY_MS = 1000  # a record at least once per simulated second
 _STDIN_EVERY_MS = 50  # --hold: how often stdin is polled for a step or its end
+_ENERGY_EVENTS = ("solar_start", "solar_stop", "phase_switch", "phases", "mains_stale", "mains_ok")
 
 
 class _Stop(Exception):
@@ -70,7 +71,8 @@ def _payload(value):
 
 def apply_world(sim, step):
     """Apply a scenario step's world actions (docs/scenarios.md: ev, draw_a,
-    ev_obeys, ev_phases, pp_ohm, fault, temp_c) to the simulated board `sim`.
+    ev_obeys, ev_phases, pp_ohm, fault, temp_c, house_a, pv_a) to the
+    simulated board `sim`.
     `set`, `expect`, `note` and `t` are left alone. Shared with sim/follower.py."""
     for key in step:
         v = step[key]
@@ -88,6 +90,10 @@ def apply_world(sim, step):
             sim.set_fault(v)
         elif key == "temp_c":
             sim.set_temp_c(v)
+        elif key == "house_a":
+            sim.set_house_a(v)
+        elif key == "pv_a":
+            sim.set_pv_a(v)
 
 
 def send_commands(fw, step, t_ms):
@@ -147,8 +153,31 @@ class Runner:
         self.flush_ms = flush_ms
         self.fw = Firmware(sim, cfg)
         self.ch = self.fw.charger
+        # Energy-management fields in the trace: when the scenario has a house
+        # or solar in it, or a mode other than normal.
+        self.energy = bool(scenario.get("mains_meter")) or cfg.get("mode", "normal") != "normal" or bool(
+            sim_args.get("mains_ct")) or any(("house_a" in st or "pv_a" in st) for st in scenario.get("steps", ()))
+        # Energy-management accounting from the simulator's truth, every tick:
+        # the EV's energy, the part of it the solar surplus covered (summed
+        # over the phases, as a meter nets them), and the longest stretch with
+        # any phase of the grid above the main fuse.
+        self.mains_max_ma = int(self.fw.cfg["mains_max_a"] * 1000)
+        self.ev_mams = 0  # mA x ms summed over the phases
+        self.solar_mams = 0
+        self.over_since = -1
+        self.over_ms_max = 0
+        self.energy_events = []  # (t_ms, event) of load management, for the summary
+        if self.energy:
+            self.fw.on_event = self._on_fw_event
         self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
         self.until_ms = _ms(scenario["until"])
+        # A house meter that publishes the grid current like a smart meter on
+        # MQTT ("mains_meter": {"every_s": N}); a step's "mains_meter": false
+        # silences it (a stale feed), true brings it back.
+        meter = scenario.get("mains_meter")
+        self.meter_every_ms = _ms(meter.get("every_s", 1)) if meter else 0
+        self.meter_on = bool(meter)
+        self.meter_due = 0
         self.realtime = realtime
         self.hold = hold
         self.holding = False  # past `until` with hold: real time, steps from stdin
@@ -183,15 +212,22 @@ class Runner:
         self.shown.take(fw)
         self.last_rec_ms = t
         self.records += 1
-        pilot_mv = int(self.sim.pilot_v() * 1000)
-        truth_mwh = int(self.sim.truth_energy_wh * 1000)
-        print(
-            record(fw, t, pilot_mv, ', "truth_energy_wh": ' + fixed(truth_mwh, 1000, 3))
-        )
+        sim = self.sim
+        pilot_mv = int(sim.pilot_v() * 1000)
+        truth_mwh = int(sim.truth_energy_wh * 1000)
+        extra = ', "truth_energy_wh": ' + fixed(truth_mwh, 1000, 3)
+        if self.energy:
+            extra += ', "grid_a": [%s, %s, %s], "phases": %d' % (
+                fixed(sim.grid_ma(0), 1000, 2), fixed(sim.grid_ma(1), 1000, 2), fixed(sim.grid_ma(2), 1000, 2),
+                sim.supply_phases)
+        print(record(fw, t, pilot_mv, extra))
 
     # --- steps ------------------------------------------------------------------------
     def _apply(self, t, step):
         apply_world(self.sim, step)
+        if "mains_meter" in step:
+            self.meter_on = bool(step["mains_meter"]) and self.meter_every_ms > 0
+            self.meter_due = t
         ev = step.get("ev")
         if ev is not None:
             self.ev = ev
@@ -241,6 +277,53 @@ class Runner:
             self.need_open_ms = -1
             self.s2_fresh = False
 
+    def _account(self, now, dt):
+        sim = self.sim
+        ev = 0
+        grid = 0
+        over = False
+        for p in range(3):
+            g = sim.grid_ma(p)
+            grid += g
+            ev += sim.truth_current_ma(p)
+            if g > self.mains_max_ma:
+                over = True
+        covered = ev - grid if grid > 0 else ev
+        if covered < 0:
+            covered = 0
+        self.ev_mams += ev * dt
+        self.solar_mams += covered * dt
+        if over:
+            if self.over_since < 0:
+                self.over_since = now
+            elif now - self.over_since > self.over_ms_max:
+                self.over_ms_max = now - self.over_since
+        else:
+            self.over_since = -1
+
+    def _on_fw_event(self, ev):
+        if ev.get("event") in _ENERGY_EVENTS:
+            self.energy_events.append({"t": (self.sim.now_ms - self.t0) / 1000, "event": ev["event"]})
+
+    def energy_summary(self):
+        v = self.sim.voltage_v
+        log = self.sim.phase_log
+        return {
+            "ev_wh": v * self.ev_mams // 3600000 / 1000,
+            "solar_wh": v * self.solar_mams // 3600000 / 1000,
+            "mains_over_ms_max": self.over_ms_max,
+            "phase_switches": [{"t": (ms - self.t0) / 1000, "phases": n, "contacts_closed": c, "pwm": w}
+                               for ms, n, c, w in log],
+            "events": self.energy_events,
+        }
+
+    def _publish_mains(self):
+        """What a smart meter publishes on the charger's mains topic (A, signed)."""
+        sim = self.sim
+        payload = '{"l1": %s, "l2": %s, "l3": %s}' % (
+            fixed(sim.grid_ma(0), 1000, 2), fixed(sim.grid_ma(1), 1000, 2), fixed(sim.grid_ma(2), 1000, 2))
+        self.fw.mains(payload.encode())
+
     # --- the hook: after each wait_tick of the simulated board ----------------------------
     def on_tick(self, sim):
         t = (
@@ -271,6 +354,11 @@ class Runner:
                 self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
             )
         self._world(now)
+        if self.energy:
+            self._account(now, now - t)
+        if self.meter_on and now >= self.meter_due:
+            self.meter_due = now + self.meter_every_ms
+            self._publish_mains()
         if self.realtime:
             ahead = now - time.ticks_diff(time.ticks_ms(), self.wall0_ms)
             if ahead > 0:
@@ -358,6 +446,7 @@ class Runner:
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,
             "records": self.records,
+            "energy": self.energy_summary() if self.energy else None,
         }
 
 

@@ -14,6 +14,9 @@ MicroPython side. What is measured (docs/benchmarks.md explains each one):
                 bytes per charged hour, simulated seconds per wall second
   reaction      contactor open/close times over the scenario library
                 (tools/rig.py measure logic)
+  energy days   the simulated sunny and cloudy days (tests/scenarios/energy/)
+                in solar mode and as a plain charger: solar share, grid
+                import, starts/stops, phase switches, longest mains overload
   mqtt          QoS 1 publish round trip on loopback with the link's client,
                 post-to-PUBACK as the loop sees it, and the longest tick while
                 the broker is a black hole (Mosquitto started here)
@@ -141,6 +144,44 @@ def measure_reaction():
         "close_ms_max": max(closes) if closes else None,
         "openings_never_done": unfinished,
     }
+
+
+ENERGY_DAYS = ("sunny_day", "cloudy_day")  # tests/scenarios/energy/, written by tools/solar_day.py
+
+
+def measure_energy_days(quick):
+    """Each simulated day in solar mode and as a plain charger (mode normal):
+    solar share of the charged energy, grid import, starts/stops, phase
+    switches and the longest mains overload (docs/energy.md)."""
+    days = ("cloudy_2h",) if quick else ENERGY_DAYS
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for day in days:
+            path = os.path.join(rig.SCENARIO_DIR, "energy", day + ".json")
+            for mode in ("solar", "normal"):
+                sc = rig.load_scenario(path)
+                sc["config"]["mode"] = mode
+                p = os.path.join(tmp, "%s_%s.json" % (day, mode))
+                with open(p, "w") as f:
+                    json.dump(sc, f)
+                try:
+                    records, _commands, summary = rig.run_scenario(p, sc)
+                except rig.RigError as e:
+                    raise BenchError("energy day %s (%s): %s" % (day, mode, e)) from None
+                e = summary["energy"]
+                ev_wh = e["ev_wh"]
+                closes = sum(1 for a, b in zip(records, records[1:]) if b["contactor"] and not a["contactor"])
+                out["%s_%s" % (day, mode)] = {
+                    "ev_kwh": round(ev_wh / 1000, 2),
+                    "solar_share_pct": round(100 * e["solar_wh"] / ev_wh, 1) if ev_wh else None,
+                    "grid_import_kwh": round((ev_wh - e["solar_wh"]) / 1000, 2),
+                    "starts": sum(1 for x in e["events"] if x["event"] == "solar_start") if mode == "solar" else closes,
+                    "stops": sum(1 for x in e["events"] if x["event"] == "solar_stop"),
+                    "contactor_closes": closes,
+                    "phase_switches": len(e["phase_switches"]),
+                    "mains_over_s_max": e["mains_over_ms_max"] / 1000,
+                }
+    return {"energy_days": out}
 
 
 def measure_mqtt(quick):
@@ -304,6 +345,8 @@ def measure_all(quick, log=print):
     out["sim_speed_x_min"] = min(v["sim_speed_x"] for v in ses.values())
     log("reaction times over the scenario library ...")
     out.update(measure_reaction())
+    log("energy management over simulated days ...")
+    out.update(measure_energy_days(quick))
     log("mqtt ...")
     out.update(measure_mqtt(quick))
     log("minimum heap (bisection) ...")
@@ -400,6 +443,14 @@ def print_table(out, file=sys.stdout):
     row("contactor open max", out["open_ms_max"], "ms", "open_ms_max")
     row("contactor close max (from S2)", out["close_ms_max"], "ms", "close_ms_max")
     row("required openings never done", out["openings_never_done"], "")
+    print("energy management: simulated days, solar mode vs a plain charger (25 A fuse, 16 A EV)", file=file)
+    for key, d in out["energy_days"].items():
+        row(key.replace("_", " "), "%.1f kWh" % d["ev_kwh"], "",
+            None)
+        print("  %-44s %s" % ("", "solar %s %%, import %.2f kWh, starts %d, stops %d, phase switches %d, "
+                                  "longest overload %.0f s" % (d["solar_share_pct"], d["grid_import_kwh"], d["starts"],
+                                                               d["stops"], d["phase_switches"],
+                                                               d["mains_over_s_max"])), file=file)
     print("mqtt (Mosquitto on loopback)", file=file)
     row("QoS 1 publish round trip, median", "%.3f" % out["mqtt_publish_ms_median"], "ms")
     row(

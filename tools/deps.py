@@ -7,8 +7,17 @@ archive with their path under lib/ (as /lib on a board) and their own sha256.
 Archives come from a PyPI simple index (via the pypi-simple package); pip is
 not used because MicroPython sdists are not installable by it.
 
+Vendored packages (the "vendored" list in the pin file: versions the registry
+does not have, umqtt.simple 1.8.0) are copied from a local vendor folder
+(--vendor-dir, else $EVSE_VENDOR_DIR, else ../shared/vendor next to the
+repository) into their own untracked folder under the repository (never lib/,
+never deployed), each file checked against its pinned sha256 first. Without
+the vendor folder `install` says so and skips them (the tests that need them
+skip too).
+
 Subcommands:
-  install   make lib/ match the pins; does no network work when it already does
+  install   make lib/ (and the vendored folders) match the pins; does no network
+            work when lib/ already does
   check     exit 1 if any pinned file under lib/ is missing or differs
   list      print the pinned files as JSON (for the deploy tool)
 
@@ -33,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO / "tools" / "mp_packages.json"
 DEFAULT_LIB = REPO / "lib"
 DEFAULT_INDEX = "https://pypi.org/simple/"
+DEFAULT_VENDOR = REPO.parent / "shared" / "vendor"
 EXIT_OK, EXIT_DIFFERS, EXIT_FAILED = 0, 1, 2
 _HEX = set("0123456789abcdef")
 
@@ -89,6 +99,62 @@ def load_manifest(path):
                     f"{name}: file path {str(rel)!r} in {path} must be relative to lib/ without '..'"
                 )
     return packages
+
+
+def load_vendored(path):
+    """The pin file's vendored packages (an empty list when it has none)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            vendored = json.load(f).get("vendored", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DepsError(f"pin file {path} is unreadable ({exc}): restore it from git") from None
+    for pkg in vendored:
+        into = PurePosixPath(pkg.get("into", ""))
+        if into.is_absolute() or ".." in into.parts or not into.parts or not pkg.get("source"):
+            raise DepsError(f"{pkg.get('name', '?')}: vendored entry in {path} needs 'source' and a relative 'into'")
+        for entry in pkg.get("files", ()):
+            if not _is_sha256(entry.get("sha256")) or not entry.get("member") or not entry.get("path"):
+                raise DepsError(f"{pkg.get('name', '?')}: a vendored file entry in {path} lacks member/path/sha256")
+    return vendored
+
+
+def vendored_lib(name, manifest=DEFAULT_MANIFEST):
+    """The folder a vendored package is installed into (put it on MICROPYPATH)."""
+    for pkg in load_vendored(manifest):
+        if pkg["name"] == name:
+            return REPO / pkg["into"]
+    raise DepsError(f"{name} is not in the vendored list of {manifest}")
+
+
+def vendor_dir(arg=None):
+    return Path(arg or os.environ.get("EVSE_VENDOR_DIR") or DEFAULT_VENDOR)
+
+
+def install_vendored(pkg, vendor, repo=REPO):
+    """Copy one vendored package's files into repo/<into> once every file
+    matched its pinned sha256. Returns "ok" (already there), "installed" or
+    "absent" (no vendor folder for it)."""
+    into = Path(repo) / pkg["into"]
+    if all(sha256_file(into / f["path"]) == f["sha256"] for f in pkg["files"]):
+        return "ok"
+    src = Path(vendor) / pkg["source"]
+    if not src.is_dir():
+        return "absent"
+    files = {}
+    for entry in pkg["files"]:
+        try:
+            data = (src / entry["member"]).read_bytes()
+        except OSError as exc:
+            raise DepsError(f"{pkg['name']} {pkg['version']}: cannot read {src / entry['member']} ({exc})") from None
+        if sha256_bytes(data) != entry["sha256"]:
+            raise DepsError(
+                "{} {}: {} has sha256 {}, pinned {}: the vendored copy is not the reviewed one; nothing was "
+                "written".format(pkg["name"], pkg["version"], src / entry["member"], sha256_bytes(data), entry["sha256"])
+            )
+        files[entry["path"]] = data
+    for rel, data in files.items():
+        write_atomic(into / rel, data)
+    return "installed"
 
 
 def file_state(lib, entry):
@@ -234,6 +300,16 @@ def install_package(pkg, lib, index_url, timeout):
 
 
 def cmd_install(args, packages):
+    vendor = vendor_dir(args.vendor_dir)
+    for pkg in load_vendored(args.manifest):
+        state = install_vendored(pkg, vendor)
+        if state == "installed":
+            print("deps: installed {} {} (vendored) -> {}".format(pkg["name"], pkg["version"], pkg["into"]))
+        elif state == "absent":
+            print(
+                "deps: {} {} skipped: no {} in {} (pass --vendor-dir or set EVSE_VENDOR_DIR); its tests will "
+                "skip".format(pkg["name"], pkg["version"], pkg["source"], vendor)
+            )
     todo = [
         p for p in packages if any(file_state(args.lib, f) != "ok" for f in p["files"])
     ]
@@ -319,6 +395,12 @@ def build_parser():
         "--index-url",
         default=DEFAULT_INDEX,
         help="PyPI simple index (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vendor-dir",
+        type=Path,
+        default=None,
+        help="folder holding the vendored packages (default: $EVSE_VENDOR_DIR or %s)" % DEFAULT_VENDOR,
     )
     parser.add_argument(
         "--timeout",

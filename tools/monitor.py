@@ -64,6 +64,10 @@ def format_message(topic, payload, retained=False):
         ]
         if data.get("enabled") is False:
             fields.append("DISABLED")
+        if data.get("rssi_dbm") is not None:
+            fields.append("wifi=%sdBm" % data["rssi_dbm"])
+        if data.get("clock_set") is False:
+            fields.append("clock=unset")  # session times are boot/mono stamps until NTP answers
         return "%-12s %-8s %s%s" % (dev, kind, " ".join(fields), mark)
     if kind == "session" and isinstance(data, dict):
         fields = [

@@ -121,6 +121,30 @@ def _set_number(v):
     return None if _is_num(v) else "must be a number"
 
 
+def _per_phase(lo, hi):
+    """One number for every phase, or a list of 1..3 numbers (per phase)."""
+    one = _num(lo, hi)
+
+    def check(v):
+        if isinstance(v, list):
+            if not 1 <= len(v) <= 3:
+                return "must be a number or a list of 1..3 numbers (A per phase)"
+            for x in v:
+                err = one(x)
+                if err:
+                    return err
+            return None
+        return one(v)
+
+    return check
+
+
+def _mains_meter(v):
+    if not isinstance(v, dict) or set(v) - {"every_s"}:
+        return 'must be an object {"every_s": N}'
+    return _num(0.1, 60)(v.get("every_s", 1))
+
+
 # A step's actions (applied to the simulated world / sent as remote commands).
 ACTIONS = {
     "ev": _one_of(EV_STATES),
@@ -130,6 +154,9 @@ ACTIONS = {
     "pp_ohm": _num(0, 100000, nullable=True),
     "fault": _one_of(SIM_FAULTS),
     "temp_c": _num(-40, 150),
+    "house_a": _per_phase(0, 200),
+    "pv_a": _per_phase(0, 200),
+    "mains_meter": _bool,
 }
 # `set` entries: the remote command name -> the check of its value. The value
 # is sent as the plain MQTT payload text; the firmware judges its range.
@@ -139,9 +166,10 @@ COMMANDS = {
     "authorize": _text,
     "stop": _flag,
     "clear_fault": _flag,
+    "mode": _text,
 }
 # Top-level keys of a scenario, and the simulator options under "sim".
-TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps")
+TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps", "mains_meter")
 SIM_KEYS = {
     "phases": _int(1, 3),
     "mains_hz": _one_of((50, 60)),
@@ -153,6 +181,8 @@ SIM_KEYS = {
     "has_pe": _bool,
     "adc_noise_counts": _int(0, 200),
     "start_ticks": _int(0, 2**30 - 1),
+    "phase_relay": _bool,
+    "mains_ct": _bool,
 }
 
 
@@ -201,6 +231,8 @@ EXPECTS = {
     "truth_energy_wh": _range_or_num,
     "fault": _expect_nullable_text,
     "session": _expect_session,
+    "grid_a": _expect_current,
+    "phases": _int(1, 3),
 }
 
 
@@ -231,6 +263,10 @@ def validate(sc):
     for key in ("name", "description"):
         if key in sc and not isinstance(sc[key], str):
             errors.append("%s: must be a string" % key)
+    if "mains_meter" in sc:
+        err = _mains_meter(sc["mains_meter"])
+        if err:
+            errors.append("mains_meter: " + err)
     if "seed" in sc:
         err = _int(0, 2**30 - 1)(sc["seed"])
         if err:
@@ -367,7 +403,7 @@ def _match(expected, got):
 
 def field_matches(field, expected, got):
     """Whether one trace field satisfies one expectation (docs/scenarios.md)."""
-    if field == "current_a":
+    if field in ("current_a", "grid_a"):
         return (
             isinstance(got, list)
             and len(got) == len(expected)
@@ -909,6 +945,10 @@ def describe_step(step, commands="operator"):
             out.append(FAULT_TEXT[v])
         elif key == "temp_c":
             out.append("board temperature %g C" % v)
+        elif key in ("house_a", "pv_a"):
+            out.append("%s %s A" % ("house load" if key == "house_a" else "solar production", v))
+        elif key == "mains_meter":
+            out.append("house meter %s" % ("publishes" if v else "silent"))
         elif key == "set":
             for name, value in v.items():
                 who = {"operator": "send", "mqtt": "rig sends", "board": "the board applies"}[commands]

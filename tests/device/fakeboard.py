@@ -50,6 +50,7 @@ class FakeBoard:
         self.wdt_feeds = 0
         self.led_mode = 0
         self.cause = "power_on"
+        self.netif = net.HostIf()  # the host's network, as on the unix port
 
     # clock
     def ticks_ms(self):
@@ -87,6 +88,14 @@ class FakeBoard:
     def rcd_test(self, on):
         self._rcd_test = on
 
+    phase_relay = True
+
+    def phase_switch(self, phases):
+        self.log.append((self.t, "phases", phases))
+
+    def mains_read(self, out):
+        return False
+
     # inputs
     def pilot_read(self, out):
         if self.duty == 0 and self.level == -1:
@@ -112,6 +121,9 @@ class FakeBoard:
     def pe_ok(self):
         return self.pe
 
+    def set_wall_time(self, unix_s, ms=0):  # NTP (firmware/netup.py); tests set self.wall directly
+        self.wall = unix_s
+
     def temp_dc(self):
         return self.temp
 
@@ -134,6 +146,9 @@ class FakeBoard:
 
     def reset_cause(self):
         return self.cause
+
+    def unique_id(self):
+        return "fa4eb0a4d000"  # 12 hex digits, like an ESP32's factory MAC
 
     def safe(self):
         self.contactor(False)

@@ -409,3 +409,21 @@ def test_events_pending_counts_what_pop_event_returns_and_the_ring_keeps_the_new
     assert ch.events_pending == 16
     got = events(ch)
     assert len(got) == 16 and got[-1] == (chg.EV_FAULT, "f19") and ch.events_pending == 0
+
+
+def test_the_phase_relay_moves_only_with_the_pilot_steady_and_the_contactor_open():
+    ch, b = plugged_charging()
+    assert ch.switch_phases(1) is not None  # charging: refused
+    ch.limits.balance_ma = 0  # load management pauses (x1)
+    run(ch, b, 20)
+    assert b.duty == 0
+    assert ch.switch_phases(1) is not None  # still closed: the EV has not opened S2
+    b.high_mv = B
+    run(ch, b, 20)
+    assert not b.closed and not ch.contactor_on
+    b.welded = True  # a mirror contact that reads closed: refused all the same
+    assert ch.switch_phases(1) is not None
+    b.welded = False
+    assert ch.switch_phases(1) is None
+    assert b.log[-1][1:] == ("phases", 1)
+    assert [e for e in b.log if e[1] == "phases"] == [b.log[-1]]

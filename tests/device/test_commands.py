@@ -85,6 +85,14 @@ def test_stop_and_clear_fault_take_any_short_payload():
     _refused("stop", b"x" * (commands.PAYLOAD_MAX + 1))
 
 
+def test_mode_takes_normal_smart_or_solar_in_any_case():
+    assert commands.parse("mode", b"solar", LIMITS) == ("solar", None)
+    assert commands.parse("mode", b" Smart\n", LIMITS) == ("smart", None)
+    for bad in (b"", b"turbo", b"solar!", b"normalx", b"\xff"):
+        value, err = commands.parse("mode", bad, LIMITS)
+        assert value is None and err == "mode must be normal, smart or solar", bad
+
+
 def test_unknown_names_are_refused_as_unknown_command():
     for name in ("", "current", "CURRENT_A", "reboot", None, 3, "set/current_a"):
         assert _refused(name, b"1") == "unknown command"
@@ -171,3 +179,13 @@ def test_thousands_of_hostile_payloads_never_raise_and_give_a_value_in_range_or_
             valid += 1
     # the generator must reach both outcomes, or the test proves little
     assert n == 4000 and 200 < valid < 3800, valid
+
+
+def test_energy_settings_take_numbers_in_the_settings_own_range():
+    assert commands.parse("mains_max_a", b"35", LIMITS) == (35000, None)
+    assert commands.parse("solar_import_a", b"2.5", LIMITS) == (2500, None)
+    assert commands.parse("solar_import_a", b"0", LIMITS) == (0, None)
+    for name, bad in (("mains_max_a", b"5"), ("mains_max_a", b"1001"), ("mains_max_a", b"-3"), ("mains_max_a", b"nan"),
+                      ("solar_import_a", b"301"), ("solar_import_a", b"1e3"), ("mains_max_a", b"")):
+        value, err = commands.parse(name, bad, LIMITS)
+        assert value is None and err and name in err, (name, bad, err)

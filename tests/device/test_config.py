@@ -47,3 +47,16 @@ def test_corrupt_file_gives_defaults_and_an_error_and_save_load_round_trips():
     assert errors == [] and cfg["max_current_a"] == 10 and cfg["id"] == "bay-7"
     os.remove(path)
     assert config.load(path) == (config.defaults(), [])
+
+
+def test_energy_settings_are_validated_like_the_others():
+    cfg, errors = config.validate({"mode": "solar", "mains_max_a": 40, "mains_stale_s": 11, "solar_import_a": 2})
+    assert errors == [] and cfg["mode"] == "solar" and cfg["mains_max_a"] == 40
+    for bad in ({"mode": "turbo"}, {"mode": 1}, {"mains_max_a": 3}, {"mains_max_a": "25"}, {"mains_stale_s": 1},
+                {"mains_stale_a": 3}, {"solar_start_a": 0}, {"solar_stop_min": 0}, {"solar_import_a": -1},
+                {"phase_switch": "yes"}):
+        cfg, errors = config.validate(bad)
+        assert len(errors) == 1, bad
+        name = list(bad)[0]
+        assert cfg[name] == config.defaults()[name], bad
+    assert config.validate({"mains_stale_a": 0})[1] == []  # 0: pause while stale

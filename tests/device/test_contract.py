@@ -16,7 +16,7 @@ def _contract_names():
 
 def _check(board):
     missing = []
-    for name in _contract_names() + ["net"]:
+    for name in _contract_names() + ["net", "netif"]:
         if not hasattr(board, name):
             missing.append(name)
             continue

@@ -8,7 +8,7 @@ found in hal/, sim/ and tests/) must define, itself or through a base other
 than the contract, every method of `hal.contract.Board` with the documented
 parameters (the same names in the same order; extra parameters only with a
 default), and every attribute the contract declares (`name`, `adc_channels`,
-... and `net`). Inheriting the contract's NotImplementedError stub does not count.
+... and `net`, `netif`). Inheriting the contract's NotImplementedError stub does not count.
 """
 
 import ast
@@ -78,7 +78,7 @@ def _contract():
     (board,) = [c for c in _classes(CONTRACT) if c.name == "Board"]
     methods, attrs = _members(board)
     methods = {k: v for k, v in methods.items() if not k.startswith("_")}
-    attrs.add("net")  # "every board also has `net`" (the hal/net.py module)
+    attrs |= {"net", "netif"}  # "every board also has `net` ... and `netif`" (its comment)
     return methods, attrs
 
 

@@ -294,3 +294,47 @@ def test_help_explains_the_subcommands():
     for word in ("install", "check", "list", "--lib"):
         assert word in proc.stdout
     assert "Exit codes" in proc.stdout
+
+
+def _vendored_pins(tmp_path, data):
+    pins = {
+        "packages": [],
+        "vendored": [
+            {
+                "name": "fake.pkg",
+                "version": "9.9",
+                "source": "fake-9.9",
+                "into": "build/fake-9.9",
+                "files": [{"member": "fake/pkg.py", "path": "fake/pkg.py", "sha256": _sha(data)}],
+            }
+        ],
+    }
+    path = tmp_path / "vpins.json"
+    path.write_text(json.dumps(pins))
+    return deps.load_vendored(path)[0]
+
+
+def test_a_vendored_package_is_copied_only_when_its_sha256_matches_the_pin(tmp_path):
+    vendor = tmp_path / "vendor"
+    (vendor / "fake-9.9" / "fake").mkdir(parents=True)
+    src = vendor / "fake-9.9" / "fake" / "pkg.py"
+    src.write_bytes(CODE)
+    pkg = _vendored_pins(tmp_path, CODE)
+    repo = tmp_path / "repo"
+    assert deps.install_vendored(pkg, tmp_path / "nowhere", repo) == "absent"
+    src.write_bytes(CODE + b"# tampered\n")
+    with pytest.raises(deps.DepsError, match="sha256"):
+        deps.install_vendored(pkg, vendor, repo)
+    assert not (repo / "build").exists()
+    src.write_bytes(CODE)
+    assert deps.install_vendored(pkg, vendor, repo) == "installed"
+    assert (repo / "build" / "fake-9.9" / "fake" / "pkg.py").read_bytes() == CODE
+    assert deps.install_vendored(pkg, tmp_path / "nowhere", repo) == "ok"  # already there: no vendor folder needed
+
+
+def test_repository_pins_the_vendored_umqtt_simple_1_8_0_outside_lib():
+    pkg = [p for p in deps.load_vendored(deps.DEFAULT_MANIFEST) if p["name"] == "umqtt.simple"][0]
+    assert pkg["version"] == "1.8.0" and not pkg["into"].startswith("lib")
+    assert deps.vendored_lib("umqtt.simple") == REPO / pkg["into"]
+    listed = {f["path"] for p in deps.load_manifest(deps.DEFAULT_MANIFEST) for f in p["files"]}
+    assert listed == {"umqtt/simple.py"}  # `list` (what deploy sends to /lib) holds 1.3.4 only

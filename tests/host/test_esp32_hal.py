@@ -100,6 +100,13 @@ class ADC:
         return self.read_uv() // 50
 
 
+class RTC:
+    set_to = []
+
+    def datetime(self, t):
+        RTC.set_to.append(t)
+
+
 class WDT:
     refuse_reinit = False  # True: an old build whose WDT() fails once started
     started = False
@@ -276,6 +283,11 @@ def _mypy(tmp_path, target):
 
 def test_mypy_reports_zero_errors_for_esp32_driver_against_esp32_stubs(tmp_path):
     r = _mypy(tmp_path, "hal/esp32.py")
+    assert r.returncode == 0 and "Success: no issues found" in r.stdout, r.stdout + r.stderr
+
+
+def test_mypy_reports_zero_errors_for_the_network_layer_against_esp32_stubs(tmp_path):
+    r = _mypy(tmp_path, "hal/net.py")
     assert r.returncode == 0 and "Success: no issues found" in r.stdout, r.stdout + r.stderr
 
 
@@ -505,6 +517,52 @@ def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
     assert 19687 <= elapsed <= 19687 + 64 * 3 * 2 + 10, elapsed
 
 
+def energy_board():
+    """The devkit with one EV CT, two mains CTs and a phase relay."""
+    d = devkit()
+    d["ct"]["pins"] = [34]
+    d["mains_ct"] = {"pins": [35, 32], "ratio": 2000, "burden_ohm": 22, "full_scale_mv": 3100}
+    d["phase_relay"] = {"pin": 5, "three_phase_level": 1}
+    return d
+
+
+def test_phase_relay_and_mains_cts_come_from_the_board_file(hw):
+    mod, _, _ = hw
+    b = mod.Esp32Board(board=energy_board())
+    assert b.phase_relay and b._relay.v == 1  # three phases at boot
+    b.phase_switch(1)
+    assert b._relay.v == 0
+    b.phase_switch(3)
+    assert b._relay.v == 1
+    plain = mod.Esp32Board(board=devkit())
+    assert not plain.phase_relay
+    plain.phase_switch(1)  # no relay: ignored
+    out = array("i", (7, 7, 7))
+    assert plain.mains_read(out) is False and list(out) == [7, 7, 7]
+    bad = energy_board()
+    bad["phase_relay"]["three_phase_level"] = 2
+    with pytest.raises(mod.BoardFileError, match="phase_relay.three_phase_level"):
+        mod.validate(bad)
+    bad = energy_board()
+    bad["mains_ct"]["pins"] = [34]  # already the EV's CT
+    with pytest.raises(mod.BoardFileError):
+        mod.validate(bad)
+
+
+def test_mains_read_gives_the_rms_current_of_each_mains_ct(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=energy_board())
+    # A square wave of +-100 counts around mid-scale: RMS 100 counts = 6.88 A.
+    hi, lo = (2048 + 100) * 16 * 50, (2048 - 100) * 16 * 50  # read_u16 = uv // 50; code = u16 >> 4
+    b._mains[0].seq = [hi, lo]
+    b._mains[1].seq = [2048 * 16 * 50]  # a flat channel: no current
+    clock.us_step[0] = 1
+    out = array("i", (0, 0, 0))
+    assert b.mains_read(out) is True
+    assert out[0] == 100 * 68803 // 1000 and out[1] == 0 and out[2] == 0
+    assert mod.isqrt(0) == 0 and mod.isqrt(99) == 9 and mod.isqrt(4095 * 4095) == 4095
+
+
 def test_contactor_feedback_rcd_pe_outputs_follow_board_levels(hw):
     mod, _, _ = hw
     b = mod.Esp32Board(board=devkit())
@@ -642,6 +700,195 @@ def test_led_modes_drive_the_pin(hw):
     assert seen == {0, 1}
 
 
+# --- network: the interface the board file selects, driven against a fake `network` ---
+
+FAKE_NETWORK = """
+STA_IF = 0
+STAT_IDLE = 1000
+STAT_CONNECTING = 1001
+STAT_GOT_IP = 1010
+STAT_WRONG_PASSWORD = 202
+PHY_LAN8720 = 1
+ETH_STARTED = 1
+ETH_CONNECTED = 3
+ETH_DISCONNECTED = 4
+ETH_GOT_IP = 5
+
+
+class WLAN:
+    def __init__(self, interface):
+        self.calls = []
+        self.st = STAT_IDLE
+        self.on = False
+        self.rssi = -55
+
+    def active(self, on=None):
+        if on is None:
+            return self.on
+        self.on = bool(on)
+        self.calls.append(("active", bool(on)))
+
+    def config(self, **kw):
+        self.calls.append(("config", kw))
+
+    def connect(self, ssid, key=None):
+        self.calls.append(("connect", ssid, key))
+        self.st = STAT_CONNECTING
+
+    def disconnect(self):
+        self.calls.append(("disconnect",))
+        self.st = STAT_IDLE
+
+    def status(self, param=None):
+        if param == "rssi":
+            if self.st != STAT_GOT_IP:
+                raise OSError(12298)  # ESP_ERR_WIFI_NOT_CONNECT
+            return self.rssi
+        return self.st
+
+
+class LAN:
+    made = []
+
+    def __init__(self, id, **kw):
+        LAN.made.append((id, kw))
+        self.on = False
+        self.st = 0
+
+    def active(self, on=None):
+        if on is None:
+            return self.on
+        self.on = bool(on)
+        if on:
+            self.st = ETH_STARTED
+
+    def status(self):
+        return self.st
+"""
+
+
+@pytest.fixture
+def network(monkeypatch):
+    m = _module("network", FAKE_NETWORK)
+    monkeypatch.setitem(sys.modules, "network", m)
+    return m
+
+
+def test_board_without_eth_is_a_wifi_station_and_builds_no_driver_until_up(hw, monkeypatch):
+    mod, _, _ = hw
+    monkeypatch.delitem(sys.modules, "network", raising=False)
+    b = mod.Esp32Board(board=devkit())  # no `network` module needed to build the board (boot.py)
+    assert b.netif.kind == "wifi" and b.netif.state() == _contract(mod).LINK_DOWN
+
+
+def test_wifi_station_connects_without_blocking_and_maps_the_driver_status(hw, network):
+    mod, _, _ = hw
+    c = _contract(mod)
+    nif = mod.Esp32Board(board=devkit()).netif
+    nif.up("depot", "pw-12345678")
+    w = nif._w
+    assert w.calls == [("active", True), ("config", {"reconnects": 3}), ("disconnect",), ("connect", "depot", "pw-12345678")]
+    assert nif.state() == c.LINK_CONNECTING and nif.rssi_dbm() == c.NO_RSSI
+    w.st = network.STAT_IDLE  # what the driver says after our disconnect(), until the new attempt has news
+    assert nif.state() == c.LINK_CONNECTING
+    w.st = network.STAT_GOT_IP
+    assert nif.state() == c.LINK_UP and nif.rssi_dbm() == -55
+    w.st = network.STAT_WRONG_PASSWORD
+    assert nif.state() == c.LINK_FAILED and nif.rssi_dbm() == c.NO_RSSI
+    nif.down()
+    assert w.calls[-1] == ("active", False) and nif.state() == c.LINK_DOWN
+    nif.up("cafe", "")  # an open network: no key at all
+    assert w.calls[-1] == ("connect", "cafe", None)
+
+
+@pytest.mark.parametrize(
+    "board, phy_addr, clk, mode, power",
+    [("wt32_eth01", 1, 0, "IN", 16), ("olimex_esp32_poe", 0, 17, "OUT", 12)],
+)
+def test_ethernet_board_file_builds_the_lan8720_driver_with_its_pins(hw, network, board, phy_addr, clk, mode, power):
+    mod, machine, _ = hw
+    c = _contract(mod)
+    b = mod.Esp32Board(board_path=str(REPO / "hal" / "boards" / (board + ".json")))
+    nif = b.netif
+    assert nif.kind == "eth" and nif.state() == c.LINK_DOWN
+    network.LAN.made.clear()
+    nif.up("", "")
+    (lan_id, kw), = network.LAN.made
+    assert lan_id == 0 and kw["phy_type"] == network.PHY_LAN8720 and kw["phy_addr"] == phy_addr
+    assert (kw["mdc"].id, kw["mdio"].id, kw["ref_clk"].id, kw["power"].id) == (23, 18, clk, power)
+    assert kw["ref_clk_mode"] == getattr(machine.Pin, mode)
+    lan = nif._lan
+    assert nif.state() == c.LINK_CONNECTING
+    lan.st = network.ETH_GOT_IP
+    assert nif.state() == c.LINK_UP and nif.rssi_dbm() == c.NO_RSSI
+    lan.st = network.ETH_DISCONNECTED  # cable pulled
+    assert nif.state() == c.LINK_FAILED
+    nif.up("", "")
+    assert len(network.LAN.made) == 1  # the driver is built once
+    nif.down()
+    assert nif.state() == c.LINK_DOWN
+
+
+def _with_eth(**eth):
+    def change(d):
+        d["eth"] = dict(
+            {"phy": "LAN8720", "phy_addr": 1, "mdc": 23, "mdio": 18, "power_pin": 16, "clock_mode": "in", "clock_pin": 0},
+            **eth,
+        )
+
+    return change
+
+
+def test_eth_block_rules_are_enforced(hw):
+    mod, _, _ = hw
+    # The devkit drives the pilot from GPIO25, an RMII data pin.
+    assert "'pilot.pwm_pin' = 25 is already used by 'eth (RMII data)'" in _bad(mod, _with_eth())
+    wt32 = json.loads((REPO / "hal" / "boards" / "wt32_eth01.json").read_text())
+
+    def bad(**eth):
+        d = json.loads(json.dumps(wt32))
+        d["eth"].update(eth)
+        with pytest.raises(mod.BoardFileError) as e:
+            mod.validate(d)
+        return str(e.value)
+
+    assert "'eth.clock_pin' = 17 cannot carry the RMII clock in" in bad(clock_pin=17)
+    assert "'eth.clock_pin' = 4 cannot carry the RMII clock out" in bad(clock_mode="out", clock_pin=4)
+    assert "'eth.clock_mode'" in bad(clock_mode="gpio0")
+    assert "'eth.phy' must be one of" in bad(phy="W5500")
+    assert "'eth.phy_addr'" in bad(phy_addr=32)
+    assert "'eth.mdc' = 34 is input-only" in bad(mdc=34)
+    assert "'eth.mdio' = 23 is already used by 'eth.mdc'" in bad(mdio=23)
+    assert "flash pin" in bad(power_pin=6)
+    d = json.loads(json.dumps(wt32))
+    d["eth"]["power_pin"] = None  # a PHY that is always powered
+    assert mod.validate(d)["eth"]["power_pin"] is None
+    d["eth"] = None
+    assert mod.validate(d)["eth"] is None
+
+
+def test_set_wall_time_sets_the_rtc_in_the_ports_epoch(hw, monkeypatch):
+    import time as real_time
+
+    mod, machine, clock = hw
+    fake_gmtime = clock.gmtime  # answers the driver's epoch question
+    for epoch, shift in ((2000, 946684800), (1970, 0)):
+        clock.epoch[0] = epoch
+        monkeypatch.setattr(clock, "gmtime", fake_gmtime)
+        b = mod.Esp32Board(board=devkit())
+        asked = []
+
+        def gmtime(s, shift=shift, asked=asked):
+            asked.append(s)
+            return tuple(real_time.gmtime(s + shift))
+
+        monkeypatch.setattr(clock, "gmtime", gmtime)
+        machine.RTC.set_to.clear()
+        b.set_wall_time(1767225600 + 3723, 250)  # 2026-01-01 01:02:03.250 UTC, a Thursday
+        assert asked == [1767225600 + 3723 - shift]
+        assert machine.RTC.set_to == [(2026, 1, 1, 4, 1, 2, 3, 250000)]
+
+
 # --- 4. the hot path allocates nothing, on the MicroPython VM ---------------------------
 
 HARNESS = """
@@ -660,6 +907,12 @@ m1 = gc.mem_alloc()
 with open("hal/boards/esp32_devkit.json") as f:
     d = json.load(f)
 b = esp32.Esp32Board(board=d)
+d["ct"]["pins"] = [34]
+d["mains_ct"] = {"pins": [35, 32], "ratio": 2000, "burden_ohm": 22, "full_scale_mv": 3100}
+d["phase_relay"] = {"pin": 5, "three_phase_level": 1}
+e = esp32.Esp32Board(board=d)
+e._mains[0].seq = [(2048 + 100) * 800, (2048 - 100) * 800]
+m3 = array("i", (0, 0, 0))
 d = None
 gc.collect()
 m2 = gc.mem_alloc()
@@ -701,9 +954,12 @@ try:
         b.led(2 + (i & 1))
         b.wait_tick(10)
         b.ticks_diff(b.ticks_add(b.ticks_ms(), 5), b.ticks_ms())
+        e.mains_read(m3)
+        e.phase_switch(1 + 2 * (i & 1))
     b.safe()
 finally:
     micropython.heap_unlock()
+print("MAINS", m3[0], m3[1], m3[2])
 print("NOALLOC", out[0], out[1])
 """
 
@@ -727,3 +983,4 @@ def test_hot_path_allocates_nothing_on_micropython(tmp_path):
     assert r.returncode == 0 and "NOALLOC" in r.stdout, r.stdout + r.stderr
     _, high, low = r.stdout.split()[-3:]
     assert abs(int(high) - 6000) <= 60 and abs(int(low) + 12000) <= 60  # the PWM read inside the lock
+    assert "MAINS 6880 0 0" in r.stdout  # mains_read inside the lock: 100 counts RMS

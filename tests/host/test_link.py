@@ -7,6 +7,10 @@ thing that happens; the test watches the broker with paho-mqtt. The driver runs
 until the test closes its stdin (Driver.finish()), so no test depends on how
 long a connect or a TLS handshake takes on the machine: each waits for what it
 needs to see, with timeouts that only catch a link that never does it.
+
+Tests taking the `umqtt` fixture run twice: against umqtt.simple 1.3.4 (lib/,
+from PyPI) and 1.8.0 (what stock ESP32 images freeze; tools/deps.py installs
+it from the vendored copy, checked against its pinned sha256).
 """
 
 import json
@@ -22,10 +26,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from broker import Blackhole, Broker, free_port, mosquitto_path
+from broker import Blackhole, Broker, ScriptedBroker, free_port, mosquitto_path
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import deps  # noqa: E402
+
+UMQTT_LIBS = {"1.3.4": os.path.join(REPO, "lib"), "1.8.0": str(deps.vendored_lib("umqtt.simple"))}
 
 pytestmark = [
     pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed"),
@@ -37,6 +45,7 @@ pytestmark = [
 
 DRIVER = r"""
 import sys, time, json, select
+import umqtt.simple
 from firmware.link import Link
 from hal import net
 
@@ -66,6 +75,47 @@ def out(kind, **kw):
     kw["kind"] = kind
     kw["t_ms"] = time.ticks_diff(time.ticks_ms(), T0)
     print(json.dumps(kw))
+
+
+out("umqtt", file=umqtt.simple.__file__)
+
+if opts.get("esp32_sockets"):
+    import io
+
+    class Esp32Socket(io.IOBase):
+        # A socket as ports/esp32/modsocket.c behaves: setblocking(True) means
+        # no timeout at all (the unix port keeps SO_RCVTIMEO).
+        def __init__(self, s):
+            self.s = s
+
+        def setblocking(self, flag):
+            if flag:
+                self.s.settimeout(None)
+            else:
+                self.s.setblocking(False)
+
+        def settimeout(self, t):
+            self.s.settimeout(t)
+
+        def read(self, n):
+            return self.s.read(n)
+
+        def readinto(self, buf, n=None):
+            return self.s.readinto(buf) if n is None else self.s.readinto(buf, n)
+
+        def write(self, buf, n=None):
+            return self.s.write(buf) if n is None else self.s.write(buf, n)
+
+        def close(self):
+            self.s.close()
+
+        def ioctl(self, req, arg):
+            if req == 10:  # MP_STREAM_GET_FILENO: select.poll on the unix port polls the fd
+                return self.s.fileno()
+            return -1
+
+    _tcp_connect = net.tcp_connect
+    net.tcp_connect = lambda host, port, timeout_s: Esp32Socket(_tcp_connect(host, port, timeout_s))
 
 
 link = Link(opts["cfg"], Clock(), net)
@@ -103,6 +153,9 @@ while True:
     if c is not None:
         out("cmd", name=c[0], payload=c[1].decode())
         link.post_ack(c[0], True, None)
+    m = link.poll_mains()
+    if m is not None:
+        out("mains", payload=m.decode())
     a = link.poll_acked()
     if a is not None:
         out("acked", session=a)
@@ -125,12 +178,15 @@ while True:
 out("worst", late_us=worst_late_us, work_us=worst_work_us, ticks=ticks)
 if opts.get("stop", True):
     out("stopped", ok=link.stop(3000))
-out("stats", stats=link.stats)
+out("stats", stats=link.stats, backoff_failures=link.backoff.failures)
 """
 
 
 class Driver:
-    """The MicroPython main loop as a child process; its JSON lines in a queue."""
+    """The MicroPython main loop as a child process; its JSON lines in a queue.
+    `lib` is where it imports umqtt.simple from (set by the umqtt fixture)."""
+
+    lib = UMQTT_LIBS["1.3.4"]
 
     def __init__(self, tmp_path, cfg, run_ms=None, **opts):
         """run_ms None: the driver runs until finish() closes its stdin."""
@@ -139,7 +195,7 @@ class Driver:
         opts.update(cfg=cfg, run_ms=run_ms)
         opts_file = tmp_path / "driver-opts.json"
         opts_file.write_text(json.dumps(opts))
-        env = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
+        env = dict(os.environ, MICROPYPATH="%s:%s" % (REPO, self.lib))
         self.proc = subprocess.Popen(
             [MICROPYTHON, "-X", "heapsize=256k", str(script), str(opts_file)],
             cwd=REPO,
@@ -191,6 +247,8 @@ class Driver:
         self.proc.wait(timeout=timeout_s)
         self._reader.join(timeout=2)
         assert self.proc.returncode == 0, "driver failed:\n" + "".join(self.raw)[-3000:]
+        loaded = self.kinds("umqtt")[0]["file"]
+        assert os.path.realpath(loaded).startswith(os.path.realpath(self.lib)), (loaded, self.lib)
         return self.lines
 
     def kinds(self, kind):
@@ -200,6 +258,7 @@ class Driver:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        self._close_stdin()
         self._close_stdin()
 
 
@@ -255,6 +314,17 @@ class Watcher:
         self.client.disconnect()
 
 
+@pytest.fixture(params=sorted(UMQTT_LIBS), name="umqtt")
+def umqtt_fixture(request):
+    """The umqtt.simple version the Driver imports (each test runs with both)."""
+    lib = UMQTT_LIBS[request.param]
+    if not os.path.exists(os.path.join(lib, "umqtt", "simple.py")):
+        pytest.skip("umqtt.simple %s is not installed in %s: run make deps" % (request.param, lib))
+    Driver.lib = lib
+    yield request.param
+    Driver.lib = UMQTT_LIBS["1.3.4"]
+
+
 @pytest.fixture
 def mosquitto():
     with Broker() as b:
@@ -282,7 +352,7 @@ def _cfg(port, dev_id="t1", keepalive_s=4, **kw):
     return cfg
 
 
-def test_online_is_retained_1_while_connected_and_0_after_stop(mosquitto, tmp_path):
+def test_online_is_retained_1_while_connected_and_0_after_stop(umqtt, mosquitto, tmp_path):
     w = Watcher(mosquitto.port, ["evse/t1/online", "evse/t1/status", "homeassistant/#"])
     d = Driver(tmp_path, _cfg(mosquitto.port))
     try:
@@ -300,7 +370,7 @@ def test_online_is_retained_1_while_connected_and_0_after_stop(mosquitto, tmp_pa
         assert ns == sorted(set(ns)) and len(ns) >= 2, ns
         # discovery: every entity, with availability on the online topic
         conf = {t: json.loads(p) for t, p, r, _ in w.msgs if t.startswith("homeassistant/")}
-        assert len(conf) == 8, sorted(conf)
+        assert len(conf) >= 20, sorted(conf)  # every entity (tests/host/test_ha_discovery.py)
         energy = conf["homeassistant/sensor/t1/lifetime_energy/config"]
         assert energy["device_class"] == "energy" and energy["state_class"] == "total_increasing"
         assert conf["homeassistant/number/t1/current_limit/config"]["command_topic"] == "evse/t1/set/current_a"
@@ -316,7 +386,7 @@ def test_online_is_retained_1_while_connected_and_0_after_stop(mosquitto, tmp_pa
         late.close()
 
 
-def test_last_will_0_is_published_when_the_micropython_process_is_killed(mosquitto, tmp_path):
+def test_last_will_0_is_published_when_the_micropython_process_is_killed(umqtt, mosquitto, tmp_path):
     w = Watcher(mosquitto.port, ["evse/t1/online"])
     d = Driver(tmp_path, _cfg(mosquitto.port))
     try:
@@ -330,7 +400,7 @@ def test_last_will_0_is_published_when_the_micropython_process_is_killed(mosquit
         d.kill()
 
 
-def test_commands_arrive_via_poll_command_and_acks_are_published(mosquitto, tmp_path):
+def test_commands_arrive_via_poll_command_and_acks_are_published(umqtt, mosquitto, tmp_path):
     w = Watcher(mosquitto.port, ["evse/t1/online", "evse/t1/ack"])
     d = Driver(tmp_path, _cfg(mosquitto.port))
     try:
@@ -352,7 +422,7 @@ def test_commands_arrive_via_poll_command_and_acks_are_published(mosquitto, tmp_
         d.kill()
 
 
-def test_session_posted_while_broker_down_arrives_once_after_it_starts_and_is_acked_after_puback(tmp_path):
+def test_session_posted_while_broker_down_arrives_once_after_it_starts_and_is_acked_after_puback(umqtt, tmp_path):
     b = Broker(persistence=True).start()
     try:
         # a persistent subscriber, so the broker queues the session for it across the restart
@@ -384,7 +454,7 @@ def test_session_posted_while_broker_down_arrives_once_after_it_starts_and_is_ac
         b.close()
 
 
-def test_reconnects_after_a_broker_restart(mosquitto, tmp_path):
+def test_reconnects_after_a_broker_restart(umqtt, mosquitto, tmp_path):
     d = Driver(tmp_path, _cfg(mosquitto.port, keepalive_s=2))
     try:
         d.wait_for("connected", 30)
@@ -401,7 +471,7 @@ def test_reconnects_after_a_broker_restart(mosquitto, tmp_path):
         d.kill()
 
 
-def test_a_blackholed_broker_never_delays_the_10ms_main_loop(tmp_path):
+def test_a_blackholed_broker_never_delays_the_10ms_main_loop(umqtt, tmp_path):
     with Blackhole() as hole:
         # keepalive 20 s: an I/O timeout of 10 s, long enough that a loop held up
         # by the link stands out from any scheduling delay of a loaded machine.
@@ -468,7 +538,7 @@ def test_jittered_backoff_spreads_the_first_reconnect_over_many_devices(tmp_path
         assert ceiling * 0.8 < m <= ceiling, (n, m)
 
 
-def test_a_broker_that_goes_silent_is_detected_by_missing_pingresp_and_the_link_reconnects(mosquitto, tmp_path):
+def test_a_broker_that_goes_silent_is_detected_by_missing_pingresp_and_the_link_reconnects(umqtt, mosquitto, tmp_path):
     d = Driver(tmp_path, _cfg(mosquitto.port, keepalive_s=2))
     try:
         d.wait_for("connected", 30)
@@ -487,6 +557,159 @@ def test_a_broker_that_goes_silent_is_detected_by_missing_pingresp_and_the_link_
         print("worst tick lateness %.2f ms, worst work %.3f ms" % (worst["late_us"] / 1000, worst["work_us"] / 1000))
         assert worst["work_us"] < io_timeout_us(2) // 2  # see the black-hole test
     finally:
+        d.kill()
+
+
+def test_a_host_name_that_needs_dns_does_not_crash_the_link_thread(umqtt, tmp_path):
+    # glibc's getaddrinfo asks DNS for any name not in /etc/hosts; on a 16 KB
+    # thread stack that killed the unix port with SIGSEGV. A ".invalid" name
+    # (RFC 2606) always goes to the resolver and never resolves.
+    d = Driver(tmp_path, _cfg(free_port(), mqtt_host="no-such-broker.invalid"))
+    try:
+        d.wait_for("failed", 60)  # the lookup was made and failed
+        d.finish()  # exit code 0: the process survived
+        stats = d.kinds("stats")[0]["stats"]
+        assert stats["connects"] == 0, stats
+    finally:
+        d.kill()
+
+
+def test_localhost_by_name_connects(umqtt, mosquitto, tmp_path):
+    d = Driver(tmp_path, _cfg(mosquitto.port, mqtt_host="localhost"))
+    try:
+        d.wait_for("connected", 30)
+        d.finish()
+    finally:
+        d.kill()
+
+
+def test_with_esp32_socket_semantics_a_broker_silent_during_a_puback_wait_is_left_and_the_session_delivered(
+    umqtt, tmp_path
+):
+    # On an ESP32, setblocking(True) removes a socket's timeout (umqtt 1.3.4
+    # and 1.8.0 call it in wait_msg). First connection: when the session is
+    # published, the broker sends a command, then never says anything again
+    # (no PUBACK). Later connections behave.
+    def on_publish(n, conn, topic, qos, pid):
+        if n == 0 and topic == "evse/t1/session":
+            conn.sendall(ScriptedBroker.publish_packet("evse/t1/set/enable", b"true"))
+            return "silent"
+        return "ack"
+
+    with ScriptedBroker(on_publish=on_publish) as sb:
+        d = Driver(tmp_path, _cfg(sb.port, keepalive_s=2), sessions=["esp-1"], esp32_sockets=True)
+        try:
+            d.wait_for("connected", 30)
+            t0 = time.monotonic()
+            d.wait_for("disconnected", 30)  # gave up on the silent broker (I/O timeout 1 s)
+            print("silent broker left after %.0f ms" % ((time.monotonic() - t0) * 1000))
+            assert d.wait_for("acked", 30)["session"] == "esp-1"  # delivered over the next connection
+            d.finish()
+            assert [c["name"] for c in d.kinds("cmd")] == ["enable"]
+            assert len(sb.conns) >= 2
+        finally:
+            d.kill()
+
+
+def test_an_oversized_command_is_refused_and_skipped_without_dropping_the_link(umqtt, mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online", "evse/t1/ack"])
+    # 64 KB, retained: before, it took the link down at every connect (its last will fired each time)
+    w.publish("evse/t1/set/current_a", b"1" * 65536, retain=True)
+    d = Driver(tmp_path, _cfg(mosquitto.port))
+    try:
+        d.wait_for("connected", 30)
+        ack = json.loads(w.wait(lambda t, p, r: t == "evse/t1/ack", 30)[1])
+        assert ack == {"cmd": "current_a", "ok": False, "error": "payload too long"}
+        w.publish("evse/t1/set/enable", b"false")  # the link still reads commands after it
+        assert d.wait_for("cmd", 30)["name"] == "enable"
+        d.finish()
+        assert d.kinds("disconnected") == []
+        assert w.payloads("evse/t1/online") == [b"1", b"0"]  # no last will in between
+        assert d.kinds("stats")[0]["stats"]["connects"] == 1
+    finally:
+        w.close()
+        d.kill()
+
+
+def test_a_connection_dropped_right_after_connect_does_not_reset_the_backoff(umqtt, tmp_path):
+    # Every connection is closed by the broker when the first status arrives,
+    # right after the link reported itself connected: each one counts as a
+    # failure, so the delays keep growing (1, 2, 4 s ceilings) instead of
+    # restarting from 1 s at every CONNACK.
+    with ScriptedBroker(on_publish=lambda n, conn, topic, qos, pid: "close" if topic == "evse/t1/status" else "ack") as sb:
+        d = Driver(tmp_path, _cfg(sb.port))
+        try:
+            for _ in range(3):  # three connections, each dropped (back-off ceilings 1, 2, 4 s)
+                d.wait_for("disconnected", 30)
+            d.finish()
+        finally:
+            d.kill()
+        rec = d.kinds("stats")[0]
+        drops = len(d.kinds("disconnected"))
+        print("connections %d, drops %d, back-off failures %d" % (len(sb.conns), drops, rec["backoff_failures"]))
+        assert drops >= 3
+        assert rec["backoff_failures"] >= drops
+
+
+def test_retained_one_shot_commands_are_refused_and_retained_settings_applied(umqtt, mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/ack"])
+    w.publish("evse/t1/set/authorize", b"tag-from-yesterday", retain=True)
+    w.publish("evse/t1/set/stop", b"1", retain=True)  # (an empty retained payload would clear it)
+    w.publish("evse/t1/set/current_a", b"10", retain=True)
+    d = Driver(tmp_path, _cfg(mosquitto.port))
+    try:
+        d.wait_for("connected", 30)
+        w.publish("evse/t1/set/authorize", b"tag-now")  # not retained: applied
+        d.wait_for("cmd", 30)
+        d.wait_for("cmd", 30)  # the standing setting and the live authorize reached the loop
+        w.wait(lambda t, p, r: len(w.payloads("evse/t1/ack")) >= 4, 30)  # refusals and the loop's acks
+        d.finish()
+        # current_a is a standing setting: applied after the connect
+        assert [(c["name"], c["payload"]) for c in d.kinds("cmd")] == [("current_a", "10"), ("authorize", "tag-now")]
+        acks = [json.loads(p) for p in w.payloads("evse/t1/ack")]
+        refused = {a["cmd"]: a["error"] for a in acks if not a["ok"]}
+        assert set(refused) == {"authorize", "stop"}, acks
+        assert "retained" in refused["authorize"]
+    finally:
+        w.close()
+        d.kill()
+
+
+def test_discovery_is_published_again_when_home_assistant_announces_itself(umqtt, mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["homeassistant/+/+/+/config"])
+    d = Driver(tmp_path, _cfg(mosquitto.port))
+    try:
+        d.wait_for("connected", 30)
+        topic = "homeassistant/sensor/t1/state/config"
+        w.wait(lambda t, p, r: t == topic, 30)
+        w.publish("homeassistant/status", b"offline")
+        w.publish("homeassistant/status", b"online")
+        w.wait(lambda t, p, r: len(w.payloads(topic)) >= 2, 30)
+        d.finish()
+        assert len(w.payloads(topic)) == 2  # once at connect, once for the announcement
+        assert d.kinds("disconnected") == []
+    finally:
+        w.close()
+        d.kill()
+
+
+def test_mains_readings_reach_the_loop_newest_first_and_retained_ones_are_ignored(umqtt, mosquitto, tmp_path):
+    w = Watcher(mosquitto.port, ["evse/t1/online"])
+    w.publish("evse/t1/mains", b'{"l1": 99}', retain=True)  # of unknown age: never used
+    d = Driver(tmp_path, _cfg(mosquitto.port))
+    try:
+        d.wait_for("connected", 30)
+        # The broker sends the retained reading when the link subscribes, before
+        # anything published later: no wait needed for it to be ignored first.
+        w.publish("evse/t1/mains", b'{"l1": 12.5, "l2": 3, "l3": -4}')
+        d.wait_for("mains", 30)
+        d.finish()
+        assert [m["payload"] for m in d.kinds("mains")] == ['{"l1": 12.5, "l2": 3, "l3": -4}']
+        assert d.kinds("stats")[0]["stats"]["mains_ignored"] == 1
+        assert d.kinds("cmd") == []  # a reading is not a command: no ack
+    finally:
+        w.publish("evse/t1/mains", b"", retain=True)  # clear the retained message
+        w.close()
         d.kill()
 
 

@@ -3,13 +3,17 @@ with a user name and password, against a real Mosquitto configured for each.
 Certificates are made for the test with openssl; the link runs on the unix
 port through tests/host/test_link.py's Driver (the main loop as a child, run
 until the test has seen what it waits for: a TLS handshake may take long on a
-loaded machine, and no test here depends on how long)."""
+loaded machine, and no test here depends on how long), with umqtt.simple 1.3.4
+and 1.8.0 (the `umqtt` fixture)."""
 
 import os
 import subprocess
 
+import pytest
 from broker import Broker
-from test_link import Driver, _cfg
+from test_link import Driver, _cfg, umqtt_fixture  # noqa: F401 - the umqtt fixture
+
+pytestmark = pytest.mark.usefixtures("umqtt")
 
 
 def _openssl(*args, cwd):

@@ -36,6 +36,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from broker import Blackhole, Broker, mosquitto_path
+from test_link import UMQTT_LIBS, umqtt_fixture  # noqa: F401 - the umqtt fixture: umqtt.simple 1.3.4 and 1.8.0
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
@@ -117,7 +118,7 @@ class Firmware:
     """`micropython -m sim.scenario SCENARIO` as a child process; its JSON lines
     (trace records, command lines, the summary) with host arrival times."""
 
-    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None, hold=False):
+    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None, hold=False, umqtt_version=None):
         """hold: the run goes on (in real time) past the scenario's end until
         finish() closes its stdin; step() sends it world actions meanwhile."""
         cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario)]
@@ -131,8 +132,11 @@ class Firmware:
             cmd += ["--seed", str(seed)]
         if hold:
             cmd += ["--hold"]
+        env = MP_ENV
+        if umqtt_version:
+            env = dict(MP_ENV, MICROPYPATH="%s:%s" % (REPO, UMQTT_LIBS[umqtt_version]))
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=MP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
         )
         self.records = []
@@ -303,9 +307,9 @@ def test_the_last_will_online_0_fires_when_the_firmware_process_is_sigkilled(bro
 
 
 # --- broker outages ---------------------------------------------------------------------------
-def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tmp_path):
+def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tmp_path, umqtt):
     sub = Sub(broker.port, ["evse/rst1/online"])
-    fw = Firmware("charging.json", tmp_path, broker.port, "rst1", hold=True)
+    fw = Firmware("charging.json", tmp_path, broker.port, "rst1", hold=True, umqtt_version=umqtt)
     try:
         sub.wait(lambda t, p, r: p == b"1", 30, "online 1")
         start = fw.wait_record(lambda r: r["session"] is not None, 30, "the session's start")
@@ -334,13 +338,13 @@ def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tm
         sub.close()
 
 
-def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_when_it_returns(tmp_path):
+def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_when_it_returns(tmp_path, umqtt):
     b = Broker()
     data = tmp_path / "flash"
     data.mkdir()
     try:
         # No broker listens: the four sessions of the hour stay in the journal.
-        fw = Firmware("four_sessions_hour.json", data, b.port, "hour1")
+        fw = Firmware("four_sessions_hour.json", data, b.port, "hour1", umqtt_version=umqtt)
         records = fw.finish(timeout_s=300)  # 3600 simulated s: a hang detector, not a speed bound
         ends = session_ends(records)
         assert len(ends) == 4, ends
@@ -352,14 +356,14 @@ def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_whe
             return [json.loads(p) for p in sub.payloads("evse/hour1/event") if b'"boot"' in p]
 
         try:
-            fw2 = Firmware("idle.json", data, b.port, "hour1", hold=True)
+            fw2 = Firmware("idle.json", data, b.port, "hour1", hold=True, umqtt_version=umqtt)
             try:
                 sub.wait(lambda t, p, r: sub.count("evse/hour1/session") >= 4, 30, "four sessions")
                 sub.wait(lambda t, p, r: len(boots()) >= 1, 30, "the second boot's boot event")
             finally:
                 fw2.finish()
             # A third boot: the journal knows they were acknowledged, nothing is sent again.
-            fw3 = Firmware("idle.json", data, b.port, "hour1", hold=True)
+            fw3 = Firmware("idle.json", data, b.port, "hour1", hold=True, umqtt_version=umqtt)
             try:
                 sub.wait(lambda t, p, r: len(boots()) >= 2, 30, "the third boot's boot event")
             finally:

@@ -44,6 +44,9 @@ def test_scenario_expectations_hold(path):
         if r["contactor"]:
             assert r["fault"] is None, r
             assert r["state"] in ("C2", "D2", "C1", "D1"), r
+    # A phase relay moves only with the contacts open and the pilot steady (the simulator's truth).
+    for sw in (summary.get("energy") or {}).get("phase_switches", ()):
+        assert not sw["contacts_closed"] and not sw["pwm"], sw
 
 
 def test_reaction_times_over_the_library():
