@@ -8,7 +8,9 @@ found in hal/, sim/ and tests/) must define, itself or through a base other
 than the contract, every method of `hal.contract.Board` with the documented
 parameters (the same names in the same order; extra parameters only with a
 default), and every attribute the contract declares (`name`, `adc_channels`,
-... and `net`, `netif`). Inheriting the contract's NotImplementedError stub does not count.
+... and `net`, `netif`). Inheriting the contract's NotImplementedError stub does
+not count. The same for the network interface contract (`NetIf`): HostIf,
+WlanIf, LanIf (hal/net.py) and SimNetIf (sim/net.py).
 """
 
 import ast
@@ -74,11 +76,12 @@ def _members(cls):
     return methods, attrs
 
 
-def _contract():
-    (board,) = [c for c in _classes(CONTRACT) if c.name == "Board"]
-    methods, attrs = _members(board)
+def _contract(iface="Board"):
+    (cls,) = [c for c in _classes(CONTRACT) if c.name == iface]
+    methods, attrs = _members(cls)
     methods = {k: v for k, v in methods.items() if not k.startswith("_")}
-    attrs |= {"net", "netif"}  # "every board also has `net` ... and `netif`" (its comment)
+    if iface == "Board":
+        attrs |= {"net", "netif"}  # "every board also has `net` ... and `netif`" (its comment)
     return methods, attrs
 
 
@@ -130,6 +133,7 @@ def _all_classes():
 
 
 CONTRACT_KEY = (os.path.abspath(CONTRACT), "Board")
+CONTRACT_KEYS = {(os.path.abspath(CONTRACT), "Board"), (os.path.abspath(CONTRACT), "NetIf")}
 
 
 def _bases(key, every):
@@ -145,26 +149,27 @@ def _bases(key, every):
     return out
 
 
-def boards():
+def boards(iface="Board"):
     """Every class that implements the contract: derives from hal.contract's
     Board, or defines two or more of its methods beyond the clock (a fake of the
     time module has ticks_ms() too), or derives from such a class (subclasses
     override methods too)."""
-    want_methods, _ = _contract()
+    want_methods, _ = _contract(iface)
     board_only = {m for m in want_methods if not m.startswith("ticks_")}
     every = _all_classes()
+    contract_key = (os.path.abspath(CONTRACT), iface)
     picked = set()
     for key, cls in every.items():
-        if key == CONTRACT_KEY:
+        if key in CONTRACT_KEYS:
             continue
         own, _ = _members(cls)
-        if CONTRACT_KEY in _bases(key, every) or len(set(own) & board_only) >= 2:
+        if contract_key in _bases(key, every) or len(set(own) & board_only) >= 2:
             picked.add(key)
     grew = True
     while grew:
         grew = False
         for key in every:
-            if key not in picked and key != CONTRACT_KEY and set(_bases(key, every)) & picked:
+            if key not in picked and key not in CONTRACT_KEYS and set(_bases(key, every)) & picked:
                 picked.add(key)
                 grew = True
     return {(name, path): every[(path, name)] for path, name in picked}, every
@@ -175,7 +180,7 @@ def _resolve(key, every, seen=()):
     whose methods are stubs, excluded)."""
     methods, attrs = _members(every[key])
     for base in _bases(key, every):
-        if base == CONTRACT_KEY or base in seen:
+        if base in CONTRACT_KEYS or base in seen:
             continue
         bm, ba = _resolve(base, every, seen + (key,))
         for k, v in bm.items():
@@ -184,8 +189,8 @@ def _resolve(key, every, seen=()):
     return methods, attrs
 
 
-def _problems(key, every):
-    want_methods, want_attrs = _contract()
+def _problems(key, every, iface="Board"):
+    want_methods, want_attrs = _contract(iface)
     methods, attrs = _resolve(key, every)
     out = []
     for name, fn in sorted(want_methods.items()):
@@ -202,11 +207,21 @@ def _problems(key, every):
 
 
 BOARDS, EVERY = boards()
+NETIFS, _ = boards("NetIf")
 
 
-def test_discovery_finds_the_esp32_the_simulated_and_the_fake_boards():
+def test_discovery_finds_the_esp32_the_simulated_and_the_fake_boards_and_every_network_interface():
     names = {n for n, _ in BOARDS}
     assert EXPECTED <= names, sorted(names)
+    assert {"HostIf", "WlanIf", "LanIf", "SimNetIf"} <= {n for n, _ in NETIFS}, sorted(NETIFS)
+
+
+@pytest.mark.parametrize("key", sorted(NETIFS), ids=["%s:%s" % (os.path.relpath(p, REPO), n) for n, p in sorted(NETIFS)])
+def test_network_interface_provides_every_netif_method_with_its_documented_signature(key):
+    name, path = key
+    problems = _problems((path, name), EVERY, "NetIf")
+    assert problems == [], "%s (%s) breaks hal/contract.py's NetIf:\n  %s" % (
+        name, os.path.relpath(path, REPO), "\n  ".join(problems))
 
 
 @pytest.mark.parametrize("key", sorted(BOARDS), ids=["%s:%s" % (os.path.relpath(p, REPO), n) for n, p in sorted(BOARDS)])
