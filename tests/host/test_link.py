@@ -235,6 +235,15 @@ class Driver:
             if rec["kind"] == kind:
                 return rec
 
+    def wait_count(self, kind, n, timeout_s):
+        """Until the driver has said `kind` n times (whatever wait_for() took)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.kinds(kind)) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError("driver said %r fewer than %d times; output:\n%s" % (
+                    kind, n, "".join(self.raw)[-3000:]))
+            time.sleep(0.02)
+
     def _close_stdin(self):
         try:
             self.proc.stdin.close()
@@ -660,8 +669,7 @@ def test_retained_one_shot_commands_are_refused_and_retained_settings_applied(um
     try:
         d.wait_for("connected", 30)
         w.publish("evse/t1/set/authorize", b"tag-now")  # not retained: applied
-        d.wait_for("cmd", 30)
-        d.wait_for("cmd", 30)  # the standing setting and the live authorize reached the loop
+        d.wait_count("cmd", 2, 30)  # the standing setting and the live authorize reached the loop
         w.wait(lambda t, p, r: len(w.payloads("evse/t1/ack")) >= 4, 30)  # refusals and the loop's acks
         d.finish()
         # current_a is a standing setting: applied after the connect
