@@ -633,6 +633,7 @@ def test_an_oversized_command_is_refused_and_skipped_without_dropping_the_link(u
         assert d.wait_for("cmd", 30)["name"] == "enable"
         d.finish()
         assert d.kinds("disconnected") == []
+        w.wait(lambda t, p, r: t == "evse/t1/online" and p == b"0", 30)  # the stopped link's last message
         assert w.payloads("evse/t1/online") == [b"1", b"0"]  # no last will in between
         assert d.kinds("stats")[0]["stats"]["connects"] == 1
     finally:
