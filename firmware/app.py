@@ -42,6 +42,7 @@ REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 WDT_MS = const(2000)  # the control loop must come round this often or the board resets
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
+JOURNAL_RETRY_EVERY = const(6000)  # ticks (60 s): after a failed journal write (full flash), try again
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 CLOCK_CHECK_EVERY = const(100)  # ticks (1 s): look for the wall clock until it is set
 # Stamps taken before the wall clock was set are back-computed from the ticks
@@ -120,10 +121,22 @@ class Firmware:
                 self.notes.append(err)
         self.meter = meter
 
-        self.journal = Journal(data)
-        self.boot_id = self.journal.boot()
+        j = Journal(data)
+        self.journal = j
+        self.boot_id = j.boot()
         now = hal.ticks_ms()
-        self.recovered = self.journal.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.recovered = j.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.notes += j.notes
+        # A power cut between a journal checkpoint and the next lifetime
+        # persist: the counter goes on from the journaled reading, never
+        # below a meter_stop already billed (docs/metering.md).
+        if meter.at_least(j.meter_mwh):
+            self.notes.append("meter: lifetime raised to %d Wh, the journal's last reading" % meter.lifetime_wh)
+            err = meter.persist(self._lifetime_path, now)
+            if err:
+                self.notes.append(err)
+        if j.error:
+            self.notes.append(j.error)
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
@@ -134,15 +147,23 @@ class Firmware:
 
         self.netup = None  # the network link and the clock (firmware/netup.py)
         netif = getattr(hal, "netif", None)
-        if netif is not None and (cfg["mqtt_host"] or netif.kind != "host"):  # else: nothing to run it
+        if netif is not None and (cfg["mqtt_host"] or cfg["ocpp_url"] or netif.kind != "host"):  # else: nothing to run it
             from firmware.netup import NetUp
 
             self.netup = NetUp(cfg, hal)
         self.link = None
+        self.command_note = None  # set by command()
         if cfg["mqtt_host"]:
             from firmware.link import Link
 
             self.link = Link(cfg, hal.net, hal.net, {"serial_number": hal.unique_id(), "hw_version": hal.name})
+        self.ocpp = None  # the OCPP 1.6J charge point (firmware/ocpp.py), beside MQTT or alone
+        if cfg["ocpp_url"]:
+            from firmware.ocpp import Ocpp
+
+            self.ocpp = Ocpp(cfg, hal.net, data, hal)
+            self.ocpp.version = VERSION
+            self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None
         self.ticks = 0
         self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
@@ -177,7 +198,10 @@ class Firmware:
             }
         )
         if self.charger.inhibit:
-            self._event({"event": "journal_full", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full", "pending": self.journal.pending_count()}
+            if self.journal.error:
+                ev["error"] = self.journal.error
+            self._event(ev)
         for e in self.config_errors:
             self._event({"event": "config_error", "error": e})
         for n in self.notes:
@@ -188,6 +212,8 @@ class Firmware:
             self._repost()
         elif self.netup is not None:
             self.netup.start()  # no broker: a thread of its own keeps the network and the clock
+        if self.ocpp is not None:
+            self.ocpp.start()
 
     def shutdown(self, flush_ms=0):
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
@@ -195,6 +221,15 @@ class Firmware:
         self.hal.safe()
         if self.netup is not None:
             self.netup.stop()
+        oc = self.ocpp
+        if oc is not None:
+            net = self.hal.net
+            t0 = net.ticks_ms()
+            while oc.pending() and net.ticks_diff(net.ticks_ms(), t0) < flush_ms:
+                oc.service(self)
+                net.sleep_ms(10)
+            oc.service(self)
+            oc.stop(2000)
         link = self.link
         if link is None:
             return
@@ -233,6 +268,8 @@ class Firmware:
             self._check_clock()
         if self.link is not None and n % LINK_EVERY == 0:
             self._service_link()
+        if self.ocpp is not None and n % LINK_EVERY == 0:
+            self.ocpp.service(self)
         if self.bench is not None:
             self.bench.poll()
 
@@ -302,9 +339,13 @@ class Firmware:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
             if t.checkpoint_due(now, meter.session_mwh):
-                self.journal.checkpoint(
-                    t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh())
-                )
+                j = self.journal
+                j.checkpoint(t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh()))
+                if j.error:
+                    self._check_journal()  # a full flash: this session goes on, no new one starts
+        elif self.journal.error and self.ticks % JOURNAL_RETRY_EVERY < METER_EVERY:
+            self.journal.retry()
+            self._check_journal()
         self._meter_t = now
         if meter.checkpoint_due(now):
             err = meter.persist(self._lifetime_path, now)
@@ -359,7 +400,10 @@ class Firmware:
                 self.session_id = sid
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
+                    self._check_journal()
                 self._event({"event": "session_start", "session": sid, "tag": arg})
+                if self.ocpp is not None:
+                    self.ocpp.tx_start(self.tracker.opening(), hal.wall_time())
             elif kind == chg.EV_SESSION_END:
                 self._end_session(now, arg)
             elif kind == chg.EV_FAULT:
@@ -388,6 +432,8 @@ class Firmware:
             self._event({"event": "note", "text": err})
         if self.link is not None:
             self.link.post_session(rec["id"], to_json(rec).encode())
+        if self.ocpp is not None:
+            self.ocpp.tx_stop(rec, hal.wall_time(), self)
         if self.on_event is not None:
             self.on_event({"event": "session", "record": rec})
 
@@ -395,10 +441,14 @@ class Firmware:
         """A journal full of unacknowledged sessions refuses new sessions
         (docs/journal.md): no energy is sold that could not be billed. Say so
         when that starts and ends."""
-        full = self.journal.full()
+        j = self.journal
+        full = j.full()
         if full != self.charger.inhibit:
             self.charger.inhibit = full
-            self._event({"event": "journal_full" if full else "journal_ok", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full" if full else "journal_ok", "pending": j.pending_count()}
+            if j.error:
+                ev["error"] = j.error  # e.g. ENOSPC: the flash is full
+            self._event(ev)
 
     def _event(self, ev):
         if self.link is not None:
@@ -421,7 +471,10 @@ class Firmware:
             "power_w": m.power_w,
             "energy_wh": m.session_mwh / 1000,
             "session_wh": m.session_mwh / 1000,
-            "lifetime_wh": m.lifetime_wh,
+            # What survives a power cut (persisted, or journaled by a session
+            # checkpoint), so a published reading never goes backwards after
+            # a reboot; it lags the meter by at most one checkpoint.
+            "lifetime_wh": max(m.saved_wh(), self.journal.meter_mwh // 1000),
             "session": self.session_id,
             "enabled": ch.enabled,
             "limit_reason": ch.limits.reason,  # what decides the offer: config, cable, remote, thermal...
@@ -459,7 +512,7 @@ class Firmware:
                 break
             name, payload = cmd
             ok, err = self.command(name, payload)
-            link.post_ack(name, ok, err)
+            link.post_ack(name, ok, err, self.command_note)
             self._status_due = True
         while True:
             sid = link.poll_acked()
@@ -509,12 +562,18 @@ class Firmware:
                     self.netup.stop()
                 if self.link is not None:
                     self.link.stop(1000)  # online 0; the thread ends
+                if self.ocpp is not None:
+                    self.ocpp.stop(1000)
             raise
 
     # --- remote commands ----------------------------------------------------------------------------
     def command(self, name, payload):
-        """Validate and apply one remote command. Returns (ok, error)."""
+        """Validate and apply one remote command. Returns (ok, error); sets
+        command_note to what the ack says besides "ok" (None: nothing)."""
+        self.command_note = None
         value, err = commands.parse(name, payload, self.cfg)
+        if err is None and name == "authorize" and self.ocpp is not None:
+            return self.ocpp.authorize(value)  # a card: the central system decides (Authorize)
         if err is None:
             if name == "mode":
                 err = self.energy.set_mode(value)
@@ -523,5 +582,6 @@ class Firmware:
             else:
                 err = self.charger.command(name, value)
         if err is None:
+            self.command_note = commands.note(name, value)
             self._event({"event": "command", "cmd": name})
         return err is None, err

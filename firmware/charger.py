@@ -300,7 +300,6 @@ class Charger:
             self._fault_tick(now)
             return
         pwm_on = self.duty_pm != 0
-        read_with_pwm = pwm_on  # this tick's reading could check the EV's diode
         pilot = self.pilot
         pilot.read(hal, pwm_on)
         self.pilot_mv = pilot.high_mv
@@ -397,10 +396,12 @@ class Charger:
 
         # 5. The contactor.
         if pwm_on and charge_req and (p == iec.P_C or self.vent_allowed):
-            # Close only on a reading taken with PWM on: the diode check has
-            # then seen the low level (a retry with S2 still closed would
-            # otherwise close in the tick the PWM starts, diode unchecked).
-            if not self.contactor_on and read_with_pwm:
+            # Close only on this tick's reading: valid, taken with PWM on,
+            # its diode check passed. Not on a reading with the pilot steady
+            # (a retry with S2 still closed would close in the tick the PWM
+            # starts, diode unchecked), nor after an invalid one (the state
+            # and the diode verdict are then older than this tick).
+            if not self.contactor_on and pilot.diode_checked:
                 self.contactor.set(True, now)
                 self.contactor_on = True
         elif self.contactor_on:
@@ -438,8 +439,10 @@ class Charger:
         limit is only one more minimum."""
         now = self.hal.ticks_ms()
         if name == "current_a":  # value in mA (commands.parse gives int mA)
-            if not isinstance(value, int) or (value != 0 and not iec.MIN_OFFER_MA <= value <= iec.MAX_OFFER_MA):
-                return "current_a must be 0 or 6..80 A"
+            # Below 6 A (0 included) pauses: Limits.offer_ma() is then 0, the
+            # pilot goes steady and the contactor opens by the x1 rules.
+            if not isinstance(value, int) or not 0 <= value <= iec.MAX_OFFER_MA:
+                return "current_a must be 0..80 A"
             self.limits.remote_ma = value
             return None
         if name == "enable":

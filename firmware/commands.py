@@ -9,14 +9,19 @@ through a float conversion: numbers are parsed digit by digit into integers).
 
 | name          | payload                                   | value                   |
 | ------------- | ----------------------------------------- | ----------------------- |
-| `current_a`   | "0", or 6 .. limits hw max; up to 3       | int mA (0 = pause)      |
-|               | decimals ("16", "16.5", "6.000")          |                         |
+| `current_a`   | 0 .. limits hw max; up to 3 decimals      | int mA; below 6000 (the |
+|               | ("16", "16.5", "6.000", "3")              | 6 A minimum): pause     |
 | `enable`      | true/false, 1/0, on/off (any case)        | True / False            |
 | `authorize`   | RFID/user tag, printable ASCII, 1..64     | str                     |
 | `stop`        | empty or anything up to PAYLOAD_MAX bytes | True                    |
 | `clear_fault` | empty or anything up to PAYLOAD_MAX bytes | True                    |
 | `mode`        | normal, smart or solar (any case)         | str (firmware/energy.py)|
 | `mains_max_a`, `solar_import_a` | a number in the setting's range (firmware/config.py), up to 3 decimals | int mA |
+
+A `current_a` below 6 A is a request for less than the EV may be offered:
+it pauses (steady pilot, x1) until a limit of 6 A or more comes; refusing it
+would leave the EV on its older, higher current. note() gives the ack's text
+for it.
 
 `limits` is a dict holding `hw_max_current_a` (the config dict itself will do;
 firmware/config.py keeps it within 6..80 A). Surrounding ASCII whitespace is
@@ -128,11 +133,18 @@ def _current(text, limits):
     except Exception:
         return None, "no hardware current limit configured"
     hw_max_ma = min(hw_max_ma, MAX_OFFER_MA)
-    if ma == 0:
-        return 0, None
-    if ma < MIN_OFFER_MA or ma > hw_max_ma:
-        return None, "current_a must be 0 or %d..%s A" % (MIN_OFFER_MA // 1000, _amps(hw_max_ma))
+    if ma > hw_max_ma:
+        return None, "current_a must be 0..%s A (below %d A pauses)" % (_amps(hw_max_ma), MIN_OFFER_MA // 1000)
     return ma, None
+
+
+def note(name, value):
+    """What the ack says about an accepted command besides "ok", or None."""
+    if name == "current_a" and value < MIN_OFFER_MA:
+        if value == 0:
+            return "paused: 0 A (steady pilot)"
+        return "paused: %s A is below the %d A minimum (steady pilot)" % (_amps(value), MIN_OFFER_MA // 1000)
+    return None
 
 
 def _decimal_to_milli(text):

@@ -8,6 +8,10 @@ error), never talks to the board.
 
 import json
 
+from firmware import store
+
+MAX_BYTES = 4096  # a config file larger than this is damage, not settings
+
 # name: (default, kind, low, high). kind: "int", "num", "bool", "str".
 # Ranges are the physically meaningful ones; the offer is further limited by
 # the board, the cable and the remote limit at run time.
@@ -15,6 +19,9 @@ SCHEMA = {
     "id": ("", "str", 1, 32),  # device id: MQTT topics, session ids; unset: "evse-" + the chip's unique id
     "max_current_a": (16, "num", 6, 80),  # installation limit per phase (breaker, supply)
     "hw_max_current_a": (32, "num", 6, 80),  # rating of this board/contactor
+    # Rating of a tethered cable (a board without PP input reads no cable coding,
+    # e.g. every J1772 unit); 0: none configured. Also caps a PP reading.
+    "cable_max_current_a": (0, "num", 0, 80),
     "phases": (3, "int", 1, 3),
     "voltage_v": (230, "int", 100, 480),  # phase voltage for power when not measured
     "mains_hz": (50, "int", 50, 60),  # mains frequency: the meter's RMS window is one period
@@ -36,6 +43,10 @@ SCHEMA = {
     "mqtt_ca": ("", "str", 0, 64),  # CA certificate file: with it, TLS verifies the broker
     "mqtt_prefix": ("evse", "str", 1, 32),
     "mqtt_keepalive_s": (60, "int", 10, 3600),
+    "ocpp_url": ("", "str", 0, 200),  # ws[s]://host[:port]/path/<charge point id>; empty: no OCPP
+    "ocpp_password": ("", "str", 0, 40),  # HTTP Basic auth (security profiles 1, 2); never echoed
+    "ocpp_ca": ("", "str", 0, 64),  # CA certificate file: with it, wss:// verifies the central system
+    "ocpp_free_tag": ("FREE", "str", 1, 20),  # idTag of transactions when require_auth is off
     "config_url": ("", "str", 0, 128),  # Home Assistant's "visit device" link, if the charger has a page
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)
     # Energy management (firmware/energy.py, docs/energy.md).
@@ -54,6 +65,18 @@ SCHEMA = {
 MODES = ("normal", "smart", "solar")
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+def _check_ocpp_url(url):
+    from firmware.ws import parse_url
+
+    try:
+        path = parse_url(url)[3]
+    except ValueError as e:
+        raise ValueError("ocpp_url: %s" % e)
+    cp = path[path.rfind("/") + 1 :]
+    if not cp or len(cp) > 20 or " " in url:
+        raise ValueError("ocpp_url must end in the charge point id (1..20 characters) and hold no spaces")
 
 
 def defaults():
@@ -79,6 +102,12 @@ def check(name, value):
             n = len(value.encode())
             if n > high or name == "wifi_password" and 0 < n < 8:
                 raise ValueError("%s must be %s bytes" % (name, "0..32" if name == "wifi_ssid" else "0 or 8..63"))
+        if name == "ocpp_url" and value:
+            _check_ocpp_url(value)
+        if name == "ocpp_free_tag":
+            for ch in value:
+                if not " " < ch <= "~":
+                    raise ValueError("ocpp_free_tag must be printable ASCII without spaces")
         if name in ("id", "mqtt_prefix"):
             for ch in value:
                 if ch not in _ID_CHARS:
@@ -126,24 +155,15 @@ def validate(overrides, base=None):
 
 def load(path):
     """(cfg, errors) from a JSON file. A missing file is not an error; an
-    unreadable or corrupt one gives the defaults and says why."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
+    unreadable, oversized or corrupt one gives the defaults and says why."""
+    data, err = store.load_json(path, MAX_BYTES)
+    if err:
+        return defaults(), ["%s: defaults used" % err]
+    if data is None:
         return defaults(), []
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return defaults(), ["%s is not valid JSON: defaults used" % path]
     return validate(data)
 
 
 def save(path, cfg):
-    """Write the config atomically (temp file + rename)."""
-    import os
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(cfg))
-    os.rename(tmp, path)
+    """Write the config atomically (firmware/store.py)."""
+    store.write(path, json.dumps(cfg))

@@ -33,6 +33,12 @@ E_MAX_MV = const(1000)
 F_MIN_MV = const(-13000)
 F_MAX_MV = const(-11000)
 
+# A move into a state needing confirmation (into C/D, between A and B) needs
+# the mean of the recent readings at least this far inside the new window:
+# "hysteresis of about 10 % between neighbouring states is allowed" (10 % of
+# the 3 V between neighbouring nominal levels).
+ENTRY_HYST_MV = const(300)
+
 # Diode check: while PWM runs in B, C or D the low level must reach about -11 V
 # (the EV's diode blocks the negative half). A low level above this is a
 # missing or shorted diode: no energy.

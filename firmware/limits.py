@@ -32,6 +32,9 @@ class Limits:
         self.balance_ma = NO_LIMIT_MA  # load management (firmware/energy.py)
         self.balance_reason = "balance"  # which: mains, solar, stale, phase_switch
         self.cable_ma = NO_LIMIT_MA
+        # A tethered cable's configured rating (0 in the config: none).
+        tethered = int(cfg["cable_max_current_a"] * 1000)
+        self.tethered_ma = tethered if tethered > 0 else NO_LIMIT_MA
         self.thermal = T_NORMAL
         self.reason = None  # the limit that decides the offer (for status)
 
@@ -63,11 +66,13 @@ class Limits:
 
     def set_cable(self, pp_ohm, pp_unknown):
         """Cable limit from the PP resistance. A board without a PP input
-        (tethered cable) has no cable limit beyond its configuration."""
+        (a tethered cable without PP coding) has the configured
+        cable_max_current_a, if any, as its cable limit."""
         if pp_ohm == pp_unknown:
-            self.cable_ma = NO_LIMIT_MA
+            self.cable_ma = self.tethered_ma
         else:
-            self.cable_ma = iec.pp_limit_ma(pp_ohm)  # 0 when invalid or open
+            ma = iec.pp_limit_ma(pp_ohm)  # 0 when invalid or open
+            self.cable_ma = ma if ma < self.tethered_ma else self.tethered_ma
 
     def offer_ma(self):
         """The current to offer now in mA: the smallest limit, derated; 0 when

@@ -293,7 +293,7 @@ class Link:
         self._lock = _thread.allocate_lock()
         # --- shared with the loop: only under _lock --------------------------
         self._out = _Ring(OUT_MAX)  # event payloads, QoS 1
-        self._acks = _Ring(ACKS_MAX)  # (cmd, ok, error), QoS 1
+        self._acks = _Ring(ACKS_MAX)  # (cmd, ok, error, note), QoS 1
         self._sessions = []  # [session_id, payload] until PUBACK, in order
         self._acked = _Ring(ACKED_MAX)
         self._commands = _Ring(COMMANDS_MAX)
@@ -342,9 +342,9 @@ class Link:
             if self._out.push(payload):
                 self.stats["dropped"] += 1
 
-    def post_ack(self, cmd, ok, error):
+    def post_ack(self, cmd, ok, error, note=None):
         with self._lock:
-            if self._acks.push((cmd, bool(ok), error)):
+            if self._acks.push((cmd, bool(ok), error, note)):
                 self.stats["dropped"] += 1
 
     def post_session(self, session_id, payload):
@@ -567,10 +567,13 @@ class Link:
                     break
                 payload = item
                 if ring is self._acks:
-                    cmd, ok, error = item
+                    cmd, ok, error, note = item
+                    ack = {"cmd": cmd, "ok": ok, "error": error}
+                    if note is not None:  # how an accepted command was applied (a pause)
+                        ack["note"] = note
                     # bytes: umqtt sizes a str payload by characters, and a command
                     # name with non-ASCII characters would corrupt the packet
-                    payload = json.dumps({"cmd": cmd, "ok": ok, "error": error}).encode()
+                    payload = json.dumps(ack).encode()
                 self._acked_call(c.publish, topic, payload, False, 1)
                 self.stats["published"] += 1
                 with self._lock:
@@ -631,7 +634,7 @@ class Link:
                 # answer instead of dropping silently; the sender may retry.
                 self.stats["commands_dropped"] += 1
                 error = "busy: too many commands, try again"
-            if self._acks.push((name, False, error)):
+            if self._acks.push((name, False, error, None)):
                 self.stats["dropped"] += 1
 
     def _goodbye(self):

@@ -1,12 +1,17 @@
 """Pilot interpretation: raw high/low levels in mV -> a filtered pilot state.
 
-Owns the filtering rules. Invalid readings (gaps between the windows) never
-change the state by themselves; they are counted so the charger can treat a
-pilot that stays invalid longer than FILTER_MAX_MS as a fault. A move towards
-less energy (out of C/D, into A, E or F) is taken at once; a move into C/D,
-and between A and B, must be seen on CONFIRM_TICKS consecutive readings. The
-HAL already gives a median over a burst, so one reading is one filtered value.
-Never touches outputs; allocates nothing per reading.
+Owns the filtering rules and the diode check. Invalid readings (gaps between
+the windows) never change the state by themselves; they are counted so the
+charger can treat a pilot that stays invalid longer than FILTER_MAX_MS as a
+fault. A move towards less energy (out of C/D, into A, E or F) is taken on
+the first reading that shows it. A move from no charge request into C or D
+needs CONFIRM_TICKS consecutive readings in the new window AND the mean of
+the last AVG_N readings inside that window by iec.ENTRY_HYST_MV: a pilot
+noisy enough to throw single readings of a B into the C window cannot move
+the mean there (docs/architecture.md, "Pilot filtering"). Moves between C
+and D (D without ventilation means less energy) and between A and B (no
+energy either way) need the CONFIRM_TICKS readings only. Never touches
+outputs; allocates nothing per reading.
 """
 
 from array import array
@@ -15,51 +20,93 @@ from micropython import const
 
 from firmware import iec61851 as iec
 
-CONFIRM_TICKS = const(2)  # readings that must agree before a move into C/D or A<->B
+CONFIRM_TICKS = const(2)  # consecutive readings that must agree before a confirmed move
+# Readings averaged to confirm a move into C/D: 16 ticks =
+# 160 ms at a 10 ms tick. A B -> C move then confirms ~110 ms after S2
+# closes, far inside iec.CLOSE_WITHIN_MS (3 s); moves out of C are not
+# filtered by it. A power of two: the mean is a shift.
+AVG_N = const(16)
+_AVG_MASK = const(15)
+_AVG_SHIFT = const(4)
 
 
 class Pilot:
     def __init__(self):
         self.buf = array("i", (0, 0))
+        self._ring = array("i", bytes(4 * AVG_N))  # last AVG_N high levels, mV
+        self._ri = 0  # next slot
+        self._rn = 0  # readings in the ring since forget()
+        self._rsum = 0  # their sum (16 x 13 V: a small int)
         self.state = iec.P_INVALID  # unknown until the first valid reading
         self.high_mv = 0
         self.low_mv = 0
         self.invalid_ticks = 0  # consecutive invalid readings
-        self.diode_ok = True
+        self.diode_ok = True  # False: the latest valid reading with PWM on showed no diode
+        self.diode_checked = False  # this tick's reading was valid, taken with PWM on, diode passed
         self._cand = iec.P_INVALID
         self._cand_n = 0
 
     def read(self, hal, pwm_on):
-        """Sample the pilot through the HAL and update state and diode_ok."""
+        """Sample the pilot through the HAL and update state, diode_ok and
+        diode_checked (which holds for this one reading only)."""
         buf = self.buf
         hal.pilot_read(buf)
-        self.high_mv = buf[0]
+        h = buf[0]
+        self.high_mv = h
         self.low_mv = buf[1]
-        k = iec.classify(buf[0])
+        self.diode_checked = False
+        ring = self._ring
+        i = self._ri
+        if self._rn == AVG_N:
+            self._rsum -= ring[i]
+        else:
+            self._rn += 1
+        ring[i] = h
+        self._rsum += h
+        self._ri = (i + 1) & _AVG_MASK
+        k = iec.classify(h)
         if k == iec.P_INVALID:
             self.invalid_ticks += 1
             self._cand_n = 0
             return
         self.invalid_ticks = 0
         # Diode check: only meaningful with PWM on and the EV connected.
-        self.diode_ok = not (pwm_on and iec.P_B <= k <= iec.P_D and buf[1] > iec.DIODE_LOW_MAX_MV)
+        if pwm_on and iec.P_B <= k <= iec.P_D:
+            self.diode_ok = buf[1] <= iec.DIODE_LOW_MAX_MV
+            self.diode_checked = self.diode_ok
+        else:
+            self.diode_ok = True
         cur = self.state
         if k == cur:
             self._cand_n = 0
             return
-        if (k == iec.P_C or k == iec.P_D) or (k == iec.P_B and cur == iec.P_A) or (
-            k == iec.P_A and cur == iec.P_B
-        ):
-            # Towards energy, or plug/unplug: confirm.
+        cd_now = cur == iec.P_C or cur == iec.P_D
+        if k == iec.P_C or k == iec.P_D:
+            confirm = True
+            average = not cd_now  # into a charge request: also the mean; C <-> D: readings only
+        elif (k == iec.P_B and cur == iec.P_A) or (k == iec.P_A and cur == iec.P_B):
+            confirm = True  # plug / unplug: readings only (no energy either way)
+            average = False
+        else:
+            confirm = average = False  # towards less energy, or the first reading after forget()
+        if confirm:
             if k != self._cand:
                 self._cand = k
                 self._cand_n = 1
-            else:
+            elif self._cand_n < CONFIRM_TICKS:
                 self._cand_n += 1
-            if self._cand_n < CONFIRM_TICKS and (cur != iec.P_INVALID or k == iec.P_C or k == iec.P_D):
+            if self._cand_n < CONFIRM_TICKS or (average and not self._mean_in(k)):
                 return
         self.state = k
         self._cand_n = 0
+
+    def _mean_in(self, k):
+        """The mean of the last AVG_N readings lies in k's window, at least
+        ENTRY_HYST_MV inside both of its edges."""
+        if self._rn < AVG_N:
+            return False
+        m = self._rsum >> _AVG_SHIFT
+        return iec.classify(m - iec.ENTRY_HYST_MV) == k and iec.classify(m + iec.ENTRY_HYST_MV) == k
 
     def forget(self):
         """Drop what was seen (after driving -12 V, the old reading is stale)."""
@@ -67,3 +114,7 @@ class Pilot:
         self._cand_n = 0
         self.invalid_ticks = 0
         self.diode_ok = True
+        self.diode_checked = False
+        self._rn = 0
+        self._rsum = 0
+        self._ri = 0

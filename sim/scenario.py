@@ -99,16 +99,17 @@ def apply_world(sim, step):
 def send_commands(fw, step, t_ms):
     """Send a step's `set` commands through fw.command(), exactly like MQTT.
     Returns one JSON line per command ({"t", "command", "payload", "ok",
-    "error"}), in order; empty when the step has none."""
+    "error"}, and "note" when the ack has one), in order; empty when the step has none."""
     lines = []
     cmds = step.get("set")
     if cmds:
         for name in cmds:
             text = _payload(cmds[name])
             ok, err = fw.command(name, text)
-            lines.append(
-                json.dumps({"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err})
-            )
+            line = {"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err}
+            if fw.command_note is not None:
+                line["note"] = fw.command_note
+            lines.append(json.dumps(line))
     return lines
 
 
@@ -256,10 +257,25 @@ class Runner:
             else:
                 self._require_open(t, "unplug" if self.ev == "A" else "s2_open")
 
+    def _unsafe_close(self):
+        """Why closing is forbidden in the world the firmware's tick just saw
+        (S2 open: the EV does not ask; a fault injected that forbids energy),
+        or None. Steps for `now` are applied after this check, S2 moves are
+        taken in by _world() after it."""
+        if not self.s2:
+            return "s2_open"
+        for f in self.sim.faults():
+            if f in _FAULTS_REQUIRING_OPEN:
+                return f
+        return None
+
     def _contactor_moved(self, on, t):
         self.c_on = on
         if on:
-            if self.s2_fresh:
+            why = self._unsafe_close()
+            if why is not None:  # a safety violation, never a "resume"
+                self.closes.append({"t": t / 1000, "cause": "unsafe", "why": why, "ms": None})
+            elif self.s2_fresh:
                 self.closes.append(
                     {"t": t / 1000, "cause": "s2_close", "ms": t - self.s2_closed_ms}
                 )
@@ -440,6 +456,7 @@ class Runner:
         return {
             "opens": self.opens,
             "closes": self.closes,
+            "unsafe_closes": sum(1 for c in self.closes if c["cause"] == "unsafe"),
             "open_max_ms": open_max,
             "close_max_ms": close_max,
             "sim_seconds": self.end_ms / 1000,
@@ -452,7 +469,7 @@ class Runner:
 
 _USAGE = (
     "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--hold] [--seed N]"
-    " [--data DIR] [--broker HOST:PORT] [--id ID]"
+    " [--data DIR] [--broker HOST:PORT] [--id ID] [--ocpp ws://HOST:PORT/ID]"
 )
 
 
@@ -470,6 +487,9 @@ def main(argv):
             realtime = True
         elif a == "--hold":
             hold = True
+        elif a == "--ocpp" and i + 1 < len(argv):
+            i += 1
+            mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
         elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
             i += 1
             v = argv[i]

@@ -15,13 +15,14 @@ Steps (docs/deploy.md has the board layout and the reasoning):
     changed into the INACTIVE slot (files the active slot already has are
     copied on the board), check free space first, verify every hash on the
     board, write the slot's manifest;
- 5. update /boot.py, /main.py, /slots.mpy (temp + rename, only when changed);
+ 5. update /boot.py, /main.py, /slots.mpy, /store.mpy (temp + rename, only when changed);
  6. switch slots with one rename of /slot.json, reset, watch the board come up.
 
 Exit codes: 0 done (or nothing to do), 1 usage/build error, 2 no board,
 3 board busy, 4 wrong bytecode version, 5 filesystem full, 6 hash mismatch
 after upload (nothing switched), 7 the new version did not come up (the board
-rolled back or never confirmed it). The last line is always
+rolled back or never confirmed it), 8 the board's MicroPython is too old for
+the ESP32 driver (nothing written). The last line is always
 "N files, M bytes uploaded".
 """
 
@@ -40,16 +41,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HASH, EXIT_NOT_UP = range(8)
+EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HASH, EXIT_NOT_UP, EXIT_OLD = range(9)
+# hal/esp32.py creates the pilot PWM with invert=, which MicroPython has from 1.26.
+MIN_MICROPYTHON = (1, 26)
 
 # sys.implementation._mpy >> 10 (MicroPython's MP_NATIVE_ARCH_* order) -> mpy-cross -march.
 ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
          "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
-ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
+ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy and /store.mpy
 # The simulation (sim/: the simulated board, its scenario runner, the rig
-# follower) needs the unix port (viper with 64-bit products): deployed only to
-# the emulated board (sys.platform "linux"), never to a real one.
+# follower) stands in for the hardware on the unix port: deployed only to the
+# emulated board (sys.platform "linux"), never to a real one.
 SIM_PACKAGE = "sim"
 BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
@@ -174,7 +177,8 @@ def build(src, mpy_ver, arch, libs, int_bits=31, unix=False):
             b.slot["lib/" + rel] = p.read_bytes()
     for name in ROOT_FILES:
         b.root["/" + name] = (src / name).read_bytes()
-    b.root["/slots.mpy"] = compile_py(tool, src / "firmware" / "slots.py", "slots.py", arch, int_bits)
+    for name in ("slots", "store"):  # the rollback logic and the file rules it uses
+        b.root["/%s.mpy" % name] = compile_py(tool, src / "firmware" / (name + ".py"), name + ".py", arch, int_bits)
     return b
 
 
@@ -272,10 +276,10 @@ except Exception:
     pass
 _v = os.statvfs('/')
 print(json.dumps({'mpy': getattr(_i, '_mpy', None), 'platform': sys.platform, 'maxsize': sys.maxsize,
-                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0]}))
+                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0], 'version': list(_i.version[:3])}))
 _walk('/slot_a')
 _walk('/slot_b')
-_hash(['/boot.py', '/main.py', '/slots.mpy', '/data/board.json'])
+_hash(['/boot.py', '/main.py', '/slots.mpy', '/store.mpy', '/data/board.json'])
 """
 
 
@@ -404,6 +408,16 @@ class Board:
         return seen
 
 
+def check_micropython(info):
+    """A real board (not the emulated one, sys.platform linux) must run a
+    MicroPython the ESP32 driver works on; else exit 8 before any write."""
+    v = tuple(info.get("version") or ())
+    if info["platform"] != "linux" and v < MIN_MICROPYTHON:
+        raise DeployError(EXIT_OLD, "MicroPython %s on the board is too old: the ESP32 driver needs %s or newer "
+                          "(PWM invert=); flash a newer MicroPython first (README: Flashing a new board)"
+                          % (".".join(map(str, v)) or "?", ".".join(map(str, MIN_MICROPYTHON))))
+
+
 # --- the deploy ---------------------------------------------------------------------------
 class Deploy:
     def __init__(self, args, log=print, before_write=None):
@@ -427,6 +441,7 @@ class Deploy:
             reset_needed = True
             self.check_busy(board)
             info, on_board = self.board_info(board)
+            check_micropython(info)
             mpy = info["mpy"]
             if mpy is None:
                 raise DeployError(EXIT_BYTECODE, "wrong bytecode version: the board does not report sys.implementation._mpy")
@@ -663,7 +678,7 @@ def parse_args(argv):
         "or is never marked good. See docs/deploy.md.",
         epilog="exit codes: 0 ok, 1 usage/build error, 2 no board, 3 board busy (charging), "
         "4 wrong bytecode version, 5 filesystem full, 6 hash mismatch after upload, "
-        "7 the new version did not come up",
+        "7 the new version did not come up, 8 MicroPython on the board too old",
     )
     p.add_argument("--port", required=True, help="serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port)")
     p.add_argument("--dry-run", action="store_true", help="show what would be uploaded; write nothing")

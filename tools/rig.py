@@ -174,7 +174,7 @@ SIM_KEYS = {
     "phases": _int(1, 3),
     "mains_hz": _one_of((50, 60)),
     "voltage_v": _int(100, 480),
-    "pilot_noise_mv": _int(0, 2000),
+    "pilot_noise_mv": _int(0, 5000),
     "contactor_close_ms": _int(0, 1000),
     "contactor_open_ms": _int(0, 1000),
     "has_feedback": _bool,
@@ -183,6 +183,9 @@ SIM_KEYS = {
     "start_ticks": _int(0, 2**30 - 1),
     "phase_relay": _bool,
     "mains_ct": _bool,
+    # control (issue 15): the PP resistor at start (ohm), null: none seen,
+    # false: a tethered cable without PP coding (the board has no PP input)
+    "pp": lambda v: None if v is False else _num(0, 100000, nullable=True)(v),
 }
 
 
@@ -480,7 +483,7 @@ def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
         cmd.append("--realtime")
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID
+    cmd += list(extra)  # --data DIR, --broker HOST:PORT, --id ID, --ocpp URL
     env = dict(os.environ)
     env["MICROPYPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "lib")])
     until = sc["until"]
@@ -593,6 +596,8 @@ class LivePrinter:
         self._notes_until(obj["t"])
         if kind == "command":
             answer = "ok" if obj.get("ok") else "rejected: %s" % obj.get("error")
+            if obj.get("note"):  # control (issue 15): e.g. a current_a below 6 A pauses
+                answer += " (%s)" % obj["note"]
             print("%9.3f s  set %s=%s -> %s" % (obj["t"], obj["command"], obj["payload"] or '""', answer),
                   file=self.out, flush=True)  # fmt: skip
             return
@@ -705,6 +710,11 @@ def cmd_run(args):
             extra += ["--broker", args.broker]
         if args.id:
             extra += ["--id", args.id]
+        if getattr(args, "ocpp", None):  # OCPP 1.6J central system (docs/ocpp.md)
+            if not args.ocpp.startswith(("ws://", "wss://")):
+                print("rig: --ocpp wants ws://HOST:PORT/ID, got %r" % args.ocpp, file=sys.stderr)
+                return EXIT_BAD_INPUT
+            extra += ["--ocpp", args.ocpp]
         records, _commands, summary = run_scenario(
             args.scenario, sc, args.seed, args.realtime, live, extra
         )
@@ -781,6 +791,11 @@ def cmd_measure(args):
         notes = []
         if unfinished:
             notes.append("%d opening(s) required but never done" % unfinished)
+        # control (issue 15): a close the world forbade (sim/scenario.py "unsafe")
+        unsafe = [c for c in summary.get("closes", []) if c.get("cause") == "unsafe"]
+        if unsafe:
+            notes.append("%d unsafe close(s): %s" % (len(unsafe), ", ".join(
+                "%s at %.2f s" % (c.get("why"), c["t"]) for c in unsafe[:3])))  # fmt: skip
         if o_max is not None and o_max > OPEN_TARGET_MS:
             notes.append("open > %d ms" % OPEN_TARGET_MS)
         if c_max is not None and c_max > CLOSE_TARGET_MS:
@@ -1457,6 +1472,8 @@ def build_parser():
         "stop that lets queued sessions reach it and publishes online 0. With --port: the "
         "broker the board's link uses; the rig sends the `set` steps there as remote commands",
     )
+    r.add_argument("--ocpp", metavar="URL", help="connect the simulated charger to this OCPP 1.6J "
+                   "central system, ws://HOST:PORT/PATH/ID (docs/ocpp.md); best with --realtime")
     r.add_argument("--id", metavar="ID", help="the charger's id (MQTT topics, session ids); "
                    "with --port: the board's id for the command topics (default: from its config)")
     b = r.add_argument_group(

@@ -4,8 +4,9 @@
 # the whole board contract (hal/contract.py; tests/host/test_contract.py checks).
 
 from hal import net
+from sim import ticks as _t
 
-PERIOD = 1 << 30
+PERIOD = 1 << 30  # a big int on an ESP32: only for start values (t & _t.MASK is small again)
 
 
 class FakeMeter:
@@ -27,7 +28,7 @@ class FakeBoard:
     net = net
 
     def __init__(self, start=PERIOD - 1000):
-        self.t = start  # starts 1 s before the ticks wrap, like an ESP32 might
+        self.t = start & _t.MASK  # starts 1 s before the ticks wrap, like an ESP32 might
         self.high_mv = 12000
         self.low_mv = None  # None: -12 V while PWM runs (healthy diode), else this
         self.pp = -1  # UNKNOWN: tethered
@@ -57,13 +58,13 @@ class FakeBoard:
         return self.t
 
     def ticks_diff(self, a, b):
-        return ((a - b + PERIOD // 2) & (PERIOD - 1)) - PERIOD // 2
+        return _t.ticks_diff(a, b)
 
     def ticks_add(self, t, delta_ms):
-        return (t + delta_ms) & (PERIOD - 1)
+        return _t.ticks_add(t, delta_ms)
 
     def advance(self, ms):
-        self.t = (self.t + ms) & (PERIOD - 1)
+        self.t = _t.ticks_add(self.t, ms)
 
     def wait_tick(self, period_ms):
         self.advance(period_ms)

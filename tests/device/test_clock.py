@@ -53,6 +53,9 @@ class FakeLink:
     def poll_command(self):
         return None
 
+    def poll_mains(self):
+        return None
+
     def poll_acked(self):
         return None
 

@@ -36,9 +36,14 @@ def test_current_a_zero_means_pause():
     assert _ok("current_a", b"0.000") == 0
 
 
-def test_current_a_refuses_the_gap_between_zero_and_six_amps():
-    for p in (b"0.001", b"1", b"5.999", b"3"):
-        _refused("current_a", p)
+def test_current_a_below_six_amps_is_accepted_as_a_pause_and_the_note_says_so():
+    # Issue 15 item 19: refusing 0.001..5.999 A left the EV on its older,
+    # higher current, the unsafe side for a load manager asking for less.
+    for p, ma in ((b"0.001", 1), (b"1", 1000), (b"3", 3000), (b"5.999", 5999)):
+        assert _ok("current_a", p) == ma
+        assert commands.note("current_a", ma) == "paused: %s A is below the 6 A minimum (steady pilot)" % p.decode()
+    assert commands.note("current_a", 0) == "paused: 0 A (steady pilot)"
+    assert commands.note("current_a", 6000) is None and commands.note("enable", False) is None
 
 
 def test_current_a_refuses_above_the_hardware_maximum():
@@ -114,7 +119,7 @@ def _valid_result(name, value, error, limits):
         return value is None and isinstance(error, str) and 0 < len(error) < 80
     if name == "current_a":
         hw_ma = int(limits["hw_max_current_a"] * 1000 + 0.5)
-        return isinstance(value, int) and (value == 0 or 6000 <= value <= hw_ma)
+        return isinstance(value, int) and 0 <= value <= hw_ma
     if name == "enable":
         return value is True or value is False
     if name == "authorize":

@@ -33,6 +33,19 @@ def test_tethered_board_has_no_cable_limit_and_invalid_pp_gives_zero():
     assert lim.offer_ma() == 0
 
 
+def test_a_tethered_cable_rating_limits_a_board_without_pp_coding():
+    # Issue 15 item 18: a tethered charger (every North American J1772 unit)
+    # has no PP input; its cable's rating comes from the configuration.
+    lim = make(max_current_a=80, hw_max_current_a=80, cable_max_current_a=48)
+    lim.set_cable(UNKNOWN, UNKNOWN)
+    assert lim.offer_ma() == 48000 and lim.reason == "cable"
+    lim.set_cable(220, UNKNOWN)  # a PP reading too: the smaller of both
+    assert lim.offer_ma() == 32000 and lim.reason == "cable"
+    lim = make(max_current_a=80, hw_max_current_a=80)  # no rating configured: hardware and config decide
+    lim.set_cable(UNKNOWN, UNKNOWN)
+    assert lim.offer_ma() == 80000 and lim.reason == "hardware"
+
+
 def test_below_six_amps_nothing_is_offered():
     lim = make(max_current_a=16)
     lim.remote_ma = 5900

@@ -13,6 +13,7 @@ from fakeboard import FakeBoard
 
 from firmware import meter as mt
 from firmware.meter import Meter
+from sim import ticks as _t
 
 PERIOD = 1 << 30  # ticks wrap like an ESP32's
 UA = 60000  # uA of line current per count: 2048 counts = 122.9 A peak
@@ -38,7 +39,7 @@ class SineBoard(FakeBoard):
         self.noise = noise
         self.ua = ua  # what the board description says (adc_ua_per_count)
         self.true_ua = ua  # what the CT and burden really give
-        self.t = PERIOD - 5000  # 5 s before the ticks wrap
+        self.t = (PERIOD - 5000) & _t.MASK  # 5 s before the ticks wrap (a small int again)
         self.t0_s = 0.0
         self.seed = 12345
         self.flat = {}  # channel -> constant code (a stuck ADC)
@@ -47,10 +48,10 @@ class SineBoard(FakeBoard):
         return self.t
 
     def ticks_diff(self, a, b):
-        return ((a - b + PERIOD // 2) % PERIOD) - PERIOD // 2
+        return _t.ticks_diff(a, b)
 
     def ticks_add(self, t, delta_ms):
-        return (t + delta_ms) % PERIOD
+        return _t.ticks_add(t, delta_ms)
 
     def adc_ua_per_count(self, channel):
         return self.ua

@@ -67,9 +67,9 @@ class Board(EmulatedBoard):
         finally:
             os.close(fd)
 
-    def power_cycle(self, watch=5.0):
+    def power_cycle(self, watch=5.0, log=lambda s: None):
         """Interrupt whatever runs, machine.reset(), and report what boots."""
-        b = deploy.Board(self.port, log=lambda s: None)
+        b = deploy.Board(self.port, log=log)
         try:
             b.interrupt()
             b.reset()
@@ -382,3 +382,91 @@ def test_a_board_that_pauses_mid_upload_does_not_lose_the_deploy(make_board, mak
     assert pauses == 3, text
     assert rc == 0, text
     assert "board runs version 1.0.0" in text
+
+
+def _good_v1_v2(board, make_tree):
+    """v1 then v2 deployed, each marked good: slot_b (2.0.0) runs, slot_a (1.0.0) is its good fallback."""
+    for v in ("1.0.0", "2.0.0"):
+        r = run_deploy(board, make_tree(v, healthy_ticks=20))
+        assert r.returncode == 0, r.stdout + r.stderr
+        deadline = time.monotonic() + 20  # an upper bound: a loaded machine boots slowly
+        while not board.state()["good"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert board.state()["good"], "the app did not mark its slot good"
+    st = board.state()
+    assert (st["active"], st["previous"], st["prev_good"]) == ("b", "a", True)
+
+
+def test_a_damaged_file_in_the_good_active_slot_rolls_back_to_the_intact_previous_slot(make_board, make_tree):
+    board = make_board()
+    _good_v1_v2(board, make_tree)
+    app = board.flash / "slot_b" / "firmware" / "app.mpy"
+    app.write_bytes(app.read_bytes()[:100])  # flash rot: a truncated module
+    seen = board.power_cycle(watch=25)
+    assert seen["started"] and seen["version"] == "1.0.0", seen
+    st = board.state()
+    assert st["active"] == "a" and "2.0.0 in slot_b: damaged files" in st["rollback"], st
+
+
+@pytest.mark.parametrize("damage", ["slot.json missing", "slot.json corrupt", "slots.mpy missing",
+                                    "slots.mpy corrupt", "store.mpy missing"])
+def test_a_lost_or_corrupt_slot_json_or_root_module_still_boots_an_intact_slot(make_board, make_tree, damage):
+    board = make_board()
+    _good_v1_v2(board, make_tree)
+    name, how = damage.split()
+    p = board.flash / name
+    if how == "missing":
+        p.unlink()
+    else:
+        p.write_bytes(b"\x00\xff{garbage")
+    seen = board.power_cycle(watch=20)
+    assert seen["started"] and seen["version"] == "2.0.0", seen  # the newest intact slot
+    # ...and the next deploy repairs what was lost
+    r = run_deploy(board, make_tree("3.0.0", healthy_ticks=20))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "board runs version 3.0.0" in r.stdout
+    assert slot_matches_manifest(board.flash, board.state()["active"]) == "3.0.0"
+
+
+def test_a_boot_loop_stops_writing_slot_json_once_its_tries_are_used_up(make_board, make_tree):
+    board = make_board()
+    r = run_deploy(board, make_tree("1.0.0", crash=True), watch=6)  # no fallback: it loops
+    assert r.returncode == deploy.EXIT_NOT_UP, r.stdout + r.stderr
+    path = board.flash / "slot.json"
+    deadline = time.monotonic() + 30  # an upper bound
+    while board.state()["tries"] < deploy_tries() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The boot that counted the last try wrote it; its error is the same one
+    # already recorded: from here on nothing is written.
+    first = path.stat()
+    writes = 0
+    last = (first.st_ino, first.st_mtime_ns)
+    end = time.monotonic() + 5  # several more looping boots (one every ~1.2 s)
+    while time.monotonic() < end:
+        try:
+            s = path.stat()
+        except FileNotFoundError:
+            continue
+        if (s.st_ino, s.st_mtime_ns) != last:
+            writes += 1
+            last = (s.st_ino, s.st_mtime_ns)
+        time.sleep(0.02)
+    assert writes == 0, "slot.json rewritten %d times by a looping board" % writes
+    assert board.state()["tries"] == deploy_tries() and "broken on purpose" in board.state()["error"]
+
+
+def test_an_old_micropython_on_a_real_board_exits_8_and_writes_nothing(make_board, make_tree, monkeypatch, capsys):
+    board = make_board()
+    real = deploy.Deploy.board_info
+
+    def old_esp32(self, b):
+        info, on_board = real(self, b)
+        return dict(info, platform="esp32", version=[1, 25, 0]), on_board
+
+    monkeypatch.setattr(deploy.Deploy, "board_info", old_esp32)
+    code = deploy.main(["--port", board.port, "--source", str(make_tree("1.0.0"))])
+    assert code == deploy.EXIT_OLD == 8
+    err = capsys.readouterr().err
+    assert "MicroPython 1.25.0 on the board is too old" in err and "1.26" in err
+    assert not (board.flash / "slot.json").exists() and not (board.flash / "slot_a").exists()
+    deploy.check_micropython({"platform": "esp32", "version": [1, 26, 0]})  # new enough: no error

@@ -519,7 +519,8 @@ def test_thousands_of_hostile_commands_are_each_acked_while_charging_and_never_r
     print("fuzz: %d hostile commands, %d acks in %.1f s (%.0f/s), %d ok, %d trace records"
           % (n + 2, len(acks), elapsed, (n + 2) / elapsed, sum(1 for a, _ in acks if a["ok"]), len(fw.records)))  # fmt: skip
     assert len(acks) == n + 2
-    assert all(set(a) == {"cmd", "ok", "error"} for a, _ in acks)
+    assert all(set(a) - {"note"} == {"cmd", "ok", "error"} for a, _ in acks)
+    assert all(a["ok"] and a["cmd"] == "current_a" for a, _ in acks if "note" in a)  # a pause below 6 A
     assert all(a["ok"] or a["error"] for a, _ in acks)
     assert sum(1 for a, _ in acks if a["ok"]) > 0 and sum(1 for a, _ in acks if not a["ok"]) > n // 2
     over = [r for r in fw.records if r["offer_a"] > 20]
@@ -745,3 +746,24 @@ def test_a_burst_of_commands_is_answered_one_ack_each_none_dropped_silently(tmp_
     assert sum(1 for a in acks if a["cmd"].startswith("bogus") and a["error"] == "unknown command") + sum(
         1 for a in acks if a["cmd"].startswith("bogus") and a["error"].startswith("busy")
     ) == n // 3
+
+
+def test_a_current_limit_below_6_a_pauses_the_charge_and_the_ack_says_so(broker, tmp_path):
+    # Issue 15 item 19: a load manager asking for 3 A was refused and the EV
+    # kept charging at 20 A. Now: ok, a note in the ack, a steady pilot, and
+    # the contactor opens once the EV follows the pause.
+    sub = Sub(broker.port, ["evse/lo1/online", "evse/lo1/ack"])
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "lo1")
+    try:
+        sub.wait(lambda t, p, r: t == "evse/lo1/online" and p == b"1", 10, "online 1")
+        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"] and r["offer_a"] == 20, 10, "charging")
+        t_sent = time.monotonic()
+        sub.publish("evse/lo1/set/current_a", b"3")
+        ack = json.loads(sub.wait(lambda t, p, r: t == "evse/lo1/ack", 5, "the ack")[1])
+        assert ack == {"cmd": "current_a", "ok": True, "error": None,
+                       "note": "paused: 3 A is below the 6 A minimum (steady pilot)"}  # fmt: skip
+        fw.wait_record(lambda r: r["host_t"] > t_sent and r["duty"] is None and r["offer_a"] == 0, 10, "a steady pilot")
+        fw.wait_record(lambda r: r["host_t"] > t_sent and not r["contactor"] and r["state"] == "B1", 10, "opened")
+    finally:
+        fw.interrupt()
+        sub.close()

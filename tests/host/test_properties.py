@@ -10,6 +10,9 @@ Invariants checked on every record (docs/testing.md):
 - the contactor is closed only in C2 (D2 with ventilation allowed) with PWM on,
   no fault, and never closes during an x1 pause; in C1/D1 (x1) it may stay
   closed at most 6 s after the PWM went off;
+- it closes only with PWM on, the EV in C/D and its diode not shorted in that
+  tick, and never where the rig's runner saw the world forbid it (`unsafe`
+  closes: S2 open, a diode/CP short, PE open, RCD trip);
 - it never closes while the RCD self-test cannot have passed (rcd_dead on
   since the last unplug / fault);
 - it is open 100 ms after a cp_short / pe_open / rcd_trip fault (diode_short:
@@ -20,8 +23,9 @@ Invariants checked on every record (docs/testing.md):
   disabled, stopped, unauthorized or ventilation-blocked;
 - the rig's reaction-time summary: every required opening <= 100 ms, none
   left undone;
-- invalid commands get an error text, valid ones none; the process never
-  crashes (rig exit 3 = RigError).
+- invalid commands get an error text, valid ones none (a current_a below
+  6 A is valid: a pause, with a note); the process never crashes (rig exit
+  3 = RigError).
 
 `make test` runs CI_EXAMPLES derandomized examples (the same ones every run);
 `make fuzz N=500` runs N fresh random ones and reports how many scenarios and
@@ -58,13 +62,16 @@ DEFAULTS = {"max_current_a": 16, "hw_max_current_a": 32, "enabled": True, "requi
 FAULTS_OPEN_AT_ONCE = ("cp_short", "pe_open", "rcd_trip")
 
 
-def cable_limit_a(pp):
-    if pp is None:
-        return 0.0
-    for lo, hi, amps in CABLE_A:
-        if lo <= pp <= hi:
-            return float(amps)
-    return 0.0
+def cable_limit_a(pp, rating_a=0):
+    """The cable's limit: from the PP table, or for a tethered cable without
+    PP coding (pp False) none; a configured cable rating caps both."""
+    if pp is False:
+        amps = 80.0
+    elif pp is None:
+        amps = 0.0
+    else:
+        amps = next((float(a) for lo, hi, a in CABLE_A if lo <= pp <= hi), 0.0)
+    return min(amps, rating_a) if rating_a else amps
 
 
 def thermal_bound_a(base_a, temp_c):
@@ -127,12 +134,17 @@ ACTION = {
     "temp_c": st.one_of(st.sampled_from((25, 64.9, 65, 67, 68, 70, 71, 80, 50, -40, 150)),
                         st.floats(10, 75).map(lambda x: round(x, 1)), st.floats(-40, 150).map(lambda x: round(x, 1))),
     "set": commands,
+    # energy management (docs/energy.md): the house and the sun behind the same fuse
+    "house_a": st.one_of(st.sampled_from((0, 5, 12, 20, 30)), st.lists(st.integers(0, 40), min_size=1, max_size=3)),
+    "pv_a": st.one_of(st.sampled_from((0, 3, 8, 15)), st.lists(st.integers(0, 20), min_size=1, max_size=3)),
+    "mains_meter": st.booleans(),
 }  # fmt: skip
 ACTION_KEYS = ("ev",) * 6 + ("draw_a", "ev_obeys", "ev_phases", "pp_ohm", "temp_c", "fault") + ("set",) * 3
+ENERGY_KEYS = ("house_a", "pv_a", "mains_meter")
 
 
 @st.composite
-def configs(draw):
+def configs(draw, energy=False):
     cfg = {}
     hw = draw(st.sampled_from((6, 10, 16, 20, 32, 40, 63, 80)))
     if draw(st.booleans()):
@@ -147,15 +159,25 @@ def configs(draw):
         if draw(st.integers(0, 5)) == 5:  # rarely, and never in the simplest examples
             cfg[key] = not {"auto_reclose": True, "rcd_selftest": True, "pe_check": True, "enabled": True}.get(key, False)
     if draw(st.booleans()):
-        cfg["fault_retries"] = draw(st.integers(0, 6))
+        cfg["fault_retries"] = draw(st.integers(0, 10))
     if draw(st.booleans()):
         cfg["phases"] = draw(st.integers(1, 3))
+    if draw(st.integers(0, 3)) == 3:  # a tethered cable's rating
+        cfg["cable_max_current_a"] = draw(st.sampled_from((0, 5, 6, 13, 16, 32, 48, 80)))
+    if energy or draw(st.integers(0, 3)) == 3:  # load management
+        cfg["mode"] = draw(st.sampled_from(("smart", "solar")))
+        cfg["mains_max_a"] = draw(st.sampled_from((10, 16, 25, 40)))
+        cfg["solar_stop_min"] = draw(st.integers(1, 3))
+        cfg["solar_pause_min"] = draw(st.integers(0, 2))
     return cfg
 
 
 @st.composite
 def sims(draw):
     sim = {}
+    # Up to 2 V: above it an unplugged pilot (12 V) reads as B now and then, and
+    # the checker cannot follow the spurious plug/unplug; 2.5-3 V are covered
+    # by test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b.
     noise = draw(st.one_of(st.just(0), st.integers(0, 400), st.integers(0, 2000)))
     if noise:
         sim["pilot_noise_mv"] = noise
@@ -169,16 +191,21 @@ def sims(draw):
         sim["phases"] = draw(st.integers(1, 3))
     if draw(st.booleans()):
         sim["mains_hz"] = draw(st.sampled_from((50, 60)))
+    if draw(st.integers(0, 3)) == 3:  # a tethered cable without PP coding, or none seen at start
+        sim["pp"] = draw(st.sampled_from((False, False, None, 680)))
     if draw(st.booleans()):
         sim["adc_noise_counts"] = draw(st.integers(0, 40))
     if draw(st.booleans()):  # ticks wrap (2^30) somewhere in the run
         sim["start_ticks"] = draw(st.integers(2**30 - 600000, 2**30 - 1))
+    if draw(st.integers(0, 3)) == 3:
+        sim["phase_relay"] = True
     return sim
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, energy=False):
     until_ticks = draw(st.integers(3000, 60000))  # 30 s .. 10 min, 10 ms ticks
+    cfg = draw(configs(energy))
     steps = []
     t = draw(st.integers(0, 300))
     if draw(st.integers(0, 3)) < 3:  # usually (and in the simplest examples) a car that wants energy
@@ -190,16 +217,19 @@ def scenarios(draw):
         if t > until_ticks - 100:  # leave a second for the last reaction
             break
         step = {"t": t / 100}
-        keys = draw(st.lists(st.sampled_from(ACTION_KEYS), min_size=1, max_size=3, unique=True))
+        energy = cfg.get("mode") is not None
+        keys = draw(st.lists(st.sampled_from(ACTION_KEYS + (ENERGY_KEYS if energy else ())), min_size=1, max_size=3,
+                             unique=True))  # fmt: skip
         for key in keys:
             step[key] = draw(ACTION[key])
         steps.append(step)
         t += draw(st.one_of(st.integers(1, 30), st.integers(30, 1000), st.integers(1000, 6000)))
-    cfg = draw(configs())
     sim = draw(sims())
+    if energy:
+        sim["phase_relay"] = True
     if sim.get("phases", 3) != 3:  # a 1- or 2-phase board has one CT channel: the meter refuses more
         cfg["phases"] = 1
-    return {
+    sc = {
         "name": "fuzz",
         "seed": draw(st.integers(0, 2**30 - 1)),
         "until": until_ticks / 100,
@@ -207,6 +237,12 @@ def scenarios(draw):
         "sim": sim,
         "steps": steps,
     }
+    if cfg.get("mode") is not None:
+        sc["mains_meter"] = {"every_s": draw(st.sampled_from((1, 2)))}
+        steps.insert(0, {"t": 0, "house_a": draw(ACTION["house_a"]), "pv_a": draw(ACTION["pv_a"])})
+        if len(steps) > 1 and steps[1]["t"] == 0:  # one step per time
+            steps[0].update(steps.pop(1))
+    return sc
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -224,11 +260,14 @@ class Model:
         self.stopped = False
         self.vent_block = False
         self.remote_a = None
-        self.pp = DEFAULT_PP_OHM
+        self.pp = sc["sim"].get("pp", DEFAULT_PP_OHM)
+        self.cable_rating_a = cfg.get("cable_max_current_a", 0)
         self.temp_c = DEFAULT_TEMP_C
         self.faults = {}  # active injected fault -> time it was injected
         self.rcd_dead = False
         self.rcd_dead_since_reset = False  # no self-test can have passed since the last reset
+        self.ev = "A"  # the EV state the steps set last
+        self.connected = False  # the firmware has seen an EV (B/C/D) since the last unplug
         self.steps = list(sc["steps"])
         self.si = 0
         self.prev = None
@@ -239,6 +278,8 @@ class Model:
             step = self.steps[self.si]
             self.si += 1
             st_t = step["t"]
+            if "ev" in step:
+                self.ev = step["ev"]
             if "pp_ohm" in step:
                 self.pp = step["pp_ohm"]
             if "temp_c" in step:
@@ -264,7 +305,9 @@ class Model:
             return
         if name == "current_a":
             amps = float(payload)
-            assert amps == 0 or 6 <= amps <= min(self.hw_a, 80) + EPS, "accepted an out-of-range current: %r" % c
+            assert 0 <= amps <= min(self.hw_a, 80) + EPS, "accepted an out-of-range current: %r" % c
+            if amps < 6:  # below the 6 A minimum: a pause, and the ack says so
+                assert c.get("note", "").startswith("paused"), "a pause without a note: %r" % c
             self.remote_a = amps
         elif name == "enable":
             self.enabled = payload == "true"
@@ -278,7 +321,7 @@ class Model:
     def limit_a(self):
         if not self.enabled or self.stopped or not self.authorized or self.vent_block:
             return 0.0
-        m = min(self.hw_a, self.config_a, cable_limit_a(self.pp))
+        m = min(self.hw_a, self.config_a, cable_limit_a(self.pp, self.cable_rating_a))
         if self.remote_a is not None:
             m = min(m, self.remote_a)
         m = thermal_bound_a(m, self.temp_c)
@@ -289,10 +332,14 @@ class Model:
         why = "t=%.3f %r" % (t, r)
         if state.startswith("A") or r["fault"] is not None:  # unplugged or fault: every right is reset
             if state.startswith("A"):
-                self.authorized = not self.cfg["require_auth"]
+                if self.connected:  # an unplug; an authorization given before plugging in holds
+                    self.authorized = not self.cfg["require_auth"]
+                self.connected = False
                 self.stopped = False
                 self.vent_block = False
             self.rcd_dead_since_reset = self.rcd_dead
+        if state[0] in "BCD":
+            self.connected = True
         if state.startswith("D") and not self.vent:
             self.vent_block = True
         prev = self.prev
@@ -317,6 +364,11 @@ class Model:
             if prev is None or not prev["contactor"]:  # it closed in this tick
                 assert not (self.cfg["rcd_selftest"] and self.rcd_dead_since_reset), (
                     "closed with a dead RCD (no self-test can have passed): " + why)  # fmt: skip
+                # Closing needs this tick's reading: PWM on, the EV asking, its diode
+                # checked and good (issue 15 item 1: a retry closed on a stale verdict).
+                assert r["duty"] is not None, "closed with a steady pilot: " + why
+                assert self.ev in ("C", "D"), "closed with the EV in %s: %s" % (self.ev, why)
+                assert "diode_short" not in self.faults, "closed with the EV's diode shorted: " + why
             for f, since in self.faults.items():
                 if f in FAULTS_OPEN_AT_ONCE:
                     assert t - since < OPEN_WITHIN_S - EPS, "still closed %.3f s after %s: %s" % (t - since, f, why)
@@ -375,6 +427,11 @@ def check_scenario(sc, path):
             model.record(obj)
     for window in diode_windows(sc):
         diode_checks(records, window)
+    # A phase relay moves only with the contacts open and the pilot steady (docs/energy.md).
+    for sw in (summary.get("energy") or {}).get("phase_switches", ()):
+        assert not sw["contacts_closed"] and not sw["pwm"], "phase switch under load or with PWM on: %r" % sw
+    unsafe = [c for c in summary["closes"] if c["cause"] == "unsafe"]
+    assert unsafe == [], "closed where the simulated world forbids it: %r" % unsafe
     for o in summary["opens"]:
         assert not o.get("unfinished"), "a required opening never happened: %r" % o
         if o["ms"] is not None and o["cause"] != "diode_short":
@@ -421,10 +478,28 @@ def test_random_sessions_keep_every_safety_invariant(pytestconfig):
     assert stats["scenarios"] > 0
 
 
+def test_random_sessions_with_load_management_keep_every_safety_invariant(pytestconfig):
+    """The same invariants with the house, the sun and a house meter in the
+    scenario, smart or solar mode and a phase relay: load management only
+    ever lowers the offer, and the relay moves only with the contacts open."""
+    fuzz = pytestconfig.getoption("--fuzz", default=None)
+    stats = {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0}
+
+    @settings(max_examples=(fuzz // 4 if fuzz else CI_EXAMPLES // 3) or 1, deadline=None, derandomize=not fuzz,
+              database=None, suppress_health_check=list(HealthCheck), print_blob=True)  # fmt: skip
+    @given(scenarios(energy=True))
+    def prop(sc):
+        _run(sc, stats)
+
+    prop()
+    assert stats["scenarios"] > 0
+
+
 # --- regressions and the checker itself -------------------------------------------------------------------
 def test_the_limit_model_follows_the_tables():
     assert [cable_limit_a(p) for p in (None, 59, 80, 140, 141, 220, 680, 1500, 2461)] == [
         0, 0, 63, 63, 0, 32, 20, 13, 0]  # fmt: skip
+    assert cable_limit_a(False) == 80 and cable_limit_a(False, 48) == 48 and cable_limit_a(220, 16) == 16
     assert thermal_bound_a(32, 64.9) == 32 and thermal_bound_a(32, 65) == 16
     assert thermal_bound_a(32, 68) == 8 and thermal_bound_a(32, 71) == 0
     assert ev_decoded_a(26.6) == 26.6 * 0.6 and ev_decoded_a(90) == 65 and ev_decoded_a(7) == 0
@@ -472,6 +547,15 @@ def test_a_long_charging_session_with_pilot_noise_keeps_every_invariant():
     assert not math.isnan(stats["sim_seconds"])
 
 
+def test_an_authorization_given_before_plugging_in_holds_for_the_checker_too():
+    # Found by the fuzzer (a false alarm of the checker, not of the firmware):
+    # it reset the authorization on every record in A, so a card tapped
+    # before plugging in made the firmware's offer look unauthorized.
+    sc = {"name": "fuzz", "seed": 0, "until": 30.0, "config": {"require_auth": True}, "sim": {},
+          "steps": [{"t": 0.0, "ev": "A", "set": {"authorize": "0"}}, {"t": 0.01, "ev": "A"}, {"t": 0.02, "ev": "B"}]}  # fmt: skip
+    _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
+
+
 def test_regression_no_closing_in_the_tick_the_pwm_starts_after_a_diode_fault():
     # Found by this fuzzer: an EV with a shorted diode that keeps S2 closed
     # through x1 (ev_obeys false). After each fault hold the charger started
@@ -483,3 +567,69 @@ def test_regression_no_closing_in_the_tick_the_pwm_starts_after_a_diode_fault():
           "steps": [{"t": 0.0, "ev": "B", "draw_a": 6}, {"t": 0.01, "ev": "C"},
                     {"t": 0.45, "ev_obeys": False, "fault": "diode_short"}]}  # fmt: skip
     _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
+
+
+def test_regression_a_fault_retry_never_closes_on_a_stale_diode_verdict():
+    # Issue 15 item 1: EV in C, diode_short at 5 s, 1 V of pilot noise, 10
+    # retries. A retry whose first reading with PWM on fell between the
+    # windows kept the diode verdict "ok" that forget() had set and closed
+    # for one tick with the diode still shorted (5.36 s with seed 1, 6.62 s
+    # with seed 2). Closing now needs this tick's valid reading, diode checked.
+    for seed in range(1, 9):
+        sc = {"name": "fuzz", "seed": seed, "until": 20.0, "config": {"fault_retries": 10},
+              "sim": {"pilot_noise_mv": 1000},
+              "steps": [{"t": 1.0, "ev": "B", "draw_a": 16}, {"t": 2.0, "ev": "C"},
+                        {"t": 5.0, "fault": "diode_short"}]}  # fmt: skip
+        _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
+
+
+def _noisy_b(noise_mv, seed, retries):
+    return {"name": "noisy_b", "seed": seed, "until": 1200.0, "config": {"fault_retries": retries},
+            "sim": {"pilot_noise_mv": noise_mv}, "steps": [{"t": 1.0, "ev": "B", "draw_a": 16}]}  # fmt: skip
+
+
+def test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b():
+    # Issue 15 item 2: 2.5-3 V of noise threw single readings of a B into the
+    # C window; two in a row were taken as C and the contactor closed (15-23
+    # times in 20 minutes). 20 simulated minutes per run, the EV always in B.
+    closes = {}
+    offered = 0
+    for noise_mv, seed, retries in ((3000, 1, 3), (3000, 2, 10), (3000, 3, 3), (2500, 4, 10), (2500, 5, 3)):
+        sc = _noisy_b(noise_mv, seed, retries)
+        assert rig.validate(sc) == []
+        fd, path = tempfile.mkstemp(prefix="noisy-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(sc, f)
+            records, _cmds, summary = rig.run_scenario(path, sc)
+        finally:
+            os.unlink(path)
+        assert records[-1]["t"] == sc["until"]
+        closes[(noise_mv, seed)] = sum(1 for r in records if r["contactor"]) + summary["unsafe_closes"]
+        offered += sum(1 for r in records if r["duty"] is not None)
+    assert offered > 0, "the charger never offered energy: the test saw nothing"
+    assert all(n == 0 for n in closes.values()), closes
+
+
+def test_a_noisy_pilot_still_closes_within_3_s_and_opens_within_100_ms():
+    # The filter that keeps a noisy B out of C must not cost the reactions:
+    # 1 V of noise (the most the diode check tolerates: -12 V + 1 V is its
+    # -11 V threshold), the EV going B -> C -> B five times, on four seeds.
+    steps = [{"t": 1.0, "ev": "B", "draw_a": 16}]
+    for k in range(5):
+        steps += [{"t": 5.0 + 20 * k, "ev": "C"}, {"t": 15.0 + 20 * k, "ev": "B"}]
+    for seed in range(1, 5):
+        sc = {"name": "noisy_cycles", "seed": seed, "until": 110.0, "config": {}, "sim": {"pilot_noise_mv": 1000},
+              "steps": steps}  # fmt: skip
+        fd, path = tempfile.mkstemp(prefix="noisy-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(sc, f)
+            summary = check_scenario(sc, path)
+        finally:
+            os.unlink(path)
+        closes = [c for c in summary["closes"] if c["cause"] == "s2_close"]
+        opens = [o for o in summary["opens"] if o["cause"] == "s2_open"]
+        assert len(closes) == 5 and len(opens) == 5, summary
+        assert max(c["ms"] for c in closes) <= 3000, closes
+        assert max(o["ms"] for o in opens) <= OPEN_WITHIN_S * 1000, opens

@@ -25,11 +25,14 @@ PORT_MODULES = {"machine", "network", "socket", "usocket", "ssl", "ussl", "tls",
                 "ubluetooth", "neopixel", "onewire", "dht", "espnow", "webrepl", "rp2", "pyb", "stm"}  # fmt: skip
 # firmware/ also never reads a clock itself: time comes from the HAL (hal.ticks_ms(),
 # hal.ticks_diff()), which is what lets the simulation run it on a virtual clock.
+# The time module's calendar arithmetic (gmtime, mktime: no clock) is allowed.
 # Allowed there: the core modules every MicroPython port has (micropython, array,
 # json, os, sys, binascii, select) and _thread: the MQTT link runs in its own
 # thread so that network I/O never blocks the control tick; a thread is a
 # language feature (the ESP32 and unix ports have it), not a board's hardware.
-FIRMWARE_MAY_NOT = PORT_MODULES | {"time", "utime", "hal", "sim", "tools", "tests"}
+FIRMWARE_MAY_NOT = PORT_MODULES | {"hal", "sim", "tools", "tests"}
+TIME_MODULES = {"time", "utime"}
+CALENDAR = {"gmtime", "mktime"}
 HAL_MAY_NOT = {"firmware", "sim", "tools", "tests"}
 
 
@@ -95,6 +98,52 @@ def test_imports_are_seen_wherever_they_are_written():
 def test_firmware_never_imports_port_modules_a_clock_hal_or_sim():
     bad = _forbidden_imports("firmware", FIRMWARE_MAY_NOT)
     assert bad == [], "firmware/ must reach the board and time only through the HAL object:\n" + "\n".join(bad)
+
+
+def _clock_uses(path):
+    """Where a file uses the time module for anything but calendar arithmetic."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.asname or a.name for a in node.names if a.name in TIME_MODULES}
+        elif isinstance(node, ast.ImportFrom) and node.module in TIME_MODULES:
+            bad += [(node.lineno, "from %s import %s" % (node.module, a.name)) for a in node.names
+                    if a.name not in CALENDAR]  # fmt: skip
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in names:
+            parent_ok = False
+            for p in ast.walk(tree):
+                if isinstance(p, ast.Attribute) and p.value is node and p.attr in CALENDAR:
+                    parent_ok = True
+                    break
+            if not parent_ok:
+                bad.append((node.lineno, "time used as %s" % ast.unparse(node)))
+    return bad
+
+
+def test_firmware_reads_no_clock_itself_the_time_module_only_for_calendar_arithmetic():
+    bad = []
+    for path in _sources("firmware"):
+        bad += ["%s:%d %s" % (os.path.relpath(path, REPO), line, what) for line, what in _clock_uses(path)]
+    assert bad == [], "firmware/ takes time from the HAL (hal.ticks_ms()), not the time module:\n" + "\n".join(bad)
+
+
+def test_the_clock_check_sees_a_clock_read():
+    import tempfile
+
+    src = "import time\nimport utime as u\nfrom time import ticks_ms\n" \
+          "def f(w):\n    return time.gmtime(w), time.ticks_ms(), u.time()\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(src)
+    try:
+        found = _clock_uses(f.name)
+    finally:
+        os.unlink(f.name)
+    assert (3, "from time import ticks_ms") in found
+    assert len(found) == 3, found  # ticks_ms, time(), the from-import; gmtime passes
 
 
 def test_hal_never_imports_firmware_or_sim():

@@ -1,0 +1,968 @@
+"""The OCPP 1.6J charge point: the WebSocket link in its own thread, and the
+loop's side that maps the charger to OCPP.
+
+Owns: the connection to the central system (firmware/ws.py; reconnect with
+jittered back-off), BootNotification (Accepted/Pending/Rejected and its
+interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize,
+the transaction messages (StartTransaction, MeterValues, StopTransaction) in
+a persisted queue delivered in order and once each, the answers to the
+central system's CALLs (each checked by firmware/ocpp_schema.py first) and
+the OCPP configuration keys (stored on flash).
+
+Never: delays the control tick. The loop calls service() every LINK_EVERY
+ticks: a few list operations under the lock, plus a file append when a
+transaction message is queued or delivered (like the session journal).
+All network I/O happens in the link thread; the lock is never held across
+I/O. Nothing from the network reaches the charger except through
+Charger.command(), with the charger's own limits.
+RAM: ~28 KB of heap after import on the unix port (64-bit words; .mpy or
+source alike, frozen bytecode stays in flash), plus ws and ocpp_schema (~15
+KB); a connection holds one message buffer (firmware/ws.py); the queue holds
+at most TXQ_MAX messages (~250 bytes each).
+"""
+
+import _thread
+import json
+import os
+import time
+
+from micropython import const
+
+from firmware import ocpp_schema
+from firmware.backoff import Backoff, seed_for
+from firmware.journal import _replace, exists
+from firmware.netup import start_thread
+from firmware.ws import WebSocket
+
+PROTOCOL = "ocpp1.6"
+VENDOR = "OpenEVSE-MP"  # chargePointVendor (CiString20)
+MODEL = "ESP32-EVSE"  # chargePointModel (CiString20)
+IO_TIMEOUT_MS = const(10000)  # connect, TLS, upgrade, every frame once it has begun
+CALL_TIMEOUT_MS = const(30000)  # no CALLRESULT by then: the connection is dropped
+IDLE_POLL_MS = const(20)  # the latency of a queued message when the link is idle
+BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a CALLERROR
+THREAD_STACK_BYTES = const(16384)
+TXQ_MAX = const(32)  # transaction messages kept while offline (file and RAM)
+TXQ_SAMPLES_MAX = const(24)  # periodic MeterValues beyond this are skipped while offline
+_SMALL_MAX = const(8)  # the other queues between the loop and the thread
+COMPACT_BYTES = const(4096)  # the queue file is rewritten past this once empty enough
+TX_FILE = "ocpp_tx.q"
+KEYS_FILE = "ocpp_keys.json"
+
+MEASURANDS = ("Energy.Active.Import.Register", "Current.Import", "Power.Active.Import", "Temperature")
+
+# name: (default, writable, kind). kind "i" integer >= 0, "b" boolean, "m"
+# comma-separated measurands, "s" string. Values go over the wire as strings.
+KEYS = {
+    "AuthorizeRemoteTxRequests": ("false", 0, "b"),
+    "ClockAlignedDataInterval": ("0", 1, "i"),
+    "ConnectionTimeOut": ("60", 1, "i"),
+    "ConnectorPhaseRotation": ("NotApplicable", 1, "s"),
+    "GetConfigurationMaxKeys": ("32", 0, "i"),
+    "HeartbeatInterval": ("300", 1, "i"),
+    "LocalAuthorizeOffline": ("false", 1, "b"),
+    "LocalPreAuthorize": ("false", 1, "b"),
+    "MeterValuesAlignedData": ("", 1, "m"),
+    "MeterValuesSampledData": (",".join(MEASURANDS), 1, "m"),
+    "MeterValuesSampledDataMaxLength": ("4", 0, "i"),
+    "MeterValueSampleInterval": ("60", 1, "i"),
+    "NumberOfConnectors": ("1", 0, "i"),
+    "ResetRetries": ("1", 1, "i"),
+    "StopTransactionOnEVSideDisconnect": ("true", 0, "b"),
+    "StopTransactionOnInvalidId": ("false", 0, "b"),
+    "StopTxnAlignedData": ("", 1, "m"),
+    "StopTxnSampledData": ("", 1, "m"),
+    "SupportedFeatureProfiles": ("Core,RemoteTrigger", 0, "s"),
+    "TransactionMessageAttempts": ("3", 1, "i"),
+    "TransactionMessageRetryInterval": ("60", 1, "i"),
+    "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
+    "WebSocketPingInterval": ("0", 1, "i"),
+}
+
+# Our session end reasons -> OCPP StopTransaction reasons.
+_REASONS = {"ev_unplugged": "EVDisconnected", "ev_stopped": "EVDisconnected", "remote_stop": "Remote", "power_loss": "PowerLoss"}
+# Our fault codes -> ChargePointErrorCode (anything else: OtherError with the code as vendorErrorCode).
+_ERRORS = {
+    "rcd_trip": "GroundFailure",
+    "rcd_selftest": "GroundFailure",
+    "pe_open": "GroundFailure",
+    "overcurrent": "OverCurrentFailure",
+    "weld": "PowerSwitchFailure",
+    "relay_fail": "PowerSwitchFailure",
+    "ct_stuck": "PowerMeterFailure",
+    "ct_clip": "PowerMeterFailure",
+    "diode": "EVCommunicationError",
+    "pilot_invalid": "EVCommunicationError",
+    "cp_short": "EVCommunicationError",
+    "overtemp": "HighTemperature",
+}
+
+
+_CP_AVAILABLE = ("Available", "NoError", None)  # connector 0: the charger as a whole
+_CP_UNAVAILABLE = ("Unavailable", "NoError", None)
+
+
+def iso(wall_s):
+    """An OCPP date-time (UTC) from wall seconds; the epoch when the clock is unset."""
+    t = time.gmtime(int(wall_s or 0))
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
+
+
+def parse_time(text):
+    """Wall seconds (UTC) of an OCPP date-time "YYYY-MM-DDThh:mm:ss[.f](Z|+00:00)",
+    or None for anything else (another offset included)."""
+    if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] != "T":
+        return None
+    if not (text.endswith("Z") or text.endswith("+00:00")):
+        return None
+    try:
+        y, m, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
+        hh, mm, ss = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    except ValueError:
+        return None
+    if not (2000 <= y < 2100 and 1 <= m <= 12 and 1 <= d <= 31 and hh < 24 and mm < 60 and ss < 61):
+        return None
+    # Days from the civil date (proleptic Gregorian, March-based year).
+    if m <= 2:
+        y -= 1
+    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
+    days = y * 365 + y // 4 - y // 100 + y // 400 + doy - 719468
+    return days * 86400 + hh * 3600 + mm * 60 + ss
+
+
+def charge_point_id(url):
+    return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
+
+
+def check_key_value(name, value):
+    """The value to store for configuration key `name`, or None when it is
+    not acceptable (wrong format, an unsupported measurand)."""
+    kind = KEYS[name][2]
+    if kind == "i":
+        if not value.isdigit() or len(value) > 9:
+            return None
+        return str(int(value))
+    if kind == "b":
+        v = value.lower()
+        return v if v in ("true", "false") else None
+    if kind == "m":
+        if not value:
+            return ""
+        parts = value.split(",")
+        if len(parts) > 4:
+            return None
+        for p in parts:
+            if p.strip() not in MEASURANDS:
+                return None
+        return ",".join(p.strip() for p in parts)
+    return value
+
+
+class Keys:
+    """The OCPP configuration keys: defaults, and the changed ones on flash
+    (`path`, replaced atomically)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.values = {}
+        for k in KEYS:
+            self.values[k] = KEYS[k][0]
+        try:
+            with open(path) as f:
+                saved = json.loads(f.read())
+            for k in saved:
+                if k in KEYS and KEYS[k][1] and isinstance(saved[k], str):
+                    v = check_key_value(k, saved[k])
+                    if v is not None:
+                        self.values[k] = v
+        except (OSError, ValueError, TypeError):
+            pass  # missing or damaged: the defaults
+
+    def get_int(self, name):
+        return int(self.values[name])
+
+    def change(self, name, value):
+        """ChangeConfiguration: "Accepted", "Rejected" or "NotSupported"."""
+        if name not in KEYS:
+            return "NotSupported"
+        if not KEYS[name][1]:
+            return "Rejected"
+        v = check_key_value(name, value)
+        if v is None:
+            return "Rejected"
+        self.values[name] = v
+        changed = {}
+        for k in KEYS:
+            if self.values[k] != KEYS[k][0]:
+                changed[k] = self.values[k]
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(changed))
+            _replace(tmp, self.path)
+        except OSError:
+            return "Rejected"  # flash full or broken: the change would not survive a reset
+        return "Accepted"
+
+    def listing(self, names):
+        """GetConfiguration.conf payload for `names` (None: all keys)."""
+        known = []
+        unknown = []
+        for k in KEYS if names is None else names:
+            if k in KEYS:
+                known.append({"key": k, "readonly": not KEYS[k][1], "value": self.values[k]})
+            elif k not in unknown:
+                unknown.append(k)
+        out = {"configurationKey": known}
+        if unknown:
+            out["unknownKey"] = unknown
+        return out
+
+
+class TxQueue:
+    """Transaction messages until the central system answered them, on flash.
+
+    The file is append-only JSON lines, replayed at start:
+    ["q", seq, action, local, payload]  a message was queued
+    ["d", seq, txid]                    it was answered (txid: a StartTransaction's transactionId)
+    ["o", local, txid, meter_start, tag, last_register] an open transaction (after a compaction)
+    A torn last line (power cut) is ignored and the file rewritten. `local`
+    is the session id; the central system's transactionId is filled into
+    MeterValues and StopTransaction when they are sent. Used by the loop
+    only: the thread reads `entries` under the Ocpp lock."""
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = []  # [seq, action, local, payload] in order
+        self.open = {}  # local -> [txid or None, meter_start, tag, last register sent]: Start queued, no Stop yet
+        self.txids = {}  # local -> txid for every transaction still referenced
+        self.seq = 0
+        self.dropped = 0
+        self.flash_errors = 0  # writes that failed (flash full or broken): never raised into the loop
+        self.size = 0
+        torn = False
+        if exists(path):
+            try:
+                with open(path) as f:
+                    for line in f:
+                        self.size += len(line)
+                        if not line.endswith("\n"):
+                            torn = True
+                            break
+                        try:
+                            self._apply(json.loads(line))
+                        except (ValueError, TypeError, KeyError, IndexError):
+                            torn = True
+            except Exception:  # noqa: BLE001 - unreadable, not UTF-8: keep what was read, rewrite the rest
+                torn = True
+        if torn:
+            try:
+                self._compact()
+            except OSError:
+                self.flash_errors += 1
+
+    def _apply(self, r):
+        kind = r[0]
+        if kind == "q":
+            seq, action, local, payload = r[1], r[2], r[3], r[4]
+            self.entries.append([seq, action, local, payload])
+            self.seq = max(self.seq, seq)
+            if action == "StartTransaction":
+                self.open[local] = [None, payload["meterStart"], payload["idTag"], payload["meterStart"]]
+            elif action == "MeterValues" and local in self.open:
+                o = self.open[local]
+                o[3] = max(o[3], int(payload["meterValue"][-1]["sampledValue"][0]["value"]))
+            elif action == "StopTransaction":
+                self.open.pop(local, None)
+        elif kind == "d":
+            seq, txid = r[1], r[2]
+            for i, e in enumerate(self.entries):
+                if e[0] == seq:
+                    del self.entries[i]
+                    if e[1] == "StartTransaction" and txid is not None:
+                        self.txids[e[2]] = txid
+                        o = self.open.get(e[2])
+                        if o is not None:
+                            o[0] = txid
+                    break
+            self._forget()
+        elif kind == "o":
+            self.open[r[1]] = [r[2], r[3], r[4], r[5]]
+            if r[2] is not None:
+                self.txids[r[1]] = r[2]
+
+    def _forget(self):
+        """Drop transaction ids nothing refers to any more."""
+        for local in list(self.txids):
+            if local in self.open:
+                continue
+            for e in self.entries:
+                if e[2] == local:
+                    break
+            else:
+                del self.txids[local]
+
+    def _write(self, rec):
+        line = json.dumps(rec) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+        self.size += len(line)
+
+    def _compact(self):
+        tmp = self.path + ".tmp"
+        size = 0
+        with open(tmp, "w") as f:
+            for local in self.open:
+                o = self.open[local]
+                line = json.dumps(["o", local, o[0], o[1], o[2], o[3]]) + "\n"
+                f.write(line)
+                size += len(line)
+            for e in self.entries:
+                line = json.dumps(["q", e[0], e[1], e[2], e[3]]) + "\n"
+                f.write(line)
+                size += len(line)
+        _replace(tmp, self.path)
+        self.size = size
+
+    def samples(self):
+        n = 0
+        for e in self.entries:
+            if e[1] == "MeterValues":
+                n += 1
+        return n
+
+    def push(self, action, local, payload, lock):
+        """Queue one message (file first, then RAM under `lock`). False when
+        the queue is full (counted in `dropped`)."""
+        if len(self.entries) >= TXQ_MAX or (action == "MeterValues" and payload.get("_periodic") and self.samples() >= TXQ_SAMPLES_MAX):
+            self.dropped += 1
+            return False
+        payload.pop("_periodic", None)
+        seq = self.seq + 1
+        try:
+            self._write(["q", seq, action, local, payload])
+        except OSError:
+            self.flash_errors += 1
+            self.dropped += 1
+            return False
+        self.seq = seq
+        with lock:
+            self._apply(["q", seq, action, local, payload])
+        return True
+
+    def done(self, seq, txid, lock):
+        """The central system answered message `seq`. Returns its entry (or None)."""
+        entry = None
+        for e in self.entries:
+            if e[0] == seq:
+                entry = e
+        if entry is None:
+            return None
+        try:
+            self._write(["d", seq, txid])
+        except OSError:
+            self.flash_errors += 1  # sent again after a reboot: at least once
+        with lock:
+            self._apply(["d", seq, txid])
+        if not self.entries and self.size > COMPACT_BYTES:
+            try:
+                self._compact()
+            except OSError:
+                self.flash_errors += 1
+        return entry
+
+
+class Ocpp:
+    def __init__(self, cfg, net, data_dir, clock=None):
+        """clock: the board (wall_time/set_wall_time): set from the central
+        system's currentTime while NTP has not set it."""
+        self._clock = clock
+        self._cfg = cfg
+        self._net = net
+        self.url = cfg["ocpp_url"]
+        self.cp_id = charge_point_id(self.url)
+        self.keys = Keys(data_dir + "/" + KEYS_FILE)
+        self.txq = TxQueue(data_dir + "/" + TX_FILE)
+        self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
+        self.netup = None
+        self.version = "?"
+        self._lock = _thread.allocate_lock()
+        # --- shared with the loop: only under _lock ----------------------------------
+        self._status_q = []  # [connector, status, errorCode, info] changes, oldest first
+        self._calls = []  # [action, payload] non-transaction CALLs from the loop (Authorize, triggered MeterValues)
+        self._done = []  # (seq, txid) transaction messages answered
+        self._commands = []  # (uid, action, payload) for the loop
+        self._results = []  # (uid, payload) the loop's answers
+        self._replies = []  # (action, request, response) answers the loop asked for (Authorize)
+        self._stop_req = False
+        self._trigger_mv = False
+        # --- written by the thread, read by anyone --------------------------------------
+        self.connected = False
+        self.accepted = False  # BootNotification accepted (this boot)
+        self.running = False
+        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None}
+        # --- thread only -----------------------------------------------------------------
+        self._ws = None
+        self._pending = None  # [uid, action, kind, ref, t]: the one CALL in flight
+        self._uid = 0
+        self._tx_sent = 0  # highest seq of the queue answered (so not sent again)
+        self._tx_tries = 0
+        self._txids = dict(self.txq.txids)
+        self._boot_t = 0  # ticks of the last Pending/Rejected answer
+        self._boot_wait = 0  # ms to wait after it before the next BootNotification
+        self._hb_now = False
+        self._hb_ms = self.keys.get_int("HeartbeatInterval") * 1000
+        self._last_tx = 0  # ticks of the last CALL sent
+        self._last_status = {}  # connector -> [status, error, info] last sent
+        # --- loop only -----------------------------------------------------------------
+        self._st = None  # the last connector 1 status posted
+        self._st0 = None
+        self._finishing = False
+        self._local = None  # session id of the open transaction
+        self._mv_t = 0
+        self._avail_pending = None
+        self._reset = None
+
+    # ==== the loop's side ==========================================================
+    def start(self):
+        if self.running:
+            return
+        self.running = True
+        start_thread(self._run, THREAD_STACK_BYTES)
+
+    def stop(self, timeout_ms=2000):
+        with self._lock:
+            self._stop_req = True
+        net = self._net
+        t0 = net.ticks_ms()
+        while self.running and net.ticks_diff(net.ticks_ms(), t0) < timeout_ms:
+            net.sleep_ms(5)
+        return not self.running
+
+    def pending(self):
+        with self._lock:
+            return len(self.txq.entries)
+
+    def recover(self, journal, recovered):
+        """At boot: transactions left open by a power cut get their
+        StopTransaction (reason PowerLoss, meterStop: the journal's recovered
+        record or the last register queued in a MeterValues, the higher)."""
+        recs = {}
+        if recovered:
+            for rec in journal.pending():
+                recs[rec["id"]] = rec
+        for local in list(self.txq.open):
+            o = self.txq.open[local]
+            rec = recs.get(local)
+            mwh = rec.get("meter_stop_mwh") if rec is not None else None
+            stop = max(o[3], o[1] if mwh is None else mwh // 1000)
+            end = rec.get("end") if rec is not None else None
+            self.txq.push(
+                "StopTransaction",
+                local,
+                {"idTag": o[2], "meterStop": stop, "timestamp": iso(end if isinstance(end, int) else None), "reason": "PowerLoss"},
+                self._lock,
+            )
+
+    def authorize(self, tag):
+        """A card presented: ask the central system (Authorize). (ok, error)."""
+        if len(tag) > 20:
+            return False, "an OCPP idTag has at most 20 characters"
+        if not self.accepted or not self.connected:
+            return False, "central system unreachable: no offline authorization"
+        with self._lock:
+            if len(self._calls) >= _SMALL_MAX:
+                return False, "busy"
+            self._calls.append(["Authorize", {"idTag": tag}])
+        return True, None
+
+    def tx_start(self, opening, wall_s):
+        local = opening["id"]
+        self._local = local
+        self._mv_t = 0  # first sample one interval from now (set in service)
+        self._mv_started = False
+        tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
+        start = (opening.get("meter_start_mwh") or 0) // 1000
+        self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
+
+    def tx_stop(self, rec, wall_s, fw):
+        local = rec["id"]
+        o = self.txq.open.get(local)
+        if o is None:
+            return  # no StartTransaction was queued for it
+        stop = rec["meter_stop_mwh"] // 1000
+        mv = self.sample(fw, "Transaction.End")
+        mv["sampledValue"][0]["value"] = str(stop)  # the register as of the end: meterStop
+        self.txq.push("MeterValues", local, {"connectorId": 1, "meterValue": [mv]}, self._lock)
+        reason = rec.get("reason") or ""
+        if self._reset is not None and reason == "remote_stop":
+            oc = self._reset + "Reset"
+            self._reset = None
+        else:
+            oc = _REASONS.get(reason, "Other")
+        self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)
+        self._local = None
+        self._finishing = True
+
+    def sample(self, fw, context):
+        """One meterValue entry: the register first (Wh), then per phase
+        current (A), power (W), temperature (Celsius), as configured."""
+        m = fw.meter
+        wanted = self.keys.values["MeterValuesSampledData"]
+        vals = [{"value": str(m.meter_wh()[0]), "context": context, "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
+        if "Current.Import" in wanted:
+            for p in range(m.phases):
+                vals.append({"value": "%d.%03d" % (m.i_ma[p] // 1000, m.i_ma[p] % 1000), "context": context, "measurand": "Current.Import", "phase": "L%d" % (p + 1), "unit": "A"})
+        if "Power.Active.Import" in wanted:
+            vals.append({"value": str(int(m.power_w)), "context": context, "measurand": "Power.Active.Import", "unit": "W"})
+        t = fw.charger.temp_dc
+        if "Temperature" in wanted and t != -32768:
+            vals.append({"value": "%d.%d" % (t // 10, t % 10) if t >= 0 else "-%d.%d" % (-t // 10, -t % 10), "context": context, "measurand": "Temperature", "unit": "Celsius"})
+        return {"timestamp": iso(fw.hal.wall_time()), "sampledValue": vals}
+
+    def connector_status(self, ch):
+        """(status, errorCode, info) of connector 1 from the charger."""
+        if ch.fault is not None:
+            return "Faulted", _ERRORS.get(ch.fault, "OtherError"), ch.fault
+        plugged = ch.state[0] != "A"
+        if not plugged:
+            self._finishing = False
+        if ch.session_active:
+            if ch.contactor_on:
+                return "Charging", "NoError", None
+            if ch.duty_pm == 0:
+                return "SuspendedEVSE", "NoError", None
+            return "SuspendedEV", "NoError", None
+        if not ch.enabled or ch.inhibit:  # disabled, or the journal is full (no new session)
+            return "Unavailable", "NoError", None
+        if not plugged:
+            return "Available", "NoError", None
+        return ("Finishing" if self._finishing else "Preparing"), "NoError", None
+
+    def service(self, fw):
+        """Every LINK_EVERY ticks in the loop: never blocks on the network."""
+        ch = fw.charger
+        hal = fw.hal
+        st = self.connector_status(ch)
+        if st != self._st:
+            self._st = st
+            self._post_status(1, st)
+        st0 = _CP_AVAILABLE if ch.enabled or ch.session_active else _CP_UNAVAILABLE
+        if st0 is not self._st0:
+            self._st0 = st0
+            self._post_status(0, st0)
+        now = hal.ticks_ms()
+        if self._local is not None:
+            every = self.keys.get_int("MeterValueSampleInterval") * 1000
+            if not self._mv_started:
+                self._mv_started = True
+                self._mv_t = now
+            elif every and hal.ticks_diff(now, self._mv_t) >= every:
+                self._mv_t = now
+                self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [self.sample(fw, "Sample.Periodic")], "_periodic": 1}, self._lock)
+        if self._trigger_mv:
+            self._trigger_mv = False
+            with self._lock:
+                if len(self._calls) < _SMALL_MAX:
+                    self._calls.append(["MeterValues", {"connectorId": 1, "meterValue": [self.sample(fw, "Trigger")]}])
+        while self._done:
+            with self._lock:
+                seq, txid = self._done.pop(0)
+            e = self.txq.done(seq, txid, self._lock)
+            if e is not None and e[1] == "StopTransaction" and fw.link is None:
+                if fw.journal.ack(e[2]):  # no MQTT link: OCPP is where the session is billed
+                    fw._check_journal()
+        while self._replies:
+            with self._lock:
+                action, req, resp = self._replies.pop(0)
+            if action == "Authorize":
+                info = resp.get("idTagInfo") or {}
+                if info.get("status") == "Accepted":
+                    ch.command("authorize", req["idTag"])
+                    fw._status_due = True
+        if self._avail_pending is not None and not ch.session_active:
+            ch.command("enable", self._avail_pending)
+            self._avail_pending = None
+        while self._commands:
+            with self._lock:
+                uid, action, payload = self._commands.pop(0)
+            answer = self._command(fw, action, payload)
+            with self._lock:
+                self._results.append((uid, answer))
+
+    def _post_status(self, connector, st):
+        with self._lock:
+            if len(self._status_q) >= _SMALL_MAX:
+                self._status_q.pop(0)  # the newest state matters most
+            self._status_q.append([connector, st[0], st[1], st[2]])
+
+    def _command(self, fw, action, p):
+        """A validated CALL that needs the charger: its CALLRESULT payload."""
+        ch = fw.charger
+        if action == "RemoteStartTransaction":
+            if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
+                return {"status": "Rejected"}
+            err = ch.command("authorize", p["idTag"])
+            return {"status": "Rejected" if err else "Accepted"}
+        if action == "RemoteStopTransaction":
+            local = self._local
+            if local is None or self.txq.txids.get(local) != p["transactionId"]:
+                return {"status": "Rejected"}
+            err = ch.command("stop", None)
+            return {"status": "Rejected" if err else "Accepted"}
+        if action == "Reset":
+            # Ends the transaction (reason Soft/HardReset). The reboot itself
+            # needs a board reset the HAL contract does not offer yet.
+            self._reset = p["type"]
+            if ch.session_active:
+                ch.command("stop", None)
+            return {"status": "Accepted"}
+        if action == "ChangeAvailability":
+            if p["connectorId"] > 1:
+                return {"status": "Rejected"}
+            on = p["type"] == "Operative"
+            if ch.session_active and not on:
+                self._avail_pending = on
+                return {"status": "Scheduled"}
+            ch.command("enable", on)
+            return {"status": "Accepted"}
+        return {"status": "Rejected"}
+
+    # ==== the thread ================================================================
+    def _run(self):
+        wait_ms = 0
+        try:
+            while not self._stop_req:
+                if self.netup is not None and not self.netup.poll():
+                    if self._ws is not None:
+                        self._drop(OSError("network down"))
+                    if not self._sleep(self.netup.POLL_MS):
+                        break
+                    continue
+                if self._ws is None:
+                    if wait_ms:
+                        if not self._sleep(wait_ms):
+                            break
+                        wait_ms = 0
+                        continue
+                    try:
+                        self._connect()
+                        self.backoff.reset()
+                    except Exception as e:  # noqa: BLE001 - any failure means: try later
+                        self._drop(e)
+                        wait_ms = self.backoff.next_ms()
+                    continue
+                try:
+                    self._service()
+                except Exception as e:  # noqa: BLE001
+                    self._drop(e)
+                    wait_ms = self.backoff.next_ms()
+            if self._ws is not None:
+                try:
+                    self._ws.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._ws = None
+        finally:
+            self.connected = False
+            self.running = False
+
+    def _sleep(self, ms):
+        net = self._net
+        t0 = net.ticks_ms()
+        while net.ticks_diff(net.ticks_ms(), t0) < ms:
+            if self._stop_req:
+                return False
+            if self.netup is not None:
+                self.netup.poll()
+            net.sleep_ms(min(50, ms))
+        return not self._stop_req
+
+    def _connect(self):
+        cfg = self._cfg
+        self._ws = WebSocket.connect(
+            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None
+        )
+        self._pending = None
+        self._last_tx = self._net.ticks_ms()
+        self._rx_frames = 0
+        self._rx_t = self._last_tx
+        self._pinged = False
+        with self._lock:
+            self._status_q = []  # what changed while offline is history: the latest goes out
+        self._last_status = {}  # send every connector's status again
+        self.stats["connects"] += 1
+        self.connected = True
+
+    def _drop(self, err):
+        self.connected = False
+        self.stats["reconnects"] += 1
+        self.stats["last_error"] = repr(err)
+        ws = self._ws
+        self._ws = None
+        self._pending = None
+        if ws is not None:
+            try:
+                ws.sock.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+
+    def _send(self, frame):
+        self._ws.send(json.dumps(frame))
+        self.stats["sent"] += 1
+
+    def _call(self, action, payload, kind, ref):
+        self._uid += 1
+        uid = "%d" % self._uid
+        self._pending = [uid, action, kind, ref, self._net.ticks_ms()]
+        self._last_tx = self._net.ticks_ms()
+        self._send([2, uid, action, payload])
+
+    def _service(self):
+        net = self._net
+        with self._lock:
+            backlog = len(self._commands) + len(self._results) >= _SMALL_MAX
+        if backlog:
+            # The loop has not answered the CALLs it holds yet: leave further
+            # frames in the socket (TCP back-pressure) rather than refuse them.
+            msg = None
+            net.sleep_ms(IDLE_POLL_MS // 4)
+        else:
+            msg = self._ws.recv(IDLE_POLL_MS)
+        if msg is not None:
+            self.stats["received"] += 1
+            self._incoming(msg)
+        self._keepalive()
+        with self._lock:
+            results = self._results
+            if results:
+                self._results = []
+        for uid, payload in results:
+            self._send([3, uid, payload])
+        now = net.ticks_ms()
+        p = self._pending
+        if p is not None:
+            if net.ticks_diff(now, p[4]) > CALL_TIMEOUT_MS:
+                raise OSError("no answer to " + p[1])
+            return
+        if not self.accepted:
+            if self._boot_wait and net.ticks_diff(now, self._boot_t) < self._boot_wait:
+                return
+            self._call("BootNotification", {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": self.cp_id[:25], "firmwareVersion": self.version}, "boot", None)
+            return
+        with self._lock:
+            call = self._calls.pop(0) if self._calls else None
+        if call is not None:
+            self._call(call[0], call[1], "call", call[1])
+            return
+        if self._send_status():
+            return
+        if self._send_tx():
+            return
+        if self._hb_now or net.ticks_diff(now, self._last_tx) >= self._hb_ms > 0:
+            self._hb_now = False
+            self._call("Heartbeat", {}, "hb", None)
+
+    def _keepalive(self):
+        """WebSocketPingInterval: after that long without a frame from the
+        central system, ping it; without any frame IO_TIMEOUT_MS later the
+        connection is dead (dropped, made again)."""
+        ws = self._ws
+        now = self._net.ticks_ms()
+        if ws.frames != self._rx_frames:
+            self._rx_frames = ws.frames
+            self._rx_t = now
+            self._pinged = False
+            return
+        every = self.keys.get_int("WebSocketPingInterval") * 1000
+        if not every:
+            return
+        idle = self._net.ticks_diff(now, self._rx_t)
+        if idle >= every + IO_TIMEOUT_MS:
+            raise OSError("no frame from the central system")
+        if idle >= every and not self._pinged:
+            self._pinged = True
+            ws.ping()
+
+    def _send_status(self):
+        with self._lock:
+            s = self._status_q.pop(0) if self._status_q else None
+            if s is None:  # after a (re)connect: every connector's latest status once
+                for c in (0, 1):
+                    if c not in self._last_status:
+                        st = self._st0 if c == 0 else self._st
+                        if st is not None:
+                            s = [c, st[0], st[1], st[2]]
+                            break
+        if s is None:
+            return False
+        self._last_status[s[0]] = s
+        payload = {"connectorId": s[0], "status": s[1], "errorCode": s[2]}
+        if s[3]:
+            payload["vendorErrorCode"] = s[3][:50]
+        self._call("StatusNotification", payload, "status", None)
+        return True
+
+    def _send_tx(self):
+        with self._lock:
+            entry = None
+            for e in self.txq.entries:
+                if e[0] > self._tx_sent:
+                    entry = e
+                    break
+        if entry is None:
+            return False
+        seq, action, local, payload = entry
+        if action != "StartTransaction":
+            txid = self._txids.get(local)
+            if txid is None:  # its StartTransaction was never answered with an id: nothing to send
+                self._tx_done(seq, None)
+                return False
+            payload = dict(payload)
+            payload["transactionId"] = txid
+            if action == "MeterValues":
+                payload = {"connectorId": 1, "transactionId": txid, "meterValue": payload["meterValue"]}
+        self._call(action, payload, "tx", entry)
+        return True
+
+    def _tx_done(self, seq, txid):
+        self._tx_sent = seq
+        self._tx_tries = 0
+        with self._lock:
+            self._done.append((seq, txid))
+
+    def _incoming(self, text):
+        """One message from the central system."""
+        try:
+            msg = json.loads(text)
+        except Exception:  # noqa: BLE001 - ValueError, or MemoryError on a board: a bad frame either way
+            msg = None
+        if not isinstance(msg, list) or len(msg) < 3 or not isinstance(msg[1], str) or len(msg[1]) > 36:
+            uid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) and len(msg[1]) <= 36 else "-1"
+            self._error(uid, ocpp_schema.FORMATION, "not an OCPP-J message")
+            return
+        kind, uid = msg[0], msg[1]
+        if kind == 2:
+            if len(msg) != 4 or not isinstance(msg[2], str):
+                self._error(uid, ocpp_schema.FORMATION, "CALL needs [2, id, action, payload]")
+                return
+            self._incoming_call(uid, msg[2], msg[3])
+        elif kind == 3 or kind == 4:
+            p = self._pending
+            if p is None or p[0] != uid:
+                return  # an answer to nothing we asked (or asked and gave up on): ignored
+            self._pending = None
+            if kind == 3 and len(msg) == 3 and isinstance(msg[2], dict):
+                self._answered(p, msg[2])
+            else:
+                self.stats["callerrors"] += 1
+                self._failed(p)
+        else:
+            self._error(uid, ocpp_schema.FORMATION, "unknown message type")
+
+    def _error(self, uid, code, text):
+        self._send([4, uid, code, text, {}])
+
+    def _incoming_call(self, uid, action, payload):
+        err = ocpp_schema.check(action, payload)
+        if err is not None:
+            self._error(uid, err[0], err[1])
+            return
+        answer = None
+        if action == "GetConfiguration":
+            answer = self.keys.listing(payload.get("key"))
+        elif action == "ChangeConfiguration":
+            answer = {"status": self.keys.change(payload["key"], payload["value"])}
+            if payload["key"] == "HeartbeatInterval" and answer["status"] == "Accepted":
+                self._hb_ms = self.keys.get_int("HeartbeatInterval") * 1000
+        elif action == "ClearCache":
+            answer = {"status": "Accepted"}  # there is no cache yet: it is empty
+        elif action == "DataTransfer":
+            answer = {"status": "UnknownVendorId"}
+        elif action == "UnlockConnector":
+            answer = {"status": "NotSupported"}  # no connector lock on the board
+        elif action == "TriggerMessage":
+            answer = self._trigger(payload)
+        if answer is not None:
+            self._send([3, uid, answer])
+            return
+        with self._lock:
+            if len(self._commands) + len(self._results) >= _SMALL_MAX:
+                busy = True
+            else:
+                busy = False
+                self._commands.append((uid, action, payload))
+        if busy:
+            self._error(uid, "GenericError", "busy: too many requests in flight")
+
+    def _trigger(self, p):
+        what = p["requestedMessage"]
+        c = p.get("connectorId")
+        if c is not None and c > 1:
+            return {"status": "Rejected"}
+        if what == "BootNotification":
+            self.accepted = False
+            self._boot_wait = 0
+        elif what == "Heartbeat":
+            self._hb_now = True
+        elif what == "StatusNotification":
+            if c is None:
+                self._last_status = {}
+            else:
+                self._last_status.pop(c, None)
+        elif what == "MeterValues":
+            self._trigger_mv = True
+        else:  # Diagnostics/FirmwareStatusNotification: nothing under way
+            with self._lock:
+                if len(self._calls) < _SMALL_MAX:
+                    self._calls.append([what, {"status": "Idle"}])
+        return {"status": "Accepted"}
+
+    def _answered(self, p, payload):
+        kind = p[2]
+        if kind == "boot" or kind == "hb":
+            c = self._clock
+            if c is not None and c.wall_time() is None:
+                t = parse_time(payload.get("currentTime"))
+                if t is not None:
+                    c.set_wall_time(t)
+        if kind == "boot":
+            status = payload.get("status")
+            interval = payload.get("interval")
+            interval = interval if isinstance(interval, int) and interval >= 0 else 0
+            if status == "Accepted":
+                self.accepted = True
+                self._boot_wait = 0
+                if interval:
+                    self._hb_ms = interval * 1000
+            else:  # Pending or Rejected: BootNotification again after the interval
+                self._boot_t = self._net.ticks_ms()
+                self._boot_wait = interval * 1000 if interval else BOOT_RETRY_MS
+        elif kind == "tx":
+            entry = p[3]
+            txid = None
+            if entry[1] == "StartTransaction":
+                txid = payload.get("transactionId")
+                if isinstance(txid, int):
+                    self._txids[entry[2]] = txid
+                else:
+                    txid = None
+            elif entry[1] == "StopTransaction":
+                self._txids.pop(entry[2], None)
+            self._tx_done(entry[0], txid)
+        elif kind == "call":
+            if p[1] == "Authorize":
+                with self._lock:
+                    self._replies.append((p[1], p[3], payload))
+
+    def _failed(self, p):
+        """A CALLERROR. A transaction message is tried TransactionMessageAttempts
+        times, then given up (counted); a BootNotification later again."""
+        if p[2] == "tx":
+            self._tx_tries += 1
+            if self._tx_tries >= self.keys.get_int("TransactionMessageAttempts"):
+                self.stats["tx_given_up"] = self.stats.get("tx_given_up", 0) + 1
+                self._tx_done(p[3][0], None)
+        elif p[2] == "boot":
+            self._boot_t = self._net.ticks_ms()
+            self._boot_wait = BOOT_RETRY_MS
