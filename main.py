@@ -55,7 +55,7 @@ def _board():
 
     board = SimBoard(realtime=True, **kw)
     board.set_ev(ev)
-    from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/bench.md)
+    from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/rig.md)
 
     follower.follow(board, kw["data_dir"] + "/rig_scenario.json", lambda: _fw)
     return board

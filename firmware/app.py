@@ -24,8 +24,9 @@ from micropython import const
 from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
-from firmware.charger import TICK_MS, Charger
+from firmware.charger import Charger
 from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse_mains
+from firmware.facts import TICK_MS
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
@@ -166,11 +167,11 @@ class Firmware:
             self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None
         self.ticks = 0
-        self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
+        self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)
         if cfg["bench_trace"]:
-            from firmware.bench import BenchTrace
+            from firmware.rigtrace import RigTrace
 
-            self.bench = BenchTrace(self)
+            self.rig_trace = RigTrace(self)
         self.on_event = None  # optional callable(dict) for the host side (rig, tests)
         self._meter_t = now
         self._last_state = None
@@ -270,8 +271,8 @@ class Firmware:
             self._service_link()
         if self.ocpp is not None and n % LINK_EVERY == 0:
             self.ocpp.service(self)
-        if self.bench is not None:
-            self.bench.poll()
+        if self.rig_trace is not None:
+            self.rig_trace.poll()
 
     def _energy_step(self, n):
         """Load management (firmware/energy.py) after the charger's decision:

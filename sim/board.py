@@ -35,6 +35,7 @@ from micropython import const
 from hal import net as _net
 from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
 from sim import ticks as _t
+from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
 _NEVER = const(1 << 60)  # a due time that never comes (unix small int)
@@ -68,7 +69,6 @@ _E_UNIT_UJ = const(100000000)  # the truth energy's unit, 100 J
 _LCG_A = const(29773421)  # 1103515245 % 2**30
 _RNG_MASK = const(0x3FFFFFFF)
 
-FAULTS = ("cp_short", "diode_short", "pe_open", "rcd_trip", "weld", "rcd_dead", "stuck_adc")
 
 
 class WatchdogReset(Exception):
@@ -741,6 +741,13 @@ class SimBoard:
     def truth_energy_wh(self):
         """Exact energy the EV drew since the start, Wh."""
         return self._e_hj / 36 + self._e_uj / 3.6e9
+
+    def trace_extra(self):
+        """What only the simulation knows, as more trace record members (JSON
+        text; firmware/rigtrace.py and sim/scenario.py append it): the true
+        energy in Wh, truncated to 3 decimals like the firmware's own figures."""
+        mwh = int(self.truth_energy_wh * 1000)
+        return ', "truth_energy_wh": %d.%03d' % (mwh // 1000, mwh % 1000)
 
     def pilot_v(self):
         return self._high_mv / 1000

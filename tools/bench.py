@@ -51,7 +51,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
-import rig  # (tools/rig.py: scenario loading, running, reaction rows)
+from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
+from evrig.cli import CLOSE_TARGET_MS, OPEN_TARGET_MS, reaction_row
+from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
 # times faster than an ESP32 at 240 MHz. An estimate, not a measurement: it is
@@ -70,17 +72,13 @@ TARGETS = {
     "min_heap_kb": ("<=", 64),
     "esp32_min_heap_kb": ("<=", 64),
     "sim_speed_x": (">=", 500),
-    "open_ms_max": ("<=", rig.OPEN_TARGET_MS),
-    "close_ms_max": ("<=", rig.CLOSE_TARGET_MS),
+    "open_ms_max": ("<=", OPEN_TARGET_MS),
+    "close_ms_max": ("<=", CLOSE_TARGET_MS),
 }
 
 
 class BenchError(Exception):
     pass
-
-
-def micropython():
-    return rig.micropython()
 
 
 def mp_env(path):
@@ -135,15 +133,15 @@ def measure_sessions(minutes):
 
 
 def measure_reaction():
-    paths = sorted(glob.glob(os.path.join(rig.SCENARIO_DIR, "*.json")))
+    paths = sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.json")))
     opens, closes, unfinished = [], [], 0
     for path in paths:
-        sc = rig.load_scenario(path)
+        sc = load_scenario(path)
         try:
-            _records, _commands, summary = rig.run_scenario(path, sc)
-        except rig.RigError as e:
+            _records, _commands, summary = run_scenario(path, sc)
+        except RigError as e:
             raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
-        o_max, c_max, unf, _n_o, _n_c = rig.reaction_row(summary)
+        o_max, c_max, unf, _n_o, _n_c = reaction_row(summary)
         unfinished += unf
         if o_max is not None:
             opens.append(o_max)
@@ -168,16 +166,16 @@ def measure_energy_days(quick):
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for day in days:
-            path = os.path.join(rig.SCENARIO_DIR, "energy", day + ".json")
+            path = os.path.join(SCENARIO_DIR, "energy", day + ".json")
             for mode in ("solar", "normal"):
-                sc = rig.load_scenario(path)
+                sc = load_scenario(path)
                 sc["config"]["mode"] = mode
                 p = os.path.join(tmp, "%s_%s.json" % (day, mode))
                 with open(p, "w") as f:
                     json.dump(sc, f)
                 try:
-                    records, _commands, summary = rig.run_scenario(p, sc)
-                except rig.RigError as e:
+                    records, _commands, summary = run_scenario(p, sc)
+                except RigError as e:
                     raise BenchError("energy day %s (%s): %s" % (day, mode, e)) from None
                 e = summary["energy"]
                 ev_wh = e["ev_wh"]
@@ -293,7 +291,7 @@ def measure_heap(quick):
 
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
-    scenario = os.path.join(rig.SCENARIO_DIR, "demo_session.json")
+    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
     step = 8 if quick else 2
     tree = tempfile.mkdtemp(prefix="evse-mpy-")
     try:
@@ -378,7 +376,7 @@ def measure_esp32_heap(quick):
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
     paths = esp32_build()
-    scenario = os.path.join(rig.SCENARIO_DIR, "demo_session.json")
+    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
     step = 8 if quick else 2
     heap_kb = int(paths["heap"].rstrip("k"))
     repo_path = [REPO, os.path.join(REPO, "lib")]  # the launcher puts .frozen first
@@ -604,7 +602,7 @@ def main(argv=None):
         return 3
     try:
         out = measure_all(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (BenchError, rig.BadScenario, RuntimeError) as e:
+    except (BenchError, BadScenario, RuntimeError) as e:
         print("bench: %s" % e, file=sys.stderr)
         return 3
     print_table(out)

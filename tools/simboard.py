@@ -233,7 +233,7 @@ class Sink:
             del self.queue[:n]
 
 
-class Board:
+class ReplMachine:
     """The REPL state machine (what pyexec.c and ports/esp32/main.c do)."""
 
     def __init__(self, args):
@@ -674,7 +674,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        board = Board(args)
+        board = ReplMachine(args)
     except OSError as e:
         print("simboard: cannot open the serial line: %s" % e, file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Each test starts its own board on a fresh flash folder, deploys trees copied
 from this checkout (with a test VERSION and, where a test needs it, a broken
 or never-healthy app), and reads the result both from the board's console and
-from the flash folder itself. The board runs with a 256k heap: the simulated
+from the flash folder itself. The board runs with a 384k heap (tests/host/emulated_board.py): the simulated
 HAL's tables and EV model need ~35 KB that an ESP32 does not carry.
 Run with -s to see the measured deploy figures.
 """
@@ -29,6 +29,7 @@ BIN = REPO / ".venv" / "bin"
 DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 import deploy  # noqa: E402
+from board_session import BoardSession  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from emulated_board import EmulatedBoard  # noqa: E402
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Board(EmulatedBoard):
+class DeployTarget(EmulatedBoard):
 
     def state(self):
         return json.loads((self.flash / "slot.json").read_text())
@@ -69,11 +70,11 @@ class Board(EmulatedBoard):
 
     def power_cycle(self, watch=5.0, log=lambda s: None):
         """Interrupt whatever runs, machine.reset(), and report what boots."""
-        b = deploy.Board(self.port, log=log)
+        b = BoardSession(self.port)
         try:
             b.interrupt()
-            b.reset()
-            return b.watch(watch, settle=0.3)
+            deploy.reset(b, log=lambda s: None)
+            return deploy.watch(b, watch, settle=0.3, log=lambda s: None)
         finally:
             b.close()
 
@@ -87,7 +88,7 @@ def make_board(tmp_path):
         (flash / "data").mkdir(parents=True)
         if sim:
             (flash / "data" / "sim.json").write_text(json.dumps(sim))
-        b = Board(flash, flash_kb)
+        b = DeployTarget(flash, flash_kb)
         boards.append(b)
         return b
 
@@ -340,14 +341,14 @@ def test_hash_mismatch_after_upload_exits_6_and_switches_nothing(make_board, mak
     board = make_board()
     assert run_deploy(board, make_tree("1.0.0")).returncode == 0
     before = board.state()
-    real = deploy.Board.write_file
+    real = BoardSession.write_file
 
-    def flaky(self, path, data, progress=None):  # one flipped byte on the way, as a bad line would
+    def flaky(self, path, data, progress=None, each=""):  # one flipped byte on the way, as a bad line would
         if path.endswith("/firmware/app.mpy"):
             data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
-        return real(self, path, data, progress)
+        return real(self, path, data, progress, each)
 
-    monkeypatch.setattr(deploy.Board, "write_file", flaky)
+    monkeypatch.setattr(BoardSession, "write_file", flaky)
     code = deploy.main(["--port", board.port, "--source", str(make_tree("2.0.0", touch_all=True))])
     assert code == deploy.EXIT_HASH
     assert "hash mismatch after upload: /slot_b/firmware/app.mpy" in capsys.readouterr().err

@@ -45,7 +45,9 @@ from hypothesis import strategies as st
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import rig  # noqa: E402
+from evrig import RigError  # noqa: E402
+from evrig.scenario import SIM_FAULTS, validate  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 CI_EXAMPLES = 25
 OPEN_WITHIN_S = 0.100  # DEVELOPERS' invariant: open within 100 ms (target 20 ms)
@@ -130,7 +132,7 @@ ACTION = {
     "ev_phases": st.integers(1, 3),
     "pp_ohm": st.one_of(st.sampled_from((100, 220, 680, 1500)), st.sampled_from((220, 1500)),  # mostly a cable
                         st.sampled_from(PP_VALUES), st.integers(0, 6000)),
-    "fault": st.sampled_from(("none",) * 5 + tuple(f for f in rig.SIM_FAULTS if f != "none")),
+    "fault": st.sampled_from(("none",) * 5 + tuple(f for f in SIM_FAULTS if f != "none")),
     "temp_c": st.one_of(st.sampled_from((25, 64.9, 65, 67, 68, 70, 71, 80, 50, -40, 150)),
                         st.floats(10, 75).map(lambda x: round(x, 1)), st.floats(-40, 150).map(lambda x: round(x, 1))),
     "set": commands,
@@ -408,13 +410,13 @@ def diode_windows(sc):
 
 def check_scenario(sc, path):
     """Run one scenario and check every invariant; returns the summary."""
-    errors = rig.validate(sc)
+    errors = validate(sc)
     assert errors == [], errors
     model = Model(sc)
     stream = []
     try:
-        records, _cmds, summary = rig.run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
-    except rig.RigError as e:  # exit 3: the control loop must never crash
+        records, _cmds, summary = run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
+    except RigError as e:  # exit 3: the control loop must never crash
         raise AssertionError("the firmware process failed: %s" % e) from None
     assert records, "no trace records"
     assert records[-1]["t"] == sc["until"], "the run stopped early"
@@ -596,12 +598,12 @@ def test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b():
     offered = 0
     for noise_mv, seed, retries in ((3000, 1, 3), (3000, 2, 10), (3000, 3, 3), (2500, 4, 10), (2500, 5, 3)):
         sc = _noisy_b(noise_mv, seed, retries)
-        assert rig.validate(sc) == []
+        assert validate(sc) == []
         fd, path = tempfile.mkstemp(prefix="noisy-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(sc, f)
-            records, _cmds, summary = rig.run_scenario(path, sc)
+            records, _cmds, summary = run_scenario(path, sc)
         finally:
             os.unlink(path)
         assert records[-1]["t"] == sc["until"]

@@ -16,7 +16,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import rig  # noqa: E402
+from evrig import EXIT_FAILED, cli, load_scenario  # noqa: E402
+from evrig.scenario import check_expects  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 SCENARIOS = sorted(glob.glob(os.path.join(REPO, "tests", "scenarios", "*.json")))
 SUMMARIES = {}  # (interpreter, scenario file) -> summary
@@ -43,10 +45,10 @@ def test_library_covers_what_commercial_testers_exercise():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[os.path.basename(p) for p in SCENARIOS])
 def test_scenario_expectations_hold(path, interp):
-    sc = rig.load_scenario(path)
+    sc = load_scenario(path)
     assert any("expect" in s for s in sc["steps"]), "a scenario without expectations tests nothing"
-    records, _commands, summary = rig.run_scenario(path, sc)
-    failures = rig.check_expects(sc, records)
+    records, _commands, summary = run_scenario(path, sc)
+    failures = check_expects(sc, records)
     assert failures == [], failures
     SUMMARIES[interp, os.path.basename(path)] = summary
     # No close the simulated world forbade (S2 open, a diode/CP short, PE open, RCD trip).
@@ -66,7 +68,7 @@ def test_reaction_times_over_the_library(interp):
     for path in SCENARIOS:
         name = os.path.basename(path)
         if (interp, name) not in SUMMARIES:  # when run alone
-            SUMMARIES[interp, name] = rig.run_scenario(path, rig.load_scenario(path))[2]
+            SUMMARIES[interp, name] = run_scenario(path, load_scenario(path))[2]
         mine[name] = SUMMARIES[interp, name]
     open_max = max((s["open_max_ms"] or 0) for s in mine.values())
     close_max = max((s["close_max_ms"] or 0) for s in mine.values())
@@ -83,6 +85,6 @@ def test_measure_fails_on_a_close_the_world_forbade(monkeypatch, capsys):
     path = os.path.join(REPO, "tests", "scenarios", "diode_short_retry_noisy.json")
     summary = {"opens": [], "closes": [{"t": 5.36, "cause": "unsafe", "why": "diode_short", "ms": None}],
                "unsafe_closes": 1, "open_max_ms": None, "close_max_ms": None}  # fmt: skip
-    monkeypatch.setattr(rig, "run_scenario", lambda *a, **k: ([], [], summary))
-    assert rig.main(["measure", path]) == rig.EXIT_FAILED
+    monkeypatch.setattr(cli, "run_scenario", lambda *a, **k: ([], [], summary))
+    assert cli.main(["measure", path]) == EXIT_FAILED
     assert "1 unsafe close(s): diode_short at 5.36 s" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Board:
+class SimboardProcess:
     def __init__(self, flash, tcp=None):
         self.flash = flash
         cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "-v"]
@@ -103,7 +103,7 @@ def make_board(tmp_path):
             (flash / "boot.py").write_text(boot)
         if main is not None:
             (flash / "main.py").write_text(main)
-        b = Board(flash, tcp)
+        b = SimboardProcess(flash, tcp)
         boards.append(b)
         return b
 
@@ -355,20 +355,21 @@ def test_a_ctrl_c_sent_while_the_board_boots_interrupts_main_py(make_board):
 def test_a_reset_right_after_the_board_starts_is_never_lost(tmp_path):
     sys.path.insert(0, str(REPO / "tools"))
     import deploy
+    from board_session import BoardSession
 
     flash = tmp_path / "flash"
     flash.mkdir()
     (flash / "main.py").write_text("print('evse firmware x version 1 on sim')\n" + MAIN_LOOP)
     lost = []
     for i in range(12):
-        b = Board(flash)
+        b = SimboardProcess(flash)
         try:
             time.sleep(0.02 * (i % 6))  # the interrupt lands at a different point of the boot each time
-            d = deploy.Board(b.device, log=lambda s: None)
+            d = BoardSession(b.device)
             try:
                 d.interrupt()
-                d.reset()
-                seen = d.watch(5, settle=0.0)
+                deploy.reset(d, log=lambda s: None)
+                seen = deploy.watch(d, 5, settle=0.0, log=lambda s: None)
             finally:
                 d.close()
             if not seen["started"]:
