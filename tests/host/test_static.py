@@ -81,18 +81,12 @@ def _forbidden_imports(folder, forbidden):
     return bad
 
 
-def test_imports_are_seen_wherever_they_are_written():
+def test_imports_are_seen_wherever_they_are_written(tmp_path):
     # The checker itself: nested, conditional and from-imports all count.
-    import tempfile
-
-    src = "import os\ntry:\n    import machine\nexcept ImportError:\n    pass\n" \
-          "def f():\n    from sim.board import SimBoard\n    import time as t\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(src)
-    try:
-        assert sorted(m for _, m in _imports(f.name)) == ["machine", "os", "sim", "time"]
-    finally:
-        os.unlink(f.name)
+    src = tmp_path / "m.py"
+    src.write_text("import os\ntry:\n    import machine\nexcept ImportError:\n    pass\n"
+                   "def f():\n    from sim.board import SimBoard\n    import time as t\n")
+    assert sorted(m for _, m in _imports(str(src))) == ["machine", "os", "sim", "time"]
 
 
 def test_firmware_never_imports_port_modules_a_clock_hal_or_sim():
@@ -131,17 +125,11 @@ def test_firmware_reads_no_clock_itself_the_time_module_only_for_calendar_arithm
     assert bad == [], "firmware/ takes time from the HAL (hal.ticks_ms()), not the time module:\n" + "\n".join(bad)
 
 
-def test_the_clock_check_sees_a_clock_read():
-    import tempfile
-
-    src = "import time\nimport utime as u\nfrom time import ticks_ms\n" \
-          "def f(w):\n    return time.gmtime(w), time.ticks_ms(), u.time()\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(src)
-    try:
-        found = _clock_uses(f.name)
-    finally:
-        os.unlink(f.name)
+def test_the_clock_check_sees_a_clock_read(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import time\nimport utime as u\nfrom time import ticks_ms\n"
+                   "def f(w):\n    return time.gmtime(w), time.ticks_ms(), u.time()\n")
+    found = _clock_uses(str(src))
     assert (3, "from time import ticks_ms") in found
     assert len(found) == 3, found  # ticks_ms, time(), the from-import; gmtime passes
 
