@@ -29,7 +29,7 @@ _TRIGGERS = (
     "StatusNotification",
 )
 
-# ChargingProfile (RemoteStartTransaction here; SetChargingProfile later).
+# ChargingProfile (RemoteStartTransaction, SetChargingProfile).
 _PERIOD = (("startPeriod", 1, "i", 0), ("limit", 1, "n", None), ("numberPhases", 0, "i", 1))
 _SCHEDULE = (
     ("duration", 0, "i", 0),
@@ -38,11 +38,12 @@ _SCHEDULE = (
     ("chargingSchedulePeriod", 1, "p", _PERIOD),
     ("minChargingRate", 0, "n", None),
 )
+_PURPOSES = ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")
 PROFILE = (
     ("chargingProfileId", 1, "i", None),
     ("transactionId", 0, "i", None),
     ("stackLevel", 1, "i", 0),
-    ("chargingProfilePurpose", 1, "e", ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")),
+    ("chargingProfilePurpose", 1, "e", _PURPOSES),
     ("chargingProfileKind", 1, "e", ("Absolute", "Recurring", "Relative")),
     ("recurrencyKind", 0, "e", ("Daily", "Weekly")),
     ("validFrom", 0, "t", None),
@@ -61,6 +62,9 @@ CALLS = {
     "UnlockConnector": (("connectorId", 1, "i", 0),),
     "ClearCache": (),
     "DataTransfer": (("vendorId", 1, "s", 255), ("messageId", 0, "s", 50), ("data", 0, "s", None)),
+    "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
+    "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
+    "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
 }
 
 # OCPP 1.6 actions a central system may send that this charge point does not
@@ -68,13 +72,10 @@ CALLS = {
 # NotImplemented.
 KNOWN = (
     "CancelReservation",
-    "ClearChargingProfile",
-    "GetCompositeSchedule",
     "GetDiagnostics",
     "GetLocalListVersion",
     "ReserveNow",
     "SendLocalList",
-    "SetChargingProfile",
     "UpdateFirmware",
 )
 
