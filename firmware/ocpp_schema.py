@@ -50,6 +50,14 @@ PROFILE = (
     ("chargingSchedule", 1, "o", _SCHEDULE),
 )
 
+# SendLocalList's AuthorizationData.
+_TAG_INFO = (
+    ("expiryDate", 0, "t", None),
+    ("parentIdTag", 0, "s", 20),
+    ("status", 1, "e", ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")),
+)
+_AUTH_DATA = (("idTag", 1, "s", 20), ("idTagInfo", 0, "o", _TAG_INFO))
+
 CALLS = {
     "RemoteStartTransaction": (("connectorId", 0, "i", 1), ("idTag", 1, "s", 20), ("chargingProfile", 0, "o", PROFILE)),
     "RemoteStopTransaction": (("transactionId", 1, "i", None),),
@@ -60,6 +68,8 @@ CALLS = {
     "TriggerMessage": (("requestedMessage", 1, "e", _TRIGGERS), ("connectorId", 0, "i", 0)),
     "UnlockConnector": (("connectorId", 1, "i", 0),),
     "ClearCache": (),
+    "SendLocalList": (("listVersion", 1, "i", None), ("localAuthorizationList", 0, "p", _AUTH_DATA), ("updateType", 1, "e", ("Differential", "Full"))),
+    "GetLocalListVersion": (),
     "DataTransfer": (("vendorId", 1, "s", 255), ("messageId", 0, "s", 50), ("data", 0, "s", None)),
 }
 
@@ -71,9 +81,7 @@ KNOWN = (
     "ClearChargingProfile",
     "GetCompositeSchedule",
     "GetDiagnostics",
-    "GetLocalListVersion",
     "ReserveNow",
-    "SendLocalList",
     "SetChargingProfile",
     "UpdateFirmware",
 )
