@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MP := $(VENV)/bin/micropython
 SCENARIO ?= tests/scenarios/demo_session.json
 
-.PHONY: deps test run bench fuzz deploy clean
+.PHONY: deps esp32 test run bench fuzz deploy clean
 
 # The venv is rebuilt only when requirements.txt changes; tools/deps.py skips work
 # itself when lib/ already matches the pinned list.
@@ -18,7 +18,13 @@ $(VENV)/.installed: requirements.txt
 deps: $(VENV)/.installed
 	@$(PY) tools/deps.py install
 
-test: deps
+# The ESP32-faithful interpreter and mpy-cross from the pinned MicroPython source
+# (tools/mpbuild.py, into build/esp32; needs gcc-multilib). Does nothing when up to
+# date; a changed firmware file is re-frozen incrementally.
+esp32: deps
+	$(PY) tools/mpbuild.py build
+
+test: deps esp32
 	$(PY) -m pytest
 
 # The firmware against a local Mosquitto (when installed), its MQTT messages next
@@ -26,7 +32,7 @@ test: deps
 run: deps
 	$(PY) tools/run_demo.py $(if $(filter command line environment,$(origin SCENARIO)),--scenario $(SCENARIO)) $(RUN_ARGS)
 
-bench: deps
+bench: deps esp32
 	$(PY) tools/bench.py
 
 fuzz: deps
@@ -37,5 +43,5 @@ deploy: deps
 	$(PY) tools/deploy.py --port $(PORT) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build
 	find lib -mindepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +

@@ -14,36 +14,35 @@ import sys
 
 FAIL_RESET_DELAY_MS = 1000
 SIM_FILE = "/data/sim.json"
+# Armed as soon as the board exists, before the firmware is imported and
+# built (journal scan and compaction on a slow flash), so a hang there resets
+# the board; the firmware's loop then re-arms its own 2 s (firmware/app.py).
+BOOT_WDT_MS = 30000
 
 _fw = None  # the running Firmware; tools/deploy.py reads its state after a Ctrl-C
 
 
 def _board():
+    """The board: the ESP32 HAL where machine.Pin exists (its board file from
+    hal/esp32.board_file(), as boot.py builds it), else the simulated one."""
     try:
         import machine
 
-        if hasattr(machine, "Pin"):
-            from hal.esp32 import BOARD_FILE, Esp32Board, board_file
-
-            p = board_file()
-            if p != BOARD_FILE:
-                try:
-                    import slots
-
-                    p = slots.path(p)
-                except ImportError:
-                    pass
-            return Esp32Board(board_path=p)
+        real = hasattr(machine, "Pin")
     except ImportError:
-        pass
+        real = False
+    if real:
+        from hal.esp32 import Esp32Board
+
+        return Esp32Board()
     import gc
     import json
     import os
 
     try:
         with open(SIM_FILE) as f:
-            kw = json.load(f)
-    except (OSError, ValueError):
+            kw = json.loads(f.read(4096))
+    except Exception:  # missing or damaged: the defaults
         kw = {}
     ev = kw.pop("ev", "A")
     kw.setdefault("data_dir", "/data")
@@ -56,7 +55,7 @@ def _board():
 
     board = SimBoard(realtime=True, **kw)
     board.set_ev(ev)
-    from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/bench.md)
+    from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/rig.md)
 
     follower.follow(board, kw["data_dir"] + "/rig_scenario.json", lambda: _fw)
     return board
@@ -65,9 +64,12 @@ def _board():
 def main():
     global _fw
     try:
-        import slots
-    except ImportError:
-        slots = None
+        import slots  # /slots.mpy, or the slot's copy boot.py registered
+    except Exception:
+        try:
+            from firmware import slots
+        except Exception:
+            slots = None
     if slots is not None:
         import json
 
@@ -75,6 +77,7 @@ def main():
     board = None
     try:
         board = _board()
+        board.wdt_start(BOOT_WDT_MS)
         import firmware
         from firmware.app import Firmware
 
@@ -83,6 +86,8 @@ def main():
         print("evse firmware", fw.cfg["id"], "version", firmware.VERSION, "on", board.name)
         fw.run()
     except (KeyboardInterrupt, SystemExit):
+        if _fw is None and board is not None:
+            _maintenance(board)
         raise
     except Exception as e:
         if board is not None:
@@ -93,6 +98,18 @@ def main():
             slots.fail(repr(e))
         _reset()
         raise
+
+
+def _maintenance(board):
+    """Ctrl-C while the firmware was starting: outputs safe, and the boot
+    watchdog gets the firmware's REPL maintenance window instead."""
+    board.safe()
+    try:
+        from firmware.app import MAINTENANCE_WDT_MS
+
+        board.wdt_start(MAINTENANCE_WDT_MS)
+    except Exception:
+        pass
 
 
 def _reset():

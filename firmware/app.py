@@ -24,8 +24,9 @@ from micropython import const
 from firmware import VERSION, commands, slots
 from firmware import charger as chg
 from firmware import config as config_mod
-from firmware.charger import TICK_MS, Charger
+from firmware.charger import Charger
 from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse_mains
+from firmware.facts import TICK_MS
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
@@ -42,6 +43,7 @@ REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 WDT_MS = const(2000)  # the control loop must come round this often or the board resets
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
+JOURNAL_RETRY_EVERY = const(6000)  # ticks (60 s): after a failed journal write (full flash), try again
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 CLOCK_CHECK_EVERY = const(100)  # ticks (1 s): look for the wall clock until it is set
 # Stamps taken before the wall clock was set are back-computed from the ticks
@@ -120,10 +122,22 @@ class Firmware:
                 self.notes.append(err)
         self.meter = meter
 
-        self.journal = Journal(data)
-        self.boot_id = self.journal.boot()
+        j = Journal(data)
+        self.journal = j
+        self.boot_id = j.boot()
         now = hal.ticks_ms()
-        self.recovered = self.journal.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.recovered = j.recover(stamp(self.boot_id, now, hal.wall_time()))
+        self.notes += j.notes
+        # A power cut between a journal checkpoint and the next lifetime
+        # persist: the counter goes on from the journaled reading, never
+        # below a meter_stop already billed (docs/metering.md).
+        if meter.at_least(j.meter_mwh):
+            self.notes.append("meter: lifetime raised to %d Wh, the journal's last reading" % meter.lifetime_wh)
+            err = meter.persist(self._lifetime_path, now)
+            if err:
+                self.notes.append(err)
+        if j.error:
+            self.notes.append(j.error)
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
@@ -153,11 +167,11 @@ class Firmware:
             self.ocpp.recover(self.journal, self.recovered)
         self.session_id = None
         self.ticks = 0
-        self.bench = None  # bench mode: trace records on the console (firmware/bench.py)
+        self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)
         if cfg["bench_trace"]:
-            from firmware.bench import BenchTrace
+            from firmware.rigtrace import RigTrace
 
-            self.bench = BenchTrace(self)
+            self.rig_trace = RigTrace(self)
         self.on_event = None  # optional callable(dict) for the host side (rig, tests)
         self._meter_t = now
         self._last_state = None
@@ -185,7 +199,10 @@ class Firmware:
             }
         )
         if self.charger.inhibit:
-            self._event({"event": "journal_full", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full", "pending": self.journal.pending_count()}
+            if self.journal.error:
+                ev["error"] = self.journal.error
+            self._event(ev)
         for e in self.config_errors:
             self._event({"event": "config_error", "error": e})
         for n in self.notes:
@@ -254,8 +271,8 @@ class Firmware:
             self._service_link()
         if self.ocpp is not None and n % LINK_EVERY == 0:
             self.ocpp.service(self)
-        if self.bench is not None:
-            self.bench.poll()
+        if self.rig_trace is not None:
+            self.rig_trace.poll()
 
     def _energy_step(self, n):
         """Load management (firmware/energy.py) after the charger's decision:
@@ -323,9 +340,13 @@ class Firmware:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
             if t.checkpoint_due(now, meter.session_mwh):
-                self.journal.checkpoint(
-                    t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh())
-                )
+                j = self.journal
+                j.checkpoint(t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh()))
+                if j.error:
+                    self._check_journal()  # a full flash: this session goes on, no new one starts
+        elif self.journal.error and self.ticks % JOURNAL_RETRY_EVERY < METER_EVERY:
+            self.journal.retry()
+            self._check_journal()
         self._meter_t = now
         if meter.checkpoint_due(now):
             err = meter.persist(self._lifetime_path, now)
@@ -380,6 +401,7 @@ class Firmware:
                 self.session_id = sid
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
+                    self._check_journal()
                 self._event({"event": "session_start", "session": sid, "tag": arg})
                 if self.ocpp is not None:
                     self.ocpp.tx_start(self.tracker.opening(), hal.wall_time())
@@ -420,10 +442,14 @@ class Firmware:
         """A journal full of unacknowledged sessions refuses new sessions
         (docs/journal.md): no energy is sold that could not be billed. Say so
         when that starts and ends."""
-        full = self.journal.full()
+        j = self.journal
+        full = j.full()
         if full != self.charger.inhibit:
             self.charger.inhibit = full
-            self._event({"event": "journal_full" if full else "journal_ok", "pending": self.journal.pending_count()})
+            ev = {"event": "journal_full" if full else "journal_ok", "pending": j.pending_count()}
+            if j.error:
+                ev["error"] = j.error  # e.g. ENOSPC: the flash is full
+            self._event(ev)
 
     def _event(self, ev):
         if self.link is not None:
@@ -446,7 +472,10 @@ class Firmware:
             "power_w": m.power_w,
             "energy_wh": m.session_mwh / 1000,
             "session_wh": m.session_mwh / 1000,
-            "lifetime_wh": m.lifetime_wh,
+            # What survives a power cut (persisted, or journaled by a session
+            # checkpoint), so a published reading never goes backwards after
+            # a reboot; it lags the meter by at most one checkpoint.
+            "lifetime_wh": max(m.saved_wh(), self.journal.meter_mwh // 1000),
             "session": self.session_id,
             "enabled": ch.enabled,
             "limit_reason": ch.limits.reason,  # what decides the offer: config, cable, remote, thermal...

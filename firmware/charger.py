@@ -20,10 +20,9 @@ from micropython import const
 
 from firmware import iec61851 as iec
 from firmware.contactor import Contactor
+from firmware.facts import STATES, TICK_MS
 from firmware.limits import Limits
 from firmware.pilot import Pilot
-
-TICK_MS = const(10)
 
 # HAL constants (hal/contract.py), repeated as consts so the tick does not look them up.
 _PILOT_PLUS12 = const(1)
@@ -63,8 +62,9 @@ EV_FAULT_CLEARED = const(4)  # arg: fault code
 EV_LATCHED = const(5)  # arg: fault code
 _EVENT_SLOTS = const(16)
 
-# State names indexed by pilot state * 2 + (1 if PWM on else 0).
-_NAMES = ("A1", "A1", "A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "E", "F", "F")
+# State names (firmware/facts.py) indexed by pilot state * 2 + (1 if PWM on
+# else 0): an invalid reading and A without PWM are A1, E and F have one name each.
+_NAMES = (STATES[0],) * 3 + STATES[1:8] + (STATES[8],) * 2 + (STATES[9],) * 2
 
 # RCD self-test phases.
 _RCD_IDLE = const(0)
@@ -89,7 +89,7 @@ class Charger:
         hal.pilot_steady(_PILOT_PLUS12)
         self.contactor = Contactor(hal)
         # What the outside reads.
-        self.state = "A1"
+        self.state = _NAMES[0]
         self.fault = None
         self.latched = False
         self.offer_ma = 0
@@ -187,7 +187,7 @@ class Charger:
         self._fault_since = now
         hold = iec.F_HOLD_MIN_MS << (2 * (self._fault_n - 1)) if self._fault_n < 8 else FAULT_HOLD_MAX_MS
         self._fault_hold_ms = hold if hold < FAULT_HOLD_MAX_MS else FAULT_HOLD_MAX_MS
-        self.state = "E" if code == "cp_short" else "F"
+        self.state = _NAMES[iec.P_E * 2] if code == "cp_short" else _NAMES[iec.P_F * 2]
         self._event(EV_FAULT, code)
         if code in _LATCHING or not self.auto_reclose or self._fault_n > self.fault_retries:
             self._latch(now)

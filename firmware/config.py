@@ -8,6 +8,10 @@ error), never talks to the board.
 
 import json
 
+from firmware import store
+
+MAX_BYTES = 4096  # a config file larger than this is damage, not settings
+
 # name: (default, kind, low, high). kind: "int", "num", "bool", "str".
 # Ranges are the physically meaningful ones; the offer is further limited by
 # the board, the cable and the remote limit at run time.
@@ -151,24 +155,15 @@ def validate(overrides, base=None):
 
 def load(path):
     """(cfg, errors) from a JSON file. A missing file is not an error; an
-    unreadable or corrupt one gives the defaults and says why."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
+    unreadable, oversized or corrupt one gives the defaults and says why."""
+    data, err = store.load_json(path, MAX_BYTES)
+    if err:
+        return defaults(), ["%s: defaults used" % err]
+    if data is None:
         return defaults(), []
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return defaults(), ["%s is not valid JSON: defaults used" % path]
     return validate(data)
 
 
 def save(path, cfg):
-    """Write the config atomically (temp file + rename)."""
-    import os
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(cfg))
-    os.rename(tmp, path)
+    """Write the config atomically (firmware/store.py)."""
+    store.write(path, json.dumps(cfg))

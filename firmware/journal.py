@@ -18,6 +18,8 @@ writes.
 import json
 import os
 
+from firmware import store
+
 try:
     from micropython import const
 except ImportError:  # CPython host tools may import this module too
@@ -66,9 +68,11 @@ KIND_CLOSED = const(0x53)  # "S" the full session record
 KIND_ACK = const(0x41)  # "A" {"id": ...} the broker has it
 
 JOURNAL_FILE = "journal.bin"
-TMP_FILE = "journal.tmp"
+TMP_FILE = JOURNAL_FILE + ".tmp"  # a compaction in progress (firmware/store.py)
 BOOT_FILE = "boot.cnt"
-BOOT_TMP_FILE = "boot.tmp"
+_BOOT_MAX_BYTES = const(16)  # "1073741823\n" and some slack: anything longer is damaged
+_SMALL_INT = const(1 << 30)
+_TRIM_CHARS = const(64)  # strings of a record too large to write are cut to this
 
 
 _table = None
@@ -130,15 +134,13 @@ def exists(path):
         return False
 
 
-def _replace(src, dst):
-    """Rename src over dst: atomic on LittleFS and POSIX. FAT refuses to
-    rename onto an existing file: remove first (not atomic; the reader then
-    takes a leftover temp file when the main file is missing)."""
-    try:
-        os.rename(src, dst)
-    except OSError:
-        os.remove(dst)
-        os.rename(src, dst)
+def _trimmed(rec):
+    """A copy of a record with every long string cut to _TRIM_CHARS."""
+    out = {}
+    for k in rec:
+        v = rec[k]
+        out[k] = v[:_TRIM_CHARS] if isinstance(v, str) else v
+    return out
 
 
 class Journal:
@@ -147,7 +149,6 @@ class Journal:
         self.path = dir + "/" + JOURNAL_FILE
         self._tmp = dir + "/" + TMP_FILE
         self._boot_path = dir + "/" + BOOT_FILE
-        self._boot_tmp = dir + "/" + BOOT_TMP_FILE
         if not 1024 <= max_bytes <= MAX_BYTES_LIMIT:
             raise ValueError("journal max_bytes out of range")
         self.max_bytes = max_bytes
@@ -158,6 +159,13 @@ class Journal:
         self.dropped = 0  # closed sessions not recorded because the journal was full
         self.compactions = 0
         self.boot_n = 0
+        # The highest meter reading (mWh) any record holds: the lifetime
+        # counter must never restart below it (firmware/app.py).
+        self.meter_mwh = 0
+        # None, or why the last write failed (ENOSPC: a full flash). While
+        # set, full() is True: no new session starts (docs/journal.md).
+        self.error = None
+        self.notes = []  # damaged files met while opening, for the boot report
         self._lock = _new_lock()
         try:
             os.mkdir(dir)
@@ -168,20 +176,22 @@ class Journal:
 
     # --- reading -------------------------------------------------------------
     def _load(self):
-        if exists(self._tmp):
-            if exists(self.path):
-                os.remove(self._tmp)  # a compaction that did not finish
-            else:
-                os.rename(self._tmp, self.path)  # one that finished on FAT
         self._pending = {}  # id -> offset << 12 | frame bytes
         self._open = {}  # id -> [offset, bytes, checkpoint offset or -1, bytes]
         self._boot_at = None  # (offset, bytes) of the newest boot frame
         self.size = 0
         self.dead = 0  # bytes of frames no longer needed
-        if not exists(self.path):
+        try:
+            # A compaction cut short: dropped, or finished (FAT, store.py).
+            store.settle(self.path)
+            with open(self.path, "rb") as f:
+                self._scan(f)
+        except OSError as e:
+            if exists(self.path):  # a directory, or unreadable: out of the way
+                self.notes.append("journal: %s unusable (%r): started empty" % (self.path, e))
+                store.make_way(self.path)
+            self.size = self.dead = 0
             return
-        with open(self.path, "rb") as f:
-            self._scan(f)
         if self.skipped:
             self._compact()  # drop the damaged bytes now; the counter stays
 
@@ -205,7 +215,7 @@ class Journal:
             if obj is not None:
                 try:
                     self._apply(hdr[2], off, HDR_BYTES + n, obj)
-                except (KeyError, TypeError):
+                except (KeyError, TypeError, AttributeError):
                     self.dead += HDR_BYTES + n  # checks, but not a record we know
                 off += HDR_BYTES + n
                 continue
@@ -230,9 +240,12 @@ class Journal:
     def _read(self, off, n):
         """The record of the frame at off, or None (counted) when it no longer
         checks: flash that rotted after it was written."""
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            buf = f.read(n)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(off)
+                buf = f.read(n)
+        except OSError:
+            buf = b""
         if len(buf) == n and _check(buf[:HDR_BYTES], buf[HDR_BYTES:]):
             return json.loads(buf[HDR_BYTES:])
         self.skipped += 1
@@ -242,6 +255,8 @@ class Journal:
     def _apply(self, kind, off, n, obj):
         if kind == KIND_BOOT:
             b = obj["n"]
+            if not isinstance(b, int) or not 0 <= b < _SMALL_INT:
+                raise TypeError  # checks, but no counter we can use
             if self._boot_at is not None:
                 self.dead += self._boot_at[1]
             self._boot_at = (off, n)
@@ -249,6 +264,9 @@ class Journal:
                 self.boot_n = b
             return
         sid = obj["id"]
+        m = obj.get("meter_stop_mwh")
+        if isinstance(m, int) and m > self.meter_mwh:
+            self.meter_mwh = m
         if kind == KIND_OPEN and sid not in self._open and sid not in self._pending:
             self._open[sid] = [off, n, -1, 0]
             return
@@ -271,36 +289,65 @@ class Journal:
 
     # --- writing ---------------------------------------------------------------
     def _append(self, kind, obj):
+        """Write one frame. False (nothing recorded, `error` says why) when the
+        record cannot be written: never raises into the control loop."""
         payload = json.dumps(obj).encode()
         if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError("journal record too large")
+            obj = _trimmed(obj)  # e.g. a tag read back from a damaged file
+            payload = json.dumps(obj).encode()
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                self.error = "journal record too large"
+                return False
         data = frame(kind, payload)
         if self.size + len(data) > self.max_bytes and self.dead:
             self._compact()
         try:
             with open(self.path, "ab") as f:
                 f.write(data)
-        except OSError:
-            self.size = os.stat(self.path)[6]  # a partial frame: skipped on reading
-            raise
+        except OSError as e:
+            self.error = "journal: cannot write %s: %r" % (self.path, e)
+            try:
+                size = os.stat(self.path)[6]  # a partial frame: skipped on reading
+            except OSError:
+                size = self.size
+            if size > self.size:
+                self.dead += size - self.size
+                self.size = size
+            return False
         off = self.size
         self.size += len(data)
         self._apply(kind, off, len(data), obj)
+        self.error = None
+        return True
 
     def _compact(self):
         """Rewrite only live frames (newest boot, pending sessions in order,
         open sessions with their last checkpoint) to a temp file, then rename
-        it over the journal."""
+        it over the journal. On a full flash the journal stays as it was."""
+        try:
+            self._rewrite()
+        except OSError as e:
+            self.error = "journal: compaction failed: %r" % (e,)
+            store.make_way(self._tmp)
+
+    def _rewrite(self):
+        store.make_way(self._tmp)
         src = open(self.path, "rb") if exists(self.path) else None
-        dst = open(self._tmp, "wb")
+        try:
+            dst = open(self._tmp, "wb")
+        except OSError:
+            if src is not None:
+                src.close()
+            raise
         pos = 0
+        boot_at = self._boot_at
         pending = {}
         opened = {}
         try:
             if self.boot_n:
                 data = frame(KIND_BOOT, json.dumps({"n": self.boot_n}).encode())
                 dst.write(data)
-                self._boot_at = (0, len(data))
+                boot_at = (0, len(data))
                 pos = len(data)
             moved = {}  # old packed -> new packed
             for p in sorted(self._pending.values()):
@@ -329,7 +376,8 @@ class Journal:
             dst.close()
             if src is not None:
                 src.close()
-        _replace(self._tmp, self.path)
+        store.replace(self._tmp, self.path)
+        self._boot_at = boot_at
         self._pending = pending
         self._open = opened
         self.size = pos
@@ -354,23 +402,47 @@ class Journal:
 
     # --- boot counter ----------------------------------------------------------
     def _read_counter(self):
-        try:
-            with open(self._boot_path) as f:
-                return int(f.read())
-        except (OSError, ValueError):
-            return 0
+        data, err = store.read(self._boot_path, _BOOT_MAX_BYTES)
+        n = 0
+        if data is not None:
+            try:
+                n = int(data)
+            except ValueError:
+                n = -1
+            if not 0 <= n < _SMALL_INT:
+                err = "%s is damaged" % self._boot_path
+                n = 0
+        if err:
+            self.notes.append("journal: %s: boot counter from the journal" % err)
+        return n
 
     def boot(self):
         """Count this boot and return the new counter: above every counter in
         the counter file and in the journal, so it never repeats while either
-        survives."""
+        survives. When neither can be written (a full flash) `error` says so
+        and full() refuses sessions, so no session id can repeat."""
         with self._lock:
             n = max(self._read_counter(), self.boot_n) + 1
-            with open(self._boot_tmp, "w") as f:
-                f.write("%d\n" % n)
-            _replace(self._boot_tmp, self._boot_path)
-            self._append(KIND_BOOT, {"n": n})
+            self.boot_n = n
+            self._write_boot()
             return n
+
+    def _write_boot(self):
+        n = self.boot_n
+        try:
+            store.write(self._boot_path, "%d\n" % n)
+        except OSError as e:
+            self.error = "journal: cannot write %s: %r" % (self._boot_path, e)
+            return False
+        return self._append(KIND_BOOT, {"n": n})
+
+    def retry(self):
+        """After a failed write: try again to record the boot (the smallest
+        write there is). True when the journal is writable again."""
+        with self._lock:
+            if self.error is None:
+                return True
+            return self._write_boot()
 
     # --- sessions --------------------------------------------------------------
     def live_bytes(self):
@@ -384,9 +456,10 @@ class Journal:
                 self._compact()
 
     def full(self):
-        """True when pending and open sessions fill max_bytes - slack_bytes:
-        open_session() refuses until acks free room (see docs/journal.md)."""
-        return self.size - self.dead > self.max_bytes - self.slack_bytes
+        """True when pending and open sessions fill max_bytes - slack_bytes,
+        or the last write failed (`error`): open_session() refuses until acks
+        free room or a write succeeds again (see docs/journal.md)."""
+        return self.error is not None or self.size - self.dead > self.max_bytes - self.slack_bytes
 
     def open_session(self, rec):
         """Record a session as it starts. False (nothing written) when full():
@@ -396,8 +469,7 @@ class Journal:
                 return True
             if self.full():
                 return False
-            self._append(KIND_OPEN, rec)
-            return True
+            return self._append(KIND_OPEN, rec)
 
     def checkpoint(self, sid, fields):
         """Record the progress of an open session (replaces the previous
@@ -407,8 +479,7 @@ class Journal:
                 return False
             rec = dict(fields)
             rec["id"] = sid
-            self._append(KIND_CHECKPOINT, rec)
-            return True
+            return self._append(KIND_CHECKPOINT, rec)
 
     def close_session(self, rec):
         """Record a finished session; it stays pending until ack(). A session
@@ -422,7 +493,9 @@ class Journal:
             if sid not in self._open and self.full():
                 self.dropped += 1
                 return False
-            self._append(KIND_CLOSED, rec)
+            if not self._append(KIND_CLOSED, rec):
+                self.dropped += 1
+                return False
             return True
 
     def ack(self, sid):
@@ -431,8 +504,7 @@ class Journal:
         with self._lock:
             if sid not in self._pending:
                 return False
-            self._append(KIND_ACK, {"id": sid})
-            return True
+            return self._append(KIND_ACK, {"id": sid})
 
     def pending_count(self):
         return len(self._pending)
@@ -470,6 +542,6 @@ class Journal:
                         rec.update(cp)
                 rec["reason"] = "power_loss"
                 rec["recovered"] = now_info
-                self._append(KIND_CLOSED, rec)
-                done.append(sid)
+                if self._append(KIND_CLOSED, rec):
+                    done.append(sid)
             return done

@@ -18,12 +18,13 @@ mean) nor the RMS depends on where in the cycle the burst started. The mains
 frequency therefore has to be known (`mains_hz`); see docs/metering.md.
 """
 
-import os
 from array import array
 from binascii import crc32
 
 import micropython
 from micropython import const
+
+from firmware import store
 
 SMALL_INT = const(1 << 30)  # ints at or above this allocate on an ESP32
 
@@ -52,6 +53,8 @@ GAIN_MAX_PPM = const(2000000)
 CAL_MIN_MA = const(2000)
 
 _REC = "lifetime"  # first word of the lifetime record
+_LIFE_MAX_BYTES = const(64)  # "lifetime 1073741823 999 89abcdef\n" is 33
+_CAL_MAX_BYTES = const(512)  # {"gain_ppm": [three gains]}
 
 
 @micropython.native  # the hot loop of metering: ~2x faster; xtensawin (ESP32) has the native emitter
@@ -156,8 +159,12 @@ def _record(wh, mwh):
     return "%s %08x\n" % (body, crc32(body.encode()) & 0xFFFFFFFF)
 
 
-def _parse(text):
-    """(wh, mwh) from a lifetime record, or None if it is not a valid one."""
+def _parse(data):
+    """(wh, mwh) from a lifetime record (bytes), or None if it is not a valid one."""
+    try:
+        text = data.decode()
+    except ValueError:  # UnicodeError: a flipped bit
+        return None
     parts = text.strip().split(" ")
     if len(parts) != 4 or parts[0] != _REC:
         return None
@@ -173,41 +180,6 @@ def _parse(text):
     if wh < 0 or wh >= SMALL_INT or mwh < 0 or mwh > 999:
         return None
     return (wh, mwh)
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read(200)
-    except OSError:
-        return None
-
-
-def _write_atomic(path, text, keep_old):
-    """Write text to path through path.tmp and a rename. With keep_old the
-    previous file becomes path.bak first (the old .bak is removed before:
-    FAT will not rename onto a file); at every moment one complete copy exists."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    if keep_old:
-        bak = path + ".bak"
-        try:
-            os.stat(path)
-            try:
-                os.remove(bak)
-            except OSError:
-                pass
-            os.rename(path, bak)
-        except OSError:
-            pass  # no current file yet
-        os.rename(tmp, path)
-        return
-    try:
-        os.rename(tmp, path)  # replaces path on LittleFS and POSIX
-    except OSError:
-        os.remove(path)  # FAT: make room, then rename
-        os.rename(tmp, path)
 
 
 class Meter:
@@ -327,7 +299,7 @@ class Meter:
         import json
 
         try:
-            _write_atomic(path, json.dumps({"gain_ppm": self.gains()}) + "\n", False)
+            store.write(path, json.dumps({"gain_ppm": self.gains()}) + "\n")
         except OSError as e:
             return "meter: cannot write %s: %s" % (path, e)
         return None
@@ -335,15 +307,9 @@ class Meter:
     def load_cal(self, path):
         """Read gains written by save_cal(). On any problem the gains in use
         stay as they are and the problem is returned as text; None when fine."""
-        import json
-
-        text = _read(path)
-        if text is None:
-            return "meter: no calibration file %s" % path
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return "meter: calibration file %s is not JSON" % path
+        data, err = store.load_json(path, _CAL_MAX_BYTES)
+        if data is None:
+            return "meter: calibration file %s: %s" % (path, err or "missing")
         if not isinstance(data, dict) or "gain_ppm" not in data:
             return "meter: calibration file %s has no gain_ppm" % path
         return self._set_gains(data["gain_ppm"])
@@ -492,8 +458,11 @@ class Meter:
         wh = self.lifetime_wh
         mwh = self._life_mwh
         try:
-            _write_atomic(path, _record(wh, mwh), True)
+            store.write(path, _record(wh, mwh), True)
         except OSError as e:
+            # Retried when due again (PERSIST_MAX_MS), not every burst.
+            self._saved_ms = now_ms
+            self._end_due = False
             return "meter: cannot save %s: %s" % (path, e)
         self._saved_wh = wh
         self._saved_mwh = mwh
@@ -502,21 +471,23 @@ class Meter:
         return None
 
     def load(self, path):
-        """Read the lifetime counter from path, path.tmp (a write cut short
-        before its last rename) or path.bak, whichever valid copy is highest
-        (the counter only grows). None when path was good (or there is no
-        counter yet: first boot), else a text saying what was wrong."""
+        """Read the lifetime counter from path (or path.tmp when path is
+        missing: a write cut short before its last rename, firmware/store.py)
+        or path.bak, whichever valid copy is highest (the counter only grows).
+        None when path was good (or there is no counter yet: first boot), else
+        a text saying what was wrong."""
         best = None
         damaged = []
-        for p in (path, path + ".tmp", path + ".bak"):
-            text = _read(p)
-            if text is None:
-                continue
-            v = _parse(text)
+        main_ok = False
+        for p in (path, path + ".bak"):
+            data, err = store.read(p, _LIFE_MAX_BYTES)
+            v = None if data is None else _parse(data)
             if v is None:
-                if p != path + ".tmp":  # a torn temp file is a normal power cut
-                    damaged.append(p)
+                if data is not None or err:
+                    damaged.append(err or p)
                 continue
+            if p == path:
+                main_ok = True
             if best is None or v > best:
                 best = v
         if best is None:
@@ -527,6 +498,21 @@ class Meter:
         self._saved_wh, self._saved_mwh = best
         if damaged:
             return "meter: %s damaged, lifetime %d Wh from the last good copy" % (", ".join(damaged), best[0])
-        if _read(path) is None:
+        if not main_ok:
             return "meter: %s missing, lifetime %d Wh from the last good copy" % (path, best[0])
         return None
+
+    def saved_wh(self):
+        """The lifetime Wh as last persisted: what a power cut cannot take back."""
+        return self._saved_wh
+
+    def at_least(self, mwh):
+        """Raise the lifetime counter to mwh (a reading journaled after the
+        last persist(): a power cut came between the two). True when raised;
+        the counter is then due for a checkpoint."""
+        if mwh <= self.lifetime_mwh() or mwh // 1000 >= SMALL_INT:
+            return False  # (a reading no counter can hold is damage, not energy)
+        self.lifetime_wh = mwh // 1000
+        self._life_mwh = mwh % 1000
+        self._end_due = True
+        return True

@@ -21,6 +21,8 @@ Fields (docs/scenarios.md has the full table):
     session    null or the session id
 """
 
+EVERY_MS = 1000  # a record at least this often, changed or not
+
 
 class Shown:
     """What the last record showed of the discrete fields (state, duty, offer,

@@ -81,10 +81,33 @@ LED_FAST_MS = const(100)  # half-period of the fast (fault) blink
 SECS_1970_TO_2000 = 946684800  # shift of MicroPython's 2000 epoch (older ESP32 ports)
 SECS_2024_SINCE_1970 = 1704067200  # wall_time() is None before 2024-01-01: RTC not set
 
-# ESP32 (original) pin facts used by the validation.
-_FLASH_PINS = (6, 7, 8, 9, 10, 11)  # wired to the SPI flash
-_INPUT_ONLY = (34, 35, 36, 37, 38, 39)  # no output driver, no pull resistors
-_ADC1_PINS = (32, 33, 34, 35, 36, 37, 38, 39)  # ADC2 is unusable while WiFi runs
+# Pin facts of each chip the validation knows ("chip" in the board file):
+# highest GPIO, pins that do not exist or belong to the SPI flash/PSRAM,
+# input-only pins (no output driver, no pulls), ADC1 pins (ADC2 is unusable
+# while WiFi runs), strapping pins (read at reset: no contactor or RCD-test
+# output there), pins of the native USB (the console on most S3 boards).
+class _Chip:
+    def __init__(self, max_pin, reserved, input_only, adc1, adc1_text, strapping, usb):
+        self.max_pin = max_pin
+        self.reserved = reserved
+        self.input_only = input_only
+        self.adc1 = adc1
+        self.adc1_text = adc1_text
+        self.strapping = strapping
+        self.usb = usb
+
+
+_CHIPS = {
+    # (strapping pins 0, 2, 5, 12, 15 of the original ESP32 are not enforced:
+    # existing boards use some of them for inputs.)
+    "esp32": _Chip(39, (6, 7, 8, 9, 10, 11, 20, 24, 28, 29, 30, 31), (34, 35, 36, 37, 38, 39),
+                   (32, 33, 34, 35, 36, 37, 38, 39), "32..39", (), ()),
+    # 22..25 do not exist; 26..32 are the SPI flash and quad PSRAM.
+    "esp32s3": _Chip(48, (22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32), (),
+                     (1, 2, 3, 4, 5, 6, 7, 8, 9, 10), "1..10", (0, 3, 45, 46), (19, 20)),
+}
+_OCTAL_PSRAM_PINS = (33, 34, 35, 36, 37)  # ESP32-S3 modules with octal PSRAM (N8R8, ...)
+_chip = _CHIPS["esp32"]  # the rules in force; validate() sets them from the board file
 _ATTEN = {"0db": 0, "2.5db": 1, "6db": 2, "11db": 3}  # machine.ADC.ATTN_* values
 _PULLS = ("up", "down", None)
 # Ethernet (EMAC + RMII PHY): the RMII data pins are fixed in the ESP32's
@@ -131,18 +154,27 @@ def _get(d, section, key, kind, lo=None, hi=None, optional=False):
     return v
 
 
-def _pin(d, section, key, used, output=False, adc=False, pull=None, optional=False):
+def _pin(d, section, key, used, output=False, adc=False, pull=None, optional=False, safety=False):
+    """One GPIO, checked against the chip's rules; safety: an output that
+    must be inactive from reset (contactor, RCD test): no strapping pin."""
     where = section + "." + key
-    p = _get(d, section, key, int, 0, 39, optional)
+    c = _chip
+    p = _get(d, section, key, int, 0, c.max_pin, optional)
     if p is None:
         return None
-    if p in _FLASH_PINS:
-        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is a flash pin")
-    if output and p in _INPUT_ONLY:
+    if p in c.reserved:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is a flash pin (SPI flash or PSRAM) or does not exist")
+    if output and p in c.input_only:
         raise BoardFileError("board file: '" + where + "' = " + str(p) + " is input-only, it cannot drive an output")
-    if adc and p not in _ADC1_PINS:
-        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is not an ADC1 pin (32..39)")
-    if pull is not None and p in _INPUT_ONLY:
+    if adc and p not in c.adc1:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is not an ADC1 pin (" + c.adc1_text + ")")
+    if safety and p in c.strapping:
+        raise BoardFileError(
+            "board file: '" + where + "' = " + str(p) + " is a strapping pin: its level at reset is not ours to choose"
+        )
+    if p in c.usb:
+        raise BoardFileError("board file: '" + where + "' = " + str(p) + " is a USB data pin (the board's console)")
+    if pull is not None and p in c.input_only:
         raise BoardFileError("board file: '" + where + "' = " + str(p) + " has no pull resistor; use pull null")
     if p in used:
         raise BoardFileError("board file: '" + where + "' = " + str(p) + " is already used by '" + used[p] + "'")
@@ -150,7 +182,7 @@ def _pin(d, section, key, used, output=False, adc=False, pull=None, optional=Fal
     return p
 
 
-def _pins(d, section, counts, used, output=False, adc=False):
+def _pins(d, section, counts, used, output=False, adc=False, safety=False):
     """A list of pins under `section.pins`, its length one of `counts`."""
     pins = _get(d, section, "pins", list)
     if len(pins) not in counts:
@@ -160,7 +192,9 @@ def _pins(d, section, counts, used, output=False, adc=False):
     by_index = {}
     for i in range(len(pins)):
         by_index[str(i)] = pins[i]
-    return [_pin(by_index, section + ".pins", str(i), used, output=output, adc=adc) for i in range(len(pins))]
+    return [
+        _pin(by_index, section + ".pins", str(i), used, output=output, adc=adc, safety=safety) for i in range(len(pins))
+    ]
 
 
 def _level(d, section, key):
@@ -180,10 +214,20 @@ def validate(desc):
     """Check a board description (a dict parsed from JSON) and return it
     normalised: optional sections present as None/[] and every value checked.
     Raises BoardFileError naming the first bad key."""
+    global _chip
     if not isinstance(desc, dict):
         raise BoardFileError("board file: top level must be an object")
+    chip = desc.get("chip", "esp32")
+    if chip not in _CHIPS:
+        raise BoardFileError('board file: \'chip\' must be "esp32" or "esp32s3"')
+    c = _CHIPS[chip]
+    if chip == "esp32s3" and desc.get("octal_psram", False) is True:
+        c = _Chip(c.max_pin, c.reserved + _OCTAL_PSRAM_PINS, c.input_only, c.adc1, c.adc1_text, c.strapping, c.usb)
+    _chip = c
     used: dict = {}  # pin -> key that uses it
-    b = {"name": _get(desc, "", "name", str), "eth": _eth(desc.get("eth"), used)}
+    if chip != "esp32" and desc.get("eth") is not None:
+        raise BoardFileError("board file: 'eth' needs the original ESP32 (its Ethernet MAC)")
+    b = {"name": _get(desc, "", "name", str), "chip": chip, "eth": _eth(desc.get("eth"), used)}
 
     adc = _get(desc, "", "adc", dict)
     atten = _get(adc, "adc", "atten", str)
@@ -227,7 +271,7 @@ def validate(desc):
 
     s = _get(desc, "", "contactor", dict)
     b["contactor"] = {
-        "pins": _pins(s, "contactor", (1, 2), used, output=True),
+        "pins": _pins(s, "contactor", (1, 2), used, output=True, safety=True),
         "active_level": _level(s, "contactor", "active_level"),
         "feedback_pin": None,
         "feedback_pull": None,
@@ -246,7 +290,7 @@ def validate(desc):
         "trip_pin": _pin(s, "rcd", "trip_pin", used, pull=tpull),
         "trip_pull": tpull,
         "trip_level": _level(s, "rcd", "trip_level"),
-        "test_pin": _pin(s, "rcd", "test_pin", used, output=True),
+        "test_pin": _pin(s, "rcd", "test_pin", used, output=True, safety=True),
         "test_active_level": _level(s, "rcd", "test_active_level"),
     }
 
@@ -356,14 +400,21 @@ def _eth(s, used):
     return e
 
 
+_BOARD_MAX_BYTES = 16384  # a description is ~1.5 KB: anything far larger is not one
+
+
 def load(path):
-    """Read and validate a board description file."""
+    """Read (at most _BOARD_MAX_BYTES) and validate a board description file."""
     try:
-        with open(path) as f:
-            desc = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(_BOARD_MAX_BYTES + 1)
     except OSError:
         raise BoardFileError("board file: cannot read " + path) from None
-    except ValueError as e:
+    if len(data) > _BOARD_MAX_BYTES:
+        raise BoardFileError("board file: " + path + " is larger than " + str(_BOARD_MAX_BYTES) + " bytes")
+    try:
+        desc = json.loads(data.decode())
+    except (ValueError, MemoryError, RuntimeError) as e:  # UnicodeError is a ValueError; too deep
         raise BoardFileError("board file: " + path + " is not valid JSON (" + str(e) + ")") from None
     return validate(desc)
 
@@ -506,18 +557,22 @@ def levels(a, n, spread, out):
     out[1] = out[0]
 
 
-# The installer's board description, when present, wins over the default.
+# The installer's board description, when present, wins over the default,
+# which ships beside this module (in its A/B slot: /slot_a/hal/boards/...).
 BOARD_FILE = "/data/board.json"
-DEFAULT_BOARD_FILE = "/hal/boards/esp32_devkit.json"
+DEFAULT_BOARD_FILE = "boards/esp32_devkit.json"  # relative to this module's folder
 
 
 def board_file():
-    """Path of the board description in force: /data/board.json if present."""
+    """Path of the board description in force: /data/board.json if present,
+    else the default one next to this module."""
     try:
         os.stat(BOARD_FILE)
         return BOARD_FILE
     except OSError:
-        return DEFAULT_BOARD_FILE
+        pass
+    here = globals().get("__file__", "/hal/esp32.py")
+    return here[: here.rfind("/") + 1] + DEFAULT_BOARD_FILE
 
 
 class Esp32Board(Board):

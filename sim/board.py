@@ -17,10 +17,11 @@ far faster than real time. What it owns:
   ESP32-like nonlinearity, clipping) and the exact energy the EV drew.
 
 Never lets wall time into the simulated world; `realtime=True` (main.py on the
-unix port) only paces wait_tick() to the wall clock. Runs only on the unix port (the ADC kernel uses viper
-with 64-bit intermediate products). Every method the firmware calls from its
-control tick returns small ints or fills a caller's buffer and allocates
-nothing; world updates run only when something is due (event driven), so an
+unix port) only paces wait_tick() to the wall clock. Runs on the unix port,
+64-bit or 32-bit (the ESP32-faithful build): every value stays a small int
+with 31-bit small ints too (sim/ticks.py, _muldiv, the viper ADC kernel's
+products below 2**28). Every method the firmware calls from its control tick
+returns small ints or fills a caller's buffer and allocates nothing; world updates run only when something is due (event driven), so an
 idle wait_tick(10) costs a few microseconds.
 """
 
@@ -33,10 +34,10 @@ from micropython import const
 
 from hal import net as _net
 from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+from sim import ticks as _t
+from sim.steps import FAULTS
 
-TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period
-_TICKS_MASK = const((1 << 30) - 1)
-_TICKS_HALF = const(1 << 29)
+TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
 _NEVER = const(1 << 60)  # a due time that never comes (unix small int)
 
 # --- pilot circuit (shared/iec61851.md: generator and vehicle tables) ---------
@@ -62,8 +63,12 @@ _PHASE_MASK = const((1 << 26) - 1)
 _THIRD_CYCLE = const(22369621)  # 2**26 / 3: 120 degrees between phases
 _WAVE_ZERO = const(32768)  # the table is offset binary, q14 around this
 _AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 uA
+# PRNG states are 30 bits, so they stay small ints on a 32-bit port (an ESP32's
+# word size) too: an LCG modulo 2**30 with glibc's multiplier, reduced mod 2**30.
+_E_UNIT_UJ = const(100000000)  # the truth energy's unit, 100 J
+_LCG_A = const(29773421)  # 1103515245 % 2**30
+_RNG_MASK = const(0x3FFFFFFF)
 
-FAULTS = ("cp_short", "diode_short", "pe_open", "rcd_trip", "weld", "rcd_dead", "stuck_adc")
 
 
 class WatchdogReset(Exception):
@@ -86,10 +91,12 @@ def ev_offer_ma(duty_pm):
 
 def _divider_mv(src_mv, load_mohm):
     """Pilot voltage for a source through PILOT_SOURCE_OHM into a load given
-    in milliohm, rounded to the nearest mV (integer math: no allocation)."""
+    in milliohm, rounded to the nearest mV (small-int math: no allocation)."""
     den = load_mohm + PILOT_SOURCE_OHM * 1000
-    num = src_mv * load_mohm
-    return (num + den // 2) // den if num >= 0 else -((-num + den // 2) // den)
+    q = _muldiv(src_mv if src_mv >= 0 else -src_mv, load_mohm, den, _REM)
+    if _REM[0] + den // 2 >= den:
+        q += 1
+    return q if src_mv >= 0 else -q
 
 
 def _world_attr(name):
@@ -128,9 +135,14 @@ def _adc_fill(buf, wave, par, lin) -> int:
     for _ in range(n):
         for c in range(nch):
             idx = ((phase - c * _THIRD_CYCLE) >> 16) & 1023
-            v = bias + ((p[10 + c] * (w[idx] - 32768) + 2097152) >> 22)
+            # (amp * d + 2**21) >> 22 with amp = 256 * ah + al, split so that
+            # no product needs more than 28 bits (machine words are 32 bits on
+            # an ESP32 or a 32-bit port); the floor is exactly the same.
+            d = w[idx] - 32768
+            a = p[10 + c]
+            v = bias + (((a >> 8) * d + (((a & 255) * d + 2097152) >> 8)) >> 14)
             if noise:
-                r = (r * 1103515245 + 12345) & 0x7FFFFFFF
+                r = (r * _LCG_A + 12345) & _RNG_MASK  # mod 2**30: a word's low bits are exact
                 v += (r >> 8) % span - noise
             if v < 0:
                 v = 0
@@ -148,6 +160,43 @@ def _adc_fill(buf, wave, par, lin) -> int:
             b[j] = p[9]
             j += nch
     return r
+
+
+@micropython.viper
+def _lcg(r: int) -> int:
+    # The next PRNG state, in machine words: r * _LCG_A is no small int on a
+    # 32-bit port, and a big int would allocate in the tick.
+    return (r * _LCG_A + 12345) & _RNG_MASK
+
+
+_REM = array("i", [0])  # _muldiv's remainder for its callers here
+
+
+def _muldiv(a, b, d, rem=None):
+    """floor(a * b / d) for 0 <= a, b < 2**30 and 0 < d < 2**29 when the result
+    is below 2**30, with small ints only (on a 32-bit port a * b would be a big
+    int on the heap): b's bits from the top, quotient and remainder kept apart.
+    rem[0] gets the remainder when rem is given."""
+    qa = a // d  # not divmod: its tuple would allocate
+    ra = a - qa * d
+    q = 0
+    r = 0
+    bit = 1 << 29
+    while bit:
+        q += q
+        r += r
+        if r >= d:
+            r -= d
+            q += 1
+        if b & bit:
+            r += ra
+            if r >= d:
+                r -= d
+                q += 1
+        bit >>= 1
+    if rem is not None:
+        rem[0] = r
+    return qa * b + q
 
 
 class SimBoard:
@@ -210,15 +259,15 @@ class SimBoard:
         self.ev_stop_ma_s = 64000  # ramp down after x1 (stops within ~1 s)
         # --- clock -----------------------------------------------------------
         self.now_ms = 0
-        self._ticks = start_ticks & _TICKS_MASK
+        self._ticks = start_ticks & _t.MASK  # a small int even when given as TICKS_PERIOD - n
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
         self._wall = None
         self._realtime = realtime
         self._rt_due = None  # wall ms of the next paced tick, from the first one
         # --- PRNGs: one for EV/board timing, one for measurement noise -------
-        self._rng = (seed * 2654435761 + 1) & 0x7FFFFFFF
-        self._nrng = (seed * 40503 + 7) & 0x7FFFFFFF
+        self._rng = (seed * 2654435761 + 1) & _RNG_MASK
+        self._nrng = (seed * 40503 + 7) & _RNG_MASK
         # --- pilot output and its reading -------------------------------------
         self._pwm = False
         self._duty_pm = 0
@@ -274,7 +323,8 @@ class SimBoard:
         self._react_due = _NEVER
         self._ramp_ms = 0
         self._p_mw = 0
-        self._e_uj = 0  # exact energy, V * mA * ms
+        self._e_hj = 0  # exact energy (V * mA * ms = uJ): 100 J units ...
+        self._e_uj = 0  # ... plus the rest, uJ
         # --- current sense tables -----------------------------------------------
         self._par = array("i", [0] * 13)
         self._wave = self._make_wave(harmonics)
@@ -300,10 +350,10 @@ class SimBoard:
         return self._ticks
 
     def ticks_diff(self, a, b):
-        return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
+        return _t.ticks_diff(a, b)
 
     def ticks_add(self, t, delta_ms):
-        return (t + delta_ms) & _TICKS_MASK
+        return _t.ticks_add(t, delta_ms)
 
     def wait_tick(self, period_ms):
         now = self.now_ms
@@ -347,8 +397,23 @@ class SimBoard:
     def _advance(self, dt):
         if dt > 0:
             self.now_ms += dt
-            self._ticks = (self._ticks + dt) & _TICKS_MASK
-            self._e_uj += self._p_mw * dt
+            d = dt
+            while d >= _t.HALF:  # a step of 6 days or more
+                self._ticks = _t.ticks_add(self._ticks, _t.HALF - 1)
+                d -= _t.HALF - 1
+            self._ticks = _t.ticks_add(self._ticks, d)
+            # energy += p * dt in uJ, as 100 J units plus a remainder: small ints only
+            p = self._p_mw
+            if p:
+                if dt <= 8:  # p < 2**26 mW (67 kW): p * dt + the remainder < 2**30
+                    e = self._e_uj + p * dt
+                else:
+                    self._e_hj += _muldiv(p, dt, _E_UNIT_UJ, _REM)
+                    e = self._e_uj + _REM[0]
+                if e >= _E_UNIT_UJ:
+                    self._e_hj += e // _E_UNIT_UJ
+                    e %= _E_UNIT_UJ
+                self._e_uj = e
 
     def wall_time(self):
         w = self._wall  # (unix ms, now_ms) when set: one word, so the NTP thread's write is atomic
@@ -390,7 +455,7 @@ class SimBoard:
             out[1] = self._low_mv
 
     def _noise(self, n):
-        r = (self._nrng * 1103515245 + 12345) & 0x7FFFFFFF
+        r = _lcg(self._nrng)
         self._nrng = r
         return (r >> 8) % (2 * n + 1) - n
 
@@ -411,7 +476,7 @@ class SimBoard:
         r = EV_R_B_OHM * 1000  # milliohm
         if self.ev_s2_closed:
             r2 = EV_R_D_OHM if self._ev == "D" else EV_R_C_OHM
-            r = EV_R_B_OHM * r2 * 1000 // (EV_R_B_OHM + r2)
+            r = _muldiv(EV_R_B_OHM * 1000, r2, EV_R_B_OHM + r2)  # R_B || r2
         if self._diode_short:
             return _divider_mv(src_mv, r)
         if src_mv <= EV_DIODE_MV:
@@ -557,7 +622,7 @@ class SimBoard:
         return "F"
 
     def _rand(self, lo_hi):
-        r = (self._rng * 1103515245 + 12345) & 0x7FFFFFFF
+        r = _lcg(self._rng)
         self._rng = r
         lo, hi = lo_hi
         return lo + (r >> 8) % (hi - lo + 1)
@@ -675,7 +740,14 @@ class SimBoard:
     @property
     def truth_energy_wh(self):
         """Exact energy the EV drew since the start, Wh."""
-        return self._e_uj / 3.6e9
+        return self._e_hj / 36 + self._e_uj / 3.6e9
+
+    def trace_extra(self):
+        """What only the simulation knows, as more trace record members (JSON
+        text; firmware/rigtrace.py and sim/scenario.py append it): the true
+        energy in Wh, truncated to 3 decimals like the firmware's own figures."""
+        mwh = int(self.truth_energy_wh * 1000)
+        return ', "truth_energy_wh": %d.%03d' % (mwh // 1000, mwh % 1000)
 
     def pilot_v(self):
         return self._high_mv / 1000
@@ -698,7 +770,11 @@ class SimBoard:
     def _make_lin(self, counts):
         """ESP32-like ADC transfer curve: an S-shaped bow of up to `counts`
         (a cubic through both ends, so 0 and 4095 stay), plus a dead zone of
-        `counts` codes at the bottom where the ESP32 reads 0."""
+        `counts` codes at the bottom where the ESP32 reads 0. Without a bow
+        the kernel never looks it up: a 1-entry table instead of 8 KB of heap."""
+        self._nonlinear = 1 if counts else 0
+        if not counts:
+            return array("H", (0,))
         lin = array("H", bytes(2 * 4096))
         for x in range(4096):
             u = (x - 2048) / 2048
@@ -706,7 +782,6 @@ class SimBoard:
             if counts and x < counts:
                 y = 0
             lin[x] = max(0, min(4095, y))
-        self._nonlinear = 1 if counts else 0
         return lin
 
     def adc_burst(self, buf):
@@ -715,8 +790,13 @@ class SimBoard:
         f_mhz = self.mains_hz * (1000 + self.mains_drift_pm)  # mains in mHz
         par[0] = self.adc_burst_len
         par[1] = nch
-        par[2] = (self.now_ms * f_mhz) % 1000000 * (1 << _PHASE_BITS) // 1000000
-        par[3] = f_mhz * (1 << _PHASE_BITS) // (self.adc_rate_hz * 1000)
+        # Phase of the mains at now_ms: (now_ms * f_mhz) % 10**6 cycles x 10**-6,
+        # as 2**26ths; with small ints only (now_ms = 1000 t1 + t0).
+        t1 = self.now_ms // 1000
+        t0 = self.now_ms - t1 * 1000
+        cyc = (1000 * (t1 % 1000 * (f_mhz % 1000) % 1000) + t0 * f_mhz) % 1000000
+        par[2] = _muldiv(cyc, 1 << _PHASE_BITS, 1000000)
+        par[3] = _muldiv(f_mhz, 1 << _PHASE_BITS, self.adc_rate_hz * 1000)
         par[4] = self.adc_bias
         par[5] = self.adc_noise_counts
         par[6] = self._nrng
@@ -727,7 +807,7 @@ class SimBoard:
         upc = self.ct_ua_per_count
         err = self.ct_error_pm
         for c in range(nch):
-            par[10 + c] = i * _AMP_K * (1000 + err[c]) // 1000 // upc if c < self._drawn_phases() else 0
+            par[10 + c] = _muldiv(i, _AMP_K * (1000 + err[c]), 1000 * upc) if c < self._drawn_phases() else 0
         self._nrng = _adc_fill(buf, self._wave, par, self._lin)
 
     def adc_ua_per_count(self, channel):

@@ -11,54 +11,44 @@ passes between building the board and the Firmware). With `realtime=True`
 end of the serial line sees the steps happen when it announces them.
 
 What it applies: the world actions (ev, draw_a, ev_obeys, ev_phases, pp_ohm,
-fault, temp_c) through sim/scenario.py's apply_world(), and the `set` remote
-commands through Firmware.command() (sim/scenario.py's send_commands(), the
-same path as MQTT), each answer printed as a bench line
+fault, temp_c) through sim/steps.py's apply_world(), and the `set` remote
+commands through Firmware.command() (sim/steps.py's send_commands(), the
+same path as MQTT), each answer printed as a trace line
 `TRACE {"t", "command", "payload", "ok", "error"}`. The rig removes `set`
 steps from the uploaded file when it sends them over MQTT itself (--broker).
 A step is applied just before the firmware's tick at its time, as in
 sim/scenario.py; steps at t = 0 before the first tick (their `set` commands at
 the first tick: the Firmware does not exist yet).
 
-Owns: the step clock of the emulated board. Never reaches into the firmware:
+Owns: the emulated board's step timing (the clock origin, commands that wait
+for the Firmware). Never reaches into the firmware:
 world changes go to the SimBoard, commands through Firmware.command().
 Runs only on the unix port (the SimBoard does).
 """
 
 import json
 
-_NEVER = 1 << 60
-
-
-def _ms(seconds):
-    return int(seconds * 1000 + 0.5)
+from firmware.facts import TRACE_PREFIX
+from sim.steps import StepClock, apply_world, send_commands
 
 
 class Follower:
     def __init__(self, sim, scenario, get_fw):
-        from sim.scenario import apply_world, send_commands  # the same step logic as the rig
-
-        self._apply_world = apply_world
-        self._send = send_commands
         self.sim = sim
         self.get_fw = get_fw  # callable: the running Firmware (None before it exists)
-        self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
+        self.steps = StepClock(scenario)
         self.t0 = sim.now_ms
-        self.i = 0
-        self.next_ms = self.steps[0][0] if self.steps else _NEVER
         self.pending = []  # steps whose `set` waits for the Firmware
         self.applied = 0
-        while self.next_ms <= 0:  # the world the first tick sees
-            self._step(0, self.steps[self.i][1])
+        while self.steps.next_ms <= 0:  # the world the first tick sees
+            self._step(0, self.steps.take())
 
     def _step(self, t, step):
-        self._apply_world(self.sim, step)
+        apply_world(self.sim, step)
         if "set" in step:
             self.pending.append(step)
         self._flush(t)
         self.applied += 1
-        self.i += 1
-        self.next_ms = self.steps[self.i][0] if self.i < len(self.steps) else _NEVER
 
     def _flush(self, t):
         if not self.pending:
@@ -66,19 +56,17 @@ class Follower:
         fw = self.get_fw()
         if fw is None:
             return
-        from firmware.bench import PREFIX
-
         for step in self.pending:
-            for line in self._send(fw, step, t):
-                print(PREFIX + line)
+            for line in send_commands(fw, step, t):
+                print(TRACE_PREFIX + line)
         self.pending = []
 
     def on_tick(self, sim):
         """SimBoard.on_tick: after each wait_tick, apply the steps now due."""
         now = sim.now_ms - self.t0
         self._flush(now)
-        while self.next_ms <= now:
-            self._step(now, self.steps[self.i][1])
+        while self.steps.next_ms <= now:
+            self._step(now, self.steps.take())
 
 
 def follow(sim, path, get_fw):

@@ -32,79 +32,17 @@ import sys
 import time
 
 from firmware.app import Firmware
-from firmware.trace import Shown, fixed, record
+from firmware.trace import EVERY_MS, Shown, fixed, record
 from sim.board import SimBoard
+from sim.steps import StepClock, apply_world, ms, send_commands
 
 # World events that require the contactor to open (when commanded closed).
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
-_NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
-_TRACE_EVERY_MS = 1000  # a record at least once per simulated second
 _ENERGY_EVENTS = ("solar_start", "solar_stop", "phase_switch", "phases", "mains_stale", "mains_ok")
 
 
 class _Stop(Exception):
     """Raised from on_tick at `until`: ends Firmware.run()."""
-
-
-def _payload(value):
-    """The plain MQTT payload text for a step's `set` value."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value == int(value):
-        return str(int(value))
-    return str(value)
-
-
-def apply_world(sim, step):
-    """Apply a scenario step's world actions (docs/scenarios.md: ev, draw_a,
-    ev_obeys, ev_phases, pp_ohm, fault, temp_c, house_a, pv_a) to the
-    simulated board `sim`.
-    `set`, `expect`, `note` and `t` are left alone. Shared with sim/follower.py."""
-    for key in step:
-        v = step[key]
-        if key == "ev":
-            sim.set_ev(v)
-        elif key == "draw_a":
-            sim.ev_draw_a = v
-        elif key == "ev_obeys":
-            sim.ev_obeys = v
-        elif key == "ev_phases":
-            sim.ev_phases = v
-        elif key == "pp_ohm":
-            sim.set_pp(v)
-        elif key == "fault":
-            sim.set_fault(v)
-        elif key == "temp_c":
-            sim.set_temp_c(v)
-        elif key == "house_a":
-            sim.set_house_a(v)
-        elif key == "pv_a":
-            sim.set_pv_a(v)
-
-
-def send_commands(fw, step, t_ms):
-    """Send a step's `set` commands through fw.command(), exactly like MQTT.
-    Returns one JSON line per command ({"t", "command", "payload", "ok",
-    "error"}, and "note" when the ack has one), in order; empty when the step has none."""
-    lines = []
-    cmds = step.get("set")
-    if cmds:
-        for name in cmds:
-            text = _payload(cmds[name])
-            ok, err = fw.command(name, text)
-            line = {"t": t_ms / 1000, "command": name, "payload": text, "ok": ok, "error": err}
-            if fw.command_note is not None:
-                line["note"] = fw.command_note
-            lines.append(json.dumps(line))
-    return lines
-
-
-def _ms(seconds):
-    return int(seconds * 1000 + 0.5)
 
 
 def _fresh_dir():
@@ -159,23 +97,21 @@ class Runner:
         self.energy_events = []  # (t_ms, event) of load management, for the summary
         if self.energy:
             self.fw.on_event = self._on_fw_event
-        self.steps = [(_ms(s["t"]), s) for s in scenario.get("steps", ())]
-        self.until_ms = _ms(scenario["until"])
+        self.steps = StepClock(scenario)
+        self.until_ms = ms(scenario["until"])
         # A house meter that publishes the grid current like a smart meter on
         # MQTT ("mains_meter": {"every_s": N}); a step's "mains_meter": false
         # silences it (a stale feed), true brings it back.
         meter = scenario.get("mains_meter")
-        self.meter_every_ms = _ms(meter.get("every_s", 1)) if meter else 0
+        self.meter_every_ms = ms(meter.get("every_s", 1)) if meter else 0
         self.meter_on = bool(meter)
         self.meter_due = 0
         self.realtime = realtime
         self.t0 = sim.now_ms
         self.prev = sim.now_ms  # the time of the firmware's latest tick
-        self.next_i = 0
-        self.next_ms = self.steps[0][0] if self.steps else _NEVER
         # What the latest record showed (None: nothing written yet).
         self.shown = Shown()  # what the last record showed
-        self.last_rec_ms = -_TRACE_EVERY_MS
+        self.last_rec_ms = -EVERY_MS
         self.step_due = False
         # Reaction-time bookkeeping (ms since start).
         self.c_on = False
@@ -201,8 +137,7 @@ class Runner:
         self.records += 1
         sim = self.sim
         pilot_mv = int(sim.pilot_v() * 1000)
-        truth_mwh = int(sim.truth_energy_wh * 1000)
-        extra = ', "truth_energy_wh": ' + fixed(truth_mwh, 1000, 3)
+        extra = sim.trace_extra()
         if self.energy:
             extra += ', "grid_a": [%s, %s, %s], "phases": %d' % (
                 fixed(sim.grid_ma(0), 1000, 2), fixed(sim.grid_ma(1), 1000, 2), fixed(sim.grid_ma(2), 1000, 2),
@@ -270,9 +205,8 @@ class Runner:
             self.s2_fresh = False
         else:
             if self.need_open_ms >= 0:
-                ms = t - self.need_open_ms
                 self.opens.append(
-                    {"t": t / 1000, "cause": self.need_open_cause, "ms": ms}
+                    {"t": t / 1000, "cause": self.need_open_cause, "ms": t - self.need_open_ms}
                 )
             else:
                 self.opens.append({"t": t / 1000, "cause": "firmware", "ms": None})
@@ -314,8 +248,8 @@ class Runner:
             "ev_wh": v * self.ev_mams // 3600000 / 1000,
             "solar_wh": v * self.solar_mams // 3600000 / 1000,
             "mains_over_ms_max": self.over_ms_max,
-            "phase_switches": [{"t": (ms - self.t0) / 1000, "phases": n, "contacts_closed": c, "pwm": w}
-                               for ms, n, c, w in log],
+            "phase_switches": [{"t": (at - self.t0) / 1000, "phases": n, "contacts_closed": c, "pwm": w}
+                               for at, n, c, w in log],
             "events": self.energy_events,
         }
 
@@ -339,7 +273,7 @@ class Runner:
         if (
             self.step_due
             or self.shown.changed(self.fw)
-            or t - self.last_rec_ms >= _TRACE_EVERY_MS
+            or t - self.last_rec_ms >= EVERY_MS
         ):
             self.step_due = False
             self._emit(t)
@@ -347,12 +281,8 @@ class Runner:
             if self.last_rec_ms != t:
                 self._emit(t)
             raise _Stop()
-        while self.next_ms <= now:
-            self._apply(now, self.steps[self.next_i][1])
-            self.next_i += 1
-            self.next_ms = (
-                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
-            )
+        while self.steps.next_ms <= now:
+            self._apply(now, self.steps.take())
         self._world(now)
         if self.energy:
             self._account(now, now - t)
@@ -368,12 +298,8 @@ class Runner:
     def run(self):
         sim = self.sim
         # Steps at t = 0 belong to the world the first tick sees.
-        while self.next_ms <= 0:
-            self._apply(0, self.steps[self.next_i][1])
-            self.next_i += 1
-            self.next_ms = (
-                self.steps[self.next_i][0] if self.next_i < len(self.steps) else _NEVER
-            )
+        while self.steps.next_ms <= 0:
+            self._apply(0, self.steps.take())
         self._world(0)
         sim.on_tick = self.on_tick
         try:

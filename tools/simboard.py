@@ -8,7 +8,9 @@ MicroPython unix port (tools/simboard_agent.py) with the board's flash folder
 mounted at "/". See docs/simboard.md for what it does not model.
 
 The first line on stdout is the device path (e.g. /dev/pts/5); then it serves
-until SIGTERM or SIGINT (exit code 0). Exit code 2: bad arguments or the
+until SIGTERM or SIGINT (exit code 0). Without --flash the flash is a fresh
+temporary folder, named on stderr. However simboard.py ends, its interpreter
+ends with it (a killed board has no power). Exit code 2: bad arguments or the
 interpreter could not start.
 
 Owns: the serial protocol (REPL framing, flow control, resets).
@@ -44,6 +46,7 @@ INTERRUPT_GAP_S = 0.3
 # (a UART with nobody listening loses bytes too).
 OUT_CAP_BYTES = 1 << 20
 AGENT_EXIT_WAIT_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 COMPOUND = ("if", "while", "for", "def", "class", "try", "with", "async", "@", "match")
@@ -91,6 +94,24 @@ def needs_more(text):
     return False
 
 
+def _die_with(parent):
+    """For the agent's preexec_fn: the kernel SIGKILLs the agent when
+    simboard.py ends, however it ends (SIGKILL included): killing the board
+    cuts its power, the firmware does not run on in the background."""
+
+    def arm():
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return  # not Linux: the agent ends when it next writes to a closed pipe
+        if os.getppid() != parent:  # simboard died before the prctl
+            os._exit(1)
+
+    return arm
+
+
 class Agent:
     """One MicroPython unix-port process: one boot of the board."""
 
@@ -112,6 +133,7 @@ class Agent:
             pass_fds=(self.ctl_in_r, self.ctl_out_w),
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C is for simboard, not the board
+            preexec_fn=_die_with(os.getpid()),
         )
         os.close(self.ctl_in_r)
         os.close(self.ctl_out_w)
@@ -119,6 +141,7 @@ class Agent:
         os.set_blocking(self.out_fd, False)
         os.set_blocking(self.ctl_out_r, False)
         self.ctl_buf = b""
+        self.seq = 0  # the last control message taken from this agent
         self.last_sigint = 0.0
         self.eof = False
 
@@ -127,10 +150,13 @@ class Agent:
         os.write(self.ctl_in_w, msg)  # blocking: the agent reads everything it is sent
 
     def interrupt(self):
+        """SIGINT the program; False when it could not be sent (yet)."""
         now = time.monotonic()
         if now - self.last_sigint >= INTERRUPT_GAP_S and self.proc.poll() is None:
             self.last_sigint = now
             self.proc.send_signal(signal.SIGINT)
+            return True
+        return False
 
     def read_output(self):
         """Whatever the program printed so far (b"" if nothing)."""
@@ -162,8 +188,12 @@ class Agent:
             size = int(fields[-1]) if fields[0] in ("h", "d") else 0
             if len(rest) < size:
                 break
-            out.append((fields[0], fields[1:], rest[:size]))
             self.ctl_buf = rest[size:]
+            seq = int(fields[1])
+            if seq <= self.seq:
+                continue  # sent again after a Ctrl-C hit its write (simboard_agent._send)
+            self.seq = seq
+            out.append((fields[0], fields[2:], rest[:size]))
         return out
 
     def kill(self):
@@ -203,7 +233,7 @@ class Sink:
             del self.queue[:n]
 
 
-class Board:
+class ReplMachine:
     """The REPL state machine (what pyexec.c and ports/esp32/main.c do)."""
 
     def __init__(self, args):
@@ -308,7 +338,12 @@ class Board:
         job = self.job
         self.job = None
         self.running = False
-        self.pending_interrupt = False
+        if job != "boot":
+            self.pending_interrupt = False
+        # else: a Ctrl-C that reached no program (no boot.py, or it ended
+        # first) stays pending for main.py, as a board's scheduled
+        # KeyboardInterrupt fires at the next bytecode: otherwise it is lost,
+        # and what the host sent after it waits behind main.py.
         if job in ("raw", "rawpaste"):
             self.emit(b"\x04")
             if status == "exc":
@@ -322,6 +357,7 @@ class Board:
             self.boot_ok = status in ("ok", "none")
             if not self.raw_mode and self.boot_ok:
                 return self.run_job("main", "file", "main.py", b"")
+            self.pending_interrupt = False  # the REPL takes the Ctrl-C
             return self.enter_repl()
         if job == "main":
             return self.enter_repl()
@@ -359,8 +395,8 @@ class Board:
                 self.booted()
             elif tag == "s":
                 self.running = True
-                if self.pending_interrupt:
-                    self.agent.interrupt()
+                if self.pending_interrupt and self.agent.interrupt():
+                    self.pending_interrupt = False
             elif tag == "d":
                 self.job_done(fields[0], payload)
             elif tag == "R":
@@ -381,8 +417,8 @@ class Board:
                 if CTRL_C in self.inbuf and self.state == "exec":
                     del self.inbuf[self.inbuf.index(CTRL_C)]
                     self.pending_interrupt = True
-                    if self.running:
-                        self.agent.interrupt()
+                    if self.running and self.agent.interrupt():
+                        self.pending_interrupt = False
                     continue
                 return
             if not self.inbuf:
@@ -614,13 +650,19 @@ def parse_args(argv):
         "line of stdout, then serves until SIGTERM.",
         epilog="example: tools/simboard.py --flash /tmp/flash & mpremote connect /dev/pts/N ls",
     )
-    p.add_argument("--flash", required=True, help="folder that is the board's flash (its '/'); created if missing")
+    p.add_argument("--flash", help="folder that is the board's flash (its '/'); created if missing "
+                   "(default: a fresh temporary folder, named on stderr and kept after the board stops)")
     p.add_argument("--tcp", type=int, metavar="PORT", help="also serve on 127.0.0.1:PORT (mpremote connect socket://127.0.0.1:PORT)")
     p.add_argument("--flash-kb", type=int, default=2048, help="flash partition size os.statvfs('/') reports, in KiB (default: 2048, an ESP32 with 4 MB flash); not enforced")
     p.add_argument("--heapsize", default="128k", help="MicroPython heap (default: 128k, which leaves ~120 KB free like an ESP32 without PSRAM)")
     p.add_argument("--micropython", default=default_micropython(), help="the unix-port interpreter (default: the one in .venv)")
     p.add_argument("-v", "--verbose", action="store_true", help="log resets and connections to stderr")
     args = p.parse_args(argv)
+    if args.flash is None:
+        import tempfile
+
+        args.flash = tempfile.mkdtemp(prefix="simboard-flash-")
+        print("simboard: flash in %s (a fresh folder; --flash DIR to choose one)" % args.flash, file=sys.stderr, flush=True)
     args.flash = os.path.abspath(args.flash)
     try:
         os.makedirs(args.flash, exist_ok=True)
@@ -632,7 +674,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        board = Board(args)
+        board = ReplMachine(args)
     except OSError as e:
         print("simboard: cannot open the serial line: %s" % e, file=sys.stderr)
         return 2

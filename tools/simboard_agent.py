@@ -13,15 +13,18 @@
 #   ctl_in:  host -> agent  b"x <kind> <name> <len>\n" + source, kind one of
 #            "exec" (raw REPL / paste), "single" (one friendly REPL entry),
 #            "file" (run flash file <name> if it exists; source empty).
-#   ctl_out: agent -> host  b"h <len>\n" + banner         once, when ready
-#                           b"s\n"                         code starts running
-#                           b"d <status> <len>\n" + traceback   code ended:
+#   ctl_out: agent -> host  b"h <seq> <len>\n" + banner   once, when ready
+#                           b"s <seq>\n"                   code starts running
+#                           b"d <seq> <status> <len>\n" + traceback   code ended:
 #                             status ok | exc | exit (SystemExit) | none (no file)
-#                           b"R\n"                         machine.reset() called
+#                           b"R <seq>\n"                   machine.reset() called
+#            seq counts the messages of this boot from 1: a message sent twice
+#            (a Ctrl-C landed in its write, see _send) is dropped by the host.
 # Usage: micropython simboard_agent.py FLASH_DIR CTL_IN_FD CTL_OUT_FD RESET_CAUSE FLASH_BLOCKS
 
 import io
 import os
+import select
 import sys
 import time
 
@@ -34,16 +37,25 @@ _CTL_OUT = open("/dev/fd/" + sys.argv[3], "wb")
 _CAUSE = int(sys.argv[4])  # reported by machine.reset_cause()
 
 
-def _send(msg):
-    # One write per message: the host reads messages whole. A late Ctrl-C
-    # (SIGINT) may land here; retry until the write has gone out once.
-    sent = False
-    while not sent:
+_seq = [0]
+
+
+def _send(tag, rest=b"", payload=b""):
+    """Send one message; True when a Ctrl-C (SIGINT) arrived meanwhile.
+
+    The KeyboardInterrupt of a SIGINT that lands here is raised after the
+    write returned (the message went out) or instead of it (EINTR, nothing
+    written): the message is sent again under the same sequence number and
+    the host drops a repeat. The caller decides what the Ctrl-C was for."""
+    _seq[0] += 1
+    msg = tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
+    intr = False
+    while True:
         try:
             _CTL_OUT.write(msg)
-            sent = True
+            return intr
         except KeyboardInterrupt:
-            pass
+            intr = True
 
 
 class _Machine:
@@ -61,7 +73,7 @@ class _Machine:
     def reset(self):
         # Like the real thing, nothing after this call runs: not even the
         # caller's `finally`. The host kills this process and boots again.
-        _send(b"R\n")
+        _send(b"R")
         while True:
             try:
                 time.sleep(1)
@@ -168,7 +180,8 @@ def _run(g, kind, name, src):
             except OSError:
                 status = "none"
         if status == "ok":
-            _send(b"s\n")
+            if _send(b"s"):
+                raise KeyboardInterrupt  # the Ctrl-C was for this program
             mode = "single" if kind == "single" else "exec"
             exec(compile(src, name, mode), g)
     except SystemExit:
@@ -177,7 +190,7 @@ def _run(g, kind, name, src):
         status = "exc"
         tb = _traceback(e)
     data = tb.encode()
-    _send(b"d " + status.encode() + b" " + str(len(data)).encode() + b"\n" + data)
+    _send(b"d", b" " + status.encode() + b" " + str(len(data)).encode(), data)  # a late Ctrl-C: ignored
 
 
 def _read_exact(n):
@@ -203,13 +216,20 @@ def main():
     if len(impl.version) > 3 and impl.version[3]:
         ver += "-" + impl.version[3]
     banner = ("MicroPython %s on simboard; %s with unix port" % (ver, impl._machine)).encode()
-    _send(b"h " + str(len(banner)).encode() + b"\n" + banner)
+    _send(b"h", b" " + str(len(banner)).encode(), banner)
     g = {"__name__": "__main__"}
+    poll = select.poll()
+    poll.register(_CTL_IN, select.POLLIN)
     while True:
         try:
-            head = _CTL_IN.readline()
+            # Wait without reading: a Ctrl-C that came after the code ended is
+            # raised in or right after poll(), never in the middle of a line
+            # (the host sends one only while code runs, so none follows the
+            # next command).
+            poll.poll()
         except KeyboardInterrupt:
-            continue  # a Ctrl-C that came after the code ended
+            continue
+        head = _CTL_IN.readline()
         if not head:
             return
         _, kind, name, size = head.decode().split()

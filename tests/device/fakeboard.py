@@ -2,7 +2,9 @@
 # by the test (pilot levels in mV, feedback, RCD...), every output recorded.
 # The physics lives in sim/board.py; this one is for exact control.
 
-PERIOD = 1 << 30
+from sim import ticks as _t
+
+PERIOD = 1 << 30  # a big int on an ESP32: only for start values (t & _t.MASK is small again)
 
 
 class FakeMeter:
@@ -19,7 +21,7 @@ class FakeBoard:
     data_dir = "/tmp"
 
     def __init__(self, start=PERIOD - 1000):
-        self.t = start  # starts 1 s before the ticks wrap, like an ESP32 might
+        self.t = start & _t.MASK  # starts 1 s before the ticks wrap, like an ESP32 might
         self.high_mv = 12000
         self.low_mv = None  # None: -12 V while PWM runs (healthy diode), else this
         self.pp = -1  # UNKNOWN: tethered
@@ -41,13 +43,13 @@ class FakeBoard:
         return self.t
 
     def ticks_diff(self, a, b):
-        return ((a - b + PERIOD // 2) & (PERIOD - 1)) - PERIOD // 2
+        return _t.ticks_diff(a, b)
 
     def ticks_add(self, t, d):
-        return (t + d) & (PERIOD - 1)
+        return _t.ticks_add(t, d)
 
     def advance(self, ms):
-        self.t = (self.t + ms) & (PERIOD - 1)
+        self.t = _t.ticks_add(self.t, ms)
 
     # outputs
     def pilot_pwm(self, pm):

@@ -120,6 +120,12 @@ def run_s(fw, sim, seconds, every_s=1):
         sim.wait_tick(10)
 
 
+def _run(fw, sim, seconds):
+    for _ in range(int(seconds * 100)):
+        fw.tick()
+        sim.wait_tick(10)
+
+
 def test_smart_mode_limits_the_offer_to_the_main_fuse_and_reports_it():
     sim = SimBoard(data_dir=fresh_dir("smart"))
     fw = Firmware(sim, {"max_current_a": 32, "mode": "smart", "mains_max_a": 25})
@@ -165,6 +171,113 @@ def test_solar_mode_switches_phases_only_after_ten_safe_seconds():
     assert "solar_start" in names and "phase_switch" in names and "phases" in names
     assert fw.charger.state == "C2" and sim.supply_phases == 1 and fw.status()["phases_active"] == 1
     assert t_switch >= 10000  # the pause lasted at least PHASE_SAFE_MS before the relay moved
+
+
+def test_a_full_flash_mid_session_keeps_charging_refuses_the_next_session_and_says_so():
+    import os
+
+    import ramdisk
+
+    root = ramdisk.mount(128)
+    try:
+        sim = SimBoard(data_dir=root + "/data")
+        fw = Firmware(sim, {"max_current_a": 16})
+        seen = []
+        fw.on_event = seen.append
+        sim.set_ev("C")
+        _run(fw, sim, 10)
+        assert fw.charger.contactor_on
+        fillers = ramdisk.fill(root)
+        _run(fw, sim, 120)  # journal checkpoints (0.1 kWh) and lifetime persists meet ENOSPC
+        assert fw.charger.contactor_on and fw.charger.state == "C2"  # the session goes on
+        full = [e for e in seen if e["event"] == "journal_full"]
+        assert full and "28" in full[0]["error"], seen
+        assert fw.status()["blocked"] == "journal_full"
+        sim.set_ev("A")
+        _run(fw, sim, 2)
+        assert [e for e in seen if e["event"] == "session"]  # still handed to the link
+        sim.set_ev("C")
+        _run(fw, sim, 5)
+        assert not fw.charger.contactor_on and fw.session_id is None  # refused
+        sim.set_ev("A")
+        for p in fillers[:16]:
+            os.remove(p)
+        _run(fw, sim, 65)  # the journal retries once a minute
+        assert [e for e in seen if e["event"] == "journal_ok"]
+        sim.set_ev("C")
+        _run(fw, sim, 5)
+        assert fw.charger.contactor_on
+    finally:
+        ramdisk.unmount(root)
+
+
+def test_after_a_power_cut_the_lifetime_counter_never_restarts_below_a_journaled_meter_stop():
+    d = fresh_dir("lifetime")
+    sim = SimBoard(data_dir=d)
+    fw = Firmware(sim, {"max_current_a": 32})
+    sim.set_ev("C")
+    _run(fw, sim, 90)  # 22 kW: journal checkpoints every 0.1 kWh, the counter every 60 s
+    saved_mwh = fw.meter._saved_wh * 1000 + fw.meter._saved_mwh  # what lifetime.txt holds
+    # Power cut: nothing more is written; boot again on the same flash.
+    sim2 = SimBoard(data_dir=d)
+    fw2 = Firmware(sim2, {"max_current_a": 32})
+    seen = []
+    fw2.on_event = seen.append
+    rec = [r for r in fw2.journal.pending() if r["reason"] == "power_loss"][0]
+    assert rec["meter_stop_mwh"] > saved_mwh, "no journal checkpoint ahead of the counter"
+    assert fw2.meter.lifetime_mwh() >= rec["meter_stop_mwh"]
+    sim2.set_ev("C")
+    _run(fw2, sim2, 5)
+    sim2.set_ev("A")
+    _run(fw2, sim2, 2)
+    nxt = [e["record"] for e in seen if e["event"] == "session"][0]
+    assert nxt["meter_start_mwh"] >= rec["meter_stop_mwh"]
+    # ... and it was persisted at boot: a third boot without the journal agrees.
+    import os
+
+    os.remove(d + "/journal.bin")
+    fw3 = Firmware(SimBoard(data_dir=d), {})
+    assert fw3.meter.lifetime_mwh() >= nxt["meter_stop_mwh"] - 1000  # at most the unsaved tail of session 2
+
+
+def test_damaged_files_everywhere_boot_with_defaults_and_report_each_one():
+    import os
+
+    d = fresh_dir("damaged")
+    with open(d + "/config.json", "wb") as f:
+        f.write(b'{"id": "\xff"}')
+    with open(d + "/lifetime.txt", "wb") as f:
+        f.write(b"lifetime 5 0 \xff\n")
+    with open(d + "/cal.json", "wb") as f:
+        f.write(b"\xfe{")
+    os.mkdir(d + "/journal.bin")
+    os.mkdir(d + "/boot.cnt")
+    sim = SimBoard(data_dir=d)
+    fw = Firmware(sim, {})
+    seen = []
+    fw.on_event = seen.append
+    fw.start()
+    errors = [e["error"] for e in seen if e["event"] == "config_error"]
+    notes = " ".join(e["text"] for e in seen if e["event"] == "note")
+    assert errors and "config.json" in errors[0]
+    assert "lifetime.txt" in notes and "cal.json" in notes and "journal.bin" in notes and "boot.cnt" in notes, notes
+    sim.set_ev("C")
+    _run(fw, sim, 5)
+    assert fw.charger.contactor_on  # it charges
+
+
+def test_the_published_lifetime_reading_never_goes_backwards_across_a_power_cut():
+    d = fresh_dir("published")
+    sim = SimBoard(data_dir=d)
+    fw = Firmware(sim, {"max_current_a": 32})
+    sim.set_ev("C")
+    published = []
+    for _ in range(12):  # 2 minutes at 22 kW, a status every 10 s as while charging
+        _run(fw, sim, 10)
+        published.append(fw.status()["lifetime_wh"])
+    assert published[-1] > 100 and published == sorted(published)
+    fw2 = Firmware(SimBoard(data_dir=d), {"max_current_a": 32})  # power cut, boot again
+    assert fw2.status()["lifetime_wh"] >= max(published), (fw2.status()["lifetime_wh"], published)
 
 
 def test_the_default_device_id_comes_from_the_chips_unique_id():

@@ -468,7 +468,7 @@ def test_tick_allocates_nothing_while_charging():
     before = gc.mem_alloc()
     for _ in range(2000):
         ch.tick()
-        b.t = (b.t + 10) & ((1 << 30) - 1)
+        b.advance(10)
     after = gc.mem_alloc()
     gc.enable()
     assert ch.state == "C2"

@@ -1,4 +1,4 @@
-# heapsize: 192k
+# heapsize: 224k
 # timeout: 120
 # ESP32 realities the unix port hides (issue 7), as specifications:
 # - ticks_ms() wraps at 2^30 on an ESP32: a session, its energy and every

@@ -444,3 +444,4 @@ def test_ram_holds_only_an_index_of_pending_sessions_not_the_records():
         assert used < 6144  # one decoded record and the sorted offsets
     finally:
         _rmtree(d)
+

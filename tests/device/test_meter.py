@@ -11,6 +11,7 @@ from array import array
 
 from firmware import meter as mt
 from firmware.meter import Meter
+from sim import ticks as _t
 
 PERIOD = 1 << 30  # ticks wrap like an ESP32's
 UA = 60000  # uA of line current per count: 2048 counts = 122.9 A peak
@@ -34,7 +35,7 @@ class SineBoard:
         self.noise = noise
         self.ua = ua  # what the board description says (adc_ua_per_count)
         self.true_ua = ua  # what the CT and burden really give
-        self.t = PERIOD - 5000  # 5 s before the ticks wrap
+        self.t = (PERIOD - 5000) & _t.MASK  # 5 s before the ticks wrap (a small int again)
         self.t0_s = 0.0
         self.seed = 12345
         self.flat = {}  # channel -> constant code (a stuck ADC)
@@ -43,10 +44,10 @@ class SineBoard:
         return self.t
 
     def ticks_diff(self, a, b):
-        return ((a - b + PERIOD // 2) % PERIOD) - PERIOD // 2
+        return _t.ticks_diff(a, b)
 
     def ticks_add(self, t, d):
-        return (t + d) % PERIOD
+        return _t.ticks_add(t, d)
 
     def adc_ua_per_count(self, ch):
         return self.ua

@@ -12,8 +12,10 @@ SIMBOARD = Path(__file__).resolve().parents[2] / "tools" / "simboard.py"
 class EmulatedBoard:
     def __init__(self, flash, flash_kb=2048):
         self.flash = flash
-        # 256k heap: the simulated HAL's tables and EV need ~35 KB an ESP32 does not carry.
-        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "--heapsize", "256k",
+        # 384k heap: the simulated HAL's tables and EV need ~35 KB an ESP32 does not carry,
+        # and the rig tests run the firmware from source (compiling it needs heap an
+        # ESP32 running .mpy does not: with the link and netup, 256k and 320k run out).
+        cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "--heapsize", "384k",
                "--flash-kb", str(flash_kb)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.port = self.proc.stdout.readline().strip()  # its first line: the pty

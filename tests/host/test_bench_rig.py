@@ -2,10 +2,10 @@
 emulated board (tools/simboard.py) running this checkout's boot.py, main.py,
 firmware/, hal/ and lib/ from a temp flash folder.
 
-The board streams firmware/bench.py's trace lines; with --sim-ev its simulated
+The board streams firmware/rigtrace.py's trace lines; with --sim-ev its simulated
 EV follows the uploaded scenario (sim/follower.py). Scenarios run in real time, so
-the dedicated ones in tests/scenarios/bench/ are short (3-12 s). Plus the
-pieces that need no board: BenchTrace in the unix port (records on change and
+the dedicated ones in tests/scenarios/rig/ are short (3-12 s). Plus the
+pieces that need no board: RigTrace in the unix port (records on change and
 every second, no allocation when nothing is due, t across the 2^30 tick wrap),
 the operator texts and the argument checks.
 """
@@ -23,12 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 MICROPYTHON = BIN / "micropython"
 RIG = REPO / "tools" / "rig.py"
-BENCH = REPO / "tests" / "scenarios" / "bench"
+BENCH = REPO / "tests" / "scenarios" / "rig"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
-import rig  # noqa: E402
 from broker import Broker, mosquitto_path  # noqa: E402
 from emulated_board import EmulatedBoard  # noqa: E402
+from evrig.board_run import describe_step, needs_operator  # noqa: E402
+from evrig.scenario import TRACE_FIELDS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (MICROPYTHON.exists() and (BIN / "mpremote").exists()),
@@ -37,9 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 
 # --- the emulated board ------------------------------------------------------------------------
-Board = EmulatedBoard
-
-
 def make_flash(root, config):
     """A flash folder with this checkout's boot.py, main.py, firmware/, hal/, lib/
     and the board's own /data/config.json."""
@@ -58,7 +56,7 @@ def make_flash(root, config):
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     # The board's own settings, which the rig must leave as it found them.
-    b = Board(make_flash(tmp_path_factory.mktemp("bench"), {"id": "bench1", "fault_retries": 2}))
+    b = EmulatedBoard(make_flash(tmp_path_factory.mktemp("bench"), {"id": "bench1", "fault_retries": 2}))
     yield b
     b.stop()
 
@@ -120,7 +118,7 @@ def test_set_steps_go_over_mqtt_with_broker(tmp_path):
     it to the board's command topic; the board's link applies it and acks."""
     with Broker() as broker:
         cfg = {"id": "bench2", "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
-        b = Board(make_flash(tmp_path, cfg))
+        b = EmulatedBoard(make_flash(tmp_path, cfg))
         try:
             r = run_rig(BENCH / "plug_charge_unplug.json", "--port", b.port, "--sim-ev",
                         "--broker", "127.0.0.1:%d" % broker.port)  # fmt: skip
@@ -193,30 +191,31 @@ def test_bench_options_that_do_not_fit_exit_2(extra):
 
 # --- operator texts -------------------------------------------------------------------------------
 def test_steps_are_announced_in_rig_words():
-    assert rig.describe_step({"t": 3, "ev": "C"}) == ["set EV to state C (close S2)"]
-    assert rig.describe_step({"t": 10, "fault": "diode_short"}) == ["short the diode"]
-    assert rig.describe_step({"t": 10.05, "expect": {"contactor": False, "state": "F"}}) == [
+    assert describe_step({"t": 3, "ev": "C"}) == ["set EV to state C (close S2)"]
+    assert describe_step({"t": 10, "fault": "diode_short"}) == ["short the diode"]
+    assert describe_step({"t": 10.05, "expect": {"contactor": False, "state": "F"}}) == [
         "expect contactor open, state F"
     ]
-    assert rig.describe_step({"t": 1, "pp_ohm": 220}) == ["set PP to 220 ohm (32 A cable)"]
-    assert rig.describe_step({"t": 1, "set": {"current_a": 10.0}}, "mqtt") == [
+    assert describe_step({"t": 1, "pp_ohm": 220}) == ["set PP to 220 ohm (32 A cable)"]
+    assert describe_step({"t": 1, "set": {"current_a": 10.0}}, "mqtt") == [
         "rig sends remote command current_a=10"
     ]
-    assert rig.needs_operator({"t": 1, "ev": "B"})
-    assert not rig.needs_operator({"t": 1, "expect": {"state": "A1"}})
-    assert rig.needs_operator({"t": 1, "set": {"stop": None}})
-    assert not rig.needs_operator({"t": 1, "set": {"stop": None}}, mqtt=True)
+    assert needs_operator({"t": 1, "ev": "B"})
+    assert not needs_operator({"t": 1, "expect": {"state": "A1"}})
+    assert needs_operator({"t": 1, "set": {"stop": None}})
+    assert not needs_operator({"t": 1, "set": {"stop": None}}, mqtt=True)
 
 
-# --- BenchTrace in the unix port -------------------------------------------------------------------
+# --- RigTrace in the unix port -------------------------------------------------------------------
 BENCH_SCRIPT = textwrap.dedent(
     """
     import gc, micropython
     from sim.board import SimBoard
-    from firmware.app import Firmware
+    # The board first (its tables want large blocks), then the firmware, as main.py does.
     sim = SimBoard(data_dir=DATA, start_ticks=(1 << 30) - 2500)  # wraps after 2.5 s
+    from firmware.app import Firmware
     fw = Firmware(sim, {"bench_trace": True})
-    b = fw.bench
+    b = fw.rig_trace
 
     def run(n):
         while n:
@@ -263,4 +262,4 @@ def test_bench_trace_prints_on_change_and_every_second_without_allocating(tmp_pa
     assert any(x["state"].startswith("B") for x in plugged)
     # the ticks wrapped at 2.5 s: t still counts on from the start
     assert all(2.5 <= x["t"] <= 2.6 for x in plugged)
-    assert set(recs[0]) == set(rig.TRACE_FIELDS)
+    assert set(recs[0]) == set(TRACE_FIELDS)

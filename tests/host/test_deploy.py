@@ -3,7 +3,7 @@
 Each test starts its own board on a fresh flash folder, deploys trees copied
 from this checkout (with a test VERSION and, where a test needs it, a broken
 or never-healthy app), and reads the result both from the board's console and
-from the flash folder itself. The board runs with a 256k heap: the simulated
+from the flash folder itself. The board runs with a 384k heap (tests/host/emulated_board.py): the simulated
 HAL's tables and EV model need ~35 KB that an ESP32 does not carry.
 Run with -s to see the measured deploy figures.
 """
@@ -26,6 +26,7 @@ BIN = REPO / ".venv" / "bin"
 DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 import deploy  # noqa: E402
+from board_session import BoardSession  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from emulated_board import EmulatedBoard  # noqa: E402
@@ -36,18 +37,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Board(EmulatedBoard):
+class DeployTarget(EmulatedBoard):
 
     def state(self):
         return json.loads((self.flash / "slot.json").read_text())
 
-    def power_cycle(self, watch=5.0):
+    def power_cycle(self, watch=5.0, log=lambda s: None):
         """Interrupt whatever runs, machine.reset(), and report what boots."""
-        b = deploy.Board(self.port, log=lambda s: None)
+        b = BoardSession(self.port)
         try:
             b.interrupt()
-            b.reset()
-            return b.watch(watch, settle=0.3)
+            deploy.reset(b, log=lambda s: None)
+            return deploy.watch(b, watch, settle=0.3, log=lambda s: None)
         finally:
             b.close()
 
@@ -61,7 +62,7 @@ def make_board(tmp_path):
         (flash / "data").mkdir(parents=True)
         if sim:
             (flash / "data" / "sim.json").write_text(json.dumps(sim))
-        b = Board(flash, flash_kb)
+        b = DeployTarget(flash, flash_kb)
         boards.append(b)
         return b
 
@@ -313,16 +314,104 @@ def test_hash_mismatch_after_upload_exits_6_and_switches_nothing(make_board, mak
     board = make_board()
     assert run_deploy(board, make_tree("1.0.0")).returncode == 0
     before = board.state()
-    real = deploy.Board.write_file
+    real = BoardSession.write_file
 
-    def flaky(self, path, data, progress=None):  # one flipped byte on the way, as a bad line would
+    def flaky(self, path, data, progress=None, each=""):  # one flipped byte on the way, as a bad line would
         if path.endswith("/firmware/app.mpy"):
             data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
-        return real(self, path, data, progress)
+        return real(self, path, data, progress, each)
 
-    monkeypatch.setattr(deploy.Board, "write_file", flaky)
+    monkeypatch.setattr(BoardSession, "write_file", flaky)
     code = deploy.main(["--port", board.port, "--source", str(make_tree("2.0.0", touch_all=True))])
     assert code == deploy.EXIT_HASH
     assert "hash mismatch after upload: /slot_b/firmware/app.mpy" in capsys.readouterr().err
     assert same_slots(board.state(), before)
     assert board.power_cycle()["version"] == "1.0.0"
+
+
+def _good_v1_v2(board, make_tree):
+    """v1 then v2 deployed, each marked good: slot_b (2.0.0) runs, slot_a (1.0.0) is its good fallback."""
+    for v in ("1.0.0", "2.0.0"):
+        r = run_deploy(board, make_tree(v, healthy_ticks=20))
+        assert r.returncode == 0, r.stdout + r.stderr
+        deadline = time.monotonic() + 20  # an upper bound: a loaded machine boots slowly
+        while not board.state()["good"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert board.state()["good"], "the app did not mark its slot good"
+    st = board.state()
+    assert (st["active"], st["previous"], st["prev_good"]) == ("b", "a", True)
+
+
+def test_a_damaged_file_in_the_good_active_slot_rolls_back_to_the_intact_previous_slot(make_board, make_tree):
+    board = make_board()
+    _good_v1_v2(board, make_tree)
+    app = board.flash / "slot_b" / "firmware" / "app.mpy"
+    app.write_bytes(app.read_bytes()[:100])  # flash rot: a truncated module
+    seen = board.power_cycle(watch=25)
+    assert seen["started"] and seen["version"] == "1.0.0", seen
+    st = board.state()
+    assert st["active"] == "a" and "2.0.0 in slot_b: damaged files" in st["rollback"], st
+
+
+@pytest.mark.parametrize("damage", ["slot.json missing", "slot.json corrupt", "slots.mpy missing",
+                                    "slots.mpy corrupt", "store.mpy missing"])
+def test_a_lost_or_corrupt_slot_json_or_root_module_still_boots_an_intact_slot(make_board, make_tree, damage):
+    board = make_board()
+    _good_v1_v2(board, make_tree)
+    name, how = damage.split()
+    p = board.flash / name
+    if how == "missing":
+        p.unlink()
+    else:
+        p.write_bytes(b"\x00\xff{garbage")
+    seen = board.power_cycle(watch=20)
+    assert seen["started"] and seen["version"] == "2.0.0", seen  # the newest intact slot
+    # ...and the next deploy repairs what was lost
+    r = run_deploy(board, make_tree("3.0.0", healthy_ticks=20))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "board runs version 3.0.0" in r.stdout
+    assert slot_matches_manifest(board.flash, board.state()["active"]) == "3.0.0"
+
+
+def test_a_boot_loop_stops_writing_slot_json_once_its_tries_are_used_up(make_board, make_tree):
+    board = make_board()
+    r = run_deploy(board, make_tree("1.0.0", crash=True), watch=6)  # no fallback: it loops
+    assert r.returncode == deploy.EXIT_NOT_UP, r.stdout + r.stderr
+    path = board.flash / "slot.json"
+    deadline = time.monotonic() + 30  # an upper bound
+    while board.state()["tries"] < deploy_tries() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The boot that counted the last try wrote it; its error is the same one
+    # already recorded: from here on nothing is written.
+    first = path.stat()
+    writes = 0
+    last = (first.st_ino, first.st_mtime_ns)
+    end = time.monotonic() + 5  # several more looping boots (one every ~1.2 s)
+    while time.monotonic() < end:
+        try:
+            s = path.stat()
+        except FileNotFoundError:
+            continue
+        if (s.st_ino, s.st_mtime_ns) != last:
+            writes += 1
+            last = (s.st_ino, s.st_mtime_ns)
+        time.sleep(0.02)
+    assert writes == 0, "slot.json rewritten %d times by a looping board" % writes
+    assert board.state()["tries"] == deploy_tries() and "broken on purpose" in board.state()["error"]
+
+
+def test_an_old_micropython_on_a_real_board_exits_8_and_writes_nothing(make_board, make_tree, monkeypatch, capsys):
+    board = make_board()
+    real = deploy.Deploy.board_info
+
+    def old_esp32(self, b):
+        info, on_board = real(self, b)
+        return dict(info, platform="esp32", version=[1, 25, 0]), on_board
+
+    monkeypatch.setattr(deploy.Deploy, "board_info", old_esp32)
+    code = deploy.main(["--port", board.port, "--source", str(make_tree("1.0.0"))])
+    assert code == deploy.EXIT_OLD == 8
+    err = capsys.readouterr().err
+    assert "MicroPython 1.25.0 on the board is too old" in err and "1.26" in err
+    assert not (board.flash / "slot.json").exists() and not (board.flash / "slot_a").exists()
+    deploy.check_micropython({"platform": "esp32", "version": [1, 26, 0]})  # new enough: no error

@@ -29,6 +29,7 @@ _spec = importlib.util.spec_from_file_location("repo_device_plugin", {str(REPO /
 _plugin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_plugin)
 pytest_pycollect_makemodule = _plugin.pytest_pycollect_makemodule
+pytest_addoption = _plugin.pytest_addoption
 """
 
 
@@ -152,7 +153,7 @@ class Run:
     def section(self, module, name):
         """The failure report of one test (between its ____ header and the next)."""
         m = re.search(
-            r"_{3,} " + name + r" \(MicroPython\) _{3,}\n(.*?)(?=\n_{3,} |\n={3,} )",
+            r"_{3,} " + name + r"\[unix64\] \(MicroPython unix64\) _{3,}\n(.*?)(?=\n_{3,} |\n={3,} )",
             self.output,
             re.DOTALL,
         )
@@ -168,7 +169,7 @@ def run(tmp_path_factory):
     for name, source in MODULES.items():
         (root / "device" / name).write_text(textwrap.dedent(source))
     t0 = time.monotonic()
-    code, output = run_pytest(root, "-rA", "--rootdir", str(root), str(root))
+    code, output = run_pytest(root, "-rA", "--rootdir", str(root), "--micropython", "unix64", str(root))
     return Run(code, output, time.monotonic() - t0)
 
 
@@ -255,10 +256,63 @@ def test_module_and_host_tests_are_collected_together_from_the_repo_root():
         "tests/host/test_deps.py",
     )
     assert code == 0, output
-    assert (
-        "tests/device/test_runner_smoke.py::test_runs_on_micropython_not_cpython"
-        in output
-    )
+    for interp in ("unix64", "esp32"):  # one item per interpreter, named after it
+        assert (
+            "tests/device/test_runner_smoke.py::test_runs_on_micropython_not_cpython[%s]" % interp
+            in output
+        )
     assert (
         "tests/host/test_deps.py::test_list_prints_the_pinned_files_as_json" in output
     )
+
+
+ESP32_MODULE = """
+import gc
+import sys
+
+import firmware.app
+
+
+def test_words_are_32_bit_and_small_ints_31():
+    assert sys.maxsize == 2**31 - 1
+    assert sys.implementation._thread == "GIL"
+
+
+def test_floats_are_single_precision():
+    assert 1.0 + 1e-8 == 1.0 and 16777216.0 + 1.0 == 16777216.0
+
+
+def test_tls_threads_sockets_and_vfsrom_are_built_in():
+    import _thread
+    import socket
+    import tls
+    import vfs
+
+    assert hasattr(vfs, "VfsRom") and hasattr(tls, "SSLContext")
+    assert hasattr(socket, "socket") and hasattr(_thread, "start_new_thread")
+
+
+def test_the_heap_is_the_esp32s_112_kb():
+    gc.collect()
+    total = gc.mem_free() + gc.mem_alloc()
+    assert 100 * 1024 < total <= 112 * 1024, total
+
+
+def test_the_firmware_is_frozen_not_read_from_the_checkout():
+    assert firmware.app.__file__ == "firmware/app.py", firmware.app.__file__
+    assert sys.path[0] == ".frozen", sys.path
+"""
+
+
+def test_the_esp32_interpreter_is_32_bit_single_float_112_kb_with_the_firmware_frozen(tmp_path):
+    (tmp_path / "device").mkdir()
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "device" / "test_esp32_runtime.py").write_text(ESP32_MODULE)
+    heap_probe = "import gc\n\n\ndef test_heap():\n    gc.collect()\n    assert gc.mem_free() + gc.mem_alloc() <= %d * 1024\n"
+    # a header never gives the esp32 interpreter more than an ESP32 has, but may give it less
+    (tmp_path / "device" / "test_esp32_more.py").write_text("# heapsize: 192k\n" + heap_probe % 112)
+    (tmp_path / "device" / "test_esp32_less.py").write_text("# heapsize: 48k\n" + heap_probe % 48)
+    code, output = run_pytest(tmp_path, "-rA", "--rootdir", str(tmp_path), "--micropython", "esp32", str(tmp_path))
+    assert code == 0, output[-3000:]
+    assert re.search(r"^=+ 7 passed in ", output, re.MULTILINE), output[-2000:]
+    assert "test_words_are_32_bit_and_small_ints_31[esp32]" in output

@@ -14,7 +14,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import rig  # noqa: E402
+from evrig import load_scenario  # noqa: E402
+from evrig.scenario import validate  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 SLICE = os.path.join(REPO, "tests", "scenarios", "energy", "cloudy_2h.json")
 PHASE_MIN_GAP_S = 900  # firmware/energy.py PHASE_MIN_GAP_MS
@@ -23,11 +25,11 @@ MAINS_OVER_MAX_MS = 2000  # the issue's bound: the grid never stays above the ma
 
 
 def run(mode, tmp_path):
-    sc = rig.load_scenario(SLICE)
+    sc = load_scenario(SLICE)
     sc["config"]["mode"] = mode
     path = tmp_path / ("slice_%s.json" % mode)
     path.write_text(json.dumps(sc))
-    records, _commands, summary = rig.run_scenario(str(path), sc)
+    records, _commands, summary = run_scenario(str(path), sc)
     return sc, records, summary["energy"]
 
 
@@ -38,7 +40,7 @@ def runs(tmp_path_factory):
 
 
 def test_the_solar_slice_file_is_what_the_generator_writes():
-    assert rig.validate(rig.load_scenario(SLICE)) == []
+    assert validate(load_scenario(SLICE)) == []
     import solar_day
 
     assert solar_day.main(["--check"]) == 0

@@ -356,6 +356,42 @@ def test_pin_rules_are_enforced(hw):
     assert "no pull" in _bad(mod, lambda d: d["rcd"].update(trip_pin=35, trip_pull="up"))
 
 
+def _s3(d):
+    """The devkit's functions moved to ESP32-S3 pins that pass every S3 rule."""
+    d["chip"] = "esp32s3"
+    d["pilot"].update(pwm_pin=38, adc_pin=1)
+    d["pp"]["adc_pin"] = 2
+    d["contactor"].update(pins=[39, 40], feedback_pin=14)
+    d["rcd"].update(trip_pin=13, test_pin=41)
+    d["ntc"][0]["adc_pin"] = 3
+    d["ct"]["pins"] = [4, 5, 6]
+    d["led"]["pin"] = 48
+
+
+def test_esp32s3_pin_rules_are_enforced(hw):
+    mod, _, _ = hw
+    d = devkit()
+    _s3(d)
+    assert mod.validate(d)["chip"] == "esp32s3"
+    for change, why in (
+        (lambda d: d["contactor"].update(pins=[26, 40]), "flash pin"),  # SPI flash / PSRAM
+        (lambda d: d["contactor"].update(pins=[23, 40]), "does not exist"),
+        (lambda d: d["ct"].update(pins=[4, 5, 12]), "ADC1 pin (1..10)"),  # ADC2: dead with WiFi
+        (lambda d: d["contactor"].update(pins=[46, 40]), "strapping pin"),
+        (lambda d: d["rcd"].update(test_pin=0), "strapping pin"),
+        (lambda d: d["led"].update(pin=19), "USB data pin"),
+        (lambda d: d.update(octal_psram=True) or d["contactor"].update(pins=[35, 40]), "flash pin"),
+        (lambda d: d.update(chip="esp32c3"), "'chip'"),
+    ):
+        bad = devkit()
+        _s3(bad)
+        change(bad)
+        with pytest.raises(mod.BoardFileError) as e:
+            mod.validate(bad)
+        assert why in str(e.value), (why, str(e.value))
+    assert mod.validate(devkit())["chip"] == "esp32"  # no "chip": the original ESP32's rules
+
+
 def test_unreadable_or_broken_board_file_fails_clearly(hw, tmp_path):
     mod, _, _ = hw
     with pytest.raises(mod.BoardFileError, match="cannot read"):
@@ -363,6 +399,12 @@ def test_unreadable_or_broken_board_file_fails_clearly(hw, tmp_path):
     p = tmp_path / "broken.json"
     p.write_text("{ not json")
     with pytest.raises(mod.BoardFileError, match="not valid JSON"):
+        mod.load(str(p))
+    p.write_bytes(b'{"name": "\xff"}')  # invalid UTF-8
+    with pytest.raises(mod.BoardFileError, match="not valid JSON"):
+        mod.load(str(p))
+    p.write_bytes(b'{"name": "' + b"x" * (3 << 20) + b'"}')  # 3 MB: not read whole
+    with pytest.raises(mod.BoardFileError, match="larger than"):
         mod.load(str(p))
 
 

@@ -2,7 +2,8 @@
 SIGKILLed in the middle of a charging session and started again on the same
 flash directory (`tools/rig.py run --data DIR`); it loses at most the energy
 since the last persisted checkpoint (firmware/meter.py: PERSIST_MIN_MS = 60 s
-while charging fast, PERSIST_WH = 100 Wh) and counts on from there.
+while charging fast, PERSIST_WH = 100 Wh) and counts on from there, never
+from below a meter reading the journal already holds (issue 15 item 9).
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,18 +54,51 @@ def _persisted_wh(data_dir):
     return best
 
 
-def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpoint(
-    tmp_path,
-):
-    data = tmp_path / "flash"
+def _charge(tmp_path, data, stdout):
+    """The unix-port firmware charging at 11 kW on the flash folder `data`."""
     data.mkdir()
     charge = _scenario(tmp_path / "charge.json", 3600, [
         {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
         {"t": 1, "ev": "C"},
     ])  # fmt: skip
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
-    proc = subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
+                            stdout=stdout, text=True)  # fmt: skip
+
+
+def _journal_records(data_dir):
+    """Every frame of journal.bin that checks, as (kind letter, record)."""
+    try:
+        data = (data_dir / "journal.bin").read_bytes()
+    except OSError:
+        return []
+    out = []
+    i = 0
+    while i + 9 <= len(data):
+        if data[i:i + 2] != b"\xecJ":
+            i += 1
+            continue
+        kind, n = data[i + 2], data[i + 3] | data[i + 4] << 8
+        crc = int.from_bytes(data[i + 5:i + 9], "little")
+        payload = data[i + 9:i + 9 + n]
+        if len(payload) == n and zlib.crc32(payload, zlib.crc32(bytes((kind, n & 0xFF, n >> 8)))) == crc:
+            out.append((chr(kind), json.loads(payload)))
+            i += 9 + n
+        else:
+            i += 1
+    return out
+
+
+def _journaled_mwh(data_dir):
+    """The highest meter reading any journal record holds (mWh)."""
+    return max([r.get("meter_stop_mwh") or 0 for k, r in _journal_records(data_dir) if k in "OCS"] or [0])
+
+
+def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpoint(
+    tmp_path,
+):
+    data = tmp_path / "flash"
+    proc = _charge(tmp_path, data, subprocess.PIPE)
     last = None
     killed = False
     try:
@@ -87,6 +122,7 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
 
     persisted = _persisted_wh(data)
     assert persisted is not None, "no valid lifetime copy on the flash after the kill"
+    _journaled_before = _journaled_mwh(data)
     loss = metered_at_kill - persisted
     assert -AMPS * PHASES * VOLTS * RECORD_S / 3600 <= loss <= MAX_LOSS_WH, (
         metered_at_kill,
@@ -109,4 +145,47 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
     e2 = second[-1]["energy_wh"]
     assert e2 > 50  # the second session charged
     after = _persisted_wh(data)
-    assert abs(after - (persisted + e2)) <= 0.002, (after, persisted, e2)
+    start = max(persisted, _journaled_before / 1000)
+    assert abs(after - (start + e2)) <= 0.002, (after, persisted, _journaled_before, e2)
+
+
+def test_after_a_sigkill_the_next_session_starts_at_or_above_the_recovered_sessions_meter_stop(tmp_path):
+    """The kill lands while the journal's last checkpoint is ahead of the
+    persisted lifetime counter (the process is frozen with SIGSTOP to look at
+    its flash, so this does not depend on how fast the simulation runs)."""
+    data = tmp_path / "flash"
+    proc = _charge(tmp_path, data, subprocess.DEVNULL)
+    ahead = None
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            os.kill(proc.pid, signal.SIGSTOP)
+            persisted, journaled = _persisted_wh(data), _journaled_mwh(data)
+            if persisted is not None and persisted > 1000 and journaled > persisted * 1000 + 1000:
+                os.kill(proc.pid, signal.SIGKILL)  # a power cut: 1 Wh or more journaled but not persisted
+                ahead = (persisted, journaled)
+                break
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert ahead, "the journal was never ahead of the lifetime counter"
+
+    again = _scenario(tmp_path / "again.json", 30, [
+        {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
+        {"t": 1, "ev": "C"},
+        {"t": 20, "ev": "B"},
+        {"t": 25, "ev": "A"},
+    ])  # fmt: skip
+    p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "rig.py"), "run", again, "--data", str(data)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    closed = [r for k, r in _journal_records(data) if k == "S"]
+    recovered = [r for r in closed if r["reason"] == "power_loss"]
+    new = [r for r in closed if r["reason"] != "power_loss"]
+    assert len(recovered) == 1 and len(new) == 1, closed
+    assert recovered[0]["meter_stop_mwh"] == ahead[1]
+    assert new[0]["meter_start_mwh"] >= recovered[0]["meter_stop_mwh"], (recovered[0], new[0])
+    assert _persisted_wh(data) * 1000 >= new[0]["meter_stop_mwh"] - 1

@@ -45,7 +45,9 @@ from hypothesis import strategies as st
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import rig  # noqa: E402
+from evrig import RigError  # noqa: E402
+from evrig.scenario import SIM_FAULTS, validate  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 CI_EXAMPLES = 25
 OPEN_WITHIN_S = 0.100  # DEVELOPERS' invariant: open within 100 ms (target 20 ms)
@@ -130,16 +132,21 @@ ACTION = {
     "ev_phases": st.integers(1, 3),
     "pp_ohm": st.one_of(st.sampled_from((100, 220, 680, 1500)), st.sampled_from((220, 1500)),  # mostly a cable
                         st.sampled_from(PP_VALUES), st.integers(0, 6000)),
-    "fault": st.sampled_from(("none",) * 5 + tuple(f for f in rig.SIM_FAULTS if f != "none")),
+    "fault": st.sampled_from(("none",) * 5 + tuple(f for f in SIM_FAULTS if f != "none")),
     "temp_c": st.one_of(st.sampled_from((25, 64.9, 65, 67, 68, 70, 71, 80, 50, -40, 150)),
                         st.floats(10, 75).map(lambda x: round(x, 1)), st.floats(-40, 150).map(lambda x: round(x, 1))),
     "set": commands,
+    # energy management (docs/energy.md): the house and the sun behind the same fuse
+    "house_a": st.one_of(st.sampled_from((0, 5, 12, 20, 30)), st.lists(st.integers(0, 40), min_size=1, max_size=3)),
+    "pv_a": st.one_of(st.sampled_from((0, 3, 8, 15)), st.lists(st.integers(0, 20), min_size=1, max_size=3)),
+    "mains_meter": st.booleans(),
 }  # fmt: skip
 ACTION_KEYS = ("ev",) * 6 + ("draw_a", "ev_obeys", "ev_phases", "pp_ohm", "temp_c", "fault") + ("set",) * 3
+ENERGY_KEYS = ("house_a", "pv_a", "mains_meter")
 
 
 @st.composite
-def configs(draw):
+def configs(draw, energy=False):
     cfg = {}
     hw = draw(st.sampled_from((6, 10, 16, 20, 32, 40, 63, 80)))
     if draw(st.booleans()):
@@ -159,6 +166,11 @@ def configs(draw):
         cfg["phases"] = draw(st.integers(1, 3))
     if draw(st.integers(0, 3)) == 3:  # a tethered cable's rating
         cfg["cable_max_current_a"] = draw(st.sampled_from((0, 5, 6, 13, 16, 32, 48, 80)))
+    if energy or draw(st.integers(0, 3)) == 3:  # load management
+        cfg["mode"] = draw(st.sampled_from(("smart", "solar")))
+        cfg["mains_max_a"] = draw(st.sampled_from((10, 16, 25, 40)))
+        cfg["solar_stop_min"] = draw(st.integers(1, 3))
+        cfg["solar_pause_min"] = draw(st.integers(0, 2))
     return cfg
 
 
@@ -187,12 +199,15 @@ def sims(draw):
         sim["adc_noise_counts"] = draw(st.integers(0, 40))
     if draw(st.booleans()):  # ticks wrap (2^30) somewhere in the run
         sim["start_ticks"] = draw(st.integers(2**30 - 600000, 2**30 - 1))
+    if draw(st.integers(0, 3)) == 3:
+        sim["phase_relay"] = True
     return sim
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, energy=False):
     until_ticks = draw(st.integers(3000, 60000))  # 30 s .. 10 min, 10 ms ticks
+    cfg = draw(configs(energy))
     steps = []
     t = draw(st.integers(0, 300))
     if draw(st.integers(0, 3)) < 3:  # usually (and in the simplest examples) a car that wants energy
@@ -204,16 +219,19 @@ def scenarios(draw):
         if t > until_ticks - 100:  # leave a second for the last reaction
             break
         step = {"t": t / 100}
-        keys = draw(st.lists(st.sampled_from(ACTION_KEYS), min_size=1, max_size=3, unique=True))
+        energy = cfg.get("mode") is not None
+        keys = draw(st.lists(st.sampled_from(ACTION_KEYS + (ENERGY_KEYS if energy else ())), min_size=1, max_size=3,
+                             unique=True))  # fmt: skip
         for key in keys:
             step[key] = draw(ACTION[key])
         steps.append(step)
         t += draw(st.one_of(st.integers(1, 30), st.integers(30, 1000), st.integers(1000, 6000)))
-    cfg = draw(configs())
     sim = draw(sims())
+    if energy:
+        sim["phase_relay"] = True
     if sim.get("phases", 3) != 3:  # a 1- or 2-phase board has one CT channel: the meter refuses more
         cfg["phases"] = 1
-    return {
+    sc = {
         "name": "fuzz",
         "seed": draw(st.integers(0, 2**30 - 1)),
         "until": until_ticks / 100,
@@ -221,6 +239,12 @@ def scenarios(draw):
         "sim": sim,
         "steps": steps,
     }
+    if cfg.get("mode") is not None:
+        sc["mains_meter"] = {"every_s": draw(st.sampled_from((1, 2)))}
+        steps.insert(0, {"t": 0, "house_a": draw(ACTION["house_a"]), "pv_a": draw(ACTION["pv_a"])})
+        if len(steps) > 1 and steps[1]["t"] == 0:  # one step per time
+            steps[0].update(steps.pop(1))
+    return sc
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -386,13 +410,13 @@ def diode_windows(sc):
 
 def check_scenario(sc, path):
     """Run one scenario and check every invariant; returns the summary."""
-    errors = rig.validate(sc)
+    errors = validate(sc)
     assert errors == [], errors
     model = Model(sc)
     stream = []
     try:
-        records, _cmds, summary = rig.run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
-    except rig.RigError as e:  # exit 3: the control loop must never crash
+        records, _cmds, summary = run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
+    except RigError as e:  # exit 3: the control loop must never crash
         raise AssertionError("the firmware process failed: %s" % e) from None
     assert records, "no trace records"
     assert records[-1]["t"] == sc["until"], "the run stopped early"
@@ -405,6 +429,9 @@ def check_scenario(sc, path):
             model.record(obj)
     for window in diode_windows(sc):
         diode_checks(records, window)
+    # A phase relay moves only with the contacts open and the pilot steady (docs/energy.md).
+    for sw in (summary.get("energy") or {}).get("phase_switches", ()):
+        assert not sw["contacts_closed"] and not sw["pwm"], "phase switch under load or with PWM on: %r" % sw
     unsafe = [c for c in summary["closes"] if c["cause"] == "unsafe"]
     assert unsafe == [], "closed where the simulated world forbids it: %r" % unsafe
     for o in summary["opens"]:
@@ -446,6 +473,23 @@ def test_random_sessions_keep_every_safety_invariant(pytestconfig):
         print_blob=True,
     )
     @given(scenarios())
+    def prop(sc):
+        _run(sc, stats)
+
+    prop()
+    assert stats["scenarios"] > 0
+
+
+def test_random_sessions_with_load_management_keep_every_safety_invariant(pytestconfig):
+    """The same invariants with the house, the sun and a house meter in the
+    scenario, smart or solar mode and a phase relay: load management only
+    ever lowers the offer, and the relay moves only with the contacts open."""
+    fuzz = pytestconfig.getoption("--fuzz", default=None)
+    stats = {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0}
+
+    @settings(max_examples=(fuzz // 4 if fuzz else CI_EXAMPLES // 3) or 1, deadline=None, derandomize=not fuzz,
+              database=None, suppress_health_check=list(HealthCheck), print_blob=True)  # fmt: skip
+    @given(scenarios(energy=True))
     def prop(sc):
         _run(sc, stats)
 
@@ -554,12 +598,12 @@ def test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b():
     offered = 0
     for noise_mv, seed, retries in ((3000, 1, 3), (3000, 2, 10), (3000, 3, 3), (2500, 4, 10), (2500, 5, 3)):
         sc = _noisy_b(noise_mv, seed, retries)
-        assert rig.validate(sc) == []
+        assert validate(sc) == []
         fd, path = tempfile.mkstemp(prefix="noisy-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(sc, f)
-            records, _cmds, summary = rig.run_scenario(path, sc)
+            records, _cmds, summary = run_scenario(path, sc)
         finally:
             os.unlink(path)
         assert records[-1]["t"] == sc["until"]

@@ -1,7 +1,6 @@
 """Specifications of the bench rig (tools/rig.py) and the scenario runner
 (sim/scenario.py, run end to end in the unix port against the real firmware)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,9 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 RIG = REPO / "tools" / "rig.py"
 DEMO = REPO / "tests" / "scenarios" / "demo_session.json"
 
-_spec = importlib.util.spec_from_file_location("rig", RIG)
-rig = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rig)
+sys.path.insert(0, str(REPO / "tools"))
+from evrig import cli  # noqa: E402
+from evrig.cli import CLOSE_TARGET_MS, OPEN_TARGET_MS  # noqa: E402
+from evrig.scenario import STATES, TRACE_FIELDS, check_expects, field_matches, validate  # noqa: E402
+from evrig.unixport import run_scenario  # noqa: E402
 
 needs_unix_port = pytest.mark.skipif(
     not (REPO / ".venv" / "bin" / "micropython").exists()
@@ -142,56 +143,56 @@ BAD = [
 def test_bad_scenario_exits_2_naming_the_step_and_the_reason(
     tmp_path, capsys, what, scenario, message
 ):
-    assert rig.main(["run", write(tmp_path, scenario)]) == 2
+    assert cli.main(["run", write(tmp_path, scenario)]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_unreadable_and_non_json_files_exit_2(tmp_path, capsys):
-    assert rig.main(["run", str(tmp_path / "missing.json")]) == 2
+    assert cli.main(["run", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    assert rig.main(["run", write(tmp_path, "{not json")]) == 2
+    assert cli.main(["run", write(tmp_path, "{not json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_every_shipped_scenario_is_valid():
     for path in sorted((REPO / "tests" / "scenarios").glob("*.json")):
-        assert rig.validate(json.loads(path.read_text())) == [], path.name
+        assert validate(json.loads(path.read_text())) == [], path.name
 
 
 # --- expect rules (pure) ------------------------------------------------------------------
 def test_numbers_match_within_tolerance_and_ranges_are_inclusive():
-    assert rig.field_matches("offer_a", 16, 16.04)
-    assert not rig.field_matches("offer_a", 16, 16.3)
-    assert rig.field_matches("energy_wh", 100, 100.9)  # 1 % of a large value
-    assert not rig.field_matches("energy_wh", 100, 101.5)
-    assert rig.field_matches("pilot_v", [5, 7], 5) and rig.field_matches(
+    assert field_matches("offer_a", 16, 16.04)
+    assert not field_matches("offer_a", 16, 16.3)
+    assert field_matches("energy_wh", 100, 100.9)  # 1 % of a large value
+    assert not field_matches("energy_wh", 100, 101.5)
+    assert field_matches("pilot_v", [5, 7], 5) and field_matches(
         "pilot_v", [5, 7], 7
     )
-    assert not rig.field_matches("pilot_v", [5, 7], 7.01)
+    assert not field_matches("pilot_v", [5, 7], 7.01)
 
 
 def test_strings_bools_and_null_match_exactly():
-    assert rig.field_matches("state", "C2", "C2") and not rig.field_matches(
+    assert field_matches("state", "C2", "C2") and not field_matches(
         "state", "C2", "C1"
     )
-    assert rig.field_matches("contactor", False, False)
-    assert not rig.field_matches("contactor", False, 0)  # 0 is not false
-    assert rig.field_matches("duty", None, None) and not rig.field_matches(
+    assert field_matches("contactor", False, False)
+    assert not field_matches("contactor", False, 0)  # 0 is not false
+    assert field_matches("duty", None, None) and not field_matches(
         "duty", None, 26.6
     )
-    assert not rig.field_matches("fault", None, "weld")
+    assert not field_matches("fault", None, "weld")
 
 
 def test_current_compares_per_phase_and_session_true_means_any_session():
-    assert rig.field_matches("current_a", [16, [9, 11], 0], [16.02, 10.5, 0.0])
-    assert not rig.field_matches("current_a", [16, 16, 16], [16, 16, 0])
-    assert not rig.field_matches(
+    assert field_matches("current_a", [16, [9, 11], 0], [16.02, 10.5, 0.0])
+    assert not field_matches("current_a", [16, 16, 16], [16, 16, 0])
+    assert not field_matches(
         "current_a", [16, 16, 16], [16, 16]
     )  # phase count differs
-    assert rig.field_matches("session", True, "evse-0-1") and not rig.field_matches(
+    assert field_matches("session", True, "evse-0-1") and not field_matches(
         "session", True, None
     )
-    assert rig.field_matches("session", False, None) and not rig.field_matches(
+    assert field_matches("session", False, None) and not field_matches(
         "session", False, "evse-0-1"
     )
 
@@ -206,9 +207,9 @@ def test_expect_checks_the_last_record_at_or_before_the_step_time():
         {"t": 1.5, "state": "C2"},
         {"t": 2.01, "state": "A1"},
     ]
-    assert rig.check_expects(sc, records) == []
+    assert check_expects(sc, records) == []
     records[1]["t"] = 1.01  # now step 0 sees the A1 record at t=0
-    assert rig.check_expects(sc, records) == [
+    assert check_expects(sc, records) == [
         'step 0 (t=1.000): state expected "B1", got "A1"'
     ]
 
@@ -217,13 +218,13 @@ def test_expect_checks_the_last_record_at_or_before_the_step_time():
 @needs_unix_port
 def test_passing_scenario_exits_0_and_writes_trace_with_every_field(tmp_path, capsys):
     trace = tmp_path / "t.jsonl"
-    assert rig.main(["run", write(tmp_path, SESSION), "--trace", str(trace)]) == 0
+    assert cli.main(["run", write(tmp_path, SESSION), "--trace", str(trace)]) == 0
     assert "7 of 7 expectations held" in capsys.readouterr().out
     records = [json.loads(line) for line in trace.read_text().splitlines()]
     assert records
     for r in records:
-        assert set(r) == set(rig.TRACE_FIELDS), r
-        assert r["state"] in rig.STATES and isinstance(r["contactor"], bool)
+        assert set(r) == set(TRACE_FIELDS), r
+        assert r["state"] in STATES and isinstance(r["contactor"], bool)
         assert len(r["current_a"]) == 3 and all(
             isinstance(c, (int, float)) for c in r["current_a"]
         )
@@ -236,7 +237,7 @@ def test_passing_scenario_exits_0_and_writes_trace_with_every_field(tmp_path, ca
 def test_records_come_at_every_step_time_and_at_least_once_per_simulated_second(
     tmp_path,
 ):
-    records, commands, summary = rig.run_scenario(write(tmp_path, SESSION), SESSION)
+    records, commands, summary = run_scenario(write(tmp_path, SESSION), SESSION)
     times = [r["t"] for r in records]
     for step in SESSION["steps"]:
         assert step["t"] in times, step
@@ -247,7 +248,7 @@ def test_records_come_at_every_step_time_and_at_least_once_per_simulated_second(
 
 @needs_unix_port
 def test_set_values_are_sent_as_plain_payload_text(tmp_path):
-    _records, commands, _summary = rig.run_scenario(write(tmp_path, SESSION), SESSION)
+    _records, commands, _summary = run_scenario(write(tmp_path, SESSION), SESSION)
     sent = [(c["t"], c["command"], c["payload"], c["ok"]) for c in commands]
     assert sent == [
         (7, "current_a", "10", True),
@@ -260,12 +261,12 @@ def test_set_values_are_sent_as_plain_payload_text(tmp_path):
 def test_summary_times_the_opening_after_s2_opens_and_the_closing_after_s2_closes(
     tmp_path,
 ):
-    _records, _commands, summary = rig.run_scenario(write(tmp_path, SESSION), SESSION)
+    _records, _commands, summary = run_scenario(write(tmp_path, SESSION), SESSION)
     s2_opens = [o for o in summary["opens"] if o["cause"] == "s2_open"]
     assert len(s2_opens) == 1 and s2_opens[0]["t"] == 9.0
-    assert 0 <= s2_opens[0]["ms"] <= rig.OPEN_TARGET_MS
+    assert 0 <= s2_opens[0]["ms"] <= OPEN_TARGET_MS
     fresh = [c for c in summary["closes"] if c["cause"] == "s2_close"]
-    assert fresh and all(0 <= c["ms"] <= rig.CLOSE_TARGET_MS for c in fresh)
+    assert fresh and all(0 <= c["ms"] <= CLOSE_TARGET_MS for c in fresh)
     assert summary["open_max_ms"] == max(
         o["ms"] for o in summary["opens"] if o["ms"] is not None
     )
@@ -280,7 +281,7 @@ def test_failed_expectation_exits_1_and_names_step_field_expected_and_got(
         {"t": 3, "expect": {"state": "C2", "contactor": False}},
         until=4,
     )
-    assert rig.main(["run", write(tmp_path, sc)]) == 1
+    assert cli.main(["run", write(tmp_path, sc)]) == 1
     out = capsys.readouterr().out
     assert 'FAIL step 1 (t=3.000): state expected "C2", got "B2"' in out
     assert (
@@ -291,14 +292,14 @@ def test_failed_expectation_exits_1_and_names_step_field_expected_and_got(
 @needs_unix_port
 def test_plot_is_a_png(tmp_path):
     png = tmp_path / "p.png"
-    assert rig.main(["run", write(tmp_path, SESSION), "--plot", str(png)]) == 0
+    assert cli.main(["run", write(tmp_path, SESSION), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @needs_unix_port
 def test_live_prints_the_step_notes_and_one_line_per_change(tmp_path, capsys):
     sc = with_steps({"t": 1, "note": "plug in", "ev": "B"}, until=3)
-    assert rig.main(["run", write(tmp_path, sc), "--live"]) == 0
+    assert cli.main(["run", write(tmp_path, sc), "--live"]) == 0
     out = capsys.readouterr().out
     assert "1.000 s  -- plug in" in out
     lines = [ln for ln in out.splitlines() if " B2 " in ln]
@@ -335,7 +336,7 @@ def test_a_process_that_ends_without_summary_exits_3(tmp_path):
 
 @needs_unix_port
 def test_measure_prints_the_reaction_table_and_exits_0_within_targets(tmp_path, capsys):
-    assert rig.main(["measure", write(tmp_path, SESSION, "a.json")]) == 0
+    assert cli.main(["measure", write(tmp_path, SESSION, "a.json")]) == 0
     out = capsys.readouterr().out
     assert "a.json" in out and "maxima over 1 scenario(s)" in out
 
@@ -354,3 +355,41 @@ def test_help_explains_both_commands():
         [sys.executable, str(RIG), "run"], capture_output=True, text=True, timeout=30
     )
     assert p.returncode == 2
+
+
+# --- one definition of each fact -------------------------------------------------------------------
+def test_the_step_clock_hands_out_each_step_once_in_order_when_its_time_has_come():
+    from sim.steps import StepClock
+
+    clock = StepClock({"steps": [{"t": 0, "ev": "B"}, {"t": 0.01, "ev": "C"}, {"t": 2.5, "ev": "A"}]})
+    assert len(clock) == 3 and clock.next_ms == 0
+    assert clock.take() == {"t": 0, "ev": "B"} and clock.next_ms == 10
+    assert clock.take()["ev"] == "C" and clock.next_ms == 2500 and not clock.done()
+    assert clock.take()["ev"] == "A" and clock.done()
+    assert clock.next_ms > 24 * 3600 * 1000  # never comes
+    assert StepClock({"steps": []}).done()
+
+
+def test_set_values_become_the_payload_text_a_person_would_type():
+    from sim.steps import payload
+
+    assert [payload(v) for v in (True, False, None, 10.0, 10.5, 7, "tag-1")] == [
+        "true", "false", "", "10", "10.5", "7", "tag-1"]  # fmt: skip
+
+
+def test_the_rig_names_every_state_and_fault_as_the_firmware_and_the_simulation_define_them():
+    from evrig.board_run import FAULT_TEXT
+    from evrig.scenario import SIM_FAULTS
+
+    from firmware.facts import STATES as FIRMWARE_STATES
+    from sim.steps import FAULTS
+
+    assert STATES is FIRMWARE_STATES
+    assert set(SIM_FAULTS) == {"none", *FAULTS}
+    assert set(FAULT_TEXT) == set(SIM_FAULTS)  # the operator is told how to make every fault
+
+
+def test_the_firmware_never_names_a_field_only_the_simulation_knows():
+    for path in sorted((REPO / "firmware").glob("*.py")):
+        text = path.read_text()
+        assert "truth_" not in text and "SimBoard" not in text, path.name

@@ -53,7 +53,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Board:
+class SimboardProcess:
     def __init__(self, flash, tcp=None):
         self.flash = flash
         cmd = [sys.executable, str(SIMBOARD), "--flash", str(flash), "-v"]
@@ -103,7 +103,7 @@ def make_board(tmp_path):
             (flash / "boot.py").write_text(boot)
         if main is not None:
             (flash / "main.py").write_text(main)
-        b = Board(flash, tcp)
+        b = SimboardProcess(flash, tcp)
         boards.append(b)
         return b
 
@@ -293,3 +293,148 @@ def test_sys_exit_in_the_raw_repl_soft_resets_the_board(make_board):
     r = board.mpremote("exec", "import sys\nsys.exit()")
     assert r.returncode == 0, r.stderr
     assert board.wait_for("boot_marks.txt", "bbb")  # power-on, connect, sys.exit()
+
+
+def _agent_pids(parent):
+    """The MicroPython processes a simboard.py started (its children)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid):
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_killing_simboard_cuts_the_power_its_micropython_process_ends_too(make_board):
+    # A firmware that prints nothing for a while (a print into the dead
+    # serial line would end it for the wrong reason).
+    board = make_board(main=MAIN_LOOP.replace("print('tick', n)", "pass"))
+    assert board.wait_for("main_marks.txt", "m")
+    agents = _agent_pids(board.proc.pid)
+    assert agents, "no interpreter process found"
+    board.proc.kill()  # SIGKILL: no chance to clean up
+    board.proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in agents) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in agents), "the board's interpreter runs on after simboard.py was killed"
+    n = len(board.read("ticks.txt"))
+    time.sleep(0.3)
+    assert len(board.read("ticks.txt")) == n  # nothing writes the flash any more
+
+
+def test_a_ctrl_c_sent_while_the_board_boots_interrupts_main_py(make_board):
+    board = make_board(main=MAIN_LOOP)  # no boot.py: the Ctrl-C must not vanish with it
+    fd = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
+    try:
+        tty.setraw(fd)
+        os.write(fd, b"\r\x03")  # before the interpreter is up
+        out = b""
+        end = time.monotonic() + 5
+        while b">>> " not in out and time.monotonic() < end:
+            try:
+                os.set_blocking(fd, False)
+                out += os.read(fd, 4096)
+            except BlockingIOError:
+                time.sleep(0.02)
+        assert b"KeyboardInterrupt" in out and b">>> " in out, out[-300:]
+    finally:
+        os.close(fd)
+
+
+def test_a_reset_right_after_the_board_starts_is_never_lost(tmp_path):
+    sys.path.insert(0, str(REPO / "tools"))
+    import deploy
+    from board_session import BoardSession
+
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text("print('evse firmware x version 1 on sim')\n" + MAIN_LOOP)
+    lost = []
+    for i in range(12):
+        b = SimboardProcess(flash)
+        try:
+            time.sleep(0.02 * (i % 6))  # the interrupt lands at a different point of the boot each time
+            d = BoardSession(b.device)
+            try:
+                d.interrupt()
+                deploy.reset(d, log=lambda s: None)
+                seen = deploy.watch(d, 5, settle=0.0, log=lambda s: None)
+            finally:
+                d.close()
+            if not seen["started"]:
+                lost.append(i)
+        finally:
+            b.stop()
+    assert not lost, "resets lost in runs %s" % lost
+
+
+def test_without_flash_the_board_gets_a_fresh_temporary_flash_and_says_where(tmp_path):
+    p = subprocess.Popen([sys.executable, str(SIMBOARD)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flash = None
+    try:
+        note = p.stderr.readline()
+        device = p.stdout.readline().strip()
+        assert device.startswith("/dev/pts/"), device
+        assert note.startswith("simboard: flash in "), note
+        flash = Path(note.split()[3])
+        assert flash.is_dir() and not any(flash.iterdir())
+        r = subprocess.run([str(MPREMOTE), "connect", device, "exec", "open('hello.txt', 'w').write('hi')"],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert (flash / "hello.txt").read_text() == "hi"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+        if flash is not None:
+            import shutil
+
+            shutil.rmtree(flash, ignore_errors=True)
+
+
+def test_a_ctrl_c_meant_for_a_program_that_just_ended_does_not_tear_the_next_command(make_board):
+    """Raw REPL: a short program, a Ctrl-C while it starts, the next program
+    already queued. The SIGINT reaches the agent as it reads that next
+    command; it once lost the line it had just read (then: ValueError,
+    interpreter exited, an unplanned hard reset)."""
+    board = make_board()
+    fd = os.open(board.device, os.O_RDWR | os.O_NOCTTY)
+    out = b""
+    try:
+        tty.setraw(fd)
+        os.write(fd, b"\r\x03\r\x01")
+        os.set_blocking(fd, False)
+
+        def read_for(seconds):
+            nonlocal out
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                try:
+                    out += os.read(fd, 65536)
+                except BlockingIOError:
+                    time.sleep(0.01)
+
+        read_for(1.0)
+        assert b"raw REPL" in out, out
+        out = b""
+        for _ in range(10):
+            os.write(fd, b"x=1\x04\x03x=2\x04")
+            read_for(0.32)  # (simboard passes one SIGINT per 0.3 s)
+        read_for(1.0)
+    finally:
+        os.close(fd)
+    text = out.decode("utf-8", "replace")
+    assert "interpreter exited" not in text and "ValueError" not in text, text[-1500:]
+    assert text.count("OK") == 20, text[-1500:]  # every program ran

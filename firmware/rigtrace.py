@@ -1,17 +1,20 @@
-"""Bench mode: the firmware's trace records on the console, for a pilot-signal rig.
+"""Rig mode: the firmware's trace records on the console, for a pilot-signal
+rig (docs/rig.md).
 
 Owns: deciding when a record is due and printing it as one line
-`TRACE {...}` (firmware/trace.py builds the JSON), so that `tools/rig.py run
-SCENARIO --port PORT` can tell trace lines from other console output. Enabled by
-the config key `bench_trace` (off by default); firmware/app.py creates one
-BenchTrace and calls poll() after every control tick.
+`TRACE {...}` (firmware/trace.py builds the JSON; firmware/facts.py holds the
+prefix), so that `tools/rig.py run SCENARIO --port PORT` can tell trace lines
+from other console output. Enabled by the config key `bench_trace` (off by
+default); firmware/app.py creates one RigTrace and calls poll() after every
+control tick.
 
 A record is printed whenever a discrete field changes (state, duty, offer,
 contactor, fault, session) and at least once per second. `t` is the time since
 this object was built (Firmware start), in ms, from the HAL clock through
 ticks_diff; kept as whole seconds + ms so it never grows past a small int.
-`pilot_v` is the firmware's own reading; `truth_energy_wh` is null on a real
-board (a board that knows the truth, the simulated one, reports it).
+`pilot_v` is the firmware's own reading. A board that measures more than the
+firmware may add members: when it has `trace_extra()` (JSON text,
+', "name": value ...'), each record carries it.
 
 Never decides anything. poll() compares a few ints and identities and returns
 when nothing is due: no allocation. A record allocates (a new string) and
@@ -19,15 +22,11 @@ printing it costs time on the UART (~250 bytes: ~22 ms at 115200 baud when the
 driver has no TX buffer); it comes after the charger has acted in that tick.
 """
 
-from micropython import const
-
-from firmware.trace import Shown, fixed, record
-
-PREFIX = "TRACE "  # every bench line starts with this (tools/rig.py looks for it)
-EVERY_MS = const(1000)  # a record at least this often
+from firmware.facts import TRACE_PREFIX
+from firmware.trace import EVERY_MS, Shown, record
 
 
-class BenchTrace:
+class RigTrace:
     def __init__(self, fw):
         self.fw = fw
         hal = fw.hal
@@ -39,8 +38,7 @@ class BenchTrace:
         self._last = now  # ticks of the last record
         # What the last record showed.
         self._shown = Shown()
-        # The simulated board knows the energy the EV really drew; a real one does not.
-        self._truth = hasattr(hal, "truth_energy_wh")
+        self._extra = getattr(hal, "trace_extra", None)
         self.records = 0
 
     def poll(self):
@@ -67,8 +65,5 @@ class BenchTrace:
         self._shown.take(fw)
         self._last = now
         self.records += 1
-        if self._truth:
-            extra = ', "truth_energy_wh": ' + fixed(int(self.hal.truth_energy_wh * 1000), 1000, 3)
-        else:
-            extra = ', "truth_energy_wh": null'
-        print(PREFIX + record(fw, self.t_ms(now), None, extra))
+        extra = self._extra() if self._extra is not None else ""
+        print(TRACE_PREFIX + record(fw, self.t_ms(now), None, extra))
