@@ -28,9 +28,9 @@ import time
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_schema
+from firmware import ocpp_auth, ocpp_schema, store
 from firmware.backoff import Backoff, seed_for
-from firmware.journal import _replace, exists
+from firmware.journal import exists
 from firmware.netup import start_thread
 from firmware.ws import WebSocket
 
@@ -200,7 +200,7 @@ class Keys:
         try:
             with open(tmp, "w") as f:
                 f.write(json.dumps(changed))
-            _replace(tmp, self.path)
+            store.replace(tmp, self.path)
         except OSError:
             return "Rejected"  # flash full or broken: the change would not survive a reset
         return "Accepted"
@@ -322,7 +322,7 @@ class TxQueue:
                 line = json.dumps(["q", e[0], e[1], e[2], e[3]]) + "\n"
                 f.write(line)
                 size += len(line)
-        _replace(tmp, self.path)
+        store.replace(tmp, self.path)
         self.size = size
 
     def samples(self):

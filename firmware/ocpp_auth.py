@@ -19,11 +19,10 @@ RAM: printed by tests/device/test_ocpp_auth.py for a full list and cache.
 """
 
 import json
-import os
 
 from micropython import const
 
-from firmware.journal import _replace
+from firmware import store
 
 LIST_MAX = const(64)  # LocalAuthListMaxLength: entries on the board
 SEND_MAX = const(32)  # SendLocalListMaxLength: entries in one SendLocalList (fits the 8 KB message limit)
@@ -75,30 +74,6 @@ def _expiry(info, parse_time):
     return 0 if t is None else t // 60
 
 
-def _load(path):
-    """(object, note) of a JSON file: None when missing; None with a note
-    when damaged (too large, unreadable, not JSON)."""
-    try:
-        size = os.stat(path)[6]
-    except OSError:
-        return None, None
-    if size > _FILE_MAX_BYTES:
-        return None, "%s has %d bytes: ignored" % (path, size)
-    try:
-        with open(path) as f:
-            return json.loads(f.read()), None
-    except Exception as e:  # noqa: BLE001 - not UTF-8, not JSON, unreadable: damaged either way
-        return None, "%s damaged (%r): ignored" % (path, e)
-
-
-def _save(path, obj):
-    """Replace `path` with `obj` as JSON (a temp file, then one rename). Raises OSError."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj))
-    _replace(tmp, path)
-
-
 def _entries(raw, n_max):
     """Checked {tag: [status, expiry, ...]} from a file's dict, statuses
     shared; None when any entry is malformed."""
@@ -127,7 +102,7 @@ class Auth:
         self.tags = {}  # the local list: idTag -> (status, expiry minute or None)
         self.cache = {}  # idTag -> [status, expiry minute or None, last use]
         self._use = 0
-        raw, note = _load(self.list_path)
+        raw, note = store.load_json(self.list_path, _FILE_MAX_BYTES)
         if raw is not None:
             tags = _entries(raw.get("tags") if isinstance(raw, dict) else None, LIST_MAX)
             v = raw.get("version") if isinstance(raw, dict) else None
@@ -139,7 +114,7 @@ class Auth:
                 self.version = v
         if note:
             self.notes.append(note)
-        raw, note = _load(self.cache_path)
+        raw, note = store.load_json(self.cache_path, _FILE_MAX_BYTES)
         if raw is not None:
             cache = _entries(raw, CACHE_MAX)
             if cache is None:
@@ -215,7 +190,7 @@ class Auth:
         if len(tags) > LIST_MAX:
             return "Failed"
         try:
-            _save(self.list_path, {"version": version, "tags": tags})
+            store.write(self.list_path, json.dumps({"version": version, "tags": tags}))
         except OSError:
             self.flash_errors += 1
             return "Failed"  # the old list stays, in RAM and on flash
@@ -257,7 +232,7 @@ class Auth:
 
     def _write_cache(self, cache):
         try:
-            _save(self.cache_path, cache)
+            store.write(self.cache_path, json.dumps(cache))
             return True
         except OSError:
             self.flash_errors += 1
