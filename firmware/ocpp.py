@@ -3,8 +3,8 @@ loop's side that maps the charger to OCPP.
 
 Owns: the connection to the central system (firmware/ws.py; reconnect with
 jittered back-off), BootNotification (Accepted/Pending/Rejected and its
-interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize,
-the transaction messages (StartTransaction, MeterValues, StopTransaction) in
+interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize
+(after the local list and cache of firmware/ocpp_auth.py), the transaction messages (StartTransaction, MeterValues, StopTransaction) in
 a persisted queue delivered in order and once each, the answers to the
 central system's CALLs (each checked by firmware/ocpp_schema.py first) and
 the OCPP configuration keys (stored on flash).
