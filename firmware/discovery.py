@@ -25,7 +25,7 @@ DISCOVERY_PREFIX = "homeassistant"
 _STATES = ("A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E", "F")
 # firmware/limits.py's reasons, plus "none" before the first tick decided one
 _LIMITS = ("hardware", "config", "cable", "remote", "balance", "thermal", "mains", "solar", "stale", "phase_switch",
-           "none")
+           "ocpp", "none")
 _DIAG = "diagnostic"
 _A = "current"
 _E = "energy"

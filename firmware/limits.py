@@ -29,6 +29,7 @@ class Limits:
         self.config_ma = int(cfg["max_current_a"] * 1000)
         self.hw_ma = int(cfg["hw_max_current_a"] * 1000)
         self.remote_ma = NO_LIMIT_MA  # set by the current_a command
+        self.ocpp_ma = NO_LIMIT_MA  # OCPP charging profiles' composite limit (firmware/ocpp_smart.py)
         self.balance_ma = NO_LIMIT_MA  # load management (firmware/energy.py)
         self.balance_reason = "balance"  # which: mains, solar, stale, phase_switch
         self.cable_ma = NO_LIMIT_MA
@@ -88,6 +89,9 @@ class Limits:
         if self.remote_ma < m:
             m = self.remote_ma
             self.reason = "remote"
+        if self.ocpp_ma < m:
+            m = self.ocpp_ma
+            self.reason = "ocpp"
         if self.balance_ma < m:
             m = self.balance_ma
             self.reason = self.balance_reason

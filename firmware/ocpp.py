@@ -28,7 +28,7 @@ import time
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_schema, store
+from firmware import ocpp_auth, ocpp_schema, ocpp_smart, store
 from firmware.backoff import Backoff, seed_for
 from firmware.journal import exists
 from firmware.netup import start_thread
@@ -72,13 +72,14 @@ KEYS = {
     "StopTransactionOnInvalidId": ("false", 0, "b"),
     "StopTxnAlignedData": ("", 1, "m"),
     "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger", 0, "s"),
+    "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
     "TransactionMessageAttempts": ("3", 1, "i"),
     "TransactionMessageRetryInterval": ("60", 1, "i"),
     "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
     "WebSocketPingInterval": ("0", 1, "i"),
 }
 KEYS.update(ocpp_auth.KEYS)  # LocalAuthListManagement and the cache
+KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
 
 # Our session end reasons -> OCPP StopTransaction reasons.
 _REASONS = {"ev_unplugged": "EVDisconnected", "ev_stopped": "EVDisconnected", "remote_stop": "Remote", "power_loss": "PowerLoss"}
@@ -386,6 +387,7 @@ class Ocpp:
         self.txq = TxQueue(data_dir + "/" + TX_FILE)
         self._lock = _thread.allocate_lock()
         self.auth = ocpp_auth.Auth(data_dir, self.keys, self._lock)  # local list and cache (firmware/ocpp_auth.py)
+        self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
@@ -494,10 +496,12 @@ class Ocpp:
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
+        self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
         self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
+        self.smart.tx_end()  # its TxProfiles go with it
         local = rec["id"]
         o = self.txq.open.get(local)
         if o is None:
@@ -605,6 +609,8 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+        if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
+            ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -615,10 +621,18 @@ class Ocpp:
     def _command(self, fw, action, p):
         """A validated CALL that needs the charger: its CALLRESULT payload."""
         ch = fw.charger
+        if action in ocpp_smart.ACTIONS:
+            local = self._local
+            return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
         if action == "RemoteStartTransaction":
+            prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
+            if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
+                return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
             err = ch.command("authorize", p["idTag"])
+            if err:
+                self.smart.remote_start(None, None, None)
             return {"status": "Rejected" if err else "Accepted"}
         if action == "RemoteStopTransaction":
             local = self._local

@@ -29,7 +29,7 @@ _TRIGGERS = (
     "StatusNotification",
 )
 
-# ChargingProfile (RemoteStartTransaction here; SetChargingProfile later).
+# ChargingProfile (RemoteStartTransaction, SetChargingProfile).
 _PERIOD = (("startPeriod", 1, "i", 0), ("limit", 1, "n", None), ("numberPhases", 0, "i", 1))
 _SCHEDULE = (
     ("duration", 0, "i", 0),
@@ -38,11 +38,12 @@ _SCHEDULE = (
     ("chargingSchedulePeriod", 1, "p", _PERIOD),
     ("minChargingRate", 0, "n", None),
 )
+_PURPOSES = ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")
 PROFILE = (
     ("chargingProfileId", 1, "i", None),
     ("transactionId", 0, "i", None),
     ("stackLevel", 1, "i", 0),
-    ("chargingProfilePurpose", 1, "e", ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")),
+    ("chargingProfilePurpose", 1, "e", _PURPOSES),
     ("chargingProfileKind", 1, "e", ("Absolute", "Recurring", "Relative")),
     ("recurrencyKind", 0, "e", ("Daily", "Weekly")),
     ("validFrom", 0, "t", None),
@@ -71,6 +72,9 @@ CALLS = {
     "SendLocalList": (("listVersion", 1, "i", None), ("localAuthorizationList", 0, "p", _AUTH_DATA), ("updateType", 1, "e", ("Differential", "Full"))),
     "GetLocalListVersion": (),
     "DataTransfer": (("vendorId", 1, "s", 255), ("messageId", 0, "s", 50), ("data", 0, "s", None)),
+    "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
+    "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
+    "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
 }
 
 # OCPP 1.6 actions a central system may send that this charge point does not
@@ -78,11 +82,8 @@ CALLS = {
 # NotImplemented.
 KNOWN = (
     "CancelReservation",
-    "ClearChargingProfile",
-    "GetCompositeSchedule",
     "GetDiagnostics",
     "ReserveNow",
-    "SetChargingProfile",
     "UpdateFirmware",
 )
 

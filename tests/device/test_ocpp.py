@@ -44,7 +44,8 @@ def test_valid_calls_pass():
 def test_each_violation_gets_its_ocpp_error_code():
     cases = (
         ("Unknown", {}, "NotImplemented"),
-        ("SetChargingProfile", {}, "NotSupported"),
+        ("SetChargingProfile", {}, "OccurenceConstraintViolation"),
+        ("ReserveNow", {}, "NotSupported"),
         ("Reset", [], "FormationViolation"),
         ("Reset", {"type": "Soft", "x": 1}, "FormationViolation"),
         ("Reset", {}, "OccurenceConstraintViolation"),
@@ -399,13 +400,18 @@ def test_the_loops_side_allocates_nothing_while_nothing_changes():
             def ticks_diff(self, a, b):
                 return a - b
 
+            def wall_time(self):
+                return None
+
         class Fw:
             pass
 
         fw = Fw()
-        fw.charger = _Ch(state="C2", session_active=True, contactor_on=True, duty_pm=266)
+        fw.charger = _Ch(state="C2", session_active=True, contactor_on=True, duty_pm=266, limits=Fw())
         fw.hal = Hal()
         fw.link = None
+        fw.energy = Fw()
+        fw.energy.phases = 3
         cp.service(fw)  # the first call posts the statuses
         cp._local, cp._mv_started, cp._mv_t = "s1", True, 1000  # a transaction, its next sample not due
         gc.collect()

@@ -162,7 +162,7 @@ def test_the_energy_entities_send_only_what_the_firmware_accepts():
     assert ents["mains_l2"][1]["value_template"] == "{{ value_json.mains_a[1] if value_json.mains_a else None }}"
     assert ents["mains_age"][1]["entity_category"] == "diagnostic"
     limits = ents["limit_reason"][1]["options"]
-    assert {"mains", "solar", "stale", "phase_switch"} <= set(limits)
+    assert {"mains", "solar", "stale", "phase_switch", "ocpp"} <= set(limits)
 
 
 # --- statistics ---------------------------------------------------------------------------------

@@ -555,7 +555,7 @@ HOSTILE = [
     ('[7, "h2", "Reset", {"type": "Soft"}]', "h2", "FormationViolation"),
     ('[2, "h3", "Reset", {"type": "Soft"}, 5]', "h3", "FormationViolation"),
     ('[2, "h4", "NoSuchAction", {}]', "h4", "NotImplemented"),
-    ('[2, "h5", "SetChargingProfile", {"connectorId": 1}]', "h5", "NotSupported"),
+    ('[2, "h5", "SetChargingProfile", {"connectorId": 1}]', "h5", "OccurenceConstraintViolation"),
     ('[2, "h6", "RemoteStartTransaction", {"idTag": 5}]', "h6", "TypeConstraintViolation"),
     ('[2, "h7", "RemoteStartTransaction", {}]', "h7", "OccurenceConstraintViolation"),
     ('[2, "h8", "Reset", {"type": "Later"}]', "h8", "PropertyConstraintViolation"),
@@ -575,6 +575,17 @@ HOSTILE = [
         "h18",
         ("result", {"status": "Rejected"}),  # a session is running: no second one, and no profile raises the offer
     ),
+    (
+        '[2, "h19", "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {"chargingProfileId": 1, "stackLevel": 0,'
+        ' "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute", "chargingSchedule": {"chargingRateUnit": "A",'
+        ' "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 80}]}}}]',
+        "h19",
+        ("result", {"status": "Accepted"}),  # a valid profile: never above the cable's 13 A all the same
+    ),
+    ('[2, "h20", "SetChargingProfile", {"connectorId": 3, "csChargingProfiles": {"chargingProfileId": 2, "stackLevel": 0,'
+     ' "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Relative", "chargingSchedule": {"chargingRateUnit": "W",'
+     ' "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 1e9}]}}}]', "h20", ("result", {"status": "Rejected"})),
+    ('[2, "h21", "GetCompositeSchedule", {"connectorId": 1, "duration": -5}]', "h21", "PropertyConstraintViolation"),
     ('[3, "nobody-asked", {}]', None, None),  # an answer to nothing: ignored
 ]
 
