@@ -6,14 +6,23 @@ journal -> MQTT link), and the rule that any exception, KeyboardInterrupt or
 SystemExit leaves the board safe (contactor open, pilot steady) before it
 propagates. Never decides anything about energy: firmware/charger.py does.
 
-One iteration, every TICK_MS:
-1. every METER_EVERY ticks: one current-sense burst (meter), session sampling;
-2. charger.tick(): inputs -> decision -> outputs (allocation free);
-3. only when something happened: session start/end, faults -> journal, link;
-4. every LINK_EVERY ticks: commands, acks and status to and from the link
+One iteration, every TICK_MS; nothing stands between the pilot reading and
+the decision it informs:
+1. charger.tick(): inputs -> decision -> outputs (allocation free), first;
+2. only when something happened: session start/end, faults -> journal, link;
+3. every GC_LOOK_EVERY ticks: a garbage collection when enough garbage grew
+   (a chosen point right after the decision, not wherever an allocation
+   happens to run out of heap);
+4. every METER_EVERY ticks: one current-sense burst (meter), session sampling,
+   the bounded flash checkpoints;
+5. every LINK_EVERY ticks: commands, acks and status to and from the link
    thread (non-blocking queue operations; the network never runs here).
-Flash writes (journal, lifetime counter) happen in steps 1 and 3, after the
-charger has already acted in the same iteration.
+No flash write while the contactor is closed (a NOR sector erase stalls both
+cores for 45 ms, up to 400 ms, beyond IEC 61851-1's 100 ms): journal
+checkpoints, the lifetime counter and acks wait until it opens, unless the
+configuration says `flash_while_charging`. A TLS link is not (re)connected while
+the contactor is closed (its handshake holds the GIL for 1-2 s). docs/architecture.md
+has the figures.
 """
 
 import json
@@ -30,6 +39,7 @@ from firmware.facts import TICK_MS
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
 from firmware.session import SessionTracker, stamp, to_json
+from firmware.stalls import GC_LOOK_EVERY, Stalls
 
 METER_EVERY = const(10)  # one current-sense burst every 10 ticks (100 ms)
 LINK_EVERY = const(10)  # look at the link's queues every 100 ms
@@ -41,6 +51,10 @@ STATUS_CHARGING_EVERY = const(1000)  # 10 s while the contactor is closed: curre
 STATUS_IDLE_EVERY = const(6000)  # 60 s otherwise
 REPOST_EVERY = const(1000)  # offer unacknowledged sessions again every 10 s
 WDT_MS = const(2000)  # the control loop must come round this often or the board resets
+# ... with the contactor open, where a TLS handshake (1-2 s holding the GIL) and
+# a long flash erase (0.4 s) may legitimately stall it: the watchdog is a hang
+# detector, never fired by those.
+WDT_IDLE_MS = const(5000)
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
 JOURNAL_RETRY_EVERY = const(6000)  # ticks (60 s): after a failed journal write (full flash), try again
@@ -179,6 +193,10 @@ class Firmware:
         self._last_offer = 0
         self._last_session = None
         self._status_due = True
+        self._acked = []  # session ids the broker has, journaled when flash writes are allowed
+        self._end_due = None  # (ticks, reason) of a session end waiting for the contactor to open
+        self.stalls = Stalls(cfg)  # what may stall the loop, and when (firmware/stalls.py)
+        self._wdt_ms = 0
         self._anchor = None  # (ticks_ms, wall_s): when this boot first saw the wall clock set
         self._up_ms = 0  # uptime until then, saturating at _ANCHOR_MAX_MS
         self._clock_t = now
@@ -220,6 +238,8 @@ class Firmware:
         """A clean stop: outputs safe, then (with MQTT) give queued sessions up
         to flush_ms to be acknowledged, publish online 0 and close the link."""
         self.hal.safe()
+        if self._end_due is not None:
+            self._end_session(*self._end_due)  # the outputs are safe: flash writes may stall now
         if self.netup is not None:
             self.netup.stop()
         oc = self.ocpp
@@ -240,6 +260,8 @@ class Firmware:
             self._service_link()
             net.sleep_ms(10)
         self._service_link()
+        if self._acked:
+            self._journal_acks()  # the outputs are safe: flash writes may stall now
         link.stop(2000)
 
     # --- one loop iteration ------------------------------------------------------------
@@ -247,11 +269,15 @@ class Firmware:
         ch = self.charger
         n = self.ticks
         self.ticks = n + 1
+        ch.tick()
+        if self._end_due is not None and self._flash_ok():
+            self._end_session(*self._end_due)
+        if ch._ev_len and self._end_due is None:
+            self._drain_events()
+        if n % GC_LOOK_EVERY == GC_LOOK_EVERY - 1:
+            self.stalls.collect(ch)
         if n % METER_EVERY == 0:
             self._meter_step()
-        ch.tick()
-        if ch._ev_len:
-            self._drain_events()
         if (
             ch.state is not self._last_state
             or ch.fault is not self._last_fault
@@ -273,6 +299,9 @@ class Firmware:
             self.ocpp.service(self)
         if self.rig_trace is not None:
             self.rig_trace.poll()
+
+    def _flash_ok(self):
+        return self.stalls.flash_ok(self.charger)
 
     def _energy_step(self, n):
         """Load management (firmware/energy.py) after the charger's decision:
@@ -328,7 +357,13 @@ class Firmware:
         meter = self.meter
         ch = self.charger
         now = hal.ticks_ms()
-        meter.sample(now, ch.contactor_on)
+        if not meter.sample(now, ch.contactor_on, self.stalls.watch(ch)):
+            # The pilot moved during the burst (cut short): decide again now,
+            # not a whole burst later.
+            ch.tick()
+            if ch._ev_len:
+                self._drain_events()
+            return
         t = self.tracker
         if t.active:
             used = 0
@@ -339,7 +374,7 @@ class Firmware:
                 if i_ma[p] > _PHASE_FLOOR_MA:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
-            if t.checkpoint_due(now, meter.session_mwh):
+            if t.checkpoint_due(now, meter.session_mwh) and self._flash_ok():
                 j = self.journal
                 j.checkpoint(t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh()))
                 if j.error:
@@ -348,7 +383,7 @@ class Firmware:
             self.journal.retry()
             self._check_journal()
         self._meter_t = now
-        if meter.checkpoint_due(now):
+        if meter.checkpoint_due(now) and self._flash_ok():
             err = meter.persist(self._lifetime_path, now)
             if err:
                 self._event({"event": "note", "text": err})
@@ -406,6 +441,12 @@ class Firmware:
                 if self.ocpp is not None:
                     self.ocpp.tx_start(self.tracker.opening(), hal.wall_time())
             elif kind == chg.EV_SESSION_END:
+                if not self._flash_ok():
+                    # An x1 stop with the contactor still closed: the session is
+                    # closed (journal, lifetime counter) once it opens; the
+                    # events after it wait with it, in order.
+                    self._end_due = (now, arg)
+                    return
                 self._end_session(now, arg)
             elif kind == chg.EV_FAULT:
                 self._event({"event": "fault", "fault": arg, "state": ch.state})
@@ -415,6 +456,7 @@ class Firmware:
                 self._event({"event": "fault_latched", "fault": arg})
 
     def _end_session(self, now, reason):
+        self._end_due = None
         hal = self.hal
         meter = self.meter
         t = self.tracker
@@ -519,8 +561,10 @@ class Firmware:
             sid = link.poll_acked()
             if sid is None:
                 break
-            self.journal.ack(sid)
-            self._check_journal()
+            self._acked.append(sid)
+        if self._acked and self._flash_ok():
+            self._journal_acks()
+        link.hold_tls = self.charger.contactor_on  # no TLS handshake while charging
         every = STATUS_CHARGING_EVERY if self.charger.contactor_on else STATUS_IDLE_EVERY
         if self._status_due or self.ticks % every < LINK_EVERY:
             self._status_due = False
@@ -528,9 +572,18 @@ class Firmware:
         if self.ticks % REPOST_EVERY < LINK_EVERY:
             self._repost()
 
+    def _journal_acks(self):
+        for sid in self._acked:
+            self.journal.ack(sid)
+        self._acked = []
+        self._check_journal()
+
     def _repost(self):
         """Offer the journal's unacknowledged sessions to the link (it ignores
-        ids it already holds, and refuses when its queue is full)."""
+        ids it already holds, and refuses when its queue is full). Not while
+        acks wait for the journal: those sessions are delivered."""
+        if self._acked:
+            return
         if self.journal.pending_count() > self.link.pending_sessions():
             for rec in self.journal.pending(limit=8):
                 rec = _restamped(rec, self._from_ticks)
@@ -544,12 +597,16 @@ class Firmware:
         hal = self.hal
         try:
             self.start()
-            hal.wdt_start(WDT_MS)
             while True:
                 self.tick()
                 if self.ticks == HEALTHY_AFTER:
                     slots.mark_good()  # the A/B slot proved itself (firmware/slots.py)
-                hal.wdt_feed()
+                w = WDT_MS if self.charger.contactor_on else WDT_IDLE_MS
+                if w != self._wdt_ms:
+                    self._wdt_ms = w
+                    hal.wdt_start(w)  # (re)starting it feeds it
+                else:
+                    hal.wdt_feed()
                 hal.wait_tick(TICK_MS)
         except BaseException as e:
             hal.safe()

@@ -60,6 +60,11 @@ SCHEMA = {
     "solar_import_a": (0, "num", 0, 300),  # grid import allowed on top of the surplus (sum)
     "solar_pause_min": (5, "int", 0, 120),  # no solar restart within this long after a stop
     "phase_switch": (True, "bool", 0, 0),  # solar mode may switch 1/3 phases (board with a relay)
+    # journal checkpoints and the lifetime counter while the contactor is closed: a
+    # flash erase then stalls the control loop 45-400 ms (IEC 61851-1 allows 100 ms
+    # to open); off, they wait until it opens (a power cut while charging loses the
+    # energy since the contactor closed).
+    "flash_while_charging": (False, "bool", 0, 0),
 }
 
 MODES = ("normal", "smart", "solar")

@@ -300,6 +300,10 @@ class Link:
         self._status = None
         self._mains = None  # the latest mains reading not yet taken (newest wins)
         self._stop_req = False
+        # Set by the control loop while the contactor is closed: a TLS link does
+        # not (re)connect then (the handshake holds the GIL for 1-2 s on an
+        # ESP32, extmod/modtls_mbedtls.c); a plain one does.
+        self.hold_tls = False
         # --- written by the thread, read by anyone (single-word writes) -------
         self.connected = False
         self.running = False
@@ -413,6 +417,10 @@ class Link:
                             break
                         wait_ms = 0
                         continue  # look at the network again: it may have gone meanwhile
+                    if self.hold_tls and self._cfg.get("mqtt_tls"):  # see hold_tls
+                        if not self._sleep(100):
+                            break
+                        continue
                     try:
                         self._connect()
                         wait_ms = 0

@@ -216,6 +216,8 @@ class Meter:
         if voltage_v < 1 or voltage_v > 480:
             raise ValueError("meter: voltage_v %d outside 1..480" % voltage_v)
         self._buf = array("H", bytes(2 * n * nch))
+        self._burst = n
+        self._watched = hasattr(hal, "adc_burst_watched")
         self._red = array("i", [0, 0, 0])
         self._raw = array("i", [0, 0, 0])  # last RMS per channel before calibration, counts x 128
         self._gain = array("i", [GAIN_UNITY_PPM] * 3)
@@ -320,14 +322,21 @@ class Meter:
         EV charging): a flat channel is then a stuck CT input."""
         self._expect = bool(flag)
 
-    def sample(self, now_ms, expect=None):
+    def sample(self, now_ms, expect=None, guard=None):
         """One ADC burst: RMS per phase, power, energy since the last call, CT
-        faults. Allocates nothing. `expect` (optional) is expect_current()."""
+        faults. Allocates nothing. `expect` (optional) is expect_current().
+        guard (optional, hal/contract.py adc_burst_watched): the pilot is
+        watched during the burst on boards that can; a burst it cut short is
+        dropped (False: nothing measured, the next one covers the energy)."""
         if expect is not None:
             self._expect = expect
         hal = self._hal
         buf = self._buf
-        hal.adc_burst(buf)
+        if guard is not None and self._watched:
+            if hal.adc_burst_watched(buf, guard) < self._burst:
+                return False
+        else:
+            hal.adc_burst(buf)
         red = self._red
         raw = self._raw
         k_ua = self._k_ua
@@ -384,6 +393,7 @@ class Meter:
         self._have_t = True
         self._t_prev = now_ms
         self._p2 = p_mw
+        return True
 
     def _add(self, e):
         m = self._life_mwh + e

@@ -84,28 +84,37 @@ def basic_auth(user, password):
     return b"Basic " + b2a_base64((user + ":" + password).encode())[:-1]
 
 
-def encode_frame(opcode, payload, mask):
-    """One final client frame: FIN, `opcode`, masked with the 4-byte `mask`."""
-    n = len(payload)
+def frame_header(opcode, n, mask):
+    """The header of one final, masked client frame of n payload bytes: FIN,
+    `opcode`, the 7-bit, 16-bit or 64-bit length form, the 4-byte mask."""
     if n < 126:
-        out = bytearray(6 + n)
-        out[1] = 0x80 | n
+        h = bytearray(6)
+        h[1] = 0x80 | n
         i = 2
     elif n < 65536:
-        out = bytearray(8 + n)
-        out[1] = 0x80 | 126
-        out[2] = n >> 8
-        out[3] = n & 0xFF
+        h = bytearray(8)
+        h[1] = 0x80 | 126
+        h[2] = n >> 8
+        h[3] = n & 0xFF
         i = 4
     else:
-        out = bytearray(14 + n)
-        out[1] = 0x80 | 127
+        h = bytearray(14)
+        h[1] = 0x80 | 127
         for k in range(8):
-            out[2 + k] = (n >> (56 - 8 * k)) & 0xFF
+            h[2 + k] = (n >> (56 - 8 * k)) & 0xFF
         i = 10
-    out[0] = 0x80 | opcode
-    out[i : i + 4] = mask
-    i += 4
+    h[0] = 0x80 | opcode
+    h[i : i + 4] = mask
+    return h
+
+
+def encode_frame(opcode, payload, mask):
+    """One final client frame: the header, then the payload masked with the 4-byte `mask`."""
+    n = len(payload)
+    h = frame_header(opcode, n, mask)
+    i = len(h)
+    out = bytearray(i + n)
+    out[:i] = h
     for k in range(n):
         out[i + k] = payload[k] ^ mask[k & 3]
     return out

@@ -152,6 +152,17 @@ class Board:
         at adc_rate_hz per channel. Returns nothing; allocates nothing."""
         raise NotImplementedError
 
+    # Optional (firmware/meter.py uses it when a board has it):
+    #
+    # adc_burst_watched(buf, guard) -> frames
+    #     adc_burst(), watching the pilot meanwhile: between frames the board
+    #     reads the pilot (raw single reads, high or low phase of the PWM) and
+    #     stops the burst early once guard[3] of those reads were suspect: above
+    #     guard[0] mV, or strictly between guard[1] and guard[2] mV. Returns the
+    #     frames filled (adc_burst_len when the burst completed). A 20 ms burst
+    #     then never hides a pilot change from the charger for 20 ms. Allocates
+    #     nothing. guard: array('i') of 4.
+
     def adc_ua_per_count(self, channel):
         """Nominal microamps of line current per ADC count for a channel, from
         the board description (CT ratio, burden, ADC reference). The firmware's

@@ -54,6 +54,7 @@ read_u16() >> 4 (12-bit, raw); calibration lives in firmware/meter.py.
 
 import json
 import os
+import select
 import time
 from array import array
 
@@ -668,6 +669,7 @@ class Esp32Board(Board):
         self.netif = _net.WlanIf() if b["eth"] is None else _net.LanIf(b["eth"])
 
         self._next = time.ticks_ms()  # wait_tick deadline
+        self._idle = select.poll()  # nothing registered: wait_tick's GIL-free sleep
         self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
         self.data_dir = "/data"
         try:
@@ -686,12 +688,25 @@ class Esp32Board(Board):
         return time.ticks_add(t, delta_ms)
 
     def wait_tick(self, period_ms):
+        """Sleep until the next tick of the fixed-rate grid, without holding
+        the GIL. time.sleep_ms() would not do: ports/esp32/mphalport.c
+        mp_hal_delay_ms() sleeps in whole FreeRTOS ticks (10 ms, GIL released)
+        only while at least one more tick fits, then busy-waits the rest in
+        mp_hal_delay_us() holding the GIL, so a sleep under 10 ms, every
+        sleep of this loop, would starve the link thread. An empty poll
+        (extmod/modselect.c) waits in MICROPY_EVENT_POLL_HOOK
+        (ports/esp32/mpconfigport.h): ulTaskNotifyTake(1) with the GIL released,
+        until the deadline has passed. It wakes on the first FreeRTOS tick at or
+        after the deadline (up to 10 ms late); the grid keeps its deadlines, so
+        the loop locks onto the FreeRTOS tick and does not drift. ipoll()
+        allocates nothing."""
         self._led_update()
         nxt = time.ticks_add(self._next, period_ms)
         now = time.ticks_ms()
         d = time.ticks_diff(nxt, now)
         if d > 0:
-            time.sleep_ms(d)
+            for _ in self._idle.ipoll(d):
+                pass  # nothing is registered: never an event
             self._next = nxt
         else:
             self._next = now  # late: return at once, restart the grid (no catch-up burst)
@@ -806,17 +821,33 @@ class Esp32Board(Board):
 
     # --- current sense -------------------------------------------------------------
     def adc_burst(self, buf):
+        self._burst(buf, None)
+
+    # --- timing (issue 12): the pilot watched during the current-sense burst ---------
+    def adc_burst_watched(self, buf, guard):
+        """adc_burst() with one pilot read after each frame (hal/contract.py):
+        stops once guard[3] reads were suspect, returns the frames filled. A
+        frame is 3 CT reads (~165 us from Python) in a 312 us slot: the pilot
+        read fits in the slack, so the burst keeps its rate."""
+        return self._burst(buf, guard)
+
+    # --- end timing ---
+
+    def _burst(self, buf, guard):
         ch = self._ct
         nch = len(ch)
         a0 = ch[0]
         a1 = ch[1] if nch > 1 else a0
         a2 = ch[2] if nch > 2 else a0
+        pa = self._pilot_adc
+        left = guard[3] if guard is not None else 0
         step = self._frame_us
         rem = self._frame_rem
         rate = self.adc_rate_hz
         err = 0
         t = time.ticks_us()
         i = 0
+        f = 0
         end = self.adc_burst_len * nch
         while i < end:
             while time.ticks_diff(t, time.ticks_us()) > 0:
@@ -826,12 +857,21 @@ class Esp32Board(Board):
                 buf[i + 1] = a1.read_u16() >> 4
                 buf[i + 2] = a2.read_u16() >> 4
             i += nch
+            f += 1
+            if guard is not None:
+                v = pilot_mv(pa.read_uv() // 1000, self._plo, self._phi)
+                if v > guard[0] or guard[1] < v < guard[2]:
+                    left -= 1
+                    if left <= 0 and i < end:
+                        return f
             err += rem
             if err >= rate:
                 err -= rate
                 t = time.ticks_add(t, step + 1)
             else:
                 t = time.ticks_add(t, step)
+        return f
+
 
     def adc_ua_per_count(self, channel):
         return self._ua

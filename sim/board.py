@@ -55,6 +55,7 @@ _REACT_MS = (200, 1000)  # from an offer change to the start of the ramp
 _STOP_REACT_MS = (100, 300)  # from x1 to the start of the ramp down
 _RAMP_STEP_MS = const(10)  # world update period while the current ramps
 _LOG_LEN = const(64)  # contactor commands kept for contactor_log
+_WATCH_FRAMES = const(8)  # adc_burst_watched: frames between two looks at the pilot (2.5 ms)
 
 # --- current sense ------------------------------------------------------------
 _WAVE_BITS = const(10)  # 1024-point waveform table
@@ -205,11 +206,16 @@ class SimBoard:
     set_ev('A'|'B'|'C'|'D'); attributes ev_draw_a, ev_phases, ev_obeys,
     voltage_v (setters take effect at once); set_fault(name, on=True) with a
     name of FAULTS or 'none'; set_pp(ohm|None|False); set_temp_c(c|None);
-    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick.
-    Read-outs: now_ms, pilot_v(), ev_s2_closed, ev_state_seen(), ev_state(),
+    set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick;
+    set_alarm(at_ms, fn) (a world change at an exact ms, between ticks).
+    Read-outs: now_ms, pilot_v(), ev_s2_closed, s2_ms, ev_state_seen(), ev_state(),
     ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
-    contacts_closed, contactor_cmd_ms, contacts_ms, contactor_log,
-    pilot_cmd_ms, led_mode, faults().
+    contacts_closed, contacts_welded, contactor_commanded, contactor_cmd_ms,
+    contacts_ms, contactor_log, pilot_cmd_ms, led_mode, faults(), costs
+    (sim/timing.py Costs with a timed profile: stalls, erases).
+    profile="esp32" (sim/timing.py) makes every board call, flash write, GC
+    and TLS handshake cost virtual time, during which the world moves on;
+    "ideal" (default) charges nothing.
     A WatchdogReset leaves the outputs as they were (the worst case: boot.py
     must make them safe) and stops the watchdog until wdt_start() again.
     """
@@ -225,7 +231,16 @@ class SimBoard:
                  has_pe=True, adc_burst_len=64, adc_rate_hz=3200, adc_bias=2048,
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
-                 data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None):
+                 data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
+                 profile="ideal"):
+        # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
+        self.profile_name = profile
+        self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
+        self._timed = profile != "ideal"
+        self.costs = None  # sim/timing.py Costs: the flash, GC and TLS model of a timed profile
+        self._us = 0  # virtual time charged below one ms, us
+        self._stall_us = 0  # a stall another thread caused (TLS), charged at the next board call
+        self.calls = 0  # board calls that cost Python time (for the profile's per-call figure)
         # --- configuration (plain attributes may be changed between ticks) ---
         self.adc_channels = 3 if phases == 3 else 1
         self._supply_phases = self.adc_channels  # a single-phase supply feeds one phase
@@ -262,6 +277,8 @@ class SimBoard:
         self._ticks = start_ticks & _t.MASK  # a small int even when given as TICKS_PERIOD - n
         self._tick_ret = 0
         self._next_ms = 0  # the world is updated at the first step
+        self._alarm_ms = _NEVER  # set_alarm(): a callback at an exact virtual ms
+        self._alarm_fn = None
         self._wall = None
         self._realtime = realtime
         self._rt_due = None  # wall ms of the next paced tick, from the first one
@@ -285,9 +302,11 @@ class SimBoard:
         self._rcd_dead = False
         self._stuck = False
         # --- contactor ------------------------------------------------------------
-        self._cmd = False
+        self.contactor_commanded = False  # the coil is driven (the firmware's last command)
+        self.close_why = None  # at the last close command: what forbade it (S2 open, a fault) or None
+        self._seen_why = "s2_open"
         self.contacts_closed = False
-        self._welded = False
+        self.contacts_welded = False  # no command opens them
         self._move_due = _NEVER
         self.contactor_cmd_ms = -1  # now_ms of the last command change
         self.contacts_ms = -1  # now_ms of the last physical move
@@ -313,6 +332,7 @@ class SimBoard:
         # --- EV -------------------------------------------------------------------
         self._ev = "A"
         self.ev_s2_closed = False
+        self.s2_ms = -1  # now_ms of S2's last move
         self._s2_due = _NEVER
         self._draw_ma = int(ev_draw_a * 1000)
         self._ev_phases = ev_phases
@@ -330,6 +350,12 @@ class SimBoard:
         self._wave = self._make_wave(harmonics)
         self._lin = self._make_lin(adc_nonlinear_counts)
         self._pilot_calc()
+        if self._timed:
+            from sim import timing
+
+            self.profile = timing.get(profile)
+            self.costs = timing.active = timing.Costs(self, self.profile)
+            self.net = timing.Net(_net, self.costs)
 
     # --- configuration that changes the world: setters mark it for an update --
     @property
@@ -356,10 +382,13 @@ class SimBoard:
         return _t.ticks_add(t, delta_ms)
 
     def wait_tick(self, period_ms):
+        if self._timed:
+            self.costs.tick_end()
         now = self.now_ms
         end = self._tick_ret + period_ms
         if end > now:
-            if self._next_ms <= end:
+            self._us = 0  # the sleep ends on a whole ms
+            if self._next_ms <= end or self._alarm_ms <= end:
                 self.step(end - now)
             else:  # nothing due: the idle fast path, no world update
                 self._advance(end - now)
@@ -387,12 +416,52 @@ class SimBoard:
             self._rt_due = None  # more than 1 s behind: restart pacing from now
 
     def step(self, dt_ms):
-        """Advance virtual time by dt_ms, updating the world at every due event."""
+        """Advance virtual time by dt_ms, updating the world at every due
+        event and calling the alarm (set_alarm) at its exact ms."""
         end = self.now_ms + dt_ms
-        while self._next_ms <= end:
-            self._advance(self._next_ms - self.now_ms)
-            self._update()
+        while True:
+            due = self._next_ms if self._next_ms < self._alarm_ms else self._alarm_ms
+            if due > end:
+                break
+            self._advance(due - self.now_ms)
+            if self._alarm_ms <= self.now_ms:
+                fn = self._alarm_fn
+                self._alarm_ms = _NEVER
+                self._alarm_fn = None
+                fn(self)  # may change the world (its setters make _next_ms due now)
+            if self._next_ms <= self.now_ms:
+                self._update()
         self._advance(end - self.now_ms)
+
+    def set_alarm(self, at_ms, fn):
+        """Call fn(sim) when virtual time reaches at_ms (now_ms units), between
+        or inside ticks as the world would change on a board: the firmware
+        sees the change at its next reading. One alarm at a time; fn may set
+        the next one. at_ms in the past: at the next step."""
+        self._alarm_ms = at_ms
+        self._alarm_fn = fn
+
+    # --- the timing profile: virtual time a call costs ------------------------------------
+    def _spend(self, us):
+        """Let us microseconds of virtual time pass inside a board call: the
+        world moves on meanwhile (contacts, S2, scenario steps)."""
+        u = self._us + us
+        if u >= 1000:
+            self._us = u % 1000
+            self.step(u // 1000)
+        else:
+            self._us = u
+
+    def _call(self, us):
+        """A board call from the firmware's Python: its own cost us, the
+        Python that ran since the previous call, and any stall another
+        thread caused (a TLS handshake holding the GIL)."""
+        self.calls += 1
+        s = self._stall_us
+        if s:
+            self._stall_us = 0
+            us += s
+        self._spend(self.profile.py_call_us + us)
 
     def _advance(self, dt):
         if dt > 0:
@@ -428,6 +497,8 @@ class SimBoard:
     def pilot_pwm(self, duty_pm):
         if self._pwm and duty_pm == self._duty_pm:
             return
+        if self._timed:
+            self._call(self.profile.pwm_us)
         self._pwm = True
         self._duty_pm = duty_pm
         self._pilot_changed()
@@ -435,6 +506,8 @@ class SimBoard:
     def pilot_steady(self, level):
         if not self._pwm and level == self._level:
             return
+        if self._timed:
+            self._call(self.profile.pwm_us)
         self._pwm = False
         self._duty_pm = 0
         self._level = level
@@ -446,6 +519,10 @@ class SimBoard:
         self._next_ms = self.now_ms
 
     def pilot_read(self, out):
+        p = self.profile
+        if p is not None:  # the burst: the reading is the world at its middle
+            half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
+            self._call(half)
         n = self.pilot_noise_mv
         if n:
             out[0] = self._high_mv + self._noise(n)
@@ -453,6 +530,12 @@ class SimBoard:
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv
+        # What forbade closing in the world this reading saw (for close_why).
+        self._seen_why = (None if self.ev_s2_closed else "s2_open") or (
+            "cp_short" if self._cp_short else "diode_short" if self._diode_short else
+            "pe_open" if self._pe_open else "rcd_trip" if self._rcd_fault else None)  # fmt: skip
+        if p is not None:
+            self._spend(half + p.pilot_levels_us)
 
     def _noise(self, n):
         r = _lcg(self._nrng)
@@ -484,6 +567,8 @@ class SimBoard:
         return EV_DIODE_MV + _divider_mv(src_mv - EV_DIODE_MV, r)
 
     def pp_ohm(self):
+        if self._timed:
+            self._call(4 * self.profile.adc_read_us)  # hal/esp32.py PP_READS
         if self._pp is False:
             return UNKNOWN  # tethered: no PP input
         if self._pp is None:
@@ -497,9 +582,13 @@ class SimBoard:
     # --- contactor -------------------------------------------------------------------------
     def contactor(self, closed):
         closed = bool(closed)
-        if closed == self._cmd:
+        if self._timed:
+            self._call(2 * self.profile.gpio_us)  # one pin per pole
+        if closed == self.contactor_commanded:
             return
-        self._cmd = closed
+        if closed:  # a close the world of the latest pilot reading forbade: its reason
+            self.close_why = self._seen_why
+        self.contactor_commanded = closed
         self.contactor_cmd_ms = self.now_ms
         i = self._log_n % _LOG_LEN
         self._log_ms[i] = self.now_ms
@@ -516,23 +605,29 @@ class SimBoard:
                 for k in range(max(0, n - _LOG_LEN), n)]
 
     def _schedule_contacts(self):
-        if self._cmd == self.contacts_closed:
+        if self.contactor_commanded == self.contacts_closed:
             self._move_due = _NEVER
         else:
-            self._move_due = self.now_ms + (self.contactor_close_ms if self._cmd else self.contactor_open_ms)
+            self._move_due = self.now_ms + (self.contactor_close_ms if self.contactor_commanded else self.contactor_open_ms)
         self._next_ms = self.now_ms
 
     def contactor_feedback(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if not self.has_feedback:
             return UNKNOWN
         return 1 if self.contacts_closed else 0
 
     # --- protection -------------------------------------------------------------------------
     def rcd_tripped(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         return self._rcd_fault or self._rcd_test_trip
 
     def rcd_test(self, on):
         on = bool(on)
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if on == self._rcd_test:
             return
         self._rcd_test = on
@@ -543,11 +638,15 @@ class SimBoard:
         self._next_ms = self.now_ms
 
     def pe_ok(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         if not self.has_pe:
             return UNKNOWN
         return 0 if self._pe_open else 1
 
     def temp_dc(self):
+        if self._timed:
+            self._call(4 * self.profile.adc_read_us)  # hal/esp32.py NTC_READS, one sensor
         return self._temp_dc
 
     def set_temp_c(self, c):
@@ -566,7 +665,7 @@ class SimBoard:
         on = bool(on)
         setattr(self, "_" + ("stuck" if name == "stuck_adc" else "rcd_fault" if name == "rcd_trip" else name), on)
         if name == "weld":
-            self._welded = on and self.contacts_closed
+            self.contacts_welded = on and self.contacts_closed
             self._schedule_contacts()
         if name == "rcd_dead" and on and self._rcd_test and not self._rcd_test_trip:
             self._rcd_due = _NEVER
@@ -590,6 +689,8 @@ class SimBoard:
             raise ValueError("EV state must be A, B, C or D: " + str(x))
         self._ev = x
         if x in ("A", "B"):
+            if self.ev_s2_closed:
+                self.s2_ms = self.now_ms
             self.ev_s2_closed = False
             self._s2_due = _NEVER
             self._set_current(0)
@@ -641,10 +742,10 @@ class SimBoard:
         # contactor contacts
         if self._move_due <= now:
             self._move_due = _NEVER
-            if self._cmd:
+            if self.contactor_commanded:
                 self.contacts_closed = True
-                self._welded = self._weld
-            elif not self._welded:
+                self.contacts_welded = self._weld
+            elif not self.contacts_welded:
                 self.contacts_closed = False
             self.contacts_ms = now
         nxt = min(nxt, self._move_due)
@@ -665,6 +766,7 @@ class SimBoard:
             if self._s2_due <= now:
                 self._s2_due = _NEVER
                 self.ev_s2_closed = want
+                self.s2_ms = now
                 self._pilot_calc()
         else:
             self._s2_due = _NEVER
@@ -745,9 +847,13 @@ class SimBoard:
     def trace_extra(self):
         """What only the simulation knows, as more trace record members (JSON
         text; firmware/rigtrace.py and sim/scenario.py append it): the true
-        energy in Wh, truncated to 3 decimals like the firmware's own figures."""
+        energy in Wh, truncated to 3 decimals like the firmware's own figures;
+        physical truth: the EV's S2 closed (`ev_s2`), the contacts closed
+        (`contacts`)."""
         mwh = int(self.truth_energy_wh * 1000)
-        return ', "truth_energy_wh": %d.%03d' % (mwh // 1000, mwh % 1000)
+        return ', "truth_energy_wh": %d.%03d, "ev_s2": %s, "contacts": %s' % (
+            mwh // 1000, mwh % 1000, "true" if self.ev_s2_closed else "false",
+            "true" if self.contacts_closed else "false")
 
     def pilot_v(self):
         return self._high_mv / 1000
@@ -784,7 +890,7 @@ class SimBoard:
             lin[x] = max(0, min(4095, y))
         return lin
 
-    def adc_burst(self, buf):
+    def adc_burst(self, buf, _charge=True):
         par = self._par
         nch = self.adc_channels
         f_mhz = self.mains_hz * (1000 + self.mains_drift_pm)  # mains in mHz
@@ -809,6 +915,29 @@ class SimBoard:
         for c in range(nch):
             par[10 + c] = _muldiv(i, _AMP_K * (1000 + err[c]), 1000 * upc) if c < self._drawn_phases() else 0
         self._nrng = _adc_fill(buf, self._wave, par, self._lin)
+        if self._timed and _charge:  # the burst's sampling time, then the meter's Python on it
+            self._call(self.adc_burst_len * 1000000 // self.adc_rate_hz + self.profile.meter_py_us)
+
+    def adc_burst_watched(self, buf, guard):
+        """adc_burst() watching the pilot (hal/contract.py): the burst's time
+        passes in steps of _WATCH_FRAMES frames; after each, a pilot level the
+        guard calls suspect stops it (an ideal front end: the board's reads
+        would see it within a step)."""
+        self.adc_burst(buf, False)
+        n = self.adc_burst_len
+        done = 0
+        while done < n:
+            k = n - done if n - done < _WATCH_FRAMES else _WATCH_FRAMES
+            if self._timed:
+                self._call(k * 1000000 // self.adc_rate_hz)
+            done += k
+            h = self._high_mv
+            lo = self._low_mv if self._pwm else h
+            if (h > guard[0] or guard[1] < h < guard[2] or guard[1] < lo < guard[2]) and done < n:
+                return done
+        if self._timed:
+            self._call(self.profile.meter_py_us)
+        return n
 
     def adc_ua_per_count(self, channel):
         return self.ct_ua_per_count
@@ -819,9 +948,13 @@ class SimBoard:
         self._wdt_fed = self.now_ms
 
     def wdt_feed(self):
+        if self._timed:
+            self._call(self.profile.gpio_us)
         self._wdt_fed = self.now_ms
 
     def led(self, mode):
+        if self._timed and mode != self.led_mode:
+            self._call(self.profile.gpio_us)
         self.led_mode = mode
 
     def reset_cause(self):

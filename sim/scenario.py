@@ -1,7 +1,7 @@
 """Scenario runner: drives the simulated board (sim/board.py) from a scenario
 file and writes trace records, on the unix port.
 
-    micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]
+    micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N] [--profile P]
 
 (MICROPYPATH=<repo>:<repo>/lib, cwd = the repo.) The scenario has already been
 validated by tools/rig.py; docs/scenarios.md describes the format. Output on
@@ -17,8 +17,13 @@ stdout, one JSON object a line:
   simulated time, sim_seconds, wall_seconds and ticks.
 
 Times: every record is labelled with the simulated time of the firmware tick
-whose result it shows (ms since the run began). The firmware ticks every 10 ms;
-a step at t is applied just before the tick at t.
+whose result it shows (ms since the run began); its physical-truth fields
+(`ev_s2`, `contacts`, `truth_energy_wh`, `pilot_v`) show the world when the
+record is written, at the start of the next tick. A step's world actions happen
+at the step's own ms (a board alarm: between ticks, or inside one while a board
+call takes its time), its `set` commands after the next tick. Reaction times
+run from the physical event to the contacts' physical move (docs/scenarios.md).
+`--profile ideal|esp32` picks the board's timing profile (sim/timing.py).
 
 Owns: the step timing and the reaction-time bookkeeping. Never reaches into the
 firmware's internals: it reads only the attributes the firmware documents
@@ -38,6 +43,8 @@ from sim.steps import StepClock, apply_world, ms, send_commands
 
 # World events that require the contactor to open (when commanded closed).
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
+_NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
+_STALLS_LISTED = 100  # the summary lists the first stalls (flash erase, GC, TLS) of a run
 _ENERGY_EVENTS = ("solar_start", "solar_stop", "phase_switch", "phases", "mains_stale", "mains_ok")
 
 
@@ -63,15 +70,20 @@ def _remove_tree(path):
 
 
 class Runner:
-    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000):
+    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000, profile=None):
         """data_dir: the board's flash, kept between runs (None: a fresh one,
         removed at the end). mqtt: config overrides that connect the link
         (mqtt_host, mqtt_port, id); the run then ends with a clean stop that
-        gives queued sessions flush_ms to reach the broker and publishes online 0."""
+        gives queued sessions flush_ms to reach the broker and publishes online 0.
+        profile: the simulated board's timing profile (sim/timing.py), default
+        the scenario's "profile", else "ideal"."""
         sim_args = dict(scenario.get("sim") or {})
         if seed is None:
             seed = scenario.get("seed", 1)
         sim_args["seed"] = seed
+        if profile is None:
+            profile = scenario.get("profile", "ideal")
+        sim_args["profile"] = profile
         self.own_dir = data_dir is None
         sim_args["data_dir"] = _fresh_dir() if data_dir is None else data_dir
         self.sim = sim = SimBoard(**sim_args)
@@ -109,19 +121,20 @@ class Runner:
         self.realtime = realtime
         self.t0 = sim.now_ms
         self.prev = sim.now_ms  # the time of the firmware's latest tick
-        # What the latest record showed (None: nothing written yet).
+        self.pending = []  # steps the world saw whose `set` waits for the next tick
         self.shown = Shown()  # what the last record showed
+        self.shown_s2 = None  # ... of the physical world
+        self.shown_contacts = None
         self.last_rec_ms = -EVERY_MS
         self.step_due = False
-        # Reaction-time bookkeeping (ms since start).
-        self.c_on = False
+        # Reaction-time bookkeeping, physical truth (ms since start).
+        self.ev = None
         self.s2 = sim.ev_s2_closed
         self.s2_closed_ms = 0
-        self.s2_fresh = False  # S2 closed since the contactor last opened
-        self.ev = None
-        self.need_open_ms = (
-            -1
-        )  # when the world first required opening, -1: not required
+        self.s2_fresh = False  # S2 closed since the contacts last opened
+        self.contacts = sim.contacts_closed
+        self.c_cmd = sim.contactor_commanded
+        self.need_open_ms = -1  # when the world first required opening, -1: not required
         self.need_open_cause = None
         self.opens = []
         self.closes = []
@@ -132,10 +145,14 @@ class Runner:
     # --- output ---------------------------------------------------------------------
     def _emit(self, t):
         fw = self.fw
+        sim = self.sim
+        costs = sim.costs
+        mark = costs.alloc_mark() if costs is not None else 0
         self.shown.take(fw)
+        self.shown_s2 = sim.ev_s2_closed
+        self.shown_contacts = sim.contacts_closed
         self.last_rec_ms = t
         self.records += 1
-        sim = self.sim
         pilot_mv = int(sim.pilot_v() * 1000)
         extra = sim.trace_extra()
         if self.energy:
@@ -143,10 +160,29 @@ class Runner:
                 fixed(sim.grid_ma(0), 1000, 2), fixed(sim.grid_ma(1), 1000, 2), fixed(sim.grid_ma(2), 1000, 2),
                 sim.supply_phases)
         print(record(fw, t, pilot_mv, extra))
+        if costs is not None:
+            costs.alloc_exclude(mark)  # the record is the simulation's garbage, not the firmware's
 
-    # --- steps ------------------------------------------------------------------------
-    def _apply(self, t, step):
+    # --- steps: the world at their exact ms, commands at the next tick ------------------
+    def _arm(self):
+        if not self.steps.done():
+            self.sim.set_alarm(self.t0 + self.steps.next_ms, self._on_step)
+
+    def _on_step(self, sim):
+        """The alarm: the step's world actions happen now, between (or
+        inside) the firmware's ticks; its commands wait for the next tick."""
+        t = self.steps.next_ms
+        step = self.steps.take()
+        self._apply_world(t, step)
+        self.pending.append((t, step))
+        self._arm()
+
+    def _apply_world(self, t, step):
+        self._physical()  # anything that happened before this step, first
         apply_world(self.sim, step)
+        if "mains_meter" in step:
+            self.meter_on = bool(step["mains_meter"]) and self.meter_every_ms > 0
+            self.meter_due = t
         if "mains_meter" in step:
             self.meter_on = bool(step["mains_meter"]) and self.meter_every_ms > 0
             self.meter_due = t
@@ -158,58 +194,69 @@ class Runner:
         fault = step.get("fault")
         if fault in _FAULTS_REQUIRING_OPEN:
             self._require_open(t, fault)
-        for line in send_commands(self.fw, step, t):
-            print(line)
+        self._physical()
+
+    def _send(self, now):
+        for _t, step in self.pending:
+            for line in send_commands(self.fw, step, now):
+                print(line)
+        self.pending = []
         self.step_due = True
 
+    def _energized(self):
+        sim = self.sim
+        return sim.contacts_closed or sim.contactor_commanded
+
     def _require_open(self, t, cause):
-        if self.c_on and self.need_open_ms < 0:
+        if self.need_open_ms < 0 and self._energized():
             self.need_open_ms = t
             self.need_open_cause = cause
 
-    def _world(self, t):
-        """Notice S2 moving (by a step or by the simulated EV itself)."""
-        s2 = self.sim.ev_s2_closed
+    # --- physical truth: S2 and the contacts, at the ms they moved ----------------------
+    def _physical(self):
+        sim = self.sim
+        t0 = self.t0
+        s2 = sim.ev_s2_closed
         if s2 != self.s2:
             self.s2 = s2
+            t = sim.s2_ms - t0
             if s2:
                 self.s2_closed_ms = t
                 self.s2_fresh = True
             else:
                 self._require_open(t, "unplug" if self.ev == "A" else "s2_open")
-
-    def _unsafe_close(self):
-        """Why closing is forbidden in the world the firmware's tick just saw
-        (S2 open: the EV does not ask; a fault injected that forbids energy),
-        or None. Steps for `now` are applied after this check, S2 moves are
-        taken in by _world() after it."""
-        if not self.s2:
-            return "s2_open"
-        for f in self.sim.faults():
-            if f in _FAULTS_REQUIRING_OPEN:
-                return f
-        return None
-
-    def _contactor_moved(self, on, t):
-        self.c_on = on
-        if on:
-            why = self._unsafe_close()
-            if why is not None:  # a safety violation, never a "resume"
-                self.closes.append({"t": t / 1000, "cause": "unsafe", "why": why, "ms": None})
-            elif self.s2_fresh:
-                self.closes.append(
-                    {"t": t / 1000, "cause": "s2_close", "ms": t - self.s2_closed_ms}
-                )
-            else:
-                self.closes.append({"t": t / 1000, "cause": "resume", "ms": None})
-            self.s2_fresh = False
-        else:
-            if self.need_open_ms >= 0:
-                self.opens.append(
-                    {"t": t / 1000, "cause": self.need_open_cause, "ms": t - self.need_open_ms}
-                )
-            else:
+        cmd = sim.contactor_commanded
+        if cmd != self.c_cmd:
+            self.c_cmd = cmd
+            if cmd and sim.close_why is not None:  # a safety violation, never a "resume"
+                self.closes.append({"t": (sim.contactor_cmd_ms - t0) / 1000, "cause": "unsafe",
+                                    "why": sim.close_why, "ms": None})  # fmt: skip
+        c = sim.contacts_closed
+        if c != self.contacts:
+            self.contacts = c
+            t = sim.contacts_ms - t0
+            if c:
+                cmd = sim.contactor_cmd_ms - t0
+                if self.s2_fresh:
+                    self.closes.append({"t": t / 1000, "cause": "s2_close", "ms": t - self.s2_closed_ms,
+                                        "decide_ms": cmd - self.s2_closed_ms})  # fmt: skip
+                else:
+                    self.closes.append({"t": t / 1000, "cause": "resume", "ms": None})
+                self.s2_fresh = False
+            elif self.need_open_ms < 0:
                 self.opens.append({"t": t / 1000, "cause": "firmware", "ms": None})
+                self.s2_fresh = False
+        need = self.need_open_ms
+        if need >= 0 and not sim.contactor_commanded and (not c or sim.contacts_welded):
+            cmd = sim.contactor_cmd_ms - t0
+            done = sim.contacts_ms - t0 if not c and sim.contacts_ms - t0 >= need else cmd
+            if done < need:
+                done = need  # the contacts were already on their way
+            o = {"t": done / 1000, "cause": self.need_open_cause, "ms": done - need,
+                 "decide_ms": cmd - need if cmd > need else 0}  # fmt: skip
+            if c:
+                o["welded"] = True  # commanded open, the contacts stay shut
+            self.opens.append(o)
             self.need_open_ms = -1
             self.s2_fresh = False
 
@@ -262,28 +309,27 @@ class Runner:
 
     # --- the hook: after each wait_tick of the simulated board ----------------------------
     def on_tick(self, sim):
-        t = (
-            self.prev - self.t0
-        )  # the firmware just ticked at t: its outputs are current
+        t = self.prev - self.t0  # the firmware just ticked at t: its outputs are current
         self.prev = sim.now_ms
         now = self.prev - self.t0
-        ch = self.ch
-        if ch.contactor_on != self.c_on:
-            self._contactor_moved(ch.contactor_on, t)
+        self._physical()
         if (
             self.step_due
             or self.shown.changed(self.fw)
+            or sim.ev_s2_closed != self.shown_s2
+            or sim.contacts_closed != self.shown_contacts
             or t - self.last_rec_ms >= EVERY_MS
         ):
             self.step_due = False
             self._emit(t)
-        if t >= self.until_ms:
-            if self.last_rec_ms != t:
-                self._emit(t)
+        if now > self.until_ms:  # the next tick would start after `until`
+            # The last record is at `until`: the state then is what the last
+            # tick before it decided (ticks are off the 10 ms grid on a timed profile).
+            if self.last_rec_ms != self.until_ms:
+                self._emit(self.until_ms)
             raise _Stop()
-        while self.steps.next_ms <= now:
-            self._apply(now, self.steps.take())
-        self._world(now)
+        if self.pending:
+            self._send(now)
         if self.energy:
             self._account(now, now - t)
         if self.meter_on and now >= self.meter_due:
@@ -299,8 +345,13 @@ class Runner:
         sim = self.sim
         # Steps at t = 0 belong to the world the first tick sees.
         while self.steps.next_ms <= 0:
-            self._apply(0, self.steps.take())
-        self._world(0)
+            t = self.steps.next_ms
+            step = self.steps.take()
+            self._apply_world(t, step)
+            self.pending.append((t, step))
+        if self.pending:
+            self._send(0)
+        self._arm()
         sim.on_tick = self.on_tick
         try:
             self.fw.run()
@@ -333,12 +384,19 @@ class Runner:
         for c in self.closes:
             if c["ms"] is not None and (close_max is None or c["ms"] > close_max):
                 close_max = c["ms"]
+        sim = self.sim
+        stalls = sim.costs.stalls if sim.costs is not None else []
         return {
             "opens": self.opens,
             "closes": self.closes,
             "unsafe_closes": sum(1 for c in self.closes if c["cause"] == "unsafe"),
             "open_max_ms": open_max,
             "close_max_ms": close_max,
+            "profile": sim.profile_name,
+            "stalls": [{"t": (at - self.t0) / 1000, "kind": k, "ms": us / 1000, "energized": e}
+                       for at, k, us, e in stalls[:_STALLS_LISTED]],
+            "energized_erases": sum(1 for s in stalls if s[3] and s[1].startswith("erase")),
+            "stall_count": len(stalls),
             "sim_seconds": self.until_ms / 1000,
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,
@@ -349,7 +407,8 @@ class Runner:
 
 _USAGE = (
     "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
-    " [--data DIR] [--broker HOST:PORT] [--id ID] [--ocpp ws://HOST:PORT/ID]"
+    " [--data DIR] [--broker HOST:PORT] [--id ID] [--profile ideal|esp32]"
+    " [--ocpp ws://HOST:PORT/ID]"
 )
 
 
@@ -359,6 +418,7 @@ def main(argv):
     realtime = False
     data_dir = None
     mqtt = {}
+    profile = None
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -367,7 +427,7 @@ def main(argv):
         elif a == "--ocpp" and i + 1 < len(argv):
             i += 1
             mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
-        elif a in ("--seed", "--data", "--broker", "--id") and i + 1 < len(argv):
+        elif a in ("--seed", "--data", "--broker", "--id", "--profile") and i + 1 < len(argv):
             i += 1
             v = argv[i]
             if a == "--seed":
@@ -376,6 +436,8 @@ def main(argv):
                 data_dir = v
             elif a == "--id":
                 mqtt["id"] = v
+            elif a == "--profile":
+                profile = v
             else:
                 host, _, port = v.rpartition(":")
                 mqtt["mqtt_host"] = host
@@ -391,7 +453,7 @@ def main(argv):
         sys.exit(2)
     with open(path) as f:
         scenario = json.load(f)
-    summary = Runner(scenario, seed, realtime, data_dir, mqtt).run()
+    summary = Runner(scenario, seed, realtime, data_dir, mqtt, profile=profile).run()
     print(json.dumps({"summary": summary}))
 
 

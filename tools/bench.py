@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
 from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
-from evrig.cli import CLOSE_TARGET_MS, OPEN_TARGET_MS, reaction_row
+from evrig.cli import CLOSE_TARGET_MS, IEC_OPEN_MS, MEASURE_PROFILE, OPEN_TARGET_MS, reaction_figures, reaction_row
 from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
@@ -71,7 +71,8 @@ TARGETS = {
     "min_heap_kb": ("<=", 64),
     "esp32_min_heap_kb": ("<=", 64),
     "sim_speed_x": (">=", 500),
-    "open_ms_max": ("<=", OPEN_TARGET_MS),
+    "open_ms_max": ("<=", IEC_OPEN_MS),  # physical: event -> contacts open (IEC 61851-1)
+    "open_decide_ms_max": ("<=", OPEN_TARGET_MS),  # the firmware's share: event -> open command
     "close_ms_max": ("<=", CLOSE_TARGET_MS),
 }
 
@@ -132,26 +133,22 @@ def measure_sessions(minutes):
 
 
 def measure_reaction():
+    """Reaction times over the scenario library on the ESP32 timing profile,
+    from physical truth (sim/timing.py, tools/evrig/cli.py reaction_figures)."""
     paths = sorted(glob.glob(os.path.join(SCENARIO_DIR, "*.json")))
-    opens, closes, unfinished = [], [], 0
+    summaries, unfinished = [], 0
     for path in paths:
         sc = load_scenario(path)
         try:
-            _records, _commands, summary = run_scenario(path, sc)
+            _records, _commands, summary = run_scenario(path, sc, profile=MEASURE_PROFILE)
         except RigError as e:
             raise BenchError("scenario %s: %s" % (os.path.basename(path), e)) from None
-        o_max, c_max, unf, _n_o, _n_c = reaction_row(summary)
-        unfinished += unf
-        if o_max is not None:
-            opens.append(o_max)
-        if c_max is not None:
-            closes.append(c_max)
-    return {
-        "scenarios": len(paths),
-        "open_ms_max": max(opens) if opens else None,
-        "close_ms_max": max(closes) if closes else None,
-        "openings_never_done": unfinished,
-    }
+        unfinished += reaction_row(summary)[2]
+        summaries.append(summary)
+    out = {"scenarios": len(paths), "reaction_profile": MEASURE_PROFILE, "openings_never_done": unfinished}
+    out.update(reaction_figures(summaries))
+    out["energized_erases"] = sum(s.get("energized_erases", 0) for s in summaries)
+    return out
 
 
 ENERGY_DAYS = ("sunny_day", "cloudy_day")  # tests/scenarios/energy/, written by tools/solar_day.py
@@ -525,10 +522,14 @@ def print_table(out, file=sys.stdout):
         "x",
         "sim_speed_x",
     )
-    print("reaction times over %d scenarios (simulated)" % out["scenarios"], file=file)
-    row("contactor open max", out["open_ms_max"], "ms", "open_ms_max")
-    row("contactor close max (from S2)", out["close_ms_max"], "ms", "close_ms_max")
+    print("reaction times over %d scenarios (simulated, %s timing profile, physical truth)"
+          % (out["scenarios"], out["reaction_profile"]), file=file)
+    for key, what in (("open", "event -> contacts open"), ("open_decide", "event -> open command"),
+                      ("close", "S2 closed -> contacts closed")):
+        row("%s p50 / p99" % what, "%s / %s" % (out[key + "_ms_p50"], out[key + "_ms_p99"]), "ms")
+        row("%s max" % what, out[key + "_ms_max"], "ms", key + "_ms_max")
     row("required openings never done", out["openings_never_done"], "")
+    row("flash erases with the contactor closed", out["energized_erases"], "")
     print("energy management: simulated days, solar mode vs a plain charger (25 A fuse, 16 A EV)", file=file)
     for key, d in out["energy_days"].items():
         row(key.replace("_", " "), "%.1f kWh" % d["ev_kwh"], "",

@@ -1,5 +1,9 @@
-# heapsize: 224k
+# heapsize: 288k
 # timeout: 120
+# (288k, was 224k: importing the .py sources fails with MemoryError for a
+# 1280-byte block while >100 KB are free at 192k-256k depending on the build
+# and even on MICROPYPATH's length: compile-time fragmentation. The GC pressure
+# this module checks comes from gc.threshold(), not from the heap size.)
 # ESP32 realities the unix port hides (issue 7), as specifications:
 # - ticks_ms() wraps at 2^30 on an ESP32: a session, its energy and every
 #   reaction time must come out the same right across the wrap;

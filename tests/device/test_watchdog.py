@@ -78,7 +78,7 @@ def hang_and_reset(fw, sim, where):
     if where == "charger":
         fw.charger.tick = lambda: hang_forever(sim)
     else:  # the meter's ADC burst never completes
-        fw.meter.sample = lambda now, expect=None: hang_forever(sim)
+        fw.meter.sample = lambda now, expect=None, guard=None: hang_forever(sim)
     try:
         loop(fw, sim, 1000)
     except WatchdogReset:

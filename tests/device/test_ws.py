@@ -120,13 +120,16 @@ def test_upgrade_answer_is_checked_for_status_accept_and_subprotocol():
 
 def test_client_frames_are_masked_with_the_right_length_forms():
     mask = b"\x01\x02\x03\x04"
-    for n, head in ((0, 6), (125, 6), (126, 8), (65535, 8), (65536, 14)):
+    for n, head in ((0, 6), (125, 6), (126, 8), (ws.MAX_MESSAGE_BYTES, 8)):
         payload = bytes(k & 0xFF for k in range(n))
         f = ws.encode_frame(ws.OP_TEXT, payload, mask)
         assert len(f) == head + n
         assert f[0] == 0x81 and f[1] & 0x80
         assert f[head - 4 : head] == mask
         assert bytes(f[head + k] ^ mask[k & 3] for k in range(n)) == payload
+    # The longer forms, header only (a 64 KB frame does not fit an ESP32's heap).
+    assert ws.frame_header(ws.OP_TEXT, 65535, mask) == b"\x81\xfe\xff\xff" + mask
+    assert ws.frame_header(ws.OP_BINARY, 65536, mask) == b"\x82\xff\x00\x00\x00\x00\x00\x01\x00\x00" + mask
 
 
 def test_handshake_sends_key_subprotocol_and_basic_auth_then_text_round_trips():

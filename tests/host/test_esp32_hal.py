@@ -165,6 +165,23 @@ def gmtime(s):
     return (epoch[0], 1, 1, 0, 0, 0, 5, 1)
 """
 
+# wait_tick sleeps in an empty poll (GIL released on an ESP32): on the fake clock.
+FAKE_SELECT = """
+import time as _t
+
+
+class _Poll:
+    def ipoll(self, ms=-1, flags=0):
+        _t.slept[0] = ms
+        _t.slept[1] += 1
+        _t.ms[0] = (_t.ms[0] + ms) & _t.MASK
+        return ()
+
+
+def poll():
+    return _Poll()
+"""
+
 FAKE_OS = """
 made = []
 
@@ -200,10 +217,14 @@ def hw(monkeypatch):
     spec = importlib.util.spec_from_file_location("hal_esp32_under_test", REPO / "hal" / "esp32.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["time"] = clock  # only while the module body runs
+    real_select = sys.modules.get("select")
     try:
+        sys.modules["select"] = _module("select", FAKE_SELECT)
         spec.loader.exec_module(mod)
     finally:
         sys.modules["time"] = real_time
+        if real_select is not None:
+            sys.modules["select"] = real_select
     mod.os = _module("os", FAKE_OS)
     return mod, machine, clock
 
@@ -559,6 +580,27 @@ def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
     assert 19687 <= elapsed <= 19687 + 64 * 3 * 2 + 10, elapsed
 
 
+def test_adc_burst_watched_stops_after_the_guards_count_of_suspect_pilot_reads(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+    for k in range(3):
+        b._ct[k].seq = [800]
+    # ADC mV for a pilot level: the board file's -12 V / +12 V calibration (210 / 3090 mV)
+    def adc_uv(pilot_mv):
+        return (210 + (pilot_mv + 12000) * 2880 // 24000) * 1000
+
+    c, low, b_high = adc_uv(6000), adc_uv(-12000), adc_uv(9000)
+    guard = array("i", (7000, -11000, 5000, 3))  # state C's window, the diode's low level
+    buf = array("H", bytes(2 * 64 * 3))
+    clock.us_step[0] = 1
+    b._pilot_adc.seq = [c, low, low, low]  # a charging EV: every read fine
+    assert b.adc_burst_watched(buf, guard) == 64
+    b._pilot_adc.seq, b._pilot_adc.k = [c, low] * 5 + [b_high, low, b_high, b_high] + [c] * 60, 0  # S2 opens
+    assert b.adc_burst_watched(buf, guard) == 14  # the third suspect read, at frame 14
+    b._pilot_adc.seq, b._pilot_adc.k = [c, low] * 5 + [adc_uv(0)] * 60, 0  # CP shorted: 0 V in the gap
+    assert b.adc_burst_watched(buf, guard) == 13
+
+
 def energy_board():
     """The devkit with one EV CT, two mains CTs and a phase relay."""
     d = devkit()
@@ -657,6 +699,21 @@ def test_wait_tick_is_fixed_rate_across_the_2_pow_30_wrap(hw):
         assert clock.ms[0] == clock.ticks_add(start, 10 * k)  # no drift through the wrap
         assert clock.slept[0] == 7
     assert clock.ms[0] < 100  # it did wrap
+
+
+def test_wait_tick_never_calls_time_sleep_ms_which_busy_waits_holding_the_gil(hw):
+    mod, _, clock = hw
+    b = mod.Esp32Board(board=devkit())
+
+    def busy(n):
+        raise AssertionError("time.sleep_ms(%d) spins holding the GIL below 10 ms on an ESP32" % n)
+
+    clock.sleep_ms = busy
+    t0 = clock.ms[0]
+    for k in range(1, 4):
+        clock.ms[0] = clock.ticks_add(clock.ms[0], 2)
+        b.wait_tick(10)
+        assert clock.ms[0] == clock.ticks_add(t0, 10 * k)
 
 
 def test_wait_tick_when_late_returns_at_once_and_restarts_the_grid(hw):
@@ -939,6 +996,8 @@ import fake_machine, fake_time, fake_os
 sys.modules["machine"] = fake_machine
 sys.modules["time"] = fake_time
 sys.modules["os"] = fake_os
+import fake_select
+sys.modules["select"] = fake_select
 import gc, json, micropython
 from array import array
 gc.collect()
@@ -969,6 +1028,7 @@ for a in b._ct:
 b.wdt_start(2000)
 out = array("i", (0, 0))
 buf = array("H", bytes(2 * 64 * 3))
+guard = array("i", (7000, -11000, 5000, 3))
 fake_time.us_step[0] = 40
 fake_time.ms[0] = (1 << 30) - 30
 b.pilot_pwm(100)
@@ -991,6 +1051,7 @@ try:
         b.pe_ok()
         b.temp_dc()
         b.adc_burst(buf)
+        b.adc_burst_watched(buf, guard)
         b.adc_ua_per_count(0)
         b.wdt_feed()
         b.led(2 + (i & 1))
@@ -1012,6 +1073,7 @@ def test_hot_path_allocates_nothing_on_micropython(tmp_path):
     (tmp_path / "fake_machine.py").write_text(FAKE_MACHINE)
     (tmp_path / "fake_time.py").write_text(FAKE_TIME)
     (tmp_path / "fake_os.py").write_text(FAKE_OS)
+    (tmp_path / "fake_select.py").write_text(FAKE_SELECT)
     (tmp_path / "harness.py").write_text(HARNESS)
     env = dict(os.environ, MICROPYPATH=str(tmp_path) + ":" + str(REPO))
     r = subprocess.run(

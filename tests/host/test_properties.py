@@ -21,8 +21,9 @@ Invariants checked on every record (docs/testing.md):
 - the offered current, and the current the EV decodes from the duty, never
   exceed min(hardware, cable, config, thermal, remote) and are 0 while
   disabled, stopped, unauthorized or ventilation-blocked;
-- the rig's reaction-time summary: every required opening <= 100 ms, none
-  left undone;
+- the rig's reaction-time summary on the ESP32 timing profile, from physical
+  truth (the event to the contacts open): every required opening <= 100 ms,
+  none left undone, no flash erase while the contactor is closed;
 - invalid commands get an error text, valid ones none (a current_a below
   6 A is valid: a pause, with a note); the process never crashes (rig exit
   3 = RigError).
@@ -51,6 +52,11 @@ from evrig.unixport import run_scenario  # noqa: E402
 
 CI_EXAMPLES = 25
 OPEN_WITHIN_S = 0.100  # DEVELOPERS' invariant: open within 100 ms (target 20 ms)
+# A record is labelled with its tick's start; on the ESP32 timing profile the
+# tick reads the world for up to its own length after that (the longest: a
+# current-sense burst, ~25 ms): the limits then in force may be those of a
+# step up to this much later.
+TICK_SEEN_S = 0.030
 X1_MAX_S = 6.0  # x1 with the EV still in C: closed at most 6 s
 EPS = 1e-6
 
@@ -185,7 +191,9 @@ def sims(draw):
         sim["pilot_noise_mv"] = noise
     if draw(st.booleans()):
         sim["contactor_close_ms"] = draw(st.integers(0, 150))
-        sim["contactor_open_ms"] = draw(st.integers(0, 150))
+        # a contactor's own release time (10-50 ms for real ones) is inside the
+        # 100 ms the openings are checked against (physical truth)
+        sim["contactor_open_ms"] = draw(st.integers(0, 50))
     for key in ("has_feedback", "has_pe"):
         if draw(st.integers(0, 3)) == 3:
             sim[key] = False
@@ -320,6 +328,18 @@ class Model:
         elif name == "stop":
             self.stopped = True
 
+    def limit_ahead(self, t):
+        """limit_a() with the world steps (PP, temperature) up to t + TICK_SEEN_S applied."""
+        pp, temp = self.pp, self.temp_c
+        for step in self.steps[self.si:]:
+            if step["t"] > t + TICK_SEEN_S + EPS:
+                break
+            self.pp = step.get("pp_ohm", self.pp)
+            self.temp_c = step.get("temp_c", self.temp_c)
+        lim = self.limit_a()
+        self.pp, self.temp_c = pp, temp
+        return lim
+
     def limit_a(self):
         if not self.enabled or self.stopped or not self.authorized or self.vent_block:
             return 0.0
@@ -347,7 +367,7 @@ class Model:
         prev = self.prev
         if r["duty"] is None and (prev is None or prev["duty"] is not None):
             self.pwm_off_t = t
-        lim = self.limit_a()
+        lim = max(self.limit_a(), self.limit_ahead(t))
         # The offer and what the EV reads from the duty stay within every limit.
         assert r["offer_a"] <= lim + EPS, "offer %s A above the limit %s A: %s" % (r["offer_a"], lim, why)
         if r["duty"] is None:
@@ -415,7 +435,9 @@ def check_scenario(sc, path):
     model = Model(sc)
     stream = []
     try:
-        records, _cmds, summary = run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)))
+        # the ESP32 timing profile: board calls, flash, GC cost what they cost on a board
+        records, _cmds, summary = run_scenario(path, sc, on_line=lambda kind, obj: stream.append((kind, obj)),
+                                                   profile="esp32")  # fmt: skip
     except RigError as e:  # exit 3: the control loop must never crash
         raise AssertionError("the firmware process failed: %s" % e) from None
     assert records, "no trace records"
@@ -437,7 +459,9 @@ def check_scenario(sc, path):
     for o in summary["opens"]:
         assert not o.get("unfinished"), "a required opening never happened: %r" % o
         if o["ms"] is not None and o["cause"] != "diode_short":
+            # physical truth: from the event to the contacts open (the release time included)
             assert o["ms"] <= OPEN_WITHIN_S * 1000, "opening took %s ms: %r" % (o["ms"], o)
+    assert summary.get("energized_erases", 0) == 0, "a flash erase with the contactor closed: %r" % summary["stalls"]
     return summary
 
 

@@ -12,7 +12,7 @@ import math
 # Plain-Python modules of the firmware and the simulation, the one definition
 # of what they name (the package's __init__ put the repository on sys.path).
 from firmware import config as fw_config
-from firmware.facts import STATES, TICK_MS
+from firmware.facts import STATES
 from sim.steps import FAULTS
 
 MAX_UNTIL_S = 24 * 3600
@@ -20,8 +20,9 @@ EV_STATES = ("A", "B", "C", "D")
 SIM_FAULTS = ("none",) + FAULTS  # "none" clears them all
 TRACE_FIELDS = (
     "t", "state", "pilot_v", "duty", "offer_a", "contactor", "current_a",
-    "energy_wh", "truth_energy_wh", "fault", "session",
+    "energy_wh", "truth_energy_wh", "fault", "session", "ev_s2", "contacts",
 )  # fmt: skip
+PROFILES = ("ideal", "esp32", "esp32_worst")  # sim/timing.py
 
 
 # --- validation --------------------------------------------------------------------------
@@ -129,7 +130,7 @@ COMMANDS = {
     "mode": _text,
 }
 # Top-level keys of a scenario, and the simulator options under "sim".
-TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps", "mains_meter")
+TOP_KEYS = ("name", "description", "seed", "until", "config", "sim", "steps", "mains_meter", "profile")
 SIM_KEYS = {
     "phases": _int(1, 3),
     "mains_hz": _one_of((50, 60)),
@@ -196,6 +197,8 @@ EXPECTS = {
     "session": _expect_session,
     "grid_a": _expect_current,
     "phases": _int(1, 3),
+    "ev_s2": _bool,  # timing (issue 12): physical truth
+    "contacts": _bool,
 }
 
 
@@ -223,6 +226,8 @@ def validate(sc):
         err = _mains_meter(sc["mains_meter"])
         if err:
             errors.append("mains_meter: " + err)
+    if "profile" in sc and sc["profile"] not in PROFILES:  # timing (issue 12)
+        errors.append("profile: must be one of %s" % ", ".join(PROFILES))
     if "seed" in sc:
         err = _int(0, 2**30 - 1)(sc["seed"])
         if err:
@@ -273,12 +278,9 @@ def _step_errors(step, prev_t, until):
     elif not is_number(t) or t < 0:
         errors.append("t: must be a number of seconds >= 0")
     else:
-        ticks = t * 1000 / TICK_MS
-        if abs(ticks - round(ticks)) > 1e-6:
-            errors.append(
-                "t: %s is not a multiple of %s s (the firmware tick)"
-                % (t, TICK_MS / 1000)
-            )
+        ms = t * 1000  # any whole ms: the world changes between the firmware's ticks
+        if abs(ms - round(ms)) > 1e-6:
+            errors.append("t: %s is not a whole millisecond" % t)
         if prev_t is not None and t <= prev_t:
             errors.append(
                 "t: %s is not after the previous step's t %s (times must increase)"

@@ -64,11 +64,13 @@ def start_scenario(path, realtime=False, extra=(), **popen):
     )  # fmt: skip
 
 
-def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=()):
+def run_scenario(path, sc, seed=None, realtime=False, on_line=None, extra=(), profile=None):
     """Run one scenario in the unix port. Returns (records, commands, summary).
     on_line(kind, obj) is called as lines arrive: kind "record", "command" or
     "output" (any other text). Raises RigError when the process fails."""
     seed_args = ["--seed", str(seed)] if seed is not None else []
+    if profile is not None:  # sim/timing.py: ideal, esp32, esp32_worst
+        seed_args += ["--profile", profile]
     until = sc["until"]
     limit_s = until + 30 if realtime else 30 + until / 20
     proc = start_scenario(path, realtime, seed_args + list(extra))
