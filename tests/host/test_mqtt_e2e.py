@@ -753,7 +753,7 @@ def test_a_current_limit_below_6_a_pauses_the_charge_and_the_ack_says_so(broker,
     # kept charging at 20 A. Now: ok, a note in the ack, a steady pilot, and
     # the contactor opens once the EV follows the pause.
     sub = Sub(broker.port, ["evse/lo1/online", "evse/lo1/ack"])
-    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "lo1")
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "lo1", hold=True)  # until interrupted
     try:
         sub.wait(lambda t, p, r: t == "evse/lo1/online" and p == b"1", 10, "online 1")
         fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"] and r["offer_a"] == 20, 10, "charging")
