@@ -272,7 +272,7 @@ class Firmware:
         ch.tick()
         if self._end_due is not None and self._flash_ok():
             self._end_session(*self._end_due)
-        if ch._ev_len and self._end_due is None:
+        if ch.events_pending and self._end_due is None:
             self._drain_events()
         if n % GC_LOOK_EVERY == GC_LOOK_EVERY - 1:
             self.stalls.collect(ch)
@@ -361,7 +361,7 @@ class Firmware:
             # The pilot moved during the burst (cut short): decide again now,
             # not a whole burst later.
             ch.tick()
-            if ch._ev_len:
+            if ch.events_pending:
                 self._drain_events()
             return
         t = self.tracker

@@ -124,24 +124,26 @@ class Charger:
         self._ev_kind = [0] * _EVENT_SLOTS
         self._ev_arg = [None] * _EVENT_SLOTS
         self._ev_head = 0
-        self._ev_len = 0
+        # Read-only outside: how many events pop_event() will return (0 in most
+        # ticks, so the app checks it without a call before draining).
+        self.events_pending = 0
 
     # --- events (drained by the app after each tick) --------------------------
     def _event(self, kind, arg):
-        if self._ev_len == _EVENT_SLOTS:  # full: drop the oldest, keep the newest
+        if self.events_pending == _EVENT_SLOTS:  # full: drop the oldest, keep the newest
             self._ev_head = (self._ev_head + 1) % _EVENT_SLOTS
-            self._ev_len -= 1
-        i = (self._ev_head + self._ev_len) % _EVENT_SLOTS
+            self.events_pending -= 1
+        i = (self._ev_head + self.events_pending) % _EVENT_SLOTS
         self._ev_kind[i] = kind
         self._ev_arg[i] = arg
-        self._ev_len += 1
+        self.events_pending += 1
 
     def pop_event(self):
-        if self._ev_len == 0:
+        if self.events_pending == 0:
             return None
         i = self._ev_head
         self._ev_head = (i + 1) % _EVENT_SLOTS
-        self._ev_len -= 1
+        self.events_pending -= 1
         return self._ev_kind[i], self._ev_arg[i]
 
     # --- outputs ----------------------------------------------------------------

@@ -3,8 +3,8 @@ loop's side that maps the charger to OCPP.
 
 Owns: the connection to the central system (firmware/ws.py; reconnect with
 jittered back-off), BootNotification (Accepted/Pending/Rejected and its
-interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize,
-the transaction messages (StartTransaction, MeterValues, StopTransaction) in
+interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize
+(after the local list and cache of firmware/ocpp_auth.py), the transaction messages (StartTransaction, MeterValues, StopTransaction) in
 a persisted queue delivered in order and once each, the answers to the
 central system's CALLs (each checked by firmware/ocpp_schema.py first) and
 the OCPP configuration keys (stored on flash).
@@ -28,7 +28,7 @@ import time
 
 from micropython import const
 
-from firmware import ocpp_schema, ocpp_smart, store
+from firmware import ocpp_auth, ocpp_schema, ocpp_smart, store
 from firmware.backoff import Backoff, seed_for
 from firmware.journal import exists
 from firmware.netup import start_thread
@@ -72,12 +72,13 @@ KEYS = {
     "StopTransactionOnInvalidId": ("false", 0, "b"),
     "StopTxnAlignedData": ("", 1, "m"),
     "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,RemoteTrigger,SmartCharging", 0, "s"),
+    "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
     "TransactionMessageAttempts": ("3", 1, "i"),
     "TransactionMessageRetryInterval": ("60", 1, "i"),
     "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
     "WebSocketPingInterval": ("0", 1, "i"),
 }
+KEYS.update(ocpp_auth.KEYS)  # LocalAuthListManagement and the cache
 KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
 
 # Our session end reasons -> OCPP StopTransaction reasons.
@@ -384,11 +385,12 @@ class Ocpp:
         self.cp_id = charge_point_id(self.url)
         self.keys = Keys(data_dir + "/" + KEYS_FILE)
         self.txq = TxQueue(data_dir + "/" + TX_FILE)
+        self._lock = _thread.allocate_lock()
+        self.auth = ocpp_auth.Auth(data_dir, self.keys, self._lock)  # local list and cache (firmware/ocpp_auth.py)
         self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
-        self._lock = _thread.allocate_lock()
         # --- shared with the loop: only under _lock ----------------------------------
         self._status_q = []  # [connector, status, errorCode, info] changes, oldest first
         self._calls = []  # [action, payload] non-transaction CALLs from the loop (Authorize, triggered MeterValues)
@@ -403,6 +405,8 @@ class Ocpp:
         self.accepted = False  # BootNotification accepted (this boot)
         self.running = False
         self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None}
+        if self.auth.notes:
+            self.stats["auth_notes"] = self.auth.notes
         # --- thread only -----------------------------------------------------------------
         self._ws = None
         self._pending = None  # [uid, action, kind, ref, t]: the one CALL in flight
@@ -424,6 +428,7 @@ class Ocpp:
         self._mv_t = 0
         self._avail_pending = None
         self._reset = None
+        self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
 
     # ==== the loop's side ==========================================================
     def start(self):
@@ -467,11 +472,18 @@ class Ocpp:
             )
 
     def authorize(self, tag):
-        """A card presented: ask the central system (Authorize). (ok, error)."""
+        """A card presented: the local list, the cache and the offline rules
+        decide (firmware/ocpp_auth.py), else the central system (Authorize).
+        (ok, error)."""
         if len(tag) > 20:
             return False, "an OCPP idTag has at most 20 characters"
-        if not self.accepted or not self.connected:
-            return False, "central system unreachable: no offline authorization"
+        online = self.accepted and self.connected
+        d = self.auth.decide(tag, online, self._clock.wall_time() if self._clock is not None else None)
+        if d == ocpp_auth.ACCEPT:
+            self._grant = tag
+            return True, None
+        if d == ocpp_auth.REFUSE:
+            return False, "card refused (offline: local list, cache, AllowOfflineTxForUnknownId)"
         with self._lock:
             if len(self._calls) >= _SMALL_MAX:
                 return False, "busy"
@@ -576,6 +588,10 @@ class Ocpp:
             if e is not None and e[1] == "StopTransaction" and fw.link is None:
                 if fw.journal.ack(e[2]):  # no MQTT link: OCPP is where the session is billed
                     fw._check_journal()
+        if self._grant is not None:
+            ch.command("authorize", self._grant)
+            self._grant = None
+            fw._status_due = True
         while self._replies:
             with self._lock:
                 action, req, resp = self._replies.pop(0)
@@ -890,7 +906,11 @@ class Ocpp:
             if payload["key"] == "HeartbeatInterval" and answer["status"] == "Accepted":
                 self._hb_ms = self.keys.get_int("HeartbeatInterval") * 1000
         elif action == "ClearCache":
-            answer = {"status": "Accepted"}  # there is no cache yet: it is empty
+            answer = {"status": self.auth.clear_cache()}
+        elif action == "SendLocalList":
+            answer = {"status": self.auth.send_local_list(payload, parse_time)}
+        elif action == "GetLocalListVersion":
+            answer = {"listVersion": self.auth.list_version()}
         elif action == "DataTransfer":
             answer = {"status": "UnknownVendorId"}
         elif action == "UnlockConnector":
@@ -963,9 +983,12 @@ class Ocpp:
                     txid = None
             elif entry[1] == "StopTransaction":
                 self._txids.pop(entry[2], None)
+            if entry[1] != "MeterValues":
+                self.auth.remember(entry[3].get("idTag"), payload.get("idTagInfo"), parse_time)
             self._tx_done(entry[0], txid)
         elif kind == "call":
             if p[1] == "Authorize":
+                self.auth.remember(p[3]["idTag"], payload.get("idTagInfo"), parse_time)
                 with self._lock:
                     self._replies.append((p[1], p[3], payload))
 

@@ -51,6 +51,14 @@ PROFILE = (
     ("chargingSchedule", 1, "o", _SCHEDULE),
 )
 
+# SendLocalList's AuthorizationData.
+_TAG_INFO = (
+    ("expiryDate", 0, "t", None),
+    ("parentIdTag", 0, "s", 20),
+    ("status", 1, "e", ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")),
+)
+_AUTH_DATA = (("idTag", 1, "s", 20), ("idTagInfo", 0, "o", _TAG_INFO))
+
 CALLS = {
     "RemoteStartTransaction": (("connectorId", 0, "i", 1), ("idTag", 1, "s", 20), ("chargingProfile", 0, "o", PROFILE)),
     "RemoteStopTransaction": (("transactionId", 1, "i", None),),
@@ -61,6 +69,8 @@ CALLS = {
     "TriggerMessage": (("requestedMessage", 1, "e", _TRIGGERS), ("connectorId", 0, "i", 0)),
     "UnlockConnector": (("connectorId", 1, "i", 0),),
     "ClearCache": (),
+    "SendLocalList": (("listVersion", 1, "i", None), ("localAuthorizationList", 0, "p", _AUTH_DATA), ("updateType", 1, "e", ("Differential", "Full"))),
+    "GetLocalListVersion": (),
     "DataTransfer": (("vendorId", 1, "s", 255), ("messageId", 0, "s", 50), ("data", 0, "s", None)),
     "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
     "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
@@ -73,9 +83,7 @@ CALLS = {
 KNOWN = (
     "CancelReservation",
     "GetDiagnostics",
-    "GetLocalListVersion",
     "ReserveNow",
-    "SendLocalList",
     "UpdateFirmware",
 )
 

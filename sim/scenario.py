@@ -1,7 +1,7 @@
 """Scenario runner: drives the simulated board (sim/board.py) from a scenario
 file and writes trace records, on the unix port.
 
-    micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N] [--profile P]
+    micropython -m sim.scenario SCENARIO.json [--realtime] [--hold] [--seed N] [--profile P]
 
 (MICROPYPATH=<repo>:<repo>/lib, cwd = the repo.) The scenario has already been
 validated by tools/rig.py; docs/scenarios.md describes the format. Output on
@@ -15,6 +15,14 @@ stdout, one JSON object a line:
   every remote command a step sends;
 - last, `{"summary": {...}}` with contactor reaction times measured in
   simulated time, sim_seconds, wall_seconds and ticks.
+
+--hold makes a run that lasts until the caller stops it, for tests that act
+in wall time (restart a broker, send commands, kill the process) while the
+firmware runs: at `until` the run does not end but goes on in real time, the
+world as the last step left it; each line on stdin is one more step (a JSON
+object of world actions and `set`, as in a scenario file, without `t`), applied
+before the next tick; the run ends, with its summary, when stdin closes. It
+then no longer depends on how fast the simulation runs.
 
 Times: every record is labelled with the simulated time of the firmware tick
 whose result it shows (ms since the run began); its physical-truth fields
@@ -33,6 +41,7 @@ through `Firmware.command()`, exactly as the MQTT link does.
 
 import json
 import os
+import select
 import sys
 import time
 
@@ -45,6 +54,7 @@ from sim.steps import StepClock, apply_world, ms, send_commands
 _FAULTS_REQUIRING_OPEN = ("cp_short", "diode_short", "pe_open", "rcd_trip")
 _NEVER = 1 << 60  # a step time that never comes (unix port: still a small int)
 _STALLS_LISTED = 100  # the summary lists the first stalls (flash erase, GC, TLS) of a run
+_STDIN_EVERY_MS = 50  # --hold: how often stdin is polled for a step or its end
 _ENERGY_EVENTS = ("solar_start", "solar_stop", "phase_switch", "phases", "mains_stale", "mains_ok")
 
 
@@ -70,13 +80,15 @@ def _remove_tree(path):
 
 
 class Runner:
-    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000, profile=None):
+    def __init__(self, scenario, seed=None, realtime=False, data_dir=None, mqtt=None, flush_ms=5000, profile=None,
+                 hold=False):
         """data_dir: the board's flash, kept between runs (None: a fresh one,
         removed at the end). mqtt: config overrides that connect the link
         (mqtt_host, mqtt_port, id); the run then ends with a clean stop that
         gives queued sessions flush_ms to reach the broker and publishes online 0.
         profile: the simulated board's timing profile (sim/timing.py), default
-        the scenario's "profile", else "ideal"."""
+        the scenario's "profile", else "ideal". hold: at `until`, go on in real
+        time until stdin closes (module docstring)."""
         sim_args = dict(scenario.get("sim") or {})
         if seed is None:
             seed = scenario.get("seed", 1)
@@ -119,6 +131,9 @@ class Runner:
         self.meter_on = bool(meter)
         self.meter_due = 0
         self.realtime = realtime
+        self.hold = hold
+        self.holding = False  # past `until` with hold: real time, steps from stdin
+        self.end_ms = self.until_ms
         self.t0 = sim.now_ms
         self.prev = sim.now_ms  # the time of the firmware's latest tick
         self.pending = []  # steps the world saw whose `set` waits for the next tick
@@ -180,9 +195,6 @@ class Runner:
     def _apply_world(self, t, step):
         self._physical()  # anything that happened before this step, first
         apply_world(self.sim, step)
-        if "mains_meter" in step:
-            self.meter_on = bool(step["mains_meter"]) and self.meter_every_ms > 0
-            self.meter_due = t
         if "mains_meter" in step:
             self.meter_on = bool(step["mains_meter"]) and self.meter_every_ms > 0
             self.meter_due = t
@@ -322,11 +334,18 @@ class Runner:
         ):
             self.step_due = False
             self._emit(t)
-        if now > self.until_ms:  # the next tick would start after `until`
-            # The last record is at `until`: the state then is what the last
-            # tick before it decided (ticks are off the 10 ms grid on a timed profile).
-            if self.last_rec_ms != self.until_ms:
-                self._emit(self.until_ms)
+        if now > self.until_ms and not self.holding:  # the next tick would start after `until`
+            if not self.hold:
+                # The last record is at `until`: the state then is what the last
+                # tick before it decided (ticks are off the 10 ms grid on a timed profile).
+                if self.last_rec_ms != self.until_ms:
+                    self._emit(self.until_ms)
+                raise _Stop()
+            self._start_holding(now)
+        if self.holding and self._held(now):
+            if self.last_rec_ms != t:
+                self._emit(t)
+            self.end_ms = t
             raise _Stop()
         if self.pending:
             self._send(now)
@@ -339,6 +358,32 @@ class Runner:
             ahead = now - time.ticks_diff(time.ticks_ms(), self.wall0_ms)
             if ahead > 0:
                 time.sleep_ms(ahead)
+
+    # --- --hold: real time from `until` on, steps from stdin until it closes -----------------
+    def _start_holding(self, now):
+        self.holding = True
+        self.realtime = True  # from here on the wall clock paces the run
+        self.wall0_ms = time.ticks_add(time.ticks_ms(), -now)
+        self.stdin_next_ms = now
+        self.stdin = select.poll()
+        self.stdin.register(sys.stdin, select.POLLIN)
+
+    def _held(self, now):
+        """Take the steps waiting on stdin (their world now, their commands at
+        the next tick); True once stdin has closed."""
+        if now < self.stdin_next_ms:
+            return False
+        self.stdin_next_ms = now + _STDIN_EVERY_MS
+        while self.stdin.poll(0):
+            line = sys.stdin.readline()
+            if not line:
+                return True
+            line = line.strip()
+            if line:
+                step = json.loads(line)
+                self._apply_world(now, step)
+                self.pending.append((now, step))
+        return False
 
     # --- the run -------------------------------------------------------------------------------
     def run(self):
@@ -397,7 +442,7 @@ class Runner:
                        for at, k, us, e in stalls[:_STALLS_LISTED]],
             "energized_erases": sum(1 for s in stalls if s[3] and s[1].startswith("erase")),
             "stall_count": len(stalls),
-            "sim_seconds": self.until_ms / 1000,
+            "sim_seconds": self.end_ms / 1000,
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,
             "records": self.records,
@@ -406,7 +451,7 @@ class Runner:
 
 
 _USAGE = (
-    "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--seed N]"
+    "usage: micropython -m sim.scenario SCENARIO.json [--realtime] [--hold] [--seed N]"
     " [--data DIR] [--broker HOST:PORT] [--id ID] [--profile ideal|esp32]"
     " [--ocpp ws://HOST:PORT/ID]"
 )
@@ -416,6 +461,7 @@ def main(argv):
     path = None
     seed = None
     realtime = False
+    hold = False
     data_dir = None
     mqtt = {}
     profile = None
@@ -424,6 +470,8 @@ def main(argv):
         a = argv[i]
         if a == "--realtime":
             realtime = True
+        elif a == "--hold":
+            hold = True
         elif a == "--ocpp" and i + 1 < len(argv):
             i += 1
             mqtt["ocpp_url"] = argv[i]  # config overrides, like --broker
@@ -453,7 +501,7 @@ def main(argv):
         sys.exit(2)
     with open(path) as f:
         scenario = json.load(f)
-    summary = Runner(scenario, seed, realtime, data_dir, mqtt, profile=profile).run()
+    summary = Runner(scenario, seed, realtime, data_dir, mqtt, profile=profile, hold=hold).run()
     print(json.dumps({"summary": summary}))
 
 

@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -243,13 +244,16 @@ def _session_run(tree, heap_kb, broker, scenario, timeout_s=60, exe=None, path=N
 
     dev = "heap%d-%s" % (heap_kb, uuid.uuid4().hex[:6])
     got = []
+    subscribed = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub-" + dev)
     sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.on_subscribe = lambda *a: subscribed.set()
     sub.connect(broker.host, broker.port)
     sub.subscribe("evse/%s/session" % dev, qos=1)
     sub.loop_start()
     try:
-        time.sleep(0.1)
+        if not subscribed.wait(30):  # before the firmware runs: its session must not pass unseen
+            return False, "the watcher could not subscribe"
         cmd = [exe or micropython(), "-X", "heapsize=%dk" % heap_kb, "-m", "sim.scenario", scenario,
                "--broker", "%s:%d" % (broker.host, broker.port), "--id", dev]  # fmt: skip
         try:
@@ -257,7 +261,9 @@ def _session_run(tree, heap_kb, broker, scenario, timeout_s=60, exe=None, path=N
                                capture_output=True, text=True, timeout=timeout_s, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
             return False, "timeout"
-        deadline = time.monotonic() + 2
+        # A run that ended well published its session before it stopped: wait for
+        # the broker to pass it on (an event; the bound only catches a lost one).
+        deadline = time.monotonic() + (10 if p.returncode == 0 else 0)
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:

@@ -21,7 +21,10 @@ import time
 
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
 ENTER_READ_S = 0.1  # serial read timeout while entering the raw REPL (a booting board may drop input)
-EXEC_READ_S = 1.0  # serial read timeout while talking to the raw REPL
+# Serial read timeout while talking to the raw REPL: how long a board may go
+# without answering (a raw-paste window ack) before it counts as lost. A board
+# busy with a flash erase, or a loaded host, pauses for a second or more.
+EXEC_READ_S = 10.0
 CONSOLE_READ_S = 0.05  # serial read timeout while reading the console
 
 
@@ -91,6 +94,7 @@ class BoardSession:
         if helpers and self.helpers and not self._defined:
             self._defined = True
             self.exec(self.helpers, helpers=False)
+        self.t.serial.timeout = EXEC_READ_S  # not the console's short reads
         try:
             out, err = self.t.exec_raw(code, timeout=timeout)
         except self._TransportError as e:

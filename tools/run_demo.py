@@ -143,23 +143,28 @@ class LocalBroker:
 
 
 def watch(port, dev_id):
-    """A paho client printing every message under evse/<id>/ (None if paho is missing)."""
+    """A paho client printing every message under evse/<id>/ (None if paho is missing);
+    its `offline` event is set once it has shown the charger's online 0."""
     try:
         import paho.mqtt.client as mqtt
     except ImportError:
         say("mqtt | ", "paho-mqtt is missing (run `make deps`): messages not shown")
         return None
     ready = threading.Event()
+    offline = threading.Event()
 
     def on_message(client, userdata, msg):
         line = monitor.format_message(msg.topic, msg.payload, msg.retain)
         if line is not None:
             say("mqtt | ", time.strftime("%H:%M:%S ") + line)
+        if msg.topic.endswith("/online") and bytes(msg.payload) == b"0":
+            offline.set()
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="evse-demo-watch")
     c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("evse/%s/+" % dev_id, 1)
     c.on_subscribe = lambda *a: ready.set()
     c.on_message = on_message
+    c.offline = offline
     c.connect("127.0.0.1", port, keepalive=30)
     c.loop_start()
     if not ready.wait(5):
@@ -193,6 +198,13 @@ def follow(proc, live, interrupted):
             if not interrupted.is_set():
                 live("output", line)
     return records, summary, other[-25:]
+
+
+def _shown_offline(client, timeout_s=10):
+    """Wait until the watcher has shown the stopped charger's last message
+    (online 0, sent after everything else), however long the broker takes."""
+    if client is not None:
+        client.offline.wait(timeout_s)
 
 
 def build_parser():
@@ -261,10 +273,10 @@ def main(argv=None):
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-            time.sleep(0.3)  # let the last messages (online 0) be shown
+            _shown_offline(client)
             return 130
         live.finish()
-        time.sleep(0.3)
+        _shown_offline(client)
         if rc != 0 or summary is None:
             say("", "the MicroPython process failed (exit code %d); its last output:\n%s" % (rc, "\n".join(tail)))
             return EXIT_CRASH

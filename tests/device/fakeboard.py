@@ -1,7 +1,9 @@
 # A scripted board for unit tests of the charger: every input is set directly
 # by the test (pilot levels in mV, feedback, RCD...), every output recorded.
-# The physics lives in sim/board.py; this one is for exact control.
+# The physics lives in sim/board.py; this one is for exact control. It keeps
+# the whole board contract (hal/contract.py; tests/host/test_contract.py checks).
 
+from hal import net
 from sim import ticks as _t
 
 PERIOD = 1 << 30  # a big int on an ESP32: only for start values (t & _t.MASK is small again)
@@ -19,6 +21,11 @@ class FakeMeter:
 class FakeBoard:
     name = "fake"
     data_dir = "/tmp"
+    adc_channels = 3
+    adc_burst_len = 64
+    adc_rate_hz = 3200
+    adc_full_scale = 4096
+    net = net
 
     def __init__(self, start=PERIOD - 1000):
         self.t = start & _t.MASK  # starts 1 s before the ticks wrap, like an ESP32 might
@@ -37,6 +44,14 @@ class FakeBoard:
         self.level = 0
         self.closed = False
         self.log = []  # (t, what, value)
+        self.wall = None  # wall_time(): None until a test sets it
+        self.adc_code = 2048  # every current-sense sample (mid-scale: no current)
+        self.ua_per_count = 60000
+        self.wdt_ms = 0
+        self.wdt_feeds = 0
+        self.led_mode = 0
+        self.cause = "power_on"
+        self.netif = net.HostIf()  # the host's network, as on the unix port
 
     # clock
     def ticks_ms(self):
@@ -45,16 +60,22 @@ class FakeBoard:
     def ticks_diff(self, a, b):
         return _t.ticks_diff(a, b)
 
-    def ticks_add(self, t, d):
-        return _t.ticks_add(t, d)
+    def ticks_add(self, t, delta_ms):
+        return _t.ticks_add(t, delta_ms)
 
     def advance(self, ms):
         self.t = _t.ticks_add(self.t, ms)
 
+    def wait_tick(self, period_ms):
+        self.advance(period_ms)
+
+    def wall_time(self):
+        return self.wall
+
     # outputs
-    def pilot_pwm(self, pm):
-        self.duty = pm
-        self.log.append((self.t, "pwm", pm))
+    def pilot_pwm(self, duty_pm):
+        self.duty = duty_pm
+        self.log.append((self.t, "pwm", duty_pm))
 
     def pilot_steady(self, level):
         self.duty = 0
@@ -70,8 +91,8 @@ class FakeBoard:
 
     phase_relay = True
 
-    def phase_switch(self, n):
-        self.log.append((self.t, "phases", n))
+    def phase_switch(self, phases):
+        self.log.append((self.t, "phases", phases))
 
     def mains_read(self, out):
         return False
@@ -107,8 +128,32 @@ class FakeBoard:
     def temp_dc(self):
         return self.temp
 
+    def adc_burst(self, buf):
+        for i in range(self.adc_burst_len * self.adc_channels):
+            buf[i] = self.adc_code
+
+    def adc_ua_per_count(self, channel):
+        return self.ua_per_count
+
+    # housekeeping
+    def wdt_start(self, timeout_ms):
+        self.wdt_ms = timeout_ms
+
+    def wdt_feed(self):
+        self.wdt_feeds += 1
+
+    def led(self, mode):
+        self.led_mode = mode
+
+    def reset_cause(self):
+        return self.cause
+
+    def unique_id(self):
+        return "fa4eb0a4d000"  # 12 hex digits, like an ESP32's factory MAC
+
     def safe(self):
         self.contactor(False)
+        self.rcd_test(False)
         self.pilot_steady(1)
 
 

@@ -492,6 +492,18 @@ def test_a_latched_fault_without_an_ev_waits_for_a_remote_clear():
     assert ch.fault is None and ch.state == "A1"
 
 
+def test_events_pending_counts_what_pop_event_returns_and_the_ring_keeps_the_newest():
+    ch, b = plugged_charging()  # a session started: at least one event waits
+    assert ch.events_pending >= 1
+    n = ch.events_pending
+    assert len(events(ch)) == n and ch.events_pending == 0
+    for i in range(20):  # more than the ring holds: the oldest are dropped
+        ch._event(chg.EV_FAULT, "f%d" % i)
+    assert ch.events_pending == 16
+    got = events(ch)
+    assert len(got) == 16 and got[-1] == (chg.EV_FAULT, "f19") and ch.events_pending == 0
+
+
 def test_the_phase_relay_moves_only_with_the_pilot_steady_and_the_contactor_open():
     ch, b = plugged_charging()
     assert ch.switch_phases(1) is not None  # charging: refused

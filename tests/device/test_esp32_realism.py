@@ -1,5 +1,5 @@
 # heapsize: 288k
-# timeout: 120
+# timeout: 600
 # (288k, was 224k: importing the .py sources fails with MemoryError for a
 # 1280-byte block while >100 KB are free at 192k-256k depending on the build
 # and even on MICROPYPATH's length: compile-time fragmentation. The GC pressure

@@ -2,12 +2,14 @@
 # calibration and the lifetime counter, on small boards defined here that
 # produce CT signals as the HAL contract describes (interleaved 12-bit codes
 # around a mid-scale bias).
-# timeout: 60
+# timeout: 120
 
 import gc
 import math
 import os
 from array import array
+
+from fakeboard import FakeBoard
 
 from firmware import meter as mt
 from firmware.meter import Meter
@@ -18,16 +20,18 @@ UA = 60000  # uA of line current per count: 2048 counts = 122.9 A peak
 TMP = "/tmp/test_meter_%d" % id(PERIOD)
 
 
-class SineBoard:
+class SineBoard(FakeBoard):
     """CT signals from sines: amps RMS per channel, hz, a 120 degree phase
     shift between channels, optional noise (counts, deterministic), clipped
-    to the ADC's range. Every burst starts at a new point of the mains cycle."""
+    to the ADC's range. Every burst starts at a new point of the mains cycle.
+    The rest of the board contract: tests/device/fakeboard.py."""
 
     adc_burst_len = 64
     adc_rate_hz = 3200
     adc_full_scale = 4096
 
     def __init__(self, amps=(16, 16, 16), hz=50, bias=2048, noise=0, ua=UA, channels=3):
+        FakeBoard.__init__(self)
         self.adc_channels = channels
         self.amps = list(amps)
         self.hz = hz
@@ -46,10 +50,10 @@ class SineBoard:
     def ticks_diff(self, a, b):
         return _t.ticks_diff(a, b)
 
-    def ticks_add(self, t, d):
-        return _t.ticks_add(t, d)
+    def ticks_add(self, t, delta_ms):
+        return _t.ticks_add(t, delta_ms)
 
-    def adc_ua_per_count(self, ch):
+    def adc_ua_per_count(self, channel):
         return self.ua
 
     def _rand(self):

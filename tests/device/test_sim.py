@@ -263,8 +263,55 @@ def test_realtime_board_paces_wait_tick_to_the_wall_clock():
     t0 = time.ticks_ms()
     for _ in range(5):
         sim.wait_tick(10)
-    assert 45 <= time.ticks_diff(time.ticks_ms(), t0) < 500
+    assert time.ticks_diff(time.ticks_ms(), t0) >= 45  # it waited (how much longer: the machine's business)
     assert sim.now_ms == 50
+
+
+class _FakeWallClock:
+    """Stands in for the time module in sim.board: a wall clock that moves only
+    when slept on or told to, so pacing is checked exactly, at any machine speed."""
+
+    def __init__(self):
+        self.ms = 1000
+        self.slept = []
+
+    def ticks_ms(self):
+        return self.ms
+
+    def ticks_add(self, a, b):
+        return time.ticks_add(a, b)
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def sleep_ms(self, n):
+        self.slept.append(n)
+        self.ms += n
+
+
+def test_realtime_pacing_sleeps_exactly_what_keeps_virtual_time_on_the_wall_clock():
+    import sim.board as board_module
+
+    real = board_module.time
+    clock = board_module.time = _FakeWallClock()
+    try:
+        sim = SimBoard(realtime=True)
+        for _ in range(5):
+            sim.wait_tick(10)
+        assert sum(clock.slept) == 50 and clock.ms == 1050  # on time: 50 ms of ticks, 50 ms slept
+        clock.ms += 30  # the loop's work took 30 ms: the next ticks catch up without sleeping
+        n = len(clock.slept)
+        for _ in range(3):
+            sim.wait_tick(10)
+        assert clock.slept[n:] == [] and clock.ms == 1080
+        sim.wait_tick(10)
+        assert clock.slept[n:] == [10] and clock.ms == 1090
+        clock.ms += 5000  # a long stall: pacing restarts from now instead of racing 5 s of ticks
+        sim.wait_tick(10)
+        sim.wait_tick(10)
+        assert clock.slept[n + 1:] == [10] and sim.now_ms == 110
+    finally:
+        board_module.time = real
 
 
 def test_contactor_moves_after_its_mechanical_delay_and_records_the_command():

@@ -13,10 +13,12 @@ the operator texts and the argument checks.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -140,8 +142,8 @@ def test_set_steps_go_over_mqtt_with_broker(tmp_path):
 
 def test_step_mode_waits_for_enter_and_moves_later_steps(board, tmp_path):
     """Without --sim-ev nobody moves the emulated EV: it stays unplugged. The
-    operator confirms the step at t=0.5 only ~2 s late (stdin arrives late), so
-    the expect at t=1 and the end move by that much."""
+    operator confirms the step at t=0.5 only 3 s after the prompt, so the
+    expect at t=1 and the end move by that much (however long the boot took)."""
     sc = {
         "name": "step_mode", "until": 1.5,
         "steps": [{"t": 0.5, "ev": "A"}, {"t": 1, "expect": {"state": "A1"}}],
@@ -154,15 +156,19 @@ def test_step_mode_waits_for_enter_and_moves_later_steps(board, tmp_path):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
-        import time
-
-        time.sleep(5)  # reset, boot and the prompt at t=0.5 happen in this time
+        head = b""
+        deadline = time.monotonic() + 60
+        while b"press Enter" not in head:  # the prompt of the step at t=0.5 (no newline)
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk and time.monotonic() < deadline, "no prompt; output: %r" % head
+            head += chunk
+        time.sleep(3)  # the operator takes 3 s
         out, err = proc.communicate("\n", timeout=60)
+        out = head.decode() + out
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out + err
-    assert "press Enter" in out
     assert "later steps move by" in out
     # The run ended at until + the wait, on the board's clock.
     assert read_trace(trace)[-1]["t"] >= 3

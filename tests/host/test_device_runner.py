@@ -193,7 +193,8 @@ def test_a_failing_assert_fails_the_run_and_shows_the_micropython_traceback_line
 
 
 def test_a_hang_is_killed_at_the_module_timeout_failing_it_and_later_tests(run):
-    assert run.seconds < 20, run.seconds  # 2 s budget for the hang, the rest is startup
+    # the module's own 2 s budget ended it (not a default); its wall time is not asserted
+    assert "module budget 2s" in run.section("test_hang", "test_hangs")
     assert run.outcome("test_hang", "test_before") == "PASSED"
     assert run.outcome("test_hang", "test_hangs") == "FAILED"
     assert run.outcome("test_hang", "test_later") == "FAILED"

@@ -12,7 +12,12 @@ benchmark (run with -s to see its figures).
 
 Scenarios used here live in tests/scenarios/mqtt/ (not part of the library
 run by test_scenarios.py). The simulated time runs ~500x faster than wall
-time; the MQTT link runs in wall time.
+time; the MQTT link runs in wall time. No test here depends on that speed: a
+test that acts in wall time while the firmware runs (restarts the broker,
+sends commands, kills the process) runs it with --hold (sim/scenario.py), so
+the run goes on in real time past the scenario's end until the test closes
+its stdin, and the test waits for events (messages, trace records), not for
+time to pass.
 """
 
 import json
@@ -73,7 +78,7 @@ class Sub:
         c.connect("127.0.0.1", port, keepalive=30)
         c.loop_start()
         self.client = c
-        assert self.ready.wait(5), "subscriber could not subscribe"
+        assert self.ready.wait(30), "subscriber could not subscribe"
 
     def _on_message(self, client, userdata, msg):
         with self.cond:
@@ -113,7 +118,9 @@ class Firmware:
     """`micropython -m sim.scenario SCENARIO` as a child process; its JSON lines
     (trace records, command lines, the summary) with host arrival times."""
 
-    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None, umqtt_version=None):
+    def __init__(self, scenario, data=None, broker=None, dev_id=None, seed=None, hold=False, umqtt_version=None):
+        """hold: the run goes on (in real time) past the scenario's end until
+        finish() closes its stdin; step() sends it world actions meanwhile."""
         cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario)]
         if data:
             cmd += ["--data", str(data)]
@@ -123,11 +130,14 @@ class Firmware:
             cmd += ["--id", dev_id]
         if seed is not None:
             cmd += ["--seed", str(seed)]
+        if hold:
+            cmd += ["--hold"]
         env = MP_ENV
         if umqtt_version:
             env = dict(MP_ENV, MICROPYPATH="%s:%s" % (REPO, UMQTT_LIBS[umqtt_version]))
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
         )
         self.records = []
         self.raw = []
@@ -171,7 +181,21 @@ class Firmware:
             if pred(rec):
                 return rec
 
-    def finish(self, timeout_s=30):
+    def step(self, step):
+        """A world action now (held run), e.g. {"ev": "A"}."""
+        self.proc.stdin.write(json.dumps(step) + "\n")
+        self.proc.stdin.flush()
+
+    def _close_stdin(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def finish(self, timeout_s=60):
+        """The end of the run (of a held run: now), its summary checked."""
+        self._close_stdin()
         self.proc.wait(timeout=timeout_s)
         self._reader.join(timeout=5)
         assert self.proc.returncode == 0, "firmware run failed:\n" + "".join(self.raw[-30:])
@@ -181,6 +205,7 @@ class Firmware:
     def sigkill(self):
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        self._close_stdin()
         self._reader.join(timeout=5)
 
     def interrupt(self, timeout_s=15):
@@ -191,6 +216,7 @@ class Firmware:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.sigkill()
+        self._close_stdin()
         self._reader.join(timeout=5)
 
     def cleanup(self):
@@ -232,22 +258,22 @@ def test_a_session_record_arrives_once_with_the_traces_energy_at_session_end_and
         ends = session_ends(records)
         assert len(ends) == 1, ends
         sid, end_rec = ends[0]
-        m = sub.wait(lambda t, p, r: t == "evse/e2e1/session", 10, "session record")
+        m = sub.wait(lambda t, p, r: t == "evse/e2e1/session", 30, "session record")
         assert m[2] is False  # a session is an event, never retained
         rec = json.loads(m[1])
         assert rec["id"] == sid
         assert _mwh(rec["energy_wh"]) == _mwh(end_rec["energy_wh"]) > 0
         assert rec["reason"] == "ev_stopped"  # the car left C by itself, then was unplugged
-        sub.wait(lambda t, p, r: t == "evse/e2e1/online" and p == b"0", 5, "online 0 after the clean stop")
-        time.sleep(0.3)
+        # online 0 is the clean stop's last message: a duplicate would have come before it
+        sub.wait(lambda t, p, r: t == "evse/e2e1/online" and p == b"0", 30, "online 0 after the clean stop")
         assert sub.count("evse/e2e1/session") == 1
     finally:
         sub.close()
     late = Sub(broker.port, ["evse/e2e1/status", "evse/e2e1/online"])
     try:
-        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/e2e1/online", 3, "retained online")
+        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/e2e1/online", 30, "retained online")
         assert p == b"0" and retained
-        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/e2e1/status", 3, "retained status")
+        _t, p, retained, _ = late.wait(lambda t, p, r: t == "evse/e2e1/status", 30, "retained status")
         assert retained
         status = json.loads(p)
         missing = [k for k in STATUS_KEYS if k not in status]
@@ -260,13 +286,13 @@ def test_a_session_record_arrives_once_with_the_traces_energy_at_session_end_and
 
 def test_the_last_will_online_0_fires_when_the_firmware_process_is_sigkilled(broker, tmp_path):
     sub = Sub(broker.port, ["evse/will1/online"])
-    fw = Firmware("long_session.json", tmp_path, broker.port, "will1")
+    fw = Firmware("charging.json", tmp_path, broker.port, "will1", hold=True)
     try:
-        sub.wait(lambda t, p, r: p == b"1", 10, "online 1")
-        fw.wait_record(lambda r: r["session"] is not None, 10, "a session")
+        sub.wait(lambda t, p, r: p == b"1", 30, "online 1")
+        fw.wait_record(lambda r: r["session"] is not None, 30, "a session")
         t_kill = time.monotonic()
         fw.sigkill()
-        m = sub.wait(lambda t, p, r: p == b"0", 5, "last will online 0")
+        m = sub.wait(lambda t, p, r: p == b"0", 30, "last will online 0")
         assert m[2] is False  # delivered live; the broker also keeps it retained
         print("last will seen %.0f ms after SIGKILL" % ((m[3] - t_kill) * 1000))
     finally:
@@ -274,7 +300,7 @@ def test_the_last_will_online_0_fires_when_the_firmware_process_is_sigkilled(bro
         sub.close()
     late = Sub(broker.port, ["evse/will1/online"])
     try:
-        _t, p, retained, _ = late.wait(lambda t, p, r: True, 3, "retained online")
+        _t, p, retained, _ = late.wait(lambda t, p, r: True, 30, "retained online")
         assert (p, retained) == (b"0", True)
     finally:
         late.close()
@@ -283,18 +309,19 @@ def test_the_last_will_online_0_fires_when_the_firmware_process_is_sigkilled(bro
 # --- broker outages ---------------------------------------------------------------------------
 def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tmp_path, umqtt):
     sub = Sub(broker.port, ["evse/rst1/online"])
-    fw = Firmware("long_session.json", tmp_path, broker.port, "rst1", umqtt_version=umqtt)
+    fw = Firmware("charging.json", tmp_path, broker.port, "rst1", hold=True, umqtt_version=umqtt)
     try:
-        sub.wait(lambda t, p, r: p == b"1", 10, "online 1")
-        start = fw.wait_record(lambda r: r["session"] is not None, 10, "the session's start")
+        sub.wait(lambda t, p, r: p == b"1", 30, "online 1")
+        start = fw.wait_record(lambda r: r["session"] is not None, 30, "the session's start")
         sub.close()
         broker.stop()
         time.sleep(0.5)
         broker.start()
         t_up = time.monotonic()
         sub = Sub(broker.port, ["evse/rst1/#"])
-        m = sub.wait(lambda t, p, r: t == "evse/rst1/online" and p == b"1", 15, "online 1 after the restart")
+        m = sub.wait(lambda t, p, r: t == "evse/rst1/online" and p == b"1", 30, "online 1 after the restart")
         print("reconnected %.0f ms after the broker restarted" % ((m[3] - t_up) * 1000))
+        fw.step({"ev": "A"})  # the car leaves now, with the broker back
         m = sub.wait(lambda t, p, r: t == "evse/rst1/session", 30, "the session")
         fw.finish()
         ((sid, end_rec),) = session_ends(fw.records)
@@ -303,7 +330,8 @@ def test_a_session_still_arrives_when_the_broker_restarts_mid_session(broker, tm
         rec = json.loads(m[1])
         assert rec["id"] == sid and rec["reason"] == "ev_unplugged"
         assert _mwh(rec["energy_wh"]) == _mwh(end_rec["energy_wh"])
-        time.sleep(0.3)
+        # online 0 is the clean stop's last message: anything sent before it has arrived
+        sub.wait(lambda t, p, r: t == "evse/rst1/online" and p == b"0", 30, "online 0 after the clean stop")
         assert sub.count("evse/rst1/session") == 1
     finally:
         fw.cleanup()
@@ -317,21 +345,33 @@ def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_whe
     try:
         # No broker listens: the four sessions of the hour stay in the journal.
         fw = Firmware("four_sessions_hour.json", data, b.port, "hour1", umqtt_version=umqtt)
-        records = fw.finish(timeout_s=60)
+        records = fw.finish(timeout_s=300)  # 3600 simulated s: a hang detector, not a speed bound
         ends = session_ends(records)
         assert len(ends) == 4, ends
         want = {sid: _mwh(r["energy_wh"]) for sid, r in ends}
         b.start()
-        sub = Sub(b.port, ["evse/hour1/session"])
+        sub = Sub(b.port, ["evse/hour1/#"])
+
+        def boots():
+            return [json.loads(p) for p in sub.payloads("evse/hour1/event") if b'"boot"' in p]
+
         try:
-            fw2 = Firmware("idle.json", data, b.port, "hour1", umqtt_version=umqtt)
-            fw2.finish()
-            sub.wait(lambda t, p, r: sub.count("evse/hour1/session") >= 4, 10, "four sessions")
+            fw2 = Firmware("idle.json", data, b.port, "hour1", hold=True, umqtt_version=umqtt)
+            try:
+                sub.wait(lambda t, p, r: sub.count("evse/hour1/session") >= 4, 30, "four sessions")
+                sub.wait(lambda t, p, r: len(boots()) >= 1, 30, "the second boot's boot event")
+            finally:
+                fw2.finish()
             # A third boot: the journal knows they were acknowledged, nothing is sent again.
-            fw3 = Firmware("idle.json", data, b.port, "hour1", umqtt_version=umqtt)
-            fw3.finish()
-            time.sleep(0.5)
+            fw3 = Firmware("idle.json", data, b.port, "hour1", hold=True, umqtt_version=umqtt)
+            try:
+                sub.wait(lambda t, p, r: len(boots()) >= 2, 30, "the third boot's boot event")
+            finally:
+                fw3.finish()
+            # online 0 is each clean stop's last message: all the third boot sent has arrived
+            sub.wait(lambda t, p, r: sub.payloads("evse/hour1/online").count(b"0") >= 2, 30, "online 0 twice")
             got = [json.loads(p) for p in sub.payloads("evse/hour1/session")]
+            third = boots()[1]
         finally:
             sub.close()
     finally:
@@ -340,6 +380,7 @@ def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_whe
     print("hour without broker: %d sessions recorded, %d messages received" % (len(want), len(got)))
     assert sorted(set(ids)) == sorted(want), (ids, sorted(want))
     assert len(ids) == len(want), "duplicates: %r" % ids
+    assert third["pending_sessions"] == 0 and third["recovered"] == [], third
     for g in got:
         assert _mwh(g["energy_wh"]) == want[g["id"]], g
         assert g["reason"] in ("ev_unplugged", "ev_stopped")
@@ -348,9 +389,9 @@ def test_sessions_of_a_simulated_hour_without_broker_all_arrive_exactly_once_whe
 def test_a_firmware_killed_mid_session_recovers_it_as_power_loss_with_its_last_checkpoint_energy(broker, tmp_path):
     data = tmp_path / "flash"
     data.mkdir()
-    fw = Firmware("long_session.json", data, broker.port, "pl1")
+    fw = Firmware("charging.json", data, broker.port, "pl1", hold=True)  # charging until killed
     try:
-        fw.wait_record(lambda r: r["energy_wh"] >= 350, 30, "350 Wh into the session")
+        fw.wait_record(lambda r: r["energy_wh"] >= 350, 60, "350 Wh into the session")
     finally:
         fw.sigkill()
     live = [r for r in fw.records if r["session"]]
@@ -358,10 +399,12 @@ def test_a_firmware_killed_mid_session_recovers_it_as_power_loss_with_its_last_c
     metered_wh = live[-1]["energy_wh"]  # the last record printed before the kill
     sub = Sub(broker.port, ["evse/pl1/session", "evse/pl1/event"])
     try:
-        fw2 = Firmware("idle.json", data, broker.port, "pl1")
-        fw2.finish()
-        m = sub.wait(lambda t, p, r: t == "evse/pl1/session", 10, "the recovered session")
-        boot = sub.wait(lambda t, p, r: t == "evse/pl1/event" and b'"boot"' in p, 5, "boot event")
+        fw2 = Firmware("idle.json", data, broker.port, "pl1", hold=True)
+        try:
+            m = sub.wait(lambda t, p, r: t == "evse/pl1/session", 30, "the recovered session")
+            boot = sub.wait(lambda t, p, r: t == "evse/pl1/event" and b'"boot"' in p, 30, "boot event")
+        finally:
+            fw2.finish()
     finally:
         sub.close()
     rec = json.loads(m[1])
@@ -432,34 +475,38 @@ def test_thousands_of_hostile_commands_are_each_acked_while_charging_and_never_r
             ack_cond.notify_all()
 
     sub.client.message_callback_add("evse/fz1/ack", on_ack)
+    sub.ready.clear()
     sub.client.subscribe("evse/fz1/ack", 1)
-    time.sleep(0.2)
-    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "fz1")
+    assert sub.ready.wait(30), "no SUBACK for the ack topic"
+    # Held: charging in real time (commands taken every 100 ms, as on a board) until the test ends it.
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "fz1", hold=True)
+
+    def wait_acks(k, sent):
+        """Until k acks came; fails only when none comes for 30 s (a stuck link, not a slow one)."""
+        with ack_cond:
+            while len(acks) < k:
+                before = len(acks)
+                if not ack_cond.wait(30) and len(acks) == before:
+                    raise AssertionError("acks stalled at %d of %d sent" % (len(acks), sent))
+
     try:
-        sub.wait(lambda t, p, r: t == "evse/fz1/online" and p == b"1", 10, "online 1")
-        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"], 10, "charging")
+        sub.wait(lambda t, p, r: t == "evse/fz1/online" and p == b"1", 30, "online 1")
+        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"], 30, "charging")
         sent_t = []
         t0 = time.monotonic()
-        deadline = t0 + 60
         for i, (name, payload) in enumerate(cmds):
-            with ack_cond:
-                while len(acks) < i - window + 1:
-                    assert ack_cond.wait(max(0.01, deadline - time.monotonic())) or time.monotonic() < deadline, (
-                        "acks stalled at %d of %d sent" % (len(acks), i)
-                    )
+            wait_acks(i - window + 1, i)
             sub.publish("evse/fz1/set/" + name, payload)
             sent_t.append(time.monotonic())
         # Back to a known state: enabled, the highest limit the installation allows.
         sub.publish("evse/fz1/set/enable", b"true")
         sub.publish("evse/fz1/set/current_a", b"32")
-        with ack_cond:
-            while len(acks) < n + 2 and time.monotonic() < deadline:
-                ack_cond.wait(0.5)
+        wait_acks(n + 2, n + 2)
         elapsed = time.monotonic() - t0
         assert fw.proc.poll() is None, "the firmware died:\n" + "".join(fw.raw[-30:])
         t_back = time.monotonic()
         back = fw.wait_record(
-            lambda r: r["host_t"] > t_back and r["state"] == "C2" and r["contactor"], 10, "charging after the fuzz"
+            lambda r: r["host_t"] > t_back and r["state"] == "C2" and r["contactor"], 30, "charging after the fuzz"
         )
         assert back["offer_a"] == 20
     finally:
@@ -480,7 +527,7 @@ def test_thousands_of_hostile_commands_are_each_acked_while_charging_and_never_r
     assert not over, over[:3]  # 20 A cable (PP 680 ohm) under a 32 A installation limit
     assert len({r["offer_a"] for r in fw.records}) >= 3  # accepted limits did move the offer
     assert all(r["fault"] is None for r in fw.records)
-    assert len(fw.records) > 100
+    assert fw.records[0]["host_t"] < sent_t[0] and back in fw.records  # the records span the whole fuzz
 
 
 # --- figures ---------------------------------------------------------------------------------------
@@ -534,15 +581,17 @@ def test_benchmark_mqtt_latency_reconnect_backoff_spread_and_control_tick_with_a
     lat = json.loads(out.stdout.strip().splitlines()[-1])
     print("\nQoS 1 publish until PUBACK, loopback, %d: median %.3f ms, p99 %.3f ms, max %.3f ms"
           % (len(lat), statistics.median(lat) / 1000, _pct(lat, 0.99) / 1000, max(lat) / 1000))  # fmt: skip
-    assert statistics.median(lat) < 50000  # very loose: Nagle alone would give ~44 ms
+    # Nagle would hold every publish's second write for the broker's delayed ACK
+    # (~40 ms); load only makes publishes slower, so the fastest tenth tells it.
+    assert _pct(lat, 0.1) < 20000
 
     # 2. Reconnect after a broker restart (broker start -> online 1 seen), 3 rounds.
     (tmp_path / "d1").mkdir()
-    fw = Firmware("long_session.json", tmp_path / "d1", broker.port, "bench1")
+    fw = Firmware("charging.json", tmp_path / "d1", broker.port, "bench1", hold=True)  # runs until cleanup
     recon = []
     try:
         sub = Sub(broker.port, ["evse/bench1/online"])
-        sub.wait(lambda t, p, r: p == b"1", 10, "online 1")
+        sub.wait(lambda t, p, r: p == b"1", 30, "online 1")
         sub.close()
         for _ in range(3):
             broker.stop()
@@ -550,14 +599,13 @@ def test_benchmark_mqtt_latency_reconnect_backoff_spread_and_control_tick_with_a
             broker.start()
             t_up = time.monotonic()
             sub = Sub(broker.port, ["evse/bench1/online"])
-            m = sub.wait(lambda t, p, r: p == b"1", 15, "online 1 after a restart")
+            m = sub.wait(lambda t, p, r: p == b"1", 30, "online 1 after a restart")
             sub.close()
             recon.append(m[3] - t_up)
     finally:
         fw.cleanup()
     print("reconnect after a broker restart (down 0.3 s): %s ms"
           % ", ".join("%.0f" % (r * 1000) for r in recon))  # fmt: skip
-    assert max(recon) < 15
 
     # 3. Spread of reconnect delays over 3000 chargers that lost the broker together.
     script = tmp_path / "spread.py"
@@ -572,10 +620,17 @@ def test_benchmark_mqtt_latency_reconnect_backoff_spread_and_control_tick_with_a
     assert rows[0][-1] <= 1000 and rows[0][1] < rows[0][3]  # spread, not a storm
 
     # 4. The control loop with a blackholed broker vs. no broker: same seed, same world.
+    # Held, so the loop runs on (in real time, a record a second) while the link
+    # waits inside the blackholed connection, however fast the scenario itself ran.
     with Blackhole() as hole:
         (tmp_path / "d2").mkdir()
-        fw = Firmware("one_session.json", tmp_path / "d2", hole.port, "hole1", seed=7)
-        fw.finish(timeout_s=60)
+        fw = Firmware("one_session.json", tmp_path / "d2", hole.port, "hole1", seed=7, hold=True)
+        try:
+            fw.wait_record(lambda r: hole.accepted, 30, "a record after the link reached the blackhole")
+            t_in = time.monotonic()
+            fw.wait_record(lambda r: r["host_t"] > t_in + 3, 30, "records 3 s later, the link still in the blackhole")
+        finally:
+            fw.finish(timeout_s=60)
         accepted = len(hole.accepted)
     fw0 = Firmware("one_session.json", seed=7)
     fw0.finish()
@@ -588,8 +643,10 @@ def test_benchmark_mqtt_latency_reconnect_backoff_spread_and_control_tick_with_a
     assert fw.summary["opens"] == fw0.summary["opens"] and fw.summary["closes"] == fw0.summary["closes"]
     assert fw.summary["open_max_ms"] == fw0.summary["open_max_ms"] is not None
     assert accepted >= 1  # the link did reach the blackhole
-    # very loose: a link that blocked the loop would stall it for its 10 s I/O timeout
-    assert max(fw.gaps) < 2.0
+    # A link that blocked the loop would stall it for its whole I/O timeout (10 s
+    # at the default keepalive); records come every second: half the timeout
+    # tells a blocked loop from a loaded machine.
+    assert max(fw.gaps) < 5.0
 
 
 # --- make run ------------------------------------------------------------------------------------------
@@ -661,12 +718,13 @@ def test_a_burst_of_commands_is_answered_one_ack_each_none_dropped_silently(tmp_
             cond.notify_all()
 
     sub.client.message_callback_add("evse/burst1/ack", on_ack)
+    sub.ready.clear()
     sub.client.subscribe("evse/burst1/ack", 1)
-    time.sleep(0.2)
-    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "burst1")
+    assert sub.ready.wait(30), "no SUBACK for the ack topic"
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "burst1", hold=True)  # until interrupted
     try:
-        sub.wait(lambda t, p, r: t == "evse/burst1/online" and p == b"1", 10, "online 1")
-        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"], 10, "charging")
+        sub.wait(lambda t, p, r: t == "evse/burst1/online" and p == b"1", 30, "online 1")
+        fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"], 30, "charging")
         for i in range(n):
             if i % 3 == 0:
                 sub.publish("evse/burst1/set/current_a", b"%d" % (6 + i % 10))
@@ -674,10 +732,9 @@ def test_a_burst_of_commands_is_answered_one_ack_each_none_dropped_silently(tmp_
                 sub.publish("evse/burst1/set/enable", b"true")
             else:
                 sub.publish("evse/burst1/set/bogus%d" % i, b"x")
-        deadline = time.monotonic() + 20
-        with cond:
-            while len(acks) < n and time.monotonic() < deadline:
-                cond.wait(0.2)
+        with cond:  # until every command is answered; gives up only when no ack comes for 30 s
+            while len(acks) < n and cond.wait(30):
+                pass
         assert fw.proc.poll() is None, "the firmware died:\n" + "".join(fw.raw[-30:])
     finally:
         fw.interrupt()
@@ -696,7 +753,7 @@ def test_a_current_limit_below_6_a_pauses_the_charge_and_the_ack_says_so(broker,
     # kept charging at 20 A. Now: ok, a note in the ack, a steady pilot, and
     # the contactor opens once the EV follows the pause.
     sub = Sub(broker.port, ["evse/lo1/online", "evse/lo1/ack"])
-    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "lo1")
+    fw = Firmware("fuzz_charge.json", tmp_path, broker.port, "lo1", hold=True)  # until interrupted
     try:
         sub.wait(lambda t, p, r: t == "evse/lo1/online" and p == b"1", 10, "online 1")
         fw.wait_record(lambda r: r["state"] == "C2" and r["contactor"] and r["offer_a"] == 20, 10, "charging")

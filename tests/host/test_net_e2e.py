@@ -115,10 +115,13 @@ def test_network_comes_first_clock_back_dates_and_a_lost_network_is_survived(tmp
                 got.append((time.monotonic(), m.topic, m.payload))
 
         sub.on_message = on_message
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
         sub.connect(b.host, b.port)
         sub.subscribe("evse/%s/#" % dev, qos=1)
         sub.loop_start()
         try:
+            assert subscribed.wait(30), "the watcher could not subscribe"
             opts = tmp_path / "opts.json"
             opts.write_text(json.dumps({"id": dev, "port": b.port, "dir": str(tmp_path / "data"), "pw": PASSWORD,
                                         "wall": WALL}))
@@ -135,7 +138,13 @@ def test_network_comes_first_clock_back_dates_and_a_lost_network_is_survived(tmp
                 rec["at"] = time.monotonic()
                 phases[rec.get("phase")] = rec
             assert p.wait(60) == 0, phases
-            time.sleep(0.3)
+            # The clean stop's online 0 (after the last will's) is the last message: wait for it.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with lock:
+                    if [pl for _, tp, pl in got if tp == "evse/%s/online" % dev].count(b"0") >= 2:
+                        break
+                time.sleep(0.05)
         finally:
             sub.loop_stop()
             sub.disconnect()

@@ -16,7 +16,10 @@ cable's limit. Figures (run with -s): CALL round trip, plug-in to
 StatusNotification Preparing.
 
 The simulated board runs in real time (--realtime): the tests wait on
-messages, never on how fast the machine is.
+messages, never on how fast the machine is. The run is held (--hold): it does
+not end at the scenario's `until` while a test still waits for a message (a
+slow connect or handshake would otherwise leave it waiting on a stopped
+charger); finish() ends it once the scenario's time has passed.
 """
 
 import asyncio
@@ -233,11 +236,15 @@ class Firmware:
     its trace records with host arrival times."""
 
     def __init__(self, scenario, url, data, broker=None):
-        cmd = [MICROPYTHON, "-m", "sim.scenario", os.path.join(SCEN, scenario), "--realtime", "--data", data, "--ocpp", url]
+        path = os.path.join(SCEN, scenario)
+        with open(path) as f:
+            self.until = json.load(f)["until"]
+        cmd = [MICROPYTHON, "-m", "sim.scenario", path, "--realtime", "--hold", "--data", data, "--ocpp", url]
         if broker is not None:
             cmd += ["--broker", "127.0.0.1:%d" % broker, "--id", "both"]
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=MP_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            cmd, cwd=REPO, env=MP_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
         )
         self.lines = []
         self.cond = threading.Condition()
@@ -271,7 +278,11 @@ class Firmware:
             return [r for _, r in self.lines if "t" in r and "state" in r]
 
     def finish(self, timeout_s=60):
+        """The end of the run: once its scenario's time has passed (it is held
+        past it), stdin closes and it stops cleanly."""
         try:
+            self.wait(lambda r: "state" in r and r.get("t", 0) >= self.until, timeout_s, "the scenario's end")
+            self.proc.stdin.close()
             self.proc.wait(timeout_s)
         finally:
             self.kill()
@@ -282,6 +293,8 @@ class Firmware:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
 
 
 @pytest.fixture
