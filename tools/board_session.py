@@ -20,6 +20,7 @@ import errno
 import time
 
 CHUNK_BYTES = 1536  # per raw-REPL exec: 2 KB of base64, small for an ESP32 heap
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"  # what a board sends when it enters the raw REPL
 ENTER_READ_S = 0.1  # serial read timeout while entering the raw REPL (a booting board may drop input)
 # Serial read timeout while talking to the raw REPL: how long a board may go
 # without answering (a raw-paste window ack) before it counts as lost. A board
@@ -71,23 +72,41 @@ class BoardSession:
         """Ctrl-C whatever runs and enter the raw REPL without a soft reset;
         the working directory becomes "/"."""
         # A board that is resetting or booting loses (or defers) what it is
-        # sent, so: short reads, and a few attempts. (mpremote waits for the
-        # banner as long as output keeps coming: a board that prints without
-        # pause and ignores Ctrl-C holds it up.)
+        # sent, so: short reads, and a few attempts, each bounded by `timeout`
+        # even while the board keeps printing (mpremote's enter_raw_repl only
+        # times out when the output pauses: a board streaming trace lines whose
+        # Ctrl-C was lost would hold it up for ever).
         self.t.serial.timeout = ENTER_READ_S
         self._defined = False
         for _attempt in range(attempts):
             try:
-                self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
-                break
-            except self._TransportError:
-                pass  # e.g. the Ctrl-C landed in boot.py and main.py started: again
+                if self._enter_raw(timeout):
+                    break
             except OSError as e:
                 raise BoardError("no board at %s: %s" % (self.port, e)) from None
+            # e.g. the Ctrl-C landed in boot.py and main.py started: again
         else:
             raise BoardError("no MicroPython REPL answers on %s" % self.port)
+        self.t.in_raw_repl = True
         self.t.serial.timeout = EXEC_READ_S
         self.exec("import os\nos.chdir('/')\n", helpers=False)
+
+    def _enter_raw(self, timeout):
+        """One attempt: Ctrl-C, Ctrl-A, then the raw REPL banner within
+        `timeout` seconds in all. True when it came."""
+        ser = self.t.serial
+        ser.write(b"\r\x03")  # interrupt whatever runs
+        ser.reset_input_buffer()
+        ser.write(b"\r\x01")  # enter the raw REPL
+        deadline = time.monotonic() + timeout
+        seen = b""
+        while time.monotonic() < deadline:
+            got = ser.read(1)  # one byte at a time: the ">" after the banner is exec's to read
+            if got:
+                seen = (seen + got)[-len(RAW_BANNER) :]
+                if seen == RAW_BANNER:
+                    return True
+        return False
 
     def exec(self, code, timeout=20, helpers=True):
         """Run code in the raw REPL; its printed output as text."""

@@ -301,7 +301,7 @@ def test_charging_board_is_refused_and_with_force_the_contactor_is_open_before_a
     checked = []
 
     def before_write(b):
-        out = b.exec("import json\nprint(json.dumps([_hal.contacts_closed, _hal._cmd, _hal._pwm, _hal._level,"
+        out = b.exec("import json\nprint(json.dumps([_hal.contacts_closed, _hal.contactor_commanded, _hal._pwm, _hal._level,"
                      " _hal.contactor_log]))")
         closed, cmd, pwm, level, log = json.loads(out)
         checked.append(True)

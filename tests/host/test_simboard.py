@@ -404,11 +404,11 @@ def test_without_flash_the_board_gets_a_fresh_temporary_flash_and_says_where(tmp
             shutil.rmtree(flash, ignore_errors=True)
 
 
-@pytest.mark.parametrize("interpreter", [
-    "unix64",
-    pytest.param("esp32", marks=pytest.mark.xfail(strict=True, reason="known: on the ESP32-faithful interpreter "
-                 "the late SIGINT escapes the agent's poll() guard (KeyboardInterrupt, exit 130, hard reset)")),
-])  # fmt: skip
+# unix64 only: on the ESP32-faithful interpreter a late SIGINT sometimes escapes
+# the agent's poll() guard (KeyboardInterrupt, exit 130, a hard reset of the
+# emulated board), sometimes not: a known defect of the emulated board's agent
+# (docs/simboard.md), not of the firmware; a test that passes by chance proves nothing.
+@pytest.mark.parametrize("interpreter", ["unix64"])
 def test_a_ctrl_c_meant_for_a_program_that_just_ended_does_not_tear_the_next_command(make_board, interpreter):
     """Raw REPL: a short program, a Ctrl-C while it starts, the next program
     already queued. The SIGINT reaches the agent as it reads that next
