@@ -91,10 +91,12 @@ def test_energy_table_has_the_four_issue_4_loads_within_their_limits(bench):
     assert out["energy_err_pct_max"] == max(abs(r["err_pct"]) for r in out["energy"].values())
 
 
-def test_flash_writes_grow_with_the_charging_power(bench):
+def test_flash_writes_do_not_grow_with_the_charging_power(bench):
+    # No flash write while the contactor is closed (firmware/app.py, docs/architecture.md):
+    # what a session writes comes when it ends, whatever the power it charged at.
     _text, out = bench
     w = out["flash_writes_per_h"]
-    assert w["6a1n"] < w["16a3"] < w["80a3"]
+    assert w["16a3"] == w["80a3"] and 0 < w["6a1n"] <= w["16a3"], w
 
 
 def test_reaction_times_cover_the_scenario_library(bench):
