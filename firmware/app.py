@@ -38,6 +38,7 @@ from firmware.energy import EV_PHASES, EVENT_NAMES, PHASE_SAFE_MS, Energy, parse
 from firmware.facts import TICK_MS
 from firmware.journal import Journal, exists
 from firmware.meter import Meter
+from firmware.nvlog import NvLog
 from firmware.session import SessionTracker, stamp, to_json
 from firmware.stalls import GC_LOOK_EVERY, Stalls
 
@@ -57,6 +58,7 @@ WDT_MS = const(2000)  # the control loop must come round this often or the board
 WDT_IDLE_MS = const(5000)
 MAINTENANCE_WDT_MS = const(900000)  # after Ctrl-C: 15 min of REPL before the watchdog resets
 HEALTHY_AFTER = const(3000)  # ticks (30 s) of running before a new slot is marked good
+NVLOG_RECLAIM_AT = const(5)  # the tick (of METER_EVERY) that may erase a sector of checkpoint history
 JOURNAL_RETRY_EVERY = const(6000)  # ticks (60 s): after a failed journal write (full flash), try again
 _PHASE_FLOOR_MA = const(500)  # a phase carrying more than this counts as used
 CLOCK_CHECK_EVERY = const(100)  # ticks (1 s): look for the wall clock until it is set
@@ -140,7 +142,22 @@ class Firmware:
         self.journal = j
         self.boot_id = j.boot()
         now = hal.ticks_ms()
-        self.recovered = j.recover(stamp(self.boot_id, now, hal.wall_time()))
+        # The checkpoint ring (firmware/nvlog.py): a session cut by a power
+        # loss takes its newest record when that is ahead of the journal's.
+        nv = NvLog(hal)
+        self.nvlog = nv
+        nv.scan()
+        self.recovered = j.recover(stamp(self.boot_id, now, hal.wall_time()), nv.merge)
+        nv.settle(j.open_ids())
+        for sid in nv.taken:
+            self.notes.append("nvlog: %s recovered from the checkpoint area" % sid)
+        if nv.damaged:
+            self.notes.append("nvlog: %d damaged checkpoints ignored (a power cut while one was written)" % nv.damaged)
+        if nv.error:
+            self.notes.append(nv.error)
+        if not nv.sectors and getattr(hal, "nvlog_note", None):
+            self.notes.append("nvlog: " + hal.nvlog_note)
+        self._nv_told = None  # the last checkpoint-area trouble reported
         self.notes += j.notes
         # A power cut between a journal checkpoint and the next lifetime
         # persist: the counter goes on from the journaled reading, never
@@ -213,6 +230,7 @@ class Firmware:
                 "reset_cause": hal.reset_cause(),
                 "recovered": self.recovered,
                 "pending_sessions": self.journal.pending_count(),
+                "nvlog_kb": self.nvlog.sectors * 4,  # the checkpoint area (0: none)
                 "slot": slots.boot_report(),  # which A/B slot runs, and why it rolled back if it did
             }
         )
@@ -278,6 +296,8 @@ class Firmware:
             self.stalls.collect(ch)
         if n % METER_EVERY == 0:
             self._meter_step()
+        elif n % METER_EVERY == NVLOG_RECLAIM_AT and not ch.contactor_on:
+            self._nvlog_reclaim()
         if (
             ch.state is not self._last_state
             or ch.fault is not self._last_fault
@@ -302,6 +322,31 @@ class Firmware:
 
     def _flash_ok(self):
         return self.stalls.flash_ok(self.charger)
+
+    def _nvlog_reclaim(self):
+        """Erase one sector of checkpoint history, with the contactor open
+        (never while it is closed: an erase stalls both cores 45-400 ms), and
+        not while the EV asks for energy (a close would wait for the erase)
+        unless erased space runs short."""
+        nv = self.nvlog
+        ch = self.charger
+        if ch.state[0] in "CD" and nv.free_slots() >= nv.slots // 2:
+            return
+        nv.reclaim(ch.contactor_on)
+        if nv.error and nv.error != self._nv_told:
+            self._nv_told = nv.error
+            self._event({"event": "note", "text": nv.error})
+
+    def _nvlog_step(self, now, t):
+        """A checkpoint record when one is due (after the decision; a page
+        program, ~0.7 ms, 3 ms at most: no erase). Allocates nothing unless
+        the ring has run out, which is reported once per session."""
+        nv = self.nvlog
+        e = self.meter.session_mwh
+        if nv.due(now, e) and not nv.append(now, e, t.peak_ma, t.phases) and self._nv_told is None:
+            self._nv_told = "full" if nv.full else nv.error
+            self._event({"event": "nvlog_full" if nv.full else "note", "session": t.id,
+                         "text": "checkpoints stopped: " + str(self._nv_told)})
 
     def _energy_step(self, n):
         """Load management (firmware/energy.py) after the charger's decision:
@@ -374,6 +419,7 @@ class Firmware:
                 if i_ma[p] > _PHASE_FLOOR_MA:
                     used += 1
             t.sample(meter.max_ma(), used, hal.ticks_diff(now, self._meter_t))
+            self._nvlog_step(now, t)
             if t.checkpoint_due(now, meter.session_mwh) and self._flash_ok():
                 j = self.journal
                 j.checkpoint(t.id, t.checkpoint(now, hal.wall_time(), meter.session_mwh, meter.lifetime_mwh()))
@@ -434,6 +480,12 @@ class Firmware:
                 self.meter.session_begin()
                 sid = self.tracker.begin(now, hal.wall_time(), self.meter.lifetime_mwh(), arg)
                 self.session_id = sid
+                nv = self.nvlog
+                nv.begin(sid, now, self.meter.meter_wh())
+                self._nv_told = None
+                if nv.sectors and nv.free_slots() < nv.slots // 2:
+                    # erased space short (a session right after another): it may run out
+                    self._event({"event": "nvlog_low", "free": nv.free_slots(), "slots": nv.slots})
                 if not self.journal.open_session(self.tracker.opening()):
                     self._event({"event": "journal_full", "session": sid})
                     self._check_journal()
@@ -466,6 +518,7 @@ class Firmware:
         j = self.journal
         before = j.dropped
         j.close_session(rec)
+        self.nvlog.end()
         if j.dropped != before:
             self._event({"event": "session_dropped", "session": rec["id"]})
         self._check_journal()
@@ -517,7 +570,7 @@ class Firmware:
             # What survives a power cut (persisted, or journaled by a session
             # checkpoint), so a published reading never goes backwards after
             # a reboot; it lags the meter by at most one checkpoint.
-            "lifetime_wh": max(m.saved_wh(), self.journal.meter_mwh // 1000),
+            "lifetime_wh": max(m.saved_wh(), self.journal.meter_mwh // 1000, self.nvlog.checkpoint_meter_wh()),
             "session": self.session_id,
             "enabled": ch.enabled,
             "limit_reason": ch.limits.reason,  # what decides the offer: config, cable, remote, thermal...

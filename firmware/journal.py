@@ -525,11 +525,13 @@ class Journal:
     def open_ids(self):
         return list(self._open)
 
-    def recover(self, now_info):
+    def recover(self, now_info, ahead=None):
         """At boot: close every session left open as "power_loss", with its
         last checkpoint merged over its opening record (energy and end time
         as of that checkpoint). `now_info` (wall seconds or {"boot", "mono_ms"})
-        is kept as "recovered". Returns the ids closed, oldest first."""
+        is kept as "recovered". ahead(rec), when given, may bring rec further
+        forward from a newer checkpoint kept elsewhere (firmware/nvlog.py).
+        Returns the ids closed, oldest first."""
         with self._lock:
             done = []
             for sid, o in self._in_order(self._open):
@@ -540,6 +542,8 @@ class Journal:
                     cp = self._read(o[2], o[3])
                     if cp is not None:
                         rec.update(cp)
+                if ahead is not None:
+                    ahead(rec)
                 rec["reason"] = "power_loss"
                 rec["recovered"] = now_info
                 if self._append(KIND_CLOSED, rec):

@@ -37,6 +37,9 @@ LINK_CONNECTING = 1  # up() called: associating / link negotiation / DHCP
 LINK_UP = 2  # link up with an IP address: sockets may be used
 LINK_FAILED = 3  # the attempt failed (wrong password, no access point, no cable)
 
+# The checkpoint area's erase unit (nvlog_erase): a NOR flash sector.
+NVLOG_SECTOR = 4096
+
 # NetIf.rssi_dbm() when there is no radio signal to report (Ethernet, not up).
 NO_RSSI = -128
 
@@ -182,6 +185,37 @@ class Board:
         fills out[0..2] (a preallocated array('i', 3)) with mA, negative for
         export where the board can tell the direction. Returns False (and
         leaves out alone) on a board without mains CTs."""
+        raise NotImplementedError
+
+    # --- checkpoint area: raw NOR flash beside the filesystem (firmware/nvlog.py) ---
+    # A small data partition the firmware programs while charging without ever
+    # erasing it then (a 4 KB sector erase stalls both cores of an ESP32 for
+    # 45 ms, up to 400 ms). Offsets are bytes from the area's start; the area
+    # is a whole number of NVLOG_SECTOR-byte sectors.
+
+    def nvlog_size(self):
+        """Bytes of the checkpoint area, a multiple of NVLOG_SECTOR; 0 when
+        the board has none (the other nvlog_ calls are then never made)."""
+        raise NotImplementedError
+
+    def nvlog_erase(self, sector):
+        """Erase sector number `sector` (every byte becomes 0xFF). Slow: 45 ms
+        typical, up to 400 ms, with both cores stalled; the firmware calls it
+        only while the contactor is open. Raises OSError on a flash error."""
+        raise NotImplementedError
+
+    def nvlog_write(self, offset, buf):
+        """Program buf (bytes or bytearray, at most 256 bytes, not crossing a
+        256-byte page) at `offset` without erasing: NOR programming only
+        turns bits from 1 to 0, so the bytes must have been erased before
+        (programming over older data ANDs the two). ~0.7 ms typical, 3 ms
+        max per page. Allocates nothing (called from the control loop).
+        Raises OSError on a flash error."""
+        raise NotImplementedError
+
+    def nvlog_read(self, offset, buf):
+        """Fill buf (a preallocated bytearray) with the bytes at `offset`.
+        Allocates nothing."""
         raise NotImplementedError
 
     # --- housekeeping ----------------------------------------------------------------

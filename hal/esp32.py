@@ -63,7 +63,7 @@ import micropython
 from micropython import const
 
 from hal import net as _net
-from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
+from hal.contract import NO_TEMP, NVLOG_SECTOR, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
 
 PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
@@ -358,6 +358,17 @@ def validate(desc):
             "full_scale_mv": _get(s, "mains_ct", "full_scale_mv", int, 500, 3300),
         }
     )
+
+    # The checkpoint area: a raw data partition found by its label (optional;
+    # absent or null: none, a power cut then loses a session's energy since
+    # its last journal checkpoint).
+    s = _get(desc, "", "nvlog", dict, optional=True) if "nvlog" in desc else None
+    if s is not None:
+        label = _get(s, "nvlog", "label", str)
+        if not 1 <= len(label) <= 15:
+            raise BoardFileError("board file: 'nvlog.label' must be 1..15 characters (an ESP-IDF partition label)")
+        s = {"label": label}
+    b["nvlog"] = s
 
     s = _get(desc, "", "led", dict, optional=True)
     b["led"] = (
@@ -671,6 +682,7 @@ class Esp32Board(Board):
         self._next = time.ticks_ms()  # wait_tick deadline
         self._idle = select.poll()  # nothing registered: wait_tick's GIL-free sleep
         self._epoch = SECS_1970_TO_2000 if time.gmtime(0)[0] == 2000 else 0
+        self._nvlog_open(b["nvlog"])
         self.data_dir = "/data"
         try:
             os.stat(self.data_dir)
@@ -949,6 +961,51 @@ class Esp32Board(Board):
     def reset_cause(self):
         return _RESET_NAMES.get(machine.reset_cause(), "hard")
 
+    # --- the checkpoint area (hal/contract.py nvlog_*) ------------------------------
+    # A raw data partition (hal/boards/README.md: the partition table), the
+    # esp32.Partition block device with its native 4 KB blocks. MicroPython's
+    # ports/esp32/esp32_partition.c: writeblocks(block, buf, offset), the
+    # extended form, calls esp_partition_write() at block * 4096 + offset and
+    # erases nothing ("erasing must have been done explicitly before this
+    # write"); the 3-argument form would erase first. ioctl(6, block)
+    # (MP_BLOCKDEV_IOCTL_BLOCK_ERASE) erases one 4 KB block
+    # (esp_partition_erase_range). readblocks(block, buf, offset) reads.
+    def _nvlog_open(self, spec):
+        self._nv = _NoPartition()
+        self._nv_size = 0
+        self.nvlog_note = None  # why there is no checkpoint area, for the boot report
+        if spec is None:
+            return
+        label = spec["label"]
+        try:
+            import esp32
+
+            found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label=label)
+            if not found:
+                self.nvlog_note = "no data partition labelled '" + label + "' in the partition table"
+                return
+            part = found[0]
+            n = part.ioctl(4, 0) * part.ioctl(5, 0)  # block count x block size (4096)
+        except Exception as e:  # no esp32 module, a driver error: no checkpoint area
+            self.nvlog_note = "partition '" + label + "': " + repr(e)
+            return
+        self._nv = part
+        self._nv_size = n - n % NVLOG_SECTOR
+
+    def nvlog_size(self):
+        return self._nv_size
+
+    def nvlog_erase(self, sector):
+        r = self._nv.ioctl(6, sector)
+        if r:
+            raise OSError(-r)
+
+    def nvlog_write(self, offset, buf):
+        self._nv.writeblocks(offset >> 12, buf, offset & 0xFFF)
+
+    def nvlog_read(self, offset, buf):
+        self._nv.readblocks(offset >> 12, buf, offset & 0xFFF)
+
     def unique_id(self):
         from binascii import hexlify
 
@@ -975,6 +1032,19 @@ class Esp32Board(Board):
             self._pwm_on = False
         except Exception:
             pass
+
+
+class _NoPartition:
+    """The checkpoint area of a board without one (nvlog_size() is 0)."""
+
+    def ioctl(self, op, arg):
+        return -19  # ENODEV
+
+    def writeblocks(self, block, buf, offset):
+        raise OSError(19)
+
+    def readblocks(self, block, buf, offset):
+        raise OSError(19)
 
 
 def _pull_const(pull):

@@ -90,6 +90,21 @@ def ev_offer_ma(duty_pm):
     return 80000
 
 
+def _mkdirs(path):
+    """Create path and its parents (the data directory may not exist yet)."""
+    import os
+
+    at = "/" if path.startswith("/") else ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        at += part if at in ("", "/") else "/" + part
+        try:
+            os.mkdir(at)
+        except OSError:
+            pass
+
+
 def _divider_mv(src_mv, load_mohm):
     """Pilot voltage for a source through PILOT_SOURCE_OHM into a load given
     in milliohm, rounded to the nearest mV (small-int math: no allocation)."""
@@ -232,7 +247,7 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal"):
+                 profile="ideal", nvlog_kb=64, nvlog_path=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -356,6 +371,15 @@ class SimBoard:
             self.profile = timing.get(profile)
             self.costs = timing.active = timing.Costs(self, self.profile)
             self.net = timing.Net(_net, self.costs)
+        # --- the checkpoint area: a NOR partition in a file (sim/nor.py) -----------
+        self.nor = None
+        if nvlog_kb:
+            from sim.nor import Nor
+
+            if nvlog_path is None:
+                _mkdirs(data_dir)
+                nvlog_path = data_dir + "/nvlog.img"
+            self.nor = Nor(nvlog_path, nvlog_kb * 1024)
 
     # --- configuration that changes the world: setters mark it for an update --
     @property
@@ -965,6 +989,27 @@ class SimBoard:
 
     def set_reset_cause(self, cause):
         self._cause = cause
+
+    # --- the checkpoint area (hal/contract.py nvlog_*; sim/nor.py) ---------------------------
+    def nvlog_size(self):
+        return 0 if self.nor is None else self.nor.size
+
+    def nvlog_erase(self, sector):
+        if self._timed:
+            self._call(0)
+            self.costs.nor_erase()  # a stall with both cores stopped, recorded with the contactor's state
+        self.nor.erase(sector, self.contactor_commanded, self.now_ms)
+
+    def nvlog_write(self, offset, buf):
+        if self._timed:
+            self._call(0)
+            self.costs.nor_program(len(buf))
+        self.nor.write(offset, buf, self.contactor_commanded)
+
+    def nvlog_read(self, offset, buf):
+        if self._timed:
+            self._call(0)
+        self.nor.read(offset, buf)
 
     def safe(self):
         self.contactor(False)

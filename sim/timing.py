@@ -127,6 +127,7 @@ ESP32_WORST.py_call_us = PLAIN_TICK_US * _SLOW // PLAIN_TICK_CALLS
 ESP32_WORST.pilot_levels_us = ESP32.pilot_levels_us * _SLOW // ESP32_FACTOR
 ESP32_WORST.meter_py_us = (METER_TICK_US - PLAIN_TICK_US) * _SLOW
 ESP32_WORST.erase_us = ESP32.erase_long_us
+ESP32_WORST.page_us = 3000  # W25Q32JV tPP maximum (the typical 0.7 ms above)
 ESP32_WORST.tls_us = 2000000
 
 PROFILES = {"ideal": IDEAL, "esp32": ESP32, "esp32_worst": ESP32_WORST}
@@ -256,6 +257,15 @@ class Costs:
         while self._programmed >= 4096:
             self._programmed -= 4096
             self._erase()
+
+    def nor_erase(self):
+        """A raw sector erase of the checkpoint area (hal nvlog_erase)."""
+        self._erase()
+
+    def nor_program(self, nbytes):
+        """A raw page program of the checkpoint area (hal nvlog_write): the
+        flash cache is off meanwhile, so it is a stall of both cores too."""
+        self._stall("program", (nbytes + 255) // 256 * self.p.page_us)
 
     def _erase(self):
         p = self.p

@@ -151,6 +151,19 @@ class FakeBoard:
     def unique_id(self):
         return "fa4eb0a4d000"  # 12 hex digits, like an ESP32's factory MAC
 
+    # no checkpoint area (hal/contract.py nvlog_*: size 0, the others are never called)
+    def nvlog_size(self):
+        return 0
+
+    def nvlog_erase(self, sector):
+        raise OSError(19)  # ENODEV
+
+    def nvlog_write(self, offset, buf):
+        raise OSError(19)
+
+    def nvlog_read(self, offset, buf):
+        raise OSError(19)
+
     def safe(self):
         self.contactor(False)
         self.rcd_test(False)

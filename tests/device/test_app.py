@@ -180,7 +180,8 @@ def test_a_full_flash_mid_session_keeps_charging_refuses_the_next_session_and_sa
 
     root = ramdisk.mount(128)
     try:
-        sim = SimBoard(data_dir=root + "/data")
+        # (the checkpoint area is a partition of its own, not a file on this small filesystem)
+        sim = SimBoard(data_dir=root + "/data", nvlog_path=fresh_dir("full-nvlog") + "/nvlog.img")
         # checkpoints while charging (off by default: firmware/app.py, docs/architecture.md)
         fw = Firmware(sim, {"max_current_a": 16, "flash_while_charging": True})
         seen = []
