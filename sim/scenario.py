@@ -442,6 +442,10 @@ class Runner:
                        for at, k, us, e in stalls[:_STALLS_LISTED]],
             "energized_erases": sum(1 for s in stalls if s[3] and s[1].startswith("erase")),
             "stall_count": len(stalls),
+            # the checkpoint area (sim/nor.py): erases with the contactor closed must be 0
+            "nvlog": None if sim.nor is None else {
+                "erases": sim.nor.erases, "energized_erases": sim.nor.energized_erases(),
+                "programs": sim.nor.programs, "overwrites": sim.nor.overwrites},
             "sim_seconds": self.end_ms / 1000,
             "wall_seconds": wall_us / 1000000,
             "ticks": self.fw.ticks,

@@ -316,9 +316,9 @@ def test_no_erase_while_the_contactor_is_closed_over_sessions_and_pauses():
     fw = Firmware(sim, CFG)
     seen = []
     fw.on_event = seen.append
-    for _ in range(3):
+    for k in range(3):
         sim.set_ev("C")
-        _run(fw, sim, 200)
+        _run(fw, sim, 1100 if k == 0 else 200)  # the first fills more than a sector: history mid-charge
         sim.set_ev("B")  # a pause: the contactor opens, the session goes on
         _run(fw, sim, 3)
         sim.set_ev("C")

@@ -53,6 +53,10 @@ def test_scenario_expectations_hold(path, interp):
     SUMMARIES[interp, os.path.basename(path)] = summary
     # No close the simulated world forbade (S2 open, a diode/CP short, PE open, RCD trip).
     assert summary["unsafe_closes"] == 0, [c for c in summary["closes"] if c["cause"] == "unsafe"]
+    # The checkpoint area (sim/nor.py) is never erased with the contactor closed, on any profile,
+    # and never programmed where it was not erased.
+    nv = summary["nvlog"]
+    assert nv is not None and nv["energized_erases"] == 0 and nv["overwrites"] == 0, nv
     # No record may show the contactor closed outside C/D with PWM, or during a fault.
     for r in records:
         if r["contactor"]:
