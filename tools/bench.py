@@ -133,6 +133,12 @@ def measure_sessions(minutes):
     return {load: bench_mp("session", load, minutes) for load in LOADS}
 
 
+def measure_nvlog(quick):
+    """The checkpoint ring (firmware/nvlog.py): energy lost per power cut with
+    and without it, and the timed tick that programs a record."""
+    return bench_mp("nvlog", 10 if quick else 60, 6 if quick else 20, timeout_s=600)
+
+
 def measure_reaction():
     """Reaction times over the scenario library on the ESP32 timing profile,
     from physical truth (sim/timing.py, tools/evrig/cli.py reaction_figures)."""
@@ -428,6 +434,13 @@ def measure_all(quick, log=print):
     out["flash_bytes_per_h"] = {k: v["flash_bytes_per_h"] for k, v in ses.items()}
     out["flash_writes_per_h_max"] = max(out["flash_writes_per_h"].values())
     out["flash_bytes_per_h_max"] = max(out["flash_bytes_per_h"].values())
+    out["nvlog_writes_per_h"] = {k: v["nvlog_programs_per_h"] for k, v in ses.items()}
+    out["nvlog_erases_per_session"] = {k: v["nvlog_erases"] for k, v in ses.items()}
+    out["nvlog_energized_erases"] = sum(v["nvlog_energized_erases"] for v in ses.values())
+    out["nvlog_ticks"] = tick["nvlog_ticks"]
+    log("power cuts and the checkpoint ring ...")
+    out["nvlog"] = measure_nvlog(quick)
+    out["nvlog_energized_erases"] += out["nvlog"]["energized_erases"]
     out["sim_speed_x"] = ses["16a3"]["sim_speed_x"]
     out["sim_speed_x_min"] = min(v["sim_speed_x"] for v in ses.values())
     log("reaction times over the scenario library ...")
@@ -521,6 +534,19 @@ def print_table(out, file=sys.stdout):
             "%.0f (%.1f KB)" % (out["flash_writes_per_h"][load], out["flash_bytes_per_h"][load] / 1024),
             "/h",
         )
+    nv = out["nvlog"]
+    print("power cuts while charging (22 kW, %d random cuts over %d min; checkpoint ring, firmware/nvlog.py)"
+          % (nv["cuts"], nv["minutes"]), file=file)
+    row("energy lost per cut, max / mean", "%.1f / %.1f" % (nv["loss_wh_max"], nv["loss_wh_mean"]), "Wh")
+    row("... before (journal only), max / mean", "%.0f / %.0f" % (nv["loss_wh_max_before"],
+                                                                nv["loss_wh_mean_before"]), "Wh")  # fmt: skip
+    for load in LOADS:
+        row("checkpoint records, " + out["energy"][load]["label"],
+            "%.0f /h, %d erases" % (out["nvlog_writes_per_h"][load], out["nvlog_erases_per_session"][load]), "")
+    row("worst esp32-profile tick with a program", "%.1f" % (nv["tick_us_max_with_program"] / 1000), "ms")
+    row("... without one: max / p99", "%.1f / %.1f" % (nv["tick_us_max_without"] / 1000,
+                                                        nv["tick_us_p99_without"] / 1000), "ms")  # fmt: skip
+    row("checkpoint-area erases with the contactor closed", out["nvlog_energized_erases"], "")
     print("speed", file=file)
     row(
         "simulated s per wall s (16 A x 3 session)",

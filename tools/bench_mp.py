@@ -13,6 +13,10 @@ firmware (firmware/app.py). Each mode prints one JSON object on its last line:
     mqtt HOST PORT N         QoS 1 publish round trips with the link's own client
                              (firmware.link) on hal/net.py, and post-to-PUBACK
                              latency as the loop sees it through Link
+    nvlog MINUTES CUTS       the checkpoint ring: energy lost by power cuts at CUTS
+                             random moments of a 22 kW charge, with and without
+                             the area; the timed (esp32 profile) tick with a
+                             checkpoint program against the others
     blackhole HOST PORT S    the longest Firmware.tick() (wall ms) while the link
                              talks to a broker that never answers, for S seconds
     calibrate DIR ERR_PM REF_A MINUTES
@@ -138,7 +142,8 @@ def mode_tick(warm_s=40, n=3000):
     mnt = d + "-m"
     vfs.mount(fs, mnt)
     try:
-        sim = SimBoard(data_dir=mnt, ev_draw_a=16, pp=220)
+        # the checkpoint area is a partition, not a file: outside the counted filesystem
+        sim = SimBoard(data_dir=mnt, ev_draw_a=16, pp=220, nvlog_path=d + "/nvlog.img")
         fw = Firmware(sim, {"max_current_a": 32})
         sim.set_ev("B")
         _run_ticks(fw, sim, 100)
@@ -153,6 +158,8 @@ def mode_tick(warm_s=40, n=3000):
         alloc_ticks = []  # (index, bytes, meter tick?) of ticks without a flash write
         flash_ticks = 0
         flash_alloc = 0
+        nv_ticks = 0  # ticks that programmed a checkpoint record (counted in the figures above)
+        nor = sim.nor
         ticks_us = time.ticks_us
         ticks_diff = time.ticks_diff
         mem_alloc = gc.mem_alloc
@@ -162,12 +169,15 @@ def mode_tick(warm_s=40, n=3000):
             for i in range(n):
                 meter_tick = fw.ticks % 10 == 0
                 w0 = fs.writes()
+                p0 = nor.programs
                 a = mem_alloc()
                 t0 = ticks_us()
                 fw.tick()
                 t1 = ticks_us()
                 b = mem_alloc()
                 dt = ticks_diff(t1, t0)
+                if nor.programs != p0:
+                    nv_ticks += 1
                 if fs.writes() != w0:
                     flash_ticks += 1
                     flash_alloc += b - a
@@ -202,6 +212,7 @@ def mode_tick(warm_s=40, n=3000):
                     "tick_alloc_where": alloc_ticks[:8],
                     "flash_ticks": flash_ticks,
                     "flash_tick_alloc_bytes": flash_alloc,
+                    "nvlog_ticks": nv_ticks,
                 }
             )
         )
@@ -242,7 +253,7 @@ def mode_session(load, minutes):
     plug_ms = 1000
     end_ms = plug_ms + 2000 + charge_ms
     try:
-        sim = SimBoard(data_dir=mnt, **sim_args)
+        sim = SimBoard(data_dir=mnt, nvlog_path=d + "/nvlog.img", **sim_args)
         fw = Firmware(sim, cfg)
         records = []
         fw.on_event = lambda ev: records.append(ev["record"]) if ev.get("event") == "session" else None
@@ -292,6 +303,11 @@ def mode_session(load, minutes):
                     "flash_opens": fs.opens,
                     "flash_renames": fs.renames,
                     "flash_removes": fs.removes,
+                    # the checkpoint ring (firmware/nvlog.py): records per charged hour, and the
+                    # sectors erased for this session (after it, while idle)
+                    "nvlog_programs_per_h": sim.nor.programs / hours,
+                    "nvlog_erases": sim.nor.erases,
+                    "nvlog_energized_erases": sim.nor.energized_erases(),
                     "sim_seconds": sim_s,
                     "wall_seconds": wall_ms / 1000,
                     "sim_speed_x": sim_s * 1000 / wall_ms if wall_ms else None,
@@ -301,6 +317,119 @@ def mode_session(load, minutes):
     finally:
         vfs.umount(mnt)
         _remove_tree(d)
+
+
+# --- nvlog: what a power cut costs, and what the checkpoints cost the loop -----------------
+def _copy_tree(src, dst):
+    os.mkdir(dst)
+    buf = bytearray(4096)
+    for name in os.listdir(src):
+        with open(src + "/" + name, "rb") as f, open(dst + "/" + name, "wb") as g:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                g.write(buf if n == len(buf) else buf[:n])
+
+
+def _cut_losses(nvlog_kb, minutes, cuts, seed):
+    """A 22 kW charge of `minutes`, its flash copied at `cuts` random ticks
+    (a power cut there leaves that copy); each copy booted: the energy the
+    meter had at the cut minus what the recovered record holds (Wh)."""
+    import random
+
+    d = _fresh_dir()
+    random.seed(seed)
+    n = minutes * 6000
+    at = sorted(6000 + random.getrandbits(24) % (n - 6000) for _ in range(cuts))
+    losses = []
+    try:
+        sim = SimBoard(data_dir=d, ev_draw_a=32, pp=220, nvlog_kb=nvlog_kb)
+        fw = Firmware(sim, {"max_current_a": 32})
+        sim.set_ev("C")
+        tick = 0
+        snaps = []
+        for k in at:
+            _run_ticks(fw, sim, k - tick)
+            tick = k
+            snap = d + "-cut%d" % len(snaps)
+            _copy_tree(d, snap)
+            snaps.append((snap, fw.meter.session_mwh))
+        for snap, metered in snaps:
+            fw2 = Firmware(SimBoard(data_dir=snap, nvlog_kb=nvlog_kb), {"max_current_a": 32})
+            rec = [r for r in fw2.journal.pending() if r["reason"] == "power_loss"][0]
+            losses.append((metered - rec["energy_mwh"]) / 1000)
+            _remove_tree(snap)
+    finally:
+        _remove_tree(d)
+    return losses
+
+
+def _timed_ticks(minutes):
+    """A 22 kW charge on the esp32 timing profile: virtual time of each
+    Firmware.tick() (us), the ticks that programmed a checkpoint apart."""
+    d = _fresh_dir()
+    try:
+        sim = SimBoard(data_dir=d, ev_draw_a=32, pp=220, profile="esp32")
+        fw = Firmware(sim, {"max_current_a": 32})
+        sim.set_ev("C")
+        _run_ticks(fw, sim, 3000)
+        nor = sim.nor
+        hist = [0] * 1001  # the other ticks, in 0.1 ms steps (the last: 100 ms or more)
+        prog = []
+        for _ in range(minutes * 6000):
+            p0 = nor.programs
+            t0 = sim.now_ms * 1000 + sim._us
+            fw.tick()
+            dt = sim.now_ms * 1000 + sim._us - t0
+            if nor.programs != p0:
+                prog.append(dt)
+            else:
+                hist[dt // 100 if dt < 100000 else 1000] += 1
+            sim.wait_tick(TICK_MS)
+        prog.sort()
+        erased_closed = nor.energized_erases()
+    finally:
+        _remove_tree(d)
+    return hist, prog, erased_closed
+
+
+def _hist_pct(hist, q):
+    """The q-th percentile of a 0.1 ms histogram, in us (its bucket's top)."""
+    n = sum(hist)
+    want = n * q // 100
+    if want >= n:
+        want = n - 1  # the maximum
+    seen = 0
+    for i in range(len(hist)):
+        seen += hist[i]
+        if seen > want:
+            return (i + 1) * 100
+    return len(hist) * 100
+
+
+def mode_nvlog(minutes, cuts):
+    after = _cut_losses(64, minutes, cuts, 1)
+    before = _cut_losses(0, minutes, cuts, 1)
+    hist, prog, erased_closed = _timed_ticks(min(minutes, 10))
+    print(
+        json.dumps(
+            {
+                "minutes": minutes,
+                "cuts": cuts,
+                "loss_wh_max": max(after),
+                "loss_wh_mean": sum(after) / len(after),
+                "loss_wh_max_before": max(before),
+                "loss_wh_mean_before": sum(before) / len(before),
+                "tick_us_max_with_program": prog[-1] if prog else None,
+                "tick_us_p50_with_program": _pct(prog, 50) if prog else None,
+                "tick_us_max_without": _hist_pct(hist, 100),
+                "tick_us_p99_without": _hist_pct(hist, 99),
+                "program_ticks": len(prog),
+                "energized_erases": erased_closed,
+            }
+        )
+    )
 
 
 # --- MQTT -------------------------------------------------------------------------------------
@@ -493,6 +622,8 @@ def main(argv):
         mode_mqtt(a[0], int(a[1]), int(a[2]))
     elif mode == "blackhole":
         mode_blackhole(a[0], int(a[1]), int(a[2]))
+    elif mode == "nvlog":
+        mode_nvlog(int(a[0]), int(a[1]))
     elif mode == "calibrate":
         mode_calibrate(a[0], int(a[1]), float(a[2]), int(a[3]))
     else:

@@ -99,6 +99,19 @@ def test_flash_writes_do_not_grow_with_the_charging_power(bench):
     assert w["16a3"] == w["80a3"] and 0 < w["6a1n"] <= w["16a3"], w
 
 
+def test_a_power_cut_while_charging_loses_at_most_one_checkpoint_step_and_the_area_is_never_erased_while_closed(bench):
+    # The checkpoint ring (firmware/nvlog.py, 64 KB: a record every 100 kWh / 2048 = 48.8 Wh,
+    # or every minute with some energy) against the journal alone, over the same cuts.
+    _text, out = bench
+    nv = out["nvlog"]
+    assert 0 <= nv["loss_wh_max"] <= 100000 / 2048 and nv["loss_wh_mean"] <= nv["loss_wh_max"]
+    assert nv["loss_wh_max_before"] > 10 * nv["loss_wh_max"]  # before: everything since the close
+    assert out["nvlog_energized_erases"] == 0
+    w = out["nvlog_writes_per_h"]
+    assert 0 < w["6a1n"] < w["16a3"] < w["32a3"] < w["80a3"], w  # records follow the energy
+    assert nv["program_ticks"] > 0 and nv["tick_us_max_with_program"] > 0
+
+
 def test_reaction_times_cover_the_scenario_library(bench):
     _text, out = bench
     assert out["scenarios"] >= 10
