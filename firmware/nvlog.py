@@ -122,7 +122,8 @@ class NvLog:
         self._slot = 0  # next slot in it
         self.seq = 0  # the next record's sequence number
         self.active = False
-        self._e_mwh = 0  # energy of the last record
+        self._e_mwh = 0  # energy when the last record was due (written or not)
+        self._kept_mwh = 0  # energy of the newest record written
         self._t = 0  # ticks of the last record (or the session start)
         self._el = 0  # ms since the session started, as of the last record
         self.programs = 0  # records written since boot
@@ -240,6 +241,7 @@ class NvLog:
         self.full = False
         self._newest = -1
         self._e_mwh = 0
+        self._kept_mwh = 0
         self._t = now
         self._el = 0
 
@@ -295,6 +297,7 @@ class NvLog:
                 self.seq = 0
             self.programs += 1
             self._newest = self._sec
+            self._kept_mwh = energy_mwh
             return True
 
     def _next_sector(self):
@@ -369,4 +372,4 @@ class NvLog:
         if self._newest < 0:
             return 0
         r = self._rec
-        return _u32(r, 16) + ((r[20] | (r[21] << 8)) + self._e_mwh) // 1000
+        return _u32(r, 16) + ((r[20] | (r[21] << 8)) + self._kept_mwh) // 1000

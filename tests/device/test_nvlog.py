@@ -255,7 +255,7 @@ def test_a_program_torn_by_the_power_cut_is_ignored_and_the_session_keeps_the_re
     _run(fw, sim, 60)
     before = fw.nvlog.programs
     assert before >= 5
-    kept = fw.nvlog._e_mwh  # the energy the newest record holds
+    kept = fw.nvlog._kept_mwh  # the energy the newest record holds
     sim.nor.tear_program(17)  # the next checkpoint is cut halfway through
     try:
         _run(fw, sim, 60)
@@ -330,3 +330,19 @@ def test_no_erase_while_the_contactor_is_closed_over_sessions_and_pauses():
     assert [e for e in sim.nor.erase_log if e[2]] == []  # ... never with the contactor closed
     assert sim.nor.overwrites == 0  # and never a program into space that was not erased
     assert not [e for e in seen if e["event"] in ("nvlog_full", "nvlog_low")]
+
+
+def test_the_published_lifetime_follows_the_checkpoints_and_never_goes_backwards_across_a_power_cut():
+    # No filesystem write while charging (the default): what status() publishes
+    # as the lifetime reading is what the ring keeps.
+    d = fresh_dir("published")
+    sim = SimBoard(ev_draw_a=32, data_dir=d)
+    fw = Firmware(sim, CFG)
+    sim.set_ev("C")
+    published = []
+    for _ in range(12):
+        _run(fw, sim, 10)
+        published.append(fw.status()["lifetime_wh"])
+    assert published[-1] > 500 and published == sorted(published)
+    fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=d), CFG)
+    assert fw2.status()["lifetime_wh"] >= max(published), (fw2.status()["lifetime_wh"], published)
