@@ -146,6 +146,7 @@ class NvLog:
         hal = self.hal
         best = {}
         top = -1
+        top_sec = -1
         for s in range(self.sectors):
             blank = True
             for p in range(SECTOR_BYTES // _PAGE):
@@ -169,6 +170,7 @@ class NvLog:
                     seq = _u32(rec, 4)
                     if seq > top:
                         top = seq
+                        top_sec = s
                     key = bytes(rec[8:12])
                     old = best.get(key)
                     if old is None or seq > _u32(old[1], 4):
@@ -176,6 +178,10 @@ class NvLog:
             self._blank[s] = 1 if blank else 0
         self.seq = top + 1 if top + 1 < _MAX_ELAPSED else 0
         self.found = best
+        # Writing goes on in the sector after the newest record's (never into
+        # a sector of an earlier boot): the wear goes round the ring.
+        self._sec = top_sec
+        self._slot = _SLOTS
 
     def merge(self, rec):
         """A session the journal closes as power_loss (rec: its opening
@@ -347,7 +353,7 @@ class NvLog:
             self.erases += 1
             self._blank[s] = 1
             if s == self._sec:
-                self._sec = -1
+                self._slot = _SLOTS  # the cursor stays: the next record goes to the next erased sector
             return True
         return False
 

@@ -202,6 +202,25 @@ def test_history_is_erased_while_idle_but_never_the_open_sessions_newest_record(
     assert again.merge(rec) and rec["energy_mwh"] == 129 * 100000
 
 
+def test_the_wear_goes_round_the_ring_across_sessions_and_boots():
+    b = RamNor(kb=12)  # three sectors
+    nv = nvlog.NvLog(b)
+    nv.scan()
+    used = []
+    for k in range(4):
+        nv.begin("evse-1-%d" % k, 0, (0, 0))
+        assert nv.append(1000, 100000, 1000, 1)
+        used.append(nv._newest)
+        nv.end()
+        if k == 1:  # a reboot before the history was erased: writing goes on after the newest record
+            nv = nvlog.NvLog(b)
+            nv.scan()
+        while nv.reclaim(False):
+            pass
+    assert used == [0, 1, 2, 0], used
+    assert b.erased == [0, 1, 2, 0], b.erased
+
+
 def test_a_power_cut_during_a_long_charge_loses_at_most_one_checkpoint_step():
     d = fresh_dir("cut")
     sim = SimBoard(ev_draw_a=32, data_dir=d)
