@@ -10,6 +10,7 @@ from binascii import crc32
 import tmpdirs
 
 from firmware import nvlog
+from fakeboard import FakeBoard
 from firmware.app import Firmware
 from sim.board import SimBoard
 from sim.nor import PowerCut
@@ -45,23 +46,14 @@ def _power_loss_records(fw):
     return [r for r in fw.journal.pending() if r["reason"] == "power_loss"]
 
 
-class RamNor:
-    """A board with only a checkpoint area in RAM (NOR semantics), for the
+class RamNor(FakeBoard):
+    """The test board with a checkpoint area in RAM (NOR semantics), for the
     ring's own specifications."""
 
     def __init__(self, kb=8):
+        super().__init__(start=0)
         self.img = bytearray(b"\xff" * (kb * 1024))
         self.erased = []
-        self.t = 0
-
-    def ticks_ms(self):
-        return self.t
-
-    def ticks_diff(self, a, b):
-        return a - b
-
-    def ticks_add(self, t, d):
-        return t + d
 
     def nvlog_size(self):
         return len(self.img)
