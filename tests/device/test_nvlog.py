@@ -8,9 +8,9 @@ import random
 from binascii import crc32
 
 import tmpdirs
+from fakeboard import FakeBoard
 
 from firmware import nvlog
-from fakeboard import FakeBoard
 from firmware.app import Firmware
 from sim.board import SimBoard
 from sim.nor import PowerCut
