@@ -42,8 +42,8 @@ EVERY_MS = const(60000)
 _MAX_ELAPSED = const(0x3FFFFFFF)
 _HALF_TICKS = const(1 << 29)
 
-_BLANK_PAGE = b"\xff" * _PAGE
-_BLANK_REC = b"\xff" * REC_BYTES
+# An erased slot (a literal: frozen, it stays in flash, not in the heap).
+_BLANK_REC = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
 
 
 @micropython.viper
@@ -143,6 +143,7 @@ class NvLog:
         if not self.sectors:
             return
         page = bytearray(_PAGE)
+        blank_page = _BLANK_REC * (_PAGE // REC_BYTES)  # boot only: freed after the scan
         hal = self.hal
         best = {}
         top = -1
@@ -157,7 +158,7 @@ class NvLog:
                     self.error = "nvlog: cannot read: %r" % (e,)
                     blank = False
                     break
-                if page == _BLANK_PAGE:
+                if page == blank_page:
                     continue
                 blank = False
                 for i in range(0, _PAGE, REC_BYTES):

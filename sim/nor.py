@@ -13,9 +13,11 @@ the image stays in the file.
 
 import io
 import os
+from array import array
 
 SECTOR = 4096
 _CHUNK = 256
+_LOG_LEN = 16  # erases kept for erase_log (all are counted)
 
 
 class PowerCut(BaseException):
@@ -30,13 +32,19 @@ class Nor:
         self.erases = 0
         self.programs = 0
         self.overwrites = 0  # programs into bytes that were not erased (bits that stayed 0)
-        self.erase_log = []  # (now_ms, sector, contactor commanded closed) of every erase
+        # The last _LOG_LEN erases, in preallocated rings (nothing kept grows
+        # on the heap over a long run): see erase_log.
+        self._log_ms = array("q", [0] * _LOG_LEN)
+        self._log_sec = bytearray(_LOG_LEN)
+        self._log_closed = bytearray(_LOG_LEN)
+        self._closed_n = 0  # erases with the contactor commanded closed, all of them
         self.program_log_closed = 0  # programs with the contactor closed (allowed)
         self._tear_p = -1
         self._tear_e = -1
         self._buf = bytearray(_CHUNK)
         self._vn = _CHUNK  # the length of _view, a memoryview of _buf kept for the next call
         self._view = memoryview(self._buf)
+        self._full = self._view
         try:
             have = os.stat(path)[6]
         except OSError:
@@ -65,7 +73,9 @@ class Nor:
 
     def _part(self, n):
         """_buf's first n bytes as a memoryview; the same object while n does
-        not change (nothing allocated per operation)."""
+        not change (nothing allocated per operation; all of it: _full)."""
+        if n == _CHUNK:
+            return self._full
         if n != self._vn:
             self._vn = n
             self._view = memoryview(self._buf)[:n]
@@ -84,8 +94,13 @@ class Nor:
     def erase(self, sector, closed, now_ms):
         if not 0 <= sector < self.size // SECTOR:
             raise OSError(22)  # EINVAL, as esp_partition_erase_range() outside the partition
+        i = self.erases % _LOG_LEN
+        self._log_ms[i] = now_ms
+        self._log_sec[i] = sector & 0xFF
+        self._log_closed[i] = 1 if closed else 0
         self.erases += 1
-        self.erase_log.append((now_ms, sector, closed))
+        if closed:
+            self._closed_n += 1
         n = SECTOR
         torn = self._tear_e >= 0
         if torn:
@@ -138,5 +153,14 @@ class Nor:
         f.seek(offset)
         f.readinto(buf)
 
+    @property
+    def erase_log(self):
+        """[(now_ms, sector, contactor commanded closed)] of the last 16
+        erases, oldest first (built when read: for tests and summaries)."""
+        n = self.erases
+        return [(self._log_ms[k % _LOG_LEN], self._log_sec[k % _LOG_LEN], bool(self._log_closed[k % _LOG_LEN]))
+                for k in range(max(0, n - _LOG_LEN), n)]
+
     def energized_erases(self):
-        return sum(1 for e in self.erase_log if e[2])
+        """Erases with the contactor commanded closed (all, not only the last 16)."""
+        return self._closed_n
