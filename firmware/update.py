@@ -48,13 +48,27 @@ class UpdateError(Exception):
         self.reason = reason
 
 
+def has_key(board):
+    """True when the board holds a key file (usable or not): then only
+    images signed for it may be installed."""
+    import os
+
+    try:
+        os.stat(board.data_dir + "/" + KEY_FILE)
+        return True
+    except OSError:
+        return False
+
+
 def load_key(board):
-    """The board's public key for images, or None (no key file, or unusable:
-    the reason is printed)."""
+    """The board's public key for images, or None (no key file, or an
+    unusable one: the reason is printed; such a board takes no image)."""
+    if not has_key(board):
+        return None
     from firmware import signature
 
     key, err = signature.load_key(board.data_dir + "/" + KEY_FILE)
-    if key is None and err:
+    if key is None:
         print("update: no usable key:", err)
     return key
 
@@ -68,7 +82,8 @@ class Installer:
         self._pos = 0
         self._h = None
         self._info = None
-        self._digest = None  # verified by check()
+        self._digest = None  # SHA-256 of what was written, once complete
+        self._checked = None  # (signature, sha256) check() passed with
 
     def begin(self, size):
         """Start an image of `size` bytes; refuses one that cannot fit."""
@@ -110,7 +125,11 @@ class Installer:
             raise UpdateError("write", "not begun")
         if self._pos != self._size:
             raise UpdateError("size", "%d of %d bytes written" % (self._pos, self._size))
-        digest = self._h.digest()
+        if self._digest is None:
+            self._digest = self._h.digest()  # once: a finished hash cannot be read again
+        digest = self._digest
+        if self._checked == (signature, sha256):
+            return hexlify(digest).decode()  # finish() after a check(): not read twice
         h = hashlib.sha256()
         buf = bytearray(READ_BYTES)
         mv = memoryview(buf)
@@ -136,7 +155,7 @@ class Installer:
                 raise UpdateError("signature", "the signature does not verify with the board's key")
         elif not self.allow_unsigned:
             raise UpdateError("signature", "no key on the board")
-        self._digest = digest
+        self._checked = (signature, sha256)
         return hexd
 
     def finish(self, signature=None, sha256=None, version=None):
@@ -159,6 +178,7 @@ class Installer:
         self._pos = 0
         self._h = None
         self._digest = None
+        self._checked = None
 
 
 # --- after the reset: which image runs, and was the new one rolled back ---------------------

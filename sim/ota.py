@@ -27,6 +27,7 @@ import json
 import os
 
 LABELS = ("ota_0", "ota_1")
+OTA_DIR_NAME = ".ota"  # the folder in the emulated board's flash (its "/.ota")
 PART_SIZE = 0x180000  # 1.5 MB: the ESP32 port's partitions-4MiB-ota.csv app partitions
 BLOCK = 4096  # erase unit of the ESP32's SPI flash
 OTADATA = "otadata.json"
