@@ -653,11 +653,14 @@ class ReplMachine:
             self.on_input(data)
 
     # ---- main loop ----------------------------------------------------------
-    def serve(self):
+    def flash_partitions(self):
+        """A fresh board (or --reflash): the built interpreter in ota_0, valid,
+        as esptool flashes one. Before the device path is printed."""
         if self.ota_dir and (self.args.reflash or ota.read_otadata(self.ota_dir) is None):
-            # A fresh board (or --reflash): the built interpreter in ota_0, valid, as esptool flashes one.
             ota.flash(self.ota_dir, self.args.image_file)
             self.log("flashed %s into %s/ota_0" % (self.args.image_file, self.ota_dir))
+
+    def serve(self):
         self.hard_reset(PWRON_RESET)
         while not self.stop:
             if not self.pty_sink.connected:
@@ -789,6 +792,11 @@ def main(argv=None):
         board = ReplMachine(args)
     except OSError as e:
         print("simboard: cannot open the serial line: %s" % e, file=sys.stderr)
+        return 2
+    try:
+        board.flash_partitions()
+    except (OSError, ValueError) as e:
+        print("simboard: cannot write the app partitions: %s" % e, file=sys.stderr)
         return 2
 
     def stop(signum, frame):
