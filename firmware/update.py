@@ -20,10 +20,9 @@ Every refusal is an UpdateError whose `reason` is one short word: "no
 partitions", "size", "write", "hash", "signature". Nothing boots differently
 after a refusal: ota_set_boot() is the last call of a successful finish().
 
-Also owns the board's note of what it installed (NOTE_FILE, under the board's
-data_dir): an image set to boot that is not the one running at the next boot
-was rolled back by the bootloader; report() says so once per boot (the MQTT
-boot event, main.py's `image:` line that tools/deploy.py watches).
+finish() leaves a note of what it installed (firmware/imagestate.py, which
+reports after the reset whether the bootloader rolled it back, and marks a
+running image valid: small, so the firmware imports only that at boot).
 
 Never runs in the control tick; never imports machine.
 """
@@ -31,12 +30,10 @@ Never runs in the control tick; never imports machine.
 import hashlib
 from binascii import hexlify
 
-from firmware import store
+from firmware import imagestate
 
 KEY_FILE = "update_key.json"  # under board.data_dir: /data/update_key.json
-NOTE_FILE = "ota.json"  # under board.data_dir
 READ_BYTES = 4096  # re-read buffer of finish(): one flash block
-_NOTE_MAX_BYTES = 512
 
 
 class UpdateError(Exception):
@@ -163,8 +160,8 @@ class Installer:
         is set to boot at the next reset (pending verify). Returns the SHA-256 hex."""
         hexd = self.check(signature, sha256)
         info = self._info
-        _write_note({"to": info["next"], "from": info["running"], "sha256": hexd, "version": version,
-                     "rollback": None}, self.board)  # fmt: skip
+        imagestate.write_note(self.board, {"to": info["next"], "from": info["running"], "sha256": hexd,
+                                           "version": version, "rollback": None})  # fmt: skip
         try:
             self.board.ota_set_boot()
         except OSError as e:
@@ -179,75 +176,3 @@ class Installer:
         self._h = None
         self._digest = None
         self._checked = None
-
-
-# --- after the reset: which image runs, and was the new one rolled back ---------------------
-_report = None  # this boot's report, computed once
-
-
-def _note_path(board):
-    return board.data_dir + "/" + NOTE_FILE
-
-
-def _read_note(board):
-    note, _ = store.load_json(_note_path(board), _NOTE_MAX_BYTES)
-    return note if isinstance(note, dict) else None
-
-
-def _write_note(note, board):
-    import json
-
-    store.write(_note_path(board), json.dumps(note))
-
-
-def report(board):
-    """{"partition": running label, "state": "valid"|"pending"|"unknown",
-    "rollback": None or "<label> (version v, sha256 abc...) did not confirm:
-    running <label>"}, or None on a board without OTA partitions. The first
-    call of a boot notices a rollback and records it in the note; later calls
-    return the same dict. Never raises."""
-    global _report
-    if _report is not None:
-        return _report
-    try:
-        info = board.ota_info()
-        if info is None:
-            return None
-        note = _read_note(board) or {}
-        rollback = note.get("rollback")
-        to = note.get("to")
-        if to is not None and to != info["running"]:
-            rollback = "%s (version %s, sha256 %s) did not confirm: running %s" % (
-                to, note.get("version"), str(note.get("sha256"))[:12], info["running"])
-            note["to"] = None
-            note["rollback"] = rollback
-            _write_note(note, board)
-            print("update: rollback:", rollback)
-        state = info["state"]
-        if state == "unknown" and to is not None and to == info["running"]:
-            state = "pending"  # installed, not yet marked valid (an ESP32 cannot say so itself)
-        _report = {"partition": info["running"], "state": state, "rollback": rollback}
-    except Exception as e:
-        print("update: report failed:", repr(e))
-        _report = None
-    return _report
-
-
-def mark_valid(board):
-    """The firmware ran healthily (firmware/app.py, with slots.mark_good()):
-    cancel the bootloader's rollback unless the board says the image is
-    already valid. Never raises."""
-    try:
-        info = board.ota_info()
-        if info is None or info["state"] == "valid":
-            return
-        board.ota_mark_valid()
-        note = _read_note(board)
-        if note and note.get("to") == info["running"]:
-            note["to"] = None
-            _write_note(note, board)
-        if _report is not None:
-            _report["state"] = "valid"
-        print("update: image in %s marked valid" % info["running"])
-    except Exception as e:
-        print("update: mark_valid failed:", repr(e))

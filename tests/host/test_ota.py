@@ -139,7 +139,7 @@ def test_an_image_boots_the_new_version_from_the_other_partition_and_alternates(
         assert hashlib.sha256(f.read(image["size"])).hexdigest() == image["sha256"]
     up = re.search(r"uploaded (\d+) bytes in ([\d.]+) s", r.stdout)
     # The firmware marks the image valid after 30 s of running; here at once.
-    out = board_exec(board.port, "import gc\nfrom firmware import update\nupdate.mark_valid(_fw.hal)\n"
+    out = board_exec(board.port, "import gc\nfrom firmware import imagestate\nimagestate.mark_valid(_fw.hal)\n"
                      "gc.collect()\nprint('alloc', gc.mem_alloc(), 'free', gc.mem_free())")  # fmt: skip
     assert board.otadata()["ota_1"]["state"] == "valid"
     alloc = int(re.search(r"alloc (\d+)", out).group(1))
@@ -185,7 +185,7 @@ def test_an_image_that_does_not_start_at_all_is_rolled_back(make_board, tmp_path
     junk.write_bytes(b"\x7fELF" + bytes(range(256)) * 400)  # not a program the board can run
     r = run_deploy(board, make_tree(tmp_path, "2.0.0"))  # the board needs its boot files; then the junk
     assert r.returncode == 0, r.stdout + r.stderr
-    board_exec(board.port, "from firmware import update\nupdate.mark_valid(_fw.hal)")
+    board_exec(board.port, "from firmware import imagestate\nimagestate.mark_valid(_fw.hal)")
     r = subprocess.run([sys.executable, str(DEPLOY), "--port", board.port, "--source", str(REPO), "--image",
                         str(junk), "--watch", "10"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == deploy.EXIT_NOT_UP, r.stdout + r.stderr
