@@ -362,6 +362,10 @@ def cmd_image(args):
             # Start from the board's own build (timestamps kept): only the
             # frozen content is rebuilt and the program relinked.
             shutil.copytree(port / "build-esp32", port / IMAGE_BUILD, symlinks=True)
+        # The frozen .mpy files are rebuilt only when their source is newer,
+        # and the trees of two images share these names (firmware/app.py):
+        # a tree copied with its old mtimes would get the other tree's bytecode.
+        shutil.rmtree(port / IMAGE_BUILD / "frozen_mpy", ignore_errors=True)
         _make(["-C", str(top / "mpy-cross")], args.jobs, "mpy-cross")
         make_args = [a for a in UNIX_MAKE_ARGS if not a.startswith("BUILD=")] + ["BUILD=" + IMAGE_BUILD]
         _make(["-C", str(port)] + make_args + ["FROZEN_MANIFEST=" + str(manifest)], args.jobs,

@@ -281,3 +281,24 @@ def test_the_partitions_are_not_in_the_boards_filesystem(make_board):
     assert ".ota" not in names, out
     assert int(free) * 4096 > 1900 * 1024, "3 MB of partitions would not fit a 2 MB filesystem"
     assert os.path.getsize(board.flash / ".ota" / "ota_0.bin") == 0x180000
+
+
+def _image(tree):
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "mpbuild.py"), "image", "--tree", str(tree)],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(r.stdout), "built image" in r.stderr
+
+
+def test_images_are_built_from_their_trees_content_and_cached_by_it(esp32, tmp_path):
+    a = make_tree(tmp_path, "2.0.0")
+    b = make_tree(tmp_path, "6.6.6", crash=True)
+    first, _ = _image(a)
+    other, _ = _image(b)
+    assert other["sha256"] != first["sha256"]
+    again, built = _image(a)
+    assert again == first and not built, "the same content: the cached image"
+    # Rebuilt after the other tree (whose files are newer than this tree's
+    # copies): the image must still hold this tree's bytecode.
+    Path(first["image"]).unlink()
+    rebuilt, built = _image(a)
+    assert built and rebuilt["sha256"] == first["sha256"]
