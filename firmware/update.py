@@ -17,7 +17,8 @@ unless the Installer is made with allow_unsigned=True: only tools/deploy.py
 over the REPL does that (and says so), never a remote update (OCPP).
 
 Every refusal is an UpdateError whose `reason` is one short word: "no
-partitions", "size", "write", "hash", "signature". Nothing boots differently
+partitions", "pending" (the running image is not marked valid yet: the next
+partition holds its fallback), "size", "write", "hash", "signature". Nothing boots differently
 after a refusal: ota_set_boot() is the last call of a successful finish().
 
 finish() leaves a note of what it installed (firmware/imagestate.py, which
@@ -37,8 +38,8 @@ READ_BYTES = 4096  # re-read buffer of finish(): one flash block
 
 
 class UpdateError(Exception):
-    """An image refused. reason: "no partitions", "size", "write", "hash" or
-    "signature"; the message says more."""
+    """An image refused. reason: "no partitions", "pending", "size", "write",
+    "hash" or "signature"; the message says more."""
 
     def __init__(self, reason, detail=""):
         super().__init__("%s: %s" % (reason, detail) if detail else reason)
@@ -88,6 +89,12 @@ class Installer:
         info = self.board.ota_info()
         if info is None:
             raise UpdateError("no partitions", "this board's image has no OTA app partitions")
+        rep = imagestate.report(self.board)
+        if rep is not None and rep["state"] == "pending":
+            # The next partition holds the fallback of this unconfirmed image
+            # (ESP-IDF's esp_ota_begin refuses the same).
+            raise UpdateError("pending", "the running image in %s is not marked valid yet: its fallback in %s "
+                              "would be overwritten" % (info["running"], info["next"]))  # fmt: skip
         if self.key is None and not self.allow_unsigned:
             raise UpdateError("signature", "no key on the board (%s): no image can be verified" % KEY_FILE)
         if not isinstance(size, int) or size <= 0 or size > info["size"]:

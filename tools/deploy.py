@@ -287,6 +287,15 @@ def reset(board, log):
         log("deploy: could not reset the board: %s" % e)
 
 
+def soft_reset(board, log):
+    """Ctrl-D: boot.py, main.py, the firmware runs again in the same image
+    (no bootloader: a pending image stays pending). A failure is only logged."""
+    try:
+        board.soft_reset()
+    except BoardError as e:
+        log("deploy: could not soft-reset the board: %s" % e)
+
+
 def hashes(board, code):
     """{path: sha256 or None} from the 'F path sha' lines code prints on the board."""
     found = {}
@@ -353,9 +362,11 @@ if _hal is None:
 _oi = None
 _kf = False
 try:
-    from firmware import update as _up
+    from firmware import update as _up, imagestate as _is
     _oi = _hal.ota_info()
     _kf = _up.has_key(_hal)
+    if _oi:
+        _oi['state'] = _is.report(_hal)['state']  # with the installer's note: "pending" on an ESP32 too
 except Exception as _e:
     _ie = _ie or repr(_e)
 print(json.dumps({'platform': sys.platform, 'ota': _oi, 'key': _kf, 'error': _ie}))
@@ -388,7 +399,7 @@ def _call(board, code):
 
 def update_reason(text):
     """The UpdateError reason in a board's traceback ("hash", "signature", ...), or None."""
-    m = re.search(r"UpdateError: (no partitions|size|write|hash|signature)", text)
+    m = re.search(r"UpdateError: (no partitions|pending|size|write|hash|signature)", text)
     return m and m.group(1)
 
 
@@ -479,12 +490,15 @@ class Deploy:
         t0 = time.monotonic()
         reset_needed = False
         board = None
+        info = None
         try:
             board = BoardSession(args.port, helpers=BOARD_HELPERS)
             board.interrupt()
             reset_needed = True
-            self.check_busy(board)
-            info = json.loads(board.exec(IMAGE_INFO).strip().splitlines()[-1])
+            try:
+                self.check_busy(board)
+            finally:  # read-only: whether the running image is pending (then no hard reset, below)
+                info = json.loads(board.exec(IMAGE_INFO).strip().splitlines()[-1])
             oi = info["ota"]
             if info["error"] and oi is None:
                 raise DeployError(EXIT_ERROR, "the board cannot take an image: %s (its firmware needs "
@@ -533,7 +547,12 @@ class Deploy:
             raise DeployError(EXIT_NO_BOARD if e.lost else EXIT_ERROR, str(e)) from None
         finally:
             if reset_needed:
-                reset(board, self.log)
+                if info and (info["ota"] or {}).get("state") == "pending":
+                    # A hard reset would make the bootloader roll the running image back:
+                    # a soft reset restarts the firmware in the same image.
+                    soft_reset(board, self.log)
+                else:
+                    reset(board, self.log)
             if board is not None:
                 board.close()
 
@@ -553,8 +572,9 @@ class Deploy:
         ok, out = _call(board, IMAGE_BEGIN % len(data))
         if not ok:
             reason = update_reason(out)
-            raise DeployError(EXIT_FULL if reason == "size" else EXIT_ERROR,
-                              "the board refused the image (%s): %s" % (reason or "?", out.splitlines()[-1]))
+            code = {"size": EXIT_FULL, "pending": EXIT_BUSY}.get(reason, EXIT_ERROR)
+            raise DeployError(code, "%sthe board refused the image (%s): %s" % (
+                "board busy: " if code == EXIT_BUSY else "", reason or "?", out.splitlines()[-1]))
         t = time.monotonic()
         tty = sys.stdout.isatty()
         n = len(data)

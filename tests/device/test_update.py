@@ -211,3 +211,22 @@ def test_an_image_that_did_not_confirm_is_reported_as_rolled_back_once_and_marki
     finally:
         imagestate._report = None
         tmpdirs.remove(root)
+
+
+def test_while_the_running_image_is_not_marked_valid_no_image_may_overwrite_its_fallback():
+    _stub_signature()
+    b, root = _board()
+    try:
+        img = _image(3000)
+        _install(b, img)
+        assert ota.select(b.ota_dir) == "ota_1"  # booted, pending verify
+        imagestate._report = None
+        assert _reason(lambda: _install(b, _image(3000, seed=3))) == "pending"
+        with open(ota.part_path(b.ota_dir, "ota_0"), "rb") as f:
+            assert f.read(300) == b"OLD" * 100, "the fallback is untouched"
+        imagestate.mark_valid(b)
+        _install(b, _image(3000, seed=3))
+        assert _boots(b)[0] == "ota_0"
+    finally:
+        imagestate._report = None
+        tmpdirs.remove(root)

@@ -158,6 +158,12 @@ def test_an_image_not_marked_valid_before_a_reset_is_rolled_back_by_the_bootload
     board = make_board()
     r = run_deploy(board, make_tree(tmp_path, "2.0.0"))
     assert r.returncode == 0, r.stdout + r.stderr
+    # Another image now would overwrite the fallback of this unconfirmed one:
+    # refused, and the refusal's restart (a soft reset) does not roll it back.
+    r = run_deploy(board, make_tree(tmp_path, "2.0.1"))
+    assert r.returncode == deploy.EXIT_BUSY, r.stdout + r.stderr
+    assert "board busy: the board refused the image (pending)" in r.stderr, r.stderr
+    assert board.otadata()["ota_1"]["state"] == "pending"
     seen = board.power_cycle()  # a reset within its first 30 s: not marked valid
     assert seen["started"] and seen["version"] == "0.1.0", seen
     assert seen["image"]["partition"] == "ota_0" and "ota_1 (version 2.0.0" in seen["image"]["rollback"], seen
