@@ -354,9 +354,13 @@ def watch(board, seconds, target=None, settle=SETTLE_S, log=print):
 # the board has for an image update.
 IMAGE_INFO = """
 _ie = None
-if _hal is None:
+if _hal is None:  # the firmware was not running: main.py's board (imported: main.py did not run)
     try:
-        _hal = _board()
+        try:
+            _hal = _board()
+        except NameError:
+            from main import _board
+            _hal = _board()
     except Exception as _e:
         _ie = repr(_e)
 _oi = None

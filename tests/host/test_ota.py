@@ -15,11 +15,13 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ class OtaBoard(EmulatedBoard):
     """The emulated esp32 board with its OTA partitions in flash/.ota."""
 
     wait_charging = DeployTarget.wait_charging
+
+    def wait_started(self, timeout_s=60):
+        """Read the console until the firmware printed its start line: the
+        board has booted (an event, not a guess at how long that takes)."""
+        fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        try:
+            buf = b""
+            end = time.monotonic() + timeout_s
+            while b"evse firmware" not in buf:
+                ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+                assert ready, "the board never started its firmware; console: %r" % buf[-2000:]
+                buf += os.read(fd, 4096)
+        finally:
+            os.close(fd)
 
     def otadata(self):
         return json.loads((self.flash / ".ota" / "otadata.json").read_text())
@@ -85,6 +102,7 @@ def make_board(tmp_path, esp32):
             (flash / "data" / "sim.json").write_text(json.dumps(sim))
         b = OtaBoard(flash)
         boards.append(b)
+        b.wait_started()
         return b
 
     yield make
