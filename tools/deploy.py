@@ -18,11 +18,20 @@ Steps (docs/deploy.md has the board layout and the reasoning):
  5. update /boot.py, /main.py, /slots.mpy, /store.mpy (temp + rename, only when changed);
  6. switch slots with one rename of /slot.json, reset, watch the board come up.
 
+With --image [FILE] a whole firmware image (MicroPython with the firmware
+frozen) goes into the inactive OTA app partition instead: same busy check,
+uploaded into firmware/update.py's Installer on the board, read back and
+verified there (SHA-256, and the signature with --sign-key when the board has
+a key), set to boot pending verify, reset, watched; the bootloader boots the
+previous image at a reset before the firmware marks the new one valid.
+
 Exit codes: 0 done (or nothing to do), 1 usage/build error, 2 no board,
 3 board busy, 4 wrong bytecode version, 5 filesystem full, 6 hash mismatch
 after upload (nothing switched), 7 the new version did not come up (the board
 rolled back or never confirmed it), 8 the board's MicroPython is too old for
-the ESP32 driver (nothing written). The last line is always
+the ESP32 driver (nothing written). --image: 3 also while the running image
+is not yet marked valid, 5 the image is larger than the partition, 6 the board
+refused it (hash or signature). The last line is always
 "N files, M bytes uploaded".
 """
 
