@@ -42,10 +42,11 @@ def report(board):
     "rollback": None or "<label> (version v, sha256 abc...) did not confirm:
     running <label>"}, or None on a board without OTA partitions. The first
     call of a boot notices a rollback and records it in the note; later calls
-    return the same dict. Never raises."""
+    return the same (as of the last mark_valid()), each a copy of its own: a
+    queued boot event keeps what the boot saw. Never raises."""
     global _report
     if _report is not None:
-        return _report
+        return dict(_report)
     try:
         info = board.ota_info()
         if info is None:
@@ -67,7 +68,7 @@ def report(board):
     except Exception as e:
         print("update: report failed:", repr(e))
         _report = None
-    return _report
+    return None if _report is None else dict(_report)
 
 
 def mark_valid(board):
