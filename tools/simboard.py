@@ -7,8 +7,11 @@ soft reset (Ctrl-D) and hard reset (machine.reset()). Code runs in a
 MicroPython unix port (tools/simboard_agent.py) with the board's flash folder
 mounted at "/": by default the ESP32-faithful one (build/esp32, 32-bit, 112 KB
 heap, firmware/hal/umqtt frozen like a board image built from manifest.py),
-or with --interpreter unix64 the venv's 64-bit one. See docs/simboard.md for
-what it does not model.
+or with --interpreter unix64 the venv's 64-bit one. With the ESP32-faithful
+one the board has two OTA app partitions (FLASH/.ota, sim/ota.py) and an
+emulated bootloader: each hard reset runs the image (the interpreter program)
+in the partition it chooses, with ESP-IDF's rollback of an image not marked
+valid. See docs/simboard.md for what it does not model.
 
 The first line on stdout is the device path (e.g. /dev/pts/5); then it serves
 until SIGTERM or SIGINT (exit code 0). Without --flash the flash is a fresh
@@ -748,7 +751,8 @@ def parse_args(argv):
     p.add_argument("--heapsize", help="MicroPython heap (default: 112k for esp32, the heap of an ESP32 without "
                    "PSRAM; 128k for unix64)")  # fmt: skip
     p.add_argument("--micropython", help="the interpreter program (default: build/esp32/micropython for esp32, "
-                   ".venv/bin/micropython for unix64)")  # fmt: skip
+                   ".venv/bin/micropython for unix64); with app partitions (esp32) the bootloader runs the "
+                   "image in the partition it boots instead")  # fmt: skip
     p.add_argument("--no-ota", dest="ota", action="store_false",
                    help="no OTA app partitions: every boot runs --micropython (default with --interpreter esp32: "
                    "two partitions in FLASH/.ota, an emulated bootloader with rollback, docs/simboard.md)")  # fmt: skip
