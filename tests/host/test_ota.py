@@ -326,3 +326,25 @@ def test_images_are_built_from_their_trees_content_and_cached_by_it(esp32, tmp_p
     Path(first["image"]).unlink()
     rebuilt, built = _image(a)
     assert built and rebuilt["sha256"] == first["sha256"]
+
+
+def test_a_board_without_app_partitions_is_told_so_and_nothing_is_written(tmp_path, esp32):
+    flash = tmp_path / "flash"
+    (flash / "data").mkdir(parents=True)
+    for name in ("boot.py", "main.py"):
+        shutil.copy(REPO / name, flash / name)
+    board = EmulatedBoard(flash, interpreter="unix64", heapsize="384k")  # no partitions on that board
+    try:
+        r = subprocess.run([sys.executable, str(DEPLOY), "--port", board.port], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr  # the firmware in a slot (unix64 has none frozen)
+        junk = tmp_path / "image.bin"
+        junk.write_bytes(b"x" * 1000)
+        r = subprocess.run([sys.executable, str(DEPLOY), "--port", board.port, "--image", str(junk)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        board.stop()
+    assert r.returncode == deploy.EXIT_ERROR, r.stdout + r.stderr
+    assert "no OTA app partitions" in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "0 files, 0 bytes uploaded"
+    assert not (flash / ".ota").exists()
