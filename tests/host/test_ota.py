@@ -36,6 +36,8 @@ from emulated_board import EmulatedBoard, esp32_ready  # noqa: E402
 from test_deploy import DeployTarget  # noqa: E402
 from test_esp32_board import board_exec  # noqa: E402
 
+BUILT = deploy.firmware_version(REPO)  # the version of the image a fresh emulated board holds
+
 pytestmark = pytest.mark.skipif(not (REPO / ".venv" / "bin" / "mpremote").exists(), reason="needs .venv (make deps)")
 
 
@@ -183,11 +185,11 @@ def test_an_image_not_marked_valid_before_a_reset_is_rolled_back_by_the_bootload
     assert "board busy: the board refused the image (pending)" in r.stderr, r.stderr
     assert board.otadata()["ota_1"]["state"] == "pending"
     seen = board.power_cycle()  # a reset within its first 30 s: not marked valid
-    assert seen["started"] and seen["version"] == "0.1.0", seen
+    assert seen["started"] and seen["version"] == BUILT, seen
     assert seen["image"]["partition"] == "ota_0" and "ota_1 (version 2.0.0" in seen["image"]["rollback"], seen
     assert board.otadata()["ota_1"]["state"] == "aborted"
     seen = board.power_cycle()
-    assert seen["version"] == "0.1.0" and seen["image"]["partition"] == "ota_0", "never booted again"
+    assert seen["version"] == BUILT and seen["image"]["partition"] == "ota_0", "never booted again"
     r = run_deploy(board, make_tree(tmp_path, "2.0.1"))
     assert r.returncode == 0 and "board runs version 2.0.1 from ota_1" in r.stdout, r.stdout + r.stderr
 
@@ -200,7 +202,7 @@ def test_an_image_that_crashes_at_boot_is_rolled_back_and_the_deploy_exits_7(mak
     assert "the bootloader rolled back to ota_0" in r.stdout, r.stdout
     assert board.otadata()["ota_1"]["state"] == "aborted"
     seen = board.power_cycle()
-    assert seen["version"] == "0.1.0", seen
+    assert seen["version"] == BUILT, seen
 
 
 def test_an_image_that_does_not_start_at_all_is_rolled_back(make_board, tmp_path):
@@ -239,7 +241,7 @@ def test_a_corrupt_upload_is_refused_on_the_board_and_nothing_switches(make_boar
     assert "refused the image (hash)" in out.err and "nothing switched" in out.err, out.err
     assert board.otadata() == before
     seen = board.power_cycle()
-    assert seen["version"] == "0.1.0" and seen["image"]["partition"] == "ota_0", seen
+    assert seen["version"] == BUILT and seen["image"]["partition"] == "ota_0", seen
 
 
 @pytest.mark.skipif(not (REPO / "tools" / "sign.py").exists() or shutil.which("openssl") is None,
@@ -259,7 +261,7 @@ def test_a_board_with_a_key_takes_only_an_image_signed_with_it(make_board, tmp_p
     r = run_deploy(board, tree, "--sign-key", str(bad))
     assert r.returncode == deploy.EXIT_HASH, r.stdout + r.stderr
     assert "refused the image (signature)" in r.stderr and board.otadata() == before
-    assert board.power_cycle()["version"] == "0.1.0"
+    assert board.power_cycle()["version"] == BUILT
     r = run_deploy(board, tree, "--sign-key", str(good))
     assert r.returncode == 0 and "signature good" in r.stdout, r.stdout + r.stderr
     assert "board runs version 2.0.0 from ota_1" in r.stdout
@@ -282,7 +284,7 @@ def test_a_killed_upload_leaves_the_old_image_running_and_the_next_deploy_comple
     assert not any(x.startswith("switched:") for x in lines), lines
     assert board.otadata()["ota_1"]["state"] == "undefined"
     seen = board.power_cycle()
-    assert seen["version"] == "0.1.0" and seen["image"]["partition"] == "ota_0", seen
+    assert seen["version"] == BUILT and seen["image"]["partition"] == "ota_0", seen
     r = run_deploy(board, tree)
     assert r.returncode == 0 and "board runs version 2.0.0 from ota_1" in r.stdout, r.stdout + r.stderr
 
@@ -348,3 +350,21 @@ def test_a_board_without_app_partitions_is_told_so_and_nothing_is_written(tmp_pa
     assert "no OTA app partitions" in r.stderr
     assert r.stdout.strip().splitlines()[-1] == "0 files, 0 bytes uploaded"
     assert not (flash / ".ota").exists()
+
+
+def test_reflash_puts_the_built_interpreter_back_into_ota_0_as_esptool_would(make_board, tmp_path):
+    board = make_board()
+    r = run_deploy(board, make_tree(tmp_path, "2.0.0"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    board.stop()
+    p = subprocess.Popen([sys.executable, str(REPO / "tools" / "simboard.py"), "--flash", str(board.flash),
+                          "--reflash"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        port = p.stdout.readline().strip()
+        od = json.loads((board.flash / ".ota" / "otadata.json").read_text())
+        assert od["ota_0"]["state"] == "valid" and od["ota_1"]["seq"] == 0, od
+        out = board_exec(port, "import firmware\nprint('V', firmware.VERSION)")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+    assert "V %s" % BUILT in out, out
