@@ -31,7 +31,7 @@ from micropython import const
 
 from firmware import ocpp_auth, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
-from firmware.netup import start_thread
+from firmware.linkthread import LinkThread
 from firmware.ocpp_keys import KEYS_FILE, Keys
 from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
 from firmware.ocpp_time import iso, parse_time
@@ -53,11 +53,14 @@ def charge_point_id(url):
     return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
 
 
-class Ocpp:
+class Ocpp(LinkThread):
+    """The charge point; its thread's reconnect loop is firmware/linkthread.py's."""
+
     def __init__(self, cfg, net, data_dir, clock=None):
         """clock: the board (wall_time/set_wall_time): set from the central
         system's currentTime while NTP has not set it."""
-        self._clock = clock
+        self._wall = clock
+        self._clock = net  # ticks_ms/ticks_diff for the thread (firmware/linkthread.py)
         self._cfg = cfg
         self._net = net
         self.url = cfg["ocpp_url"]
@@ -83,7 +86,7 @@ class Ocpp:
         self.connected = False
         self.accepted = False  # BootNotification accepted (this boot)
         self.running = False
-        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None}
+        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None, "last_backoff_ms": 0}
         if self.auth.notes:
             self.stats["auth_notes"] = self.auth.notes
         # --- thread only -----------------------------------------------------------------
@@ -111,19 +114,7 @@ class Ocpp:
 
     # ==== the loop's side ==========================================================
     def start(self):
-        if self.running:
-            return
-        self.running = True
-        start_thread(self._run, THREAD_STACK_BYTES)
-
-    def stop(self, timeout_ms=2000):
-        with self._lock:
-            self._stop_req = True
-        net = self._net
-        t0 = net.ticks_ms()
-        while self.running and net.ticks_diff(net.ticks_ms(), t0) < timeout_ms:
-            net.sleep_ms(5)
-        return not self.running
+        self.start_thread(THREAD_STACK_BYTES)
 
     def pending(self):
         with self._lock:
@@ -157,7 +148,7 @@ class Ocpp:
         if len(tag) > 20:
             return False, "an OCPP idTag has at most 20 characters"
         online = self.accepted and self.connected
-        d = self.auth.decide(tag, online, self._clock.wall_time() if self._clock is not None else None)
+        d = self.auth.decide(tag, online, self._wall.wall_time() if self._wall is not None else None)
         if d == ocpp_auth.ACCEPT:
             self._grant = tag
             return True, None
@@ -219,6 +210,7 @@ class Ocpp:
         """Every LINK_EVERY ticks in the loop: never blocks on the network."""
         ch = fw.charger
         hal = fw.hal
+        self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
         st = self.status.of(ch)
         if st != self._st:
             self._st = st
@@ -318,55 +310,17 @@ class Ocpp:
             return {"status": "Accepted"}
         return {"status": "Rejected"}
 
-    # ==== the thread ================================================================
-    def _run(self):
-        wait_ms = 0
-        try:
-            while not self._stop_req:
-                if self.netup is not None and not self.netup.poll():
-                    if self._ws is not None:
-                        self._drop(OSError("network down"))
-                    if not self._sleep(self.netup.POLL_MS):
-                        break
-                    continue
-                if self._ws is None:
-                    if wait_ms:
-                        if not self._sleep(wait_ms):
-                            break
-                        wait_ms = 0
-                        continue
-                    try:
-                        self._connect()
-                        self.backoff.reset()
-                    except Exception as e:  # noqa: BLE001 - any failure means: try later
-                        self._drop(e)
-                        wait_ms = self.backoff.next_ms()
-                    continue
-                try:
-                    self._service()
-                except Exception as e:  # noqa: BLE001
-                    self._drop(e)
-                    wait_ms = self.backoff.next_ms()
-            if self._ws is not None:
-                try:
-                    self._ws.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self._ws = None
-        finally:
-            self.connected = False
-            self.running = False
+    # ==== the thread (its loop: firmware/linkthread.py) ===============================
+    def _tls(self):
+        return self.url.startswith("wss:")
 
-    def _sleep(self, ms):
-        net = self._net
-        t0 = net.ticks_ms()
-        while net.ticks_diff(net.ticks_ms(), t0) < ms:
-            if self._stop_req:
-                return False
-            if self.netup is not None:
-                self.netup.poll()
-            net.sleep_ms(min(50, ms))
-        return not self._stop_req
+    def _goodbye(self):
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._ws = None
 
     def _connect(self):
         cfg = self._cfg
@@ -615,7 +569,7 @@ class Ocpp:
     def _answered(self, p, payload):
         kind = p[2]
         if kind == "boot" or kind == "hb":
-            c = self._clock
+            c = self._wall
             if c is not None and c.wall_time() is None:
                 t = parse_time(payload.get("currentTime"))
                 if t is not None:
