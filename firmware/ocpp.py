@@ -33,6 +33,7 @@ from firmware import ocpp_auth, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
 from firmware.linkthread import LinkThread
 from firmware.ocpp_keys import KEYS_FILE, Keys
+from firmware.ocpp_reserve import Reservation
 from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
 from firmware.ocpp_time import iso, parse_time
 from firmware.ocpp_txq import TX_FILE, TxQueue
@@ -111,6 +112,8 @@ class Ocpp(LinkThread):
         self._avail_pending = None
         self._reset = None
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
+        self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
+        self._res_t = 0  # ticks of the last look at its expiry
 
     # ==== the loop's side ==========================================================
     def start(self):
@@ -149,6 +152,13 @@ class Ocpp(LinkThread):
             return False, "an OCPP idTag has at most 20 characters"
         online = self.accepted and self.connected
         d = self.auth.decide(tag, online, self._wall.wall_time() if self._wall is not None else None)
+        res = self.reservation
+        if res.active() and not res.admits(tag, None) and d != ocpp_auth.REFUSE:
+            # Reserved for another card: only one of the same parentIdTag, which
+            # only the central system can tell (Authorize; offline: refused).
+            if res.parent is None or not online:
+                return False, "the connector is reserved for another card"
+            d = ocpp_auth.ASK
         if d == ocpp_auth.ACCEPT:
             self._grant = tag
             return True, None
@@ -168,7 +178,11 @@ class Ocpp(LinkThread):
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
         self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
-        self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
+        payload = {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}
+        if self.reservation.active():  # only a card it admits could start: the reservation ends here
+            payload["reservationId"] = self.reservation.id
+            self.reservation.end()
+        self.txq.push("StartTransaction", local, payload, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
         self.smart.tx_end()  # its TxProfiles go with it
@@ -211,7 +225,13 @@ class Ocpp(LinkThread):
         ch = fw.charger
         hal = fw.hal
         self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
-        st = self.status.of(ch)
+        now = hal.ticks_ms()
+        if self.reservation.active() and hal.ticks_diff(now, self._res_t) >= 1000:
+            self._res_t = now
+            if self.reservation.expired(hal.wall_time()):
+                self.reservation.end()
+        ch.reserved = self.reservation.active()  # no session starts without a card it admits
+        st = self.status.of(ch, ch.reserved)
         if st != self._st:
             self._st = st
             self._post_status(1, st)
@@ -219,7 +239,6 @@ class Ocpp(LinkThread):
         if st0 is not self._st0:
             self._st0 = st0
             self._post_status(0, st0)
-        now = hal.ticks_ms()
         if self._local is not None:
             every = self.keys.get_int("MeterValueSampleInterval") * 1000
             if not self._mv_started:
@@ -249,7 +268,8 @@ class Ocpp(LinkThread):
                 action, req, resp = self._replies.pop(0)
             if action == "Authorize":
                 info = resp.get("idTagInfo") or {}
-                if info.get("status") == "Accepted":
+                res = self.reservation
+                if info.get("status") == "Accepted" and (not res.active() or res.admits(req["idTag"], info.get("parentIdTag"))):
                     ch.command("authorize", req["idTag"])
                     fw._status_due = True
         if self._avail_pending is not None and not ch.session_active:
@@ -276,10 +296,21 @@ class Ocpp(LinkThread):
         if action in ocpp_smart.ACTIONS:
             local = self._local
             return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
+        if action == "ReserveNow":
+            zero = self.keys.values["ReserveConnectorZeroSupported"] == "true"
+            status = self.reservation.reserve(p, ch, fw.hal.wall_time(), zero)
+            ch.reserved = self.reservation.active()  # before the next tick
+            return {"status": status}
+        if action == "CancelReservation":
+            status = self.reservation.cancel(p["reservationId"])
+            ch.reserved = self.reservation.active()
+            return {"status": status}
         if action == "RemoteStartTransaction":
             prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
+            if self.reservation.active() and not self.reservation.admits(p["idTag"], None):
+                return {"status": "Rejected"}  # reserved for another card
             if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
                 return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
             err = ch.command("authorize", p["idTag"])

@@ -45,7 +45,11 @@ def test_each_violation_gets_its_ocpp_error_code():
     cases = (
         ("Unknown", {}, "NotImplemented"),
         ("SetChargingProfile", {}, "OccurenceConstraintViolation"),
-        ("ReserveNow", {}, "NotSupported"),
+        ("InstallCertificate", {}, "NotSupported"),
+        ("ReserveNow", {}, "OccurenceConstraintViolation"),
+        ("CancelReservation", {"reservationId": "1"}, "TypeConstraintViolation"),
+        ("ReserveNow", {"connectorId": -1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "A", "reservationId": 1}, "PropertyConstraintViolation"),
+        ("ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "A" * 21, "reservationId": 1}, "TypeConstraintViolation"),
         ("Reset", [], "FormationViolation"),
         ("Reset", {"type": "Soft", "x": 1}, "FormationViolation"),
         ("Reset", {}, "OccurenceConstraintViolation"),

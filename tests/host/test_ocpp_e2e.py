@@ -84,7 +84,10 @@ class _CP(ChargePoint):
 
     @on("Authorize")
     def on_authorize(self, id_tag):
-        return call_result.Authorize(id_tag_info={"status": "Accepted" if id_tag in self.cs.tags else "Invalid"})
+        info = {"status": "Accepted" if id_tag in self.cs.tags else "Invalid"}
+        if id_tag in self.cs.parents:
+            info["parent_id_tag"] = self.cs.parents[id_tag]
+        return call_result.Authorize(id_tag_info=info)
 
     @on("StartTransaction")
     def on_start(self, **kw):
@@ -112,6 +115,7 @@ class CentralSystem:
         self.heartbeat_s = heartbeat_s
         self.boot_answers = list(boot_answers)
         self.tags = {"TAG0001", "REMOTE1"}
+        self.parents = {}  # idTag -> its parentIdTag in Authorize answers
         self.next_txid = 100
         self.password = password
         self.ssl_ctx = ssl_ctx
@@ -463,6 +467,41 @@ def test_central_system_starts_and_stops_a_session_remotely(cs, data_dir):
     assert fw.finish() == 0
 
 
+def _iso_in(s):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + s))
+
+
+def test_a_reservation_holds_the_connector_for_its_card_group_and_ends_with_its_transaction(cs, data_dir):
+    cs.tags |= {"OTHER", "MEMBER"}
+    cs.parents = {"MEMBER": "FLEET", "OTHER": "SOLO"}
+    fw = Firmware("reserve.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Available")
+    assert cs.send(call.ReserveNow(connector_id=2, expiry_date=_iso_in(120), id_tag="RES1", reservation_id=5)).status == "Rejected"
+    assert cs.send(call.ReserveNow(connector_id=1, expiry_date=_iso_in(-5), id_tag="RES1", reservation_id=5)).status == "Rejected"
+    r = cs.send(call.ReserveNow(connector_id=1, expiry_date=_iso_in(120), id_tag="RES1", parent_id_tag="FLEET", reservation_id=5))
+    assert r.status == "Accepted"
+    assert cs.send(call.ReserveNow(connector_id=0, expiry_date=_iso_in(120), id_tag="X", reservation_id=6)).status == "Occupied"
+    assert cs.send(call.CancelReservation(reservation_id=6)).status == "Rejected"
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Reserved")
+    _, start = cs.wait_call("StartTransaction", timeout_s=40)
+    auths = [c[3]["idTag"] for c in cs.calls("Authorize")]
+    assert auths == ["OTHER", "MEMBER"]  # OTHER's parent is not the reservation's: no transaction for it
+    assert start[3]["idTag"] == "MEMBER" and start[3]["reservationId"] == 5
+    # The car waited plugged in (free charging) without energy until MEMBER came.
+    t_start = start[3]["timestamp"]
+    assert t_start and all(not r["contactor"] for r in fw.records() if r["t"] < 20)
+    _, stop = cs.wait_call("StopTransaction", timeout_s=30)
+    assert stop[3]["reason"] == "EVDisconnected"
+    cs.wait(lambda d, m: _statuses(cs)[-1:] == ["Available"], 20, "Available after the transaction")
+    assert cs.send(call.CancelReservation(reservation_id=5)).status == "Rejected"  # it ended with its transaction
+    # A reservation that expires: Reserved, then Available again.
+    assert cs.send(call.ReserveNow(connector_id=0, expiry_date=_iso_in(3), id_tag="LATE", reservation_id=8)).status == "Accepted"
+    cs.wait(lambda d, m: _statuses(cs)[-2:] == ["Reserved", "Available"], 20, "Reserved then Available at its expiry")
+    assert fw.finish() == 0
+    st = _statuses(cs)
+    assert st.index("Reserved") < st.index("Charging")
+
+
 def test_configuration_keys_change_refuse_and_list(cs, data_dir):
     fw = Firmware("idle.json", cs.url, data_dir)
     cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
@@ -599,6 +638,10 @@ HOSTILE = [
      ' "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Relative", "chargingSchedule": {"chargingRateUnit": "W",'
      ' "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 1e9}]}}}]', "h20", ("result", {"status": "Rejected"})),
     ('[2, "h21", "GetCompositeSchedule", {"connectorId": 1, "duration": -5}]', "h21", "PropertyConstraintViolation"),
+    ('[2, "h22", "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "R", "reservationId": "7"}]', "h22", "TypeConstraintViolation"),
+    ('[2, "h23", "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "R", "reservationId": 7}]', "h23", ("result", {"status": "Occupied"})),
+    ('[2, "h24", "CancelReservation", {"reservationId": 7}]', "h24", ("result", {"status": "Rejected"})),
+    ('[2, "h25", "ReserveNow", {"connectorId": 1, "idTag": "R", "reservationId": 7}]', "h25", "OccurenceConstraintViolation"),
     ('[3, "nobody-asked", {}]', None, None),  # an answer to nothing: ignored
 ]
 
