@@ -46,6 +46,8 @@ IO_TIMEOUT_MS = const(10000)  # connect, TLS, upgrade, every frame once it has b
 CALL_TIMEOUT_MS = const(30000)  # no CALLRESULT by then: the connection is dropped
 IDLE_POLL_MS = const(20)  # the latency of a queued message when the link is idle
 BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a CALLERROR
+RESET_SOFT_MS = const(10000)  # a soft Reset waits this long at most for its StopTransaction to be answered
+RESET_CONF_MS = const(2000)  # ... and any Reset for its Accepted to go out
 THREAD_STACK_BYTES = const(16384)
 _SMALL_MAX = const(8)  # the other queues between the loop and the thread
 
@@ -110,7 +112,10 @@ class Ocpp(LinkThread):
         self._local = None  # session id of the open transaction
         self._mv_t = 0
         self._avail_pending = None
-        self._reset = None
+        self._reset = None  # "Soft"/"Hard": the stop reason of the transaction a Reset ends
+        self._reboot = None  # [type, ticks accepted, answers queued with it]: a Reset to carry out (in service)
+        self._answers_in = 0  # CALLRESULTs the loop queued in _results (loop only)
+        self._answers_out = 0  # ... and the thread sent (thread only)
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
         self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
         self._res_t = 0  # ticks of the last look at its expiry
@@ -281,8 +286,30 @@ class Ocpp(LinkThread):
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+            self._answers_in += 1
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+        if self._reboot is not None:
+            self._reset_when_done(fw, now)
+
+    def _reset_when_done(self, fw, now):
+        """A Reset accepted: once the transaction it stopped has ended (the
+        contactor open, the session written) and its Accepted has gone out,
+        and for a soft one once the StopTransaction was answered (at most
+        RESET_SOFT_MS), the firmware shuts down and the board resets. The
+        queue is on flash: whatever was not delivered goes after the reboot."""
+        ch = fw.charger
+        if ch.session_active or ch.contactor_on or fw._end_due is not None:
+            return
+        age = fw.hal.ticks_diff(now, self._reboot[1])
+        if self._answers_out < self._reboot[2] and age < RESET_CONF_MS:
+            return  # the Accepted has not gone out yet
+        if self._reboot[0] == "Soft" and self.txq.entries and self.connected and age < RESET_SOFT_MS:
+            return
+        self._reboot = None
+        self.stats["resets"] = self.stats.get("resets", 0) + 1
+        fw.shutdown(0)  # outputs safe, links closed
+        fw.hal.reset()  # does not return on a board; the simulator records it
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -324,11 +351,12 @@ class Ocpp(LinkThread):
             err = ch.command("stop", None)
             return {"status": "Rejected" if err else "Accepted"}
         if action == "Reset":
-            # Ends the transaction (reason Soft/HardReset). The reboot itself
-            # needs a board reset the HAL contract does not offer yet.
+            # Ends the transaction (reason Soft/HardReset), then the board
+            # resets (_reset_when_done).
             self._reset = p["type"]
             if ch.session_active:
                 ch.command("stop", None)
+            self._reboot = [p["type"], fw.hal.ticks_ms(), self._answers_in + 1]  # + this answer
             return {"status": "Accepted"}
         if action == "ChangeAvailability":
             if p["connectorId"] > 1:
@@ -414,6 +442,7 @@ class Ocpp(LinkThread):
                 self._results = []
         for uid, payload in results:
             self._send([3, uid, payload])
+            self._answers_out += 1
         now = net.ticks_ms()
         p = self._pending
         if p is not None:

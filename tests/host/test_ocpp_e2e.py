@@ -462,9 +462,15 @@ def test_central_system_starts_and_stops_a_session_remotely(cs, data_dir):
     cs.wait(lambda d, m: len(cs.calls("StartTransaction")) == 2, 20, "second StartTransaction")
     cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging" and len(cs.calls("StartTransaction")) == 2)
     assert cs.send(call.Reset(type="Soft")).status == "Accepted"
-    _, stop2 = cs.wait_call("StopTransaction", where=lambda p: p["transactionId"] == 102)
+    t_stop2, stop2 = cs.wait_call("StopTransaction", where=lambda p: p["transactionId"] == 102)
     assert stop2[3]["reason"] == "SoftReset"
+    # Then the board resets (the simulator records it and starts the firmware again): a new boot.
+    fw.wait(lambda r: r.get("reset") == 1, 30, "the board's reset")
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) == 2, 30, "BootNotification after the reset")
+    assert cs.calls("BootNotification")[1][0] > t_stop2
+    assert len(cs.calls("StopTransaction")) == 2  # delivered once, before the reset
     assert fw.finish() == 0
+    assert len(cs.calls("StopTransaction")) == 2 and len(cs.calls("StartTransaction")) == 2
 
 
 def _iso_in(s):
