@@ -29,7 +29,7 @@ import os
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_schema, ocpp_smart
+from firmware import ocpp_auth, ocpp_meter, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
 from firmware.linkthread import LinkThread
 from firmware.ocpp_keys import KEYS_FILE, Keys
@@ -119,6 +119,9 @@ class Ocpp(LinkThread):
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
         self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
         self._res_t = 0  # ticks of the last look at its expiry
+        self.aligned = ocpp_meter.Aligned()  # clock-aligned meter values
+        self._al_t = 0  # ticks of the last look at the wall clock for them
+        self._tx_data = []  # clock-aligned entries for the StopTransaction's transactionData (StopTxnAlignedData)
 
     # ==== the loop's side ==========================================================
     def start(self):
@@ -180,6 +183,7 @@ class Ocpp(LinkThread):
         self._local = local
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
+        self._tx_data = []
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
         self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
@@ -205,25 +209,41 @@ class Ocpp(LinkThread):
             self._reset = None
         else:
             oc = stop_reason(reason)
-        self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)
+        payload = {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}
+        if self._tx_data:  # StopTxnAlignedData: the clock-aligned entries taken during it
+            payload["transactionData"] = self._tx_data
+            self._tx_data = []
+        self.txq.push("StopTransaction", local, payload, self._lock)
         self._local = None
         self.status.finishing = True
 
-    def sample(self, fw, context):
-        """One meterValue entry: the register first (Wh), then per phase
-        current (A), power (W), temperature (Celsius), as configured."""
-        m = fw.meter
-        wanted = self.keys.values["MeterValuesSampledData"]
-        vals = [{"value": str(m.meter_wh()[0]), "context": context, "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
-        if "Current.Import" in wanted:
-            for p in range(m.phases):
-                vals.append({"value": "%d.%03d" % (m.i_ma[p] // 1000, m.i_ma[p] % 1000), "context": context, "measurand": "Current.Import", "phase": "L%d" % (p + 1), "unit": "A"})
-        if "Power.Active.Import" in wanted:
-            vals.append({"value": str(int(m.power_w)), "context": context, "measurand": "Power.Active.Import", "unit": "W"})
-        t = fw.charger.temp_dc
-        if "Temperature" in wanted and t != -32768:
-            vals.append({"value": "%d.%d" % (t // 10, t % 10) if t >= 0 else "-%d.%d" % (-t // 10, -t % 10), "context": context, "measurand": "Temperature", "unit": "Celsius"})
-        return {"timestamp": iso(fw.hal.wall_time()), "sampledValue": vals}
+    def sample(self, fw, context, key="MeterValuesSampledData", wall=None):
+        """One meterValue entry with the measurands of configuration key `key`
+        (firmware/ocpp_meter.py), stamped `wall` (None: now)."""
+        return ocpp_meter.sample(fw, self.keys.values[key], context, fw.hal.wall_time() if wall is None else wall)
+
+    def _aligned(self, fw):
+        """Once a second: a clock-aligned sample when a boundary has passed
+        (ClockAlignedDataInterval). MeterValues (Sample.Clock) with
+        MeterValuesAlignedData for connector 0 (the charger's meter) and
+        connector 1 (queued with its transaction while one runs); with
+        StopTxnAlignedData, an entry kept for the StopTransaction's
+        transactionData."""
+        slot = self.aligned.due(fw.hal.wall_time(), self.keys.get_int("ClockAlignedDataInterval"))
+        if slot is None:
+            return
+        if self.keys.values["MeterValuesAlignedData"]:
+            mv = self.sample(fw, "Sample.Clock", "MeterValuesAlignedData", slot)
+            with self._lock:
+                for c in (0, 1) if self._local is None else (0,):
+                    if len(self._calls) < _SMALL_MAX:
+                        self._calls.append(["MeterValues", {"connectorId": c, "meterValue": [mv]}])
+            if self._local is not None:
+                self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [mv], "_periodic": 1}, self._lock)
+        if self._local is not None and self.keys.values["StopTxnAlignedData"]:
+            if len(self._tx_data) >= ocpp_meter.TXDATA_MAX:
+                self._tx_data.pop(0)
+            self._tx_data.append(self.sample(fw, "Sample.Clock", "StopTxnAlignedData", slot))
 
     def service(self, fw):
         """Every LINK_EVERY ticks in the loop: never blocks on the network."""
@@ -252,6 +272,9 @@ class Ocpp(LinkThread):
             elif every and hal.ticks_diff(now, self._mv_t) >= every:
                 self._mv_t = now
                 self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [self.sample(fw, "Sample.Periodic")], "_periodic": 1}, self._lock)
+        if hal.ticks_diff(now, self._al_t) >= 1000:
+            self._al_t = now
+            self._aligned(fw)
         if self._trigger_mv:
             self._trigger_mv = False
             with self._lock:

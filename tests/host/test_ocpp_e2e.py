@@ -419,6 +419,33 @@ def test_card_authorizes_a_session_whose_meter_values_end_on_the_stop_register(c
     assert "Finishing" in st or "SuspendedEV" in st
 
 
+def test_clock_aligned_meter_values_at_the_interval_boundaries_in_and_outside_the_transaction(cs, data_dir):
+    _keys(
+        data_dir, ClockAlignedDataInterval="2", MeterValueSampleInterval="0",
+        MeterValuesAlignedData="Energy.Active.Import.Register,Power.Active.Import", StopTxnAlignedData="Energy.Active.Import.Register",
+    )
+    fw = Firmware("charge_tag.json", cs.url, data_dir)
+    _, stop = cs.wait_call("StopTransaction", timeout_s=40)
+    cs.wait(lambda d, m: len([1 for c in cs.calls("MeterValues") if c[3]["connectorId"] == 1 and "transactionId" not in c[3]]) >= 2, 20,
+            "aligned values for connector 1 after the transaction")
+    assert fw.finish() == 0
+    with cs.cond:
+        refused = [m for _, d, m in cs.msgs if d == "out" and isinstance(m, list) and m[0] == 4]
+    assert refused == []  # every message valid against the 1.6 schemas
+    clock = [c[3] for c in cs.calls("MeterValues") if c[3]["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"]
+    for p in clock:
+        ts = p["meterValue"][0]["timestamp"]
+        assert calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ")) % 2 == 0, ts
+        assert [v["measurand"] for v in p["meterValue"][0]["sampledValue"]] == ["Energy.Active.Import.Register", "Power.Active.Import"]
+    in_tx = [p for p in clock if p.get("transactionId") == 101]
+    assert in_tx and all(p["connectorId"] == 1 for p in in_tx)
+    assert {p["connectorId"] for p in clock if "transactionId" not in p} == {0, 1}
+    data = stop[3]["transactionData"]
+    assert [d["timestamp"] for d in data] == [p["meterValue"][0]["timestamp"] for p in in_tx][-len(data):]
+    assert all(v["context"] == "Sample.Clock" and v["measurand"] == "Energy.Active.Import.Register" for d in data for v in d["sampledValue"])
+    print("\nclock-aligned MeterValues: %d (%d in the transaction), transactionData entries: %d" % (len(clock), len(in_tx), len(data)))
+
+
 def test_a_card_the_central_system_refuses_gives_no_energy(cs, data_dir):
     cs.tags = set()
     fw = Firmware("charge_tag.json", cs.url, data_dir)
