@@ -407,7 +407,7 @@ class Ocpp(LinkThread):
     def _connect(self):
         cfg = self._cfg
         self._ws = WebSocket.connect(
-            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None
+            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None, cert=cfg.get("ocpp_client_cert") or None, key=cfg.get("ocpp_client_key") or None
         )
         self._pending = None
         self._last_tx = self._net.ticks_ms()

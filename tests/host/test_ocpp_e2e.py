@@ -124,6 +124,7 @@ class CentralSystem:
         self.cond = threading.Condition()
         self.cp = None
         self.auth_seen = []
+        self.peercerts = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -151,6 +152,7 @@ class CentralSystem:
 
     async def _handler(self, conn):
         self.auth_seen.append(conn.request.headers.get("Authorization"))
+        self.peercerts.append(conn.transport.get_extra_info("peercert"))  # TLS: the client's certificate (profile 3)
         cp = _CP(conn.request.path.rsplit("/", 1)[-1], conn, response_timeout=10)
         cp.cs = self
         self.cp = cp
@@ -757,6 +759,46 @@ def test_basic_auth_over_tls_verified_against_the_ca_connects(data_dir):
                 fw = Firmware("idle.json", cs.url, data_dir)
                 assert fw.finish() == 0
                 assert cs.calls() == [], cfg
+            finally:
+                cs.close()
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+def test_security_profile_3_a_client_certificate_the_central_system_requires_connects_and_others_are_refused(data_dir):
+    import ssl
+
+    from test_link_secure import _openssl, _pki
+
+    pki_dir = tempfile.mkdtemp(prefix="evse-pki-")
+    try:
+        pki = _pki(pki_dir)
+        # The charge point's certificate, signed by the central system's CA (CN: its id).
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "cp.key", "-out", "cp.csr", "-subj", "/CN=%s" % CP_ID, cwd=pki_dir)
+        _openssl("x509", "-req", "-in", "cp.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cp.crt", "-days", "30", cwd=pki_dir)
+        cp_crt, cp_key = os.path.join(pki_dir, "cp.crt"), os.path.join(pki_dir, "cp.key")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["server"], os.path.join(pki_dir, "server.key"))
+        ctx.load_verify_locations(pki["ca"])
+        ctx.verify_mode = ssl.CERT_REQUIRED  # no client certificate of this CA: no TLS session
+        cs = CentralSystem(ssl_ctx=ctx)
+        try:
+            _config(data_dir, ocpp_ca=pki["ca"], ocpp_client_cert=cp_crt, ocpp_client_key=cp_key)
+            fw = Firmware("idle.json", cs.url, data_dir)
+            cs.wait_call("BootNotification", timeout_s=30)
+            assert fw.finish() == 0
+            assert cs.peercerts and dict(x[0] for x in cs.peercerts[0]["subject"])["commonName"] == CP_ID
+        finally:
+            cs.close()
+        # A certificate of another CA, or none: the central system refuses the handshake.
+        other_key = os.path.join(pki_dir, "other.key")
+        for cfg in ({"ocpp_ca": pki["ca"], "ocpp_client_cert": pki["other"], "ocpp_client_key": other_key}, {"ocpp_ca": pki["ca"]}):
+            cs = CentralSystem(ssl_ctx=ctx)
+            try:
+                _config(data_dir, **cfg)
+                fw = Firmware("idle.json", cs.url, data_dir)
+                assert fw.finish() == 0
+                assert cs.calls() == [] and cs.cp is None, cfg
             finally:
                 cs.close()
     finally:
