@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,10 +41,13 @@ ocpp = pytest.importorskip("ocpp")
 websockets = pytest.importorskip("websockets")
 
 from ocpp.routing import on  # noqa: E402
-from ocpp.v16 import ChargePoint, call, call_result  # noqa: E402
+from ocpp.v16 import call, call_result  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import central  # noqa: E402 - tools/central.py: the demo's central system, whose answers these extend
+
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
 SCEN = os.path.join(REPO, "tests", "scenarios", "ocpp")
 MP_ENV = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
@@ -56,10 +60,20 @@ def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _CP(ChargePoint):
-    """The central system's side of one charge point connection."""
+class _Quiet:
+    """tools/central.py's printer, silent."""
+
+    @staticmethod
+    def say(text):
+        pass
+
+
+class _CP(central._Session):
+    """The central system's side of one charge point connection: the demo's
+    answers (tools/central.py), with scripted boots, cards and ids."""
 
     cs = None  # the CentralSystem
+    central = _Quiet
 
     async def route_message(self, raw):
         self.cs._record("in", raw)
@@ -74,14 +88,6 @@ class _CP(ChargePoint):
         status, interval = self.cs.boot_answers.pop(0) if self.cs.boot_answers else ("Accepted", self.cs.heartbeat_s)
         return call_result.BootNotification(current_time=_now(), interval=interval, status=status)
 
-    @on("Heartbeat")
-    def on_heartbeat(self):
-        return call_result.Heartbeat(current_time=_now())
-
-    @on("StatusNotification")
-    def on_status(self, **kw):
-        return call_result.StatusNotification()
-
     @on("Authorize")
     def on_authorize(self, id_tag):
         info = {"status": "Accepted" if id_tag in self.cs.tags else "Invalid"}
@@ -94,17 +100,6 @@ class _CP(ChargePoint):
         self.cs.next_txid += 1
         return call_result.StartTransaction(transaction_id=self.cs.next_txid, id_tag_info={"status": "Accepted"})
 
-    @on("StopTransaction")
-    def on_stop(self, **kw):
-        return call_result.StopTransaction()
-
-    @on("MeterValues")
-    def on_meter_values(self, **kw):
-        return call_result.MeterValues()
-
-    @on("DiagnosticsStatusNotification")
-    def on_diag(self, **kw):
-        return call_result.DiagnosticsStatusNotification()
 
 
 class CentralSystem:
@@ -860,3 +855,27 @@ def test_rig_run_connects_the_simulated_charger_with_ocpp(cs):
     bad = subprocess.run([os.path.join(REPO, ".venv", "bin", "python"), rig, "run", os.path.join(SCEN, "idle.json"), "--ocpp", "http://x/y"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "--ocpp" in bad.stderr
+
+
+# ---- make run ---------------------------------------------------------------------------------
+
+
+def test_run_demo_shows_an_ocpp_session_beside_the_mqtt_one():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_demo.py"), "--fast"],
+                         capture_output=True, text=True, timeout=90, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    ocpp_lines = [ln for ln in lines if ln.startswith("ocpp | ")]
+    for what in ("BootNotification", "StatusNotification connector 1 Charging", "StartTransaction idTag FREE",
+                 "MeterValues connector 1 #1 Transaction.End", "StopTransaction #1"):  # fmt: skip
+        assert any(what in ln for ln in ocpp_lines), (what, out.stdout)
+    assert len([ln for ln in ocpp_lines if "StartTransaction" in ln]) == 1
+    assert len([ln for ln in ocpp_lines if "<- StopTransaction" in ln]) == 1
+    assert not [ln for ln in ocpp_lines if "refused" in ln or "CALLERROR" in ln], out.stdout
+    assert any(ln.startswith("mqtt | ") and " session " in ln for ln in lines)  # MQTT beside it
+    assert "central system stopped" in out.stdout and "expectations held" in out.stdout
+    # The session's energy: the same in both (MQTT in mWh-precise Wh, OCPP in whole Wh).
+    mqtt_wh = float(next(ln for ln in lines if " session " in ln and "energy=" in ln).split("energy=")[1].split("Wh")[0])
+    stop_wh = int(next(ln for ln in ocpp_lines if "<- StopTransaction" in ln).split("meterStop ")[1].split(" ")[0])
+    start_wh = int(next(ln for ln in ocpp_lines if "<- StartTransaction" in ln).split("meterStart ")[1].split(" ")[0])
+    assert abs((stop_wh - start_wh) - mqtt_wh) < 1  # registers in whole Wh
