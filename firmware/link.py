@@ -268,6 +268,7 @@ class Link(LinkThread):
         net: the board's network access (hal/net.py); device_info: extra
         fields of Home Assistant's device block (serial_number, hw_version)."""
         self._clock = clock
+        self._ticks = clock  # the thread's (firmware/linkthread.py)
         self._net = net
         self._cfg = cfg
         self._device_info = device_info

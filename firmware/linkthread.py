@@ -14,7 +14,7 @@ A link subclasses LinkThread and provides _connect() (raises on failure,
 sets `connected`), _service() (one round of traffic: raises when the
 connection is lost), _drop(err) (forget the connection), _goodbye() (a
 clean close at stop) and _tls() (whether its connection uses TLS). It sets
-`_net` (sleep_ms), `_clock` (ticks_ms/ticks_diff), `backoff`, `stats` and
+`_net` (sleep_ms), `_ticks` (ticks_ms/ticks_diff), `backoff`, `stats` and
 `_lock` before start().
 Never: holds the lock across I/O; runs in the control tick.
 """
@@ -54,7 +54,7 @@ class LinkThread:
         """Ask the thread to close and end; wait up to timeout_ms. True when it has ended."""
         with self._lock:
             self._stop_req = True
-        clock = self._clock
+        clock = self._ticks
         t0 = clock.ticks_ms()
         while self.running and clock.ticks_diff(clock.ticks_ms(), t0) < timeout_ms:
             self._net.sleep_ms(5)
@@ -83,7 +83,7 @@ class LinkThread:
                         continue
                     try:
                         self._connect()
-                        self._up_t = self._clock.ticks_ms()
+                        self._up_t = self._ticks.ticks_ms()
                     except Exception as e:  # noqa: BLE001 - any failure means: try later
                         self._drop(e)
                         wait_ms = self._next_backoff()
@@ -101,7 +101,7 @@ class LinkThread:
 
     def _stable(self):
         """The back-off starts again once this connection proved itself."""
-        if self.backoff.failures and self._clock.ticks_diff(self._clock.ticks_ms(), self._up_t) >= STABLE_MS:
+        if self.backoff.failures and self._ticks.ticks_diff(self._ticks.ticks_ms(), self._up_t) >= STABLE_MS:
             self.backoff.reset()
 
     def _next_backoff(self):
@@ -111,7 +111,7 @@ class LinkThread:
 
     def _sleep(self, ms):
         """Sleep in short steps; False when stop() was called meanwhile."""
-        clock = self._clock
+        clock = self._ticks
         t0 = clock.ticks_ms()
         while clock.ticks_diff(clock.ticks_ms(), t0) < ms:
             if self._stop_req:

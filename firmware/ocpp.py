@@ -63,8 +63,8 @@ class Ocpp(LinkThread):
     def __init__(self, cfg, net, data_dir, clock=None):
         """clock: the board (wall_time/set_wall_time): set from the central
         system's currentTime while NTP has not set it."""
-        self._wall = clock
-        self._clock = net  # ticks_ms/ticks_diff for the thread (firmware/linkthread.py)
+        self._clock = clock
+        self._ticks = net  # ticks_ms/ticks_diff for the thread (firmware/linkthread.py)
         self._cfg = cfg
         self._net = net
         self.url = cfg["ocpp_url"]
@@ -160,7 +160,7 @@ class Ocpp(LinkThread):
         if len(tag) > 20:
             return False, "an OCPP idTag has at most 20 characters"
         online = self.accepted and self.connected
-        d = self.auth.decide(tag, online, self._wall.wall_time() if self._wall is not None else None)
+        d = self.auth.decide(tag, online, self._clock.wall_time() if self._clock is not None else None)
         res = self.reservation
         if res.active() and not res.admits(tag, None) and d != ocpp_auth.REFUSE:
             # Reserved for another card: only one of the same parentIdTag, which
@@ -653,7 +653,7 @@ class Ocpp(LinkThread):
     def _answered(self, p, payload):
         kind = p[2]
         if kind == "boot" or kind == "hb":
-            c = self._wall
+            c = self._clock
             if c is not None and c.wall_time() is None:
                 t = parse_time(payload.get("currentTime"))
                 if t is not None:

@@ -33,7 +33,7 @@ class _Scripted(linkthread.LinkThread):
     """A link whose connection lasts `up_ms` of its service rounds, then drops."""
 
     def __init__(self, up_ms, rounds):
-        self._clock = self._net = _Clock()
+        self._ticks = self._net = _Clock()
         self._lock = _thread.allocate_lock()
         self.backoff = Backoff(12345)
         self.stats = {"last_backoff_ms": 0}
@@ -49,11 +49,11 @@ class _Scripted(linkthread.LinkThread):
         if self.connects > self.rounds:
             self._stop_req = True
         self.connected = True
-        self._t = self._clock.t
+        self._t = self._ticks.t
 
     def _service(self):
-        self._clock.t += 100
-        if self._clock.t - self._t >= self.up_ms:
+        self._ticks.t += 100
+        if self._ticks.t - self._t >= self.up_ms:
             raise OSError("dropped by the server")
 
     def _drop(self, err):
@@ -82,7 +82,7 @@ def test_a_tls_link_waits_while_hold_tls_is_set_and_a_plain_one_does_not():
         s = _Scripted(up_ms=100, rounds=0)
         s._tls = lambda tls=tls: tls
         s.hold_tls = True
-        clock = s._clock
+        clock = s._ticks
 
         def sleep(ms, clock=clock, s=s):
             clock.t += ms

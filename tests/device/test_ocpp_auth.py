@@ -287,7 +287,7 @@ def test_the_charge_point_answers_list_calls_and_authorizes_offline_from_its_lis
         with open(d + "/ocpp_keys.json", "w") as f:
             f.write('{"LocalAuthorizeOffline": "true"}')
         cp = test_ocpp._cp(d)  # its link writes into a list
-        cp._wall = _Clock()
+        cp._clock = _Clock()
         frame = [
             2,
             "s1",
