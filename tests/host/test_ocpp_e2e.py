@@ -532,6 +532,22 @@ def test_a_reservation_holds_the_connector_for_its_card_group_and_ends_with_its_
     assert st.index("Reserved") < st.index("Charging")
 
 
+def test_hard_reset_reboots_at_once_and_its_stop_arrives_once_with_the_new_boot(cs, data_dir):
+    fw = Firmware("plugged.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
+    cs.wait_call("StartTransaction")
+    assert cs.send(call.Reset(type="Hard")).status == "Accepted"
+    fw.wait(lambda r: r.get("reset") == 1, 30, "the board's reset")
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) == 2, 30, "BootNotification after the reset")
+    # The car is still plugged in and charging is free: a new transaction after the reboot.
+    cs.wait(lambda d, m: len(cs.calls("StartTransaction")) == 2, 30, "the next transaction")
+    assert fw.finish() == 0
+    stops = [c[3] for c in cs.calls("StopTransaction")]
+    assert [(s["transactionId"], s["reason"]) for s in stops if s["transactionId"] == 101] == [(101, "HardReset")]  # once, no PowerLoss
+    order = [(c[2], c[3].get("transactionId")) for c in cs.calls() if c[2] in ("BootNotification", "StartTransaction", "StopTransaction")]
+    assert order.index(("StopTransaction", 101)) < order.index(("StartTransaction", None), 2)  # its stop before the next start
+
+
 def test_configuration_keys_change_refuse_and_list(cs, data_dir):
     fw = Firmware("idle.json", cs.url, data_dir)
     cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
