@@ -33,8 +33,10 @@ import micropython
 from micropython import const
 
 from hal import net as _net
-from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+from hal.contract import NO_TEMP, PILOT_PLUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN
 from sim import ticks as _t
+from sim.frontend import FrontEnd
+from sim.frontend import lcg as _lcg
 from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
@@ -163,13 +165,6 @@ def _adc_fill(buf, wave, par, lin) -> int:
     return r
 
 
-@micropython.viper
-def _lcg(r: int) -> int:
-    # The next PRNG state, in machine words: r * _LCG_A is no small int on a
-    # 32-bit port, and a big int would allocate in the tick.
-    return (r * _LCG_A + 12345) & _RNG_MASK
-
-
 _REM = array("i", [0])  # _muldiv's remainder for its callers here
 
 
@@ -232,7 +227,7 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal"):
+                 profile="ideal", frontend="ideal", frontend_opts=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -350,6 +345,15 @@ class SimBoard:
         self._wave = self._make_wave(harmonics)
         self._lin = self._make_lin(adc_nonlinear_counts)
         self._pilot_calc()
+        # --- the pilot's front end (sim/frontend.py): "ideal" reads the true
+        # levels; "esp32" runs the driver's phase-classified sampling on a model
+        # of the RC settling, the 11 dB ADC curve and its noise; "esp32_split"
+        # the older unsynchronised split on the same model (benchmarks).
+        if frontend not in ("ideal", "esp32", "esp32_split"):
+            raise ValueError("frontend must be ideal, esp32 or esp32_split: " + str(frontend))
+        self.frontend_name = frontend
+        self.frontend = None if frontend == "ideal" else FrontEnd(
+            self, seed=seed, phased=frontend == "esp32", **(frontend_opts or {}))
         if self._timed:
             from sim import timing
 
@@ -520,16 +524,26 @@ class SimBoard:
 
     def pilot_read(self, out):
         p = self.profile
+        fe = self.frontend
         if p is not None:  # the burst: the reading is the world at its middle
-            half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
+            if fe is not None:
+                half = fe.burst_us() // 2
+            else:
+                half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
             self._call(half)
-        n = self.pilot_noise_mv
-        if n:
-            out[0] = self._high_mv + self._noise(n)
-            out[1] = self._low_mv + self._noise(n) if self._pwm else out[0]
+        if fe is not None:
+            fe.pilot_read(out)
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv
+        n = self.pilot_noise_mv
+        if n:  # interference that survives the burst's median, per reading
+            if out[0] != PILOT_UNSEEN:
+                out[0] += self._noise(n)
+            if not self._pwm:
+                out[1] = out[0]
+            elif out[1] != PILOT_UNSEEN:
+                out[1] += self._noise(n)
         # What forbade closing in the world this reading saw (for close_why).
         self._seen_why = (None if self.ev_s2_closed else "s2_open") or (
             "cp_short" if self._cp_short else "diode_short" if self._diode_short else
