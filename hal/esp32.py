@@ -250,11 +250,13 @@ def validate(desc):
             cal = check_cal(s["cal"], "pilot.cal")
         except ValueError as e:
             raise BoardFileError("board file: " + str(e)) from None
-    lo_mv = _get(s, "pilot", "adc_mv_at_minus12v", int, 0, 3300, optional=True) if cal is None or "adc_mv_at_minus12v" in s else None
-    hi_mv = _get(s, "pilot", "adc_mv_at_plus12v", int, 0, 3300, optional=True) if cal is None or "adc_mv_at_plus12v" in s else None
-    if cal is None and (lo_mv is None or hi_mv is None):
-        raise BoardFileError("board file: 'pilot.cal' (or the older 'pilot.adc_mv_at_minus12v'/'adc_mv_at_plus12v') is missing")
-    if cal is None and abs(hi_mv - lo_mv) < 1000:
+    lo_mv = hi_mv = None
+    if cal is None:  # the older two-point calibration (ADC mV from read_uv at -12 V and +12 V)
+        if "adc_mv_at_minus12v" not in s and "adc_mv_at_plus12v" not in s:
+            raise BoardFileError("board file: missing key 'pilot.cal' (the calibration table, hal/boards/README.md)")
+        lo_mv = _get(s, "pilot", "adc_mv_at_minus12v", int, 0, 3300)
+        hi_mv = _get(s, "pilot", "adc_mv_at_plus12v", int, 0, 3300)
+    if lo_mv is not None and hi_mv is not None and abs(hi_mv - lo_mv) < 1000:
         raise BoardFileError(
             "board file: 'pilot.adc_mv_at_plus12v' and 'pilot.adc_mv_at_minus12v' are less than 1000 mV apart"
         )
