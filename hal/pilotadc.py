@@ -128,8 +128,8 @@ def check_cal(points, where):
     if not isinstance(points, list) or not CAL_MIN_POINTS <= len(points) <= CAL_MAX_POINTS:
         raise ValueError("'" + where + "' must list " + str(CAL_MIN_POINTS) + ".." + str(CAL_MAX_POINTS)
                          + " [raw count, pilot mV] points")
-    xs = []
-    ys = []
+    xs: list = []
+    ys: list = []
     for i in range(len(points)):
         p = points[i]
         at = where + "[" + str(i) + "]"
