@@ -75,6 +75,7 @@ SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level i
 STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
 PILOT_SAMPLES = const(64)  # most samples one phase-classified burst keeps
 SETTLE_US_DEFAULT = const(32)  # board file pilot.settle_us when absent (3.2 time constants of a 10 us front end: within 4 %)
+PILOT_ENOUGH = const(4)  # samples of each half after which a burst may stop early
 WINDOW_US_DEFAULT = const(2100)  # board file pilot.window_us when absent: two PWM periods and a margin
 MAINS_SAMPLES = const(40)  # mains_read(): reads per CT over ...
 MAINS_WINDOW_US = const(20000)  # ... one 50 Hz period (60 reads at most: the sums stay < 2**30)
@@ -721,7 +722,7 @@ class Esp32Board(Board):
         lv = self._lv
         if self._pwm_on and self.pilot_phased:
             n = sample_phased(self._plevel, self._read, time.ticks_us, time.ticks_diff, self._plus, self._high_us,
-                              1000 - self._high_us, self._settle, self._window, a, self._ptag)
+                              1000 - self._high_us, self._settle, self._window, PILOT_ENOUGH, a, self._ptag)
             phase_levels(a, self._ptag, n, lv)
             out[0] = PILOT_UNSEEN if lv[0] < 0 else self._mv(lv[0])
             out[1] = PILOT_UNSEEN if lv[1] < 0 else self._mv(lv[1])

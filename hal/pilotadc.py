@@ -42,15 +42,16 @@ _FIRST_READ_US = const(50)  # how long a read is guessed to take until one was t
 
 
 @micropython.native
-def sample_phased(level, read, us, diff, plus, high_us, low_us, settle_us, window_us, raw, tag):
+def sample_phased(level, read, us, diff, plus, high_us, low_us, settle_us, window_us, enough, raw, tag):
     """Read the pilot ADC for window_us and keep the samples taken well inside
     one half-period of the PWM (module docstring). level(): the PWM pin's
     level now (plus: the level that drives +12 V); read(): one raw ADC
     reading; us()/diff(): a microsecond clock and its wrap-safe difference;
     high_us/low_us: the PWM's half-periods. Knowing them, no read starts that
     could end after its half-period may: the pin is watched instead, so the
-    next edge is caught within one read-back. Fills raw[:n] and tag[:n]
-    (1 high half, 0 low half), returns n (at most len(raw))."""
+    next edge is caught within one read-back. Stops early once both halves
+    have `enough` samples. Fills raw[:n] and tag[:n] (1 high half, 0 low
+    half), returns n (at most len(raw))."""
     cap = len(raw)
     t0 = us()
     prev = level()
@@ -60,7 +61,8 @@ def sample_phased(level, read, us, diff, plus, high_us, low_us, settle_us, windo
     run_len = 0  # its length; 0 until an edge was seen (the phase is unknown before)
     br = _FIRST_READ_US  # the last read's bracket (read-back to read-back)
     n = 0
-    while n < cap:
+    nh = 0  # of them in the high half
+    while n < cap and (nh < enough or n - nh < enough):
         a = level()
         ta = us()
         if diff(ta, t0) >= window_us:
@@ -92,7 +94,11 @@ def sample_phased(level, read, us, diff, plus, high_us, low_us, settle_us, windo
             run_len = high_us if b == plus else low_us
             continue
         raw[n] = x
-        tag[n] = 1 if a == plus else 0
+        if a == plus:
+            tag[n] = 1
+            nh += 1
+        else:
+            tag[n] = 0
         n += 1
     return n
 

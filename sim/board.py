@@ -533,6 +533,8 @@ class SimBoard:
             self._call(half)
         if fe is not None:
             fe.pilot_read(out)
+            if p is not None:  # the rest of the burst as it came out
+                half = fe.burst_us() - half if fe.burst_us() > half else 0
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv

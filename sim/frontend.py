@@ -48,6 +48,7 @@ SPLIT_SPACING_US = const(43)  # ... `pilot.spacing_us` apart (esp32_devkit.json)
 SAMPLES = const(64)  # hal/esp32.py PILOT_SAMPLES
 SETTLE_US = const(32)  # hal/esp32.py SETTLE_US_DEFAULT
 WINDOW_US = const(2100)  # hal/esp32.py WINDOW_US_DEFAULT
+ENOUGH = const(4)  # hal/esp32.py PILOT_ENOUGH
 _Q = const(10)  # decay table in q10
 
 # The ADC curve (adc_count): Espressif's 11 dB range and eFuse line.
@@ -149,6 +150,7 @@ class FrontEnd:
         self.read = self._read
         self.us = self._us
         self.reads = 0  # ADC reads taken (for the benchmarks)
+        self.last_us = window_us  # the last phase-classified burst's length
 
     # --- the driver's callables on the model ---------------------------------------
     def _level(self):
@@ -191,11 +193,12 @@ class FrontEnd:
 
     # --- the driver's pilot_read on the model ---------------------------------------
     def burst_us(self):
-        """The time a pilot_read takes, for the board's clock."""
+        """The time the next pilot_read is expected to take (the last
+        phase-classified burst's, which may stop early), for the board's clock."""
         b = self.board
         if not b._pwm:
             return STEADY_READS * READ_US
-        return self.window_us if self.phased else SPLIT_BURST * max(SPLIT_SPACING_US, READ_US)
+        return self.last_us if self.phased else SPLIT_BURST * max(SPLIT_SPACING_US, READ_US)
 
     def pilot_read(self, out):
         b = self.board
@@ -217,8 +220,10 @@ class FrontEnd:
         raw = self._raw
         if self.phased:
             d = self._duty_us
+            t0 = self.t
             n = sample_phased(self.level, self.read, self.us, _diff, 1, d, 1000 - d, self.settle_us,
-                              self.window_us, raw, self._tag)
+                              self.window_us, ENOUGH, raw, self._tag)
+            self.last_us = self.t - t0
             phase_levels(raw, self._tag, n, lv)
             out[0] = UNSEEN if lv[0] < 0 else cal_mv(self._cx, self._cy, lv[0])
             out[1] = UNSEEN if lv[1] < 0 else cal_mv(self._cx, self._cy, lv[1])

@@ -53,6 +53,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
 from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
 from evrig.cli import CLOSE_TARGET_MS, IEC_OPEN_MS, MEASURE_PROFILE, OPEN_TARGET_MS, reaction_figures, reaction_row
+from evrig.pilotrates import measure_pilot, print_pilot
 from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
@@ -432,6 +433,11 @@ def measure_all(quick, log=print):
     out["sim_speed_x_min"] = min(v["sim_speed_x"] for v in ses.values())
     log("reaction times over the scenario library ...")
     out.update(measure_reaction())
+    log("pilot misread rates on the ESP32 front end ...")
+    try:
+        out.update(measure_pilot(300 if quick else 2000))
+    except RigError as e:
+        raise BenchError(str(e)) from None
     log("energy management over simulated days ...")
     out.update(measure_energy_days(quick))
     log("mqtt ...")
@@ -536,6 +542,7 @@ def print_table(out, file=sys.stdout):
         row("%s max" % what, out[key + "_ms_max"], "ms", key + "_ms_max")
     row("required openings never done", out["openings_never_done"], "")
     row("flash erases with the contactor closed", out["energized_erases"], "")
+    print_pilot(out, file=file)
     print("energy management: simulated days, solar mode vs a plain charger (25 A fuse, 16 A EV)", file=file)
     for key, d in out["energy_days"].items():
         row(key.replace("_", " "), "%.1f kWh" % d["ev_kwh"], "",
