@@ -569,11 +569,13 @@ class Esp32Board(Board):
         self._phi = p["adc_mv_at_plus12v"]
         self._raw = p["cal"] is not None  # a table of raw counts (read_u16), else the two-point read_uv line
         if self._raw:
-            self._cx = tuple(q[0] for q in p["cal"])
-            self._cy = tuple(q[1] for q in p["cal"])
+            self._cx = array("i", [q[0] for q in p["cal"]])
+            self._cy = array("i", [q[1] for q in p["cal"]])
             self._read = self._pilot_adc.read_u16  # bound once: calling it allocates nothing
         else:
-            self._cx, self._cy = two_point_cal(self._plo, self._phi)
+            cx, cy = two_point_cal(self._plo, self._phi)
+            self._cx = array("i", cx)
+            self._cy = array("i", cy)
             self._read = self._pilot_adc.read_uv
         span = self._cx[-1] - self._cx[0]
         # SPREAD_MIN_MV of pilot in what self._read returns (u16: counts << 4; read_uv: uV)

@@ -128,8 +128,8 @@ class FrontEnd:
         # the interpolation between them and the noise.
         t = cal or design_cal(offset_mv, gain_pm, CAL_POINTS_MV, self.chip_offset, self.chip_gain_ppm)
         self.cal = t
-        self._cx = tuple(p[0] for p in t)
-        self._cy = tuple(p[1] for p in t)
+        self._cx = array("i", [p[0] for p in t])  # arrays: every read is a small int
+        self._cy = array("i", [p[1] for p in t])
         # SPREAD_MIN_MV (hal/esp32.py, 2 V of pilot) in counts, for the split
         self._spread = (self._cx[-1] - self._cx[0]) * 2000 // abs(self._cy[-1] - self._cy[0])
         n = 8 * tau_us + 1

@@ -8,6 +8,7 @@
 
 from array import array
 
+import micropython
 from fakeboard import FakeBoard, run
 
 from firmware import config
@@ -120,6 +121,25 @@ def test_a_two_point_calibration_misreads_b_in_the_compressed_band_a_table_does_
     assert misreads(sim, iec.P_B, 50) == 50  # B (+9 V at 2730 mV on the ADC pin) reads above its window
     sim = board("esp32", "B", 266, chip_offset_counts=0, chip_gain_ppm=0)  # the 7-point table
     assert misreads(sim, iec.P_B, 50) == 0
+
+
+def test_phase_classified_read_and_its_interpretation_allocate_nothing():
+    # the driver's sampling (hal/pilotadc.py) runs inside the control tick on
+    # a board; here on the model, with the firmware's Pilot on top. On the
+    # 32-bit interpreter an int above 2**30 would be a heap object too.
+    out = array("i", (0, 0))
+    p = Pilot()
+    for duty in (100, 500, 960):
+        sim = board("esp32", "C", duty)
+        sim.pilot_read(out)  # warm-up: first calls may intern names
+        p.read(sim, True)
+        micropython.heap_lock()
+        try:
+            for _ in range(20):
+                p.read(sim, True)
+        finally:
+            micropython.heap_unlock()
+        assert p.state == iec.P_C
 
 
 def test_front_end_is_deterministic_by_seed():
