@@ -75,6 +75,9 @@ SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level i
 STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
 PILOT_SAMPLES = const(64)  # most samples one phase-classified burst keeps
 SETTLE_US_DEFAULT = const(32)  # board file pilot.settle_us when absent (3.2 time constants of a 10 us front end: within 4 %)
+_WATCH_HIDE_US = const(100)  # a frame's CT reads without a read-back: ~3 raw reads from Python (estimate)
+_WATCH_MARGIN_US = const(20)
+_WATCH_READ_US = const(60)  # a pilot read and its read-back from Python, with a margin (estimate)  # a watched read must end this long before its half-period may (read-backs are sparse)
 PILOT_ENOUGH = const(4)  # samples of each half after which a burst may stop early
 WINDOW_US_DEFAULT = const(2100)  # board file pilot.window_us when absent: two PWM periods and a margin
 MAINS_SAMPLES = const(40)  # mains_read(): reads per CT over ...
@@ -833,25 +836,79 @@ class Esp32Board(Board):
         rem = self._frame_rem
         rate = self.adc_rate_hz
         err = 0
+        # With the PWM on and the pin read back, the pilot reads count only
+        # settled inside a half-period (as in pilot_read): the frame's wait
+        # watches the pin, so the last edge is known to within a read-back.
+        plevel = self._plevel
+        phased = guard is not None and self._pwm_on and self.pilot_phased
+        lvl = plevel() if phased else 0
         t = time.ticks_us()
+        t_edge = t  # unknown phase at the start: as if an edge just now
         i = 0
         f = 0
         end = self.adc_burst_len * nch
+        plus = self._plus
+        high = self._high_us
         while i < end:
-            while time.ticks_diff(t, time.ticks_us()) > 0:
-                pass
+            early = False  # this frame's pilot read done in the wait, in a settled high half
+            while True:
+                now = time.ticks_us()
+                wait = time.ticks_diff(t, now)
+                if wait <= 0:
+                    break
+                if phased:
+                    x = plevel()
+                    if x != lvl:
+                        lvl = x
+                        t_edge = time.ticks_us()
+                    elif (not early and x == plus and wait > _WATCH_READ_US
+                          and time.ticks_diff(now, t_edge) >= self._settle
+                          and time.ticks_diff(now, t_edge) + _WATCH_READ_US < high - _WATCH_MARGIN_US):
+                        # the high half is where a change of state shows: read it
+                        # now, in the frame's slack, rather than at the frame's phase
+                        v = self._mv(self._read())
+                        early = True
+                        x = plevel()
+                        if x != lvl:  # the half ended during the read after all
+                            lvl = x
+                            t_edge = time.ticks_us()
+                        elif v > guard[0] or (guard[1] < v < guard[2] and 1000 - high >= _WATCH_HIDE_US):
+                            left -= 1
             buf[i] = a0.read_u16() >> 4
             if nch > 1:
                 buf[i + 1] = a1.read_u16() >> 4
                 buf[i + 2] = a2.read_u16() >> 4
             i += nch
             f += 1
-            if guard is not None:
-                v = self._mv(self._read())
-                if v > guard[0] or guard[1] < v < guard[2]:
-                    left -= 1
-                    if left <= 0 and i < end:
-                        return f
+            if guard is not None and not early:
+                ok = True
+                if phased:
+                    x = plevel()
+                    ta = time.ticks_us()
+                    half = self._high_us if x == self._plus else 1000 - self._high_us
+                    if x != lvl:
+                        lvl = x
+                        t_edge = ta
+                    ok = time.ticks_diff(ta, t_edge) >= self._settle
+                if ok:
+                    v = self._mv(self._read())
+                    if phased:
+                        x = plevel()
+                        tb = time.ticks_us()
+                        if x != lvl or time.ticks_diff(tb, t_edge) >= half - _WATCH_MARGIN_US:
+                            ok = False  # an edge may have come during the read
+                        if x != lvl:
+                            lvl = x
+                            t_edge = tb
+                    # A read soon after an edge reads between the levels, so
+                    # never above both: "above guard[0]" holds for any read;
+                    # the gap test only where no whole opposite half-period
+                    # can have passed unseen during the CT reads.
+                    if ok and (v > guard[0] or (guard[1] < v < guard[2] and (
+                            not phased or 1000 - half >= _WATCH_HIDE_US))):
+                        left -= 1
+            if guard is not None and left <= 0 and i < end:
+                return f
             err += rem
             if err >= rate:
                 err -= rate

@@ -936,17 +936,28 @@ class SimBoard:
 
     def adc_burst_watched(self, buf, guard):
         """adc_burst() watching the pilot (hal/contract.py): the burst's time
-        passes in steps of _WATCH_FRAMES frames; after each, a pilot level the
-        guard calls suspect stops it (an ideal front end: the board's reads
-        would see it within a step)."""
+        passes in steps of _WATCH_FRAMES frames; after each, the pilot the
+        step saw: with the ESP32 front end (sim/frontend.py) the driver's own
+        reads, one a frame, counted against guard[3]; with the ideal one, a
+        level the guard calls suspect stops it at once."""
         self.adc_burst(buf, False)
         n = self.adc_burst_len
+        fe = self.frontend
+        frame_us = 1000000 // self.adc_rate_hz
+        left = guard[3]
+        if fe is not None:
+            fe.watch_start()
         done = 0
         while done < n:
             k = n - done if n - done < _WATCH_FRAMES else _WATCH_FRAMES
             if self._timed:
                 self._call(k * 1000000 // self.adc_rate_hz)
             done += k
+            if fe is not None and self._pwm:
+                left = fe.watch(k, frame_us, guard, left)
+                if left <= 0 and done < n:
+                    return done
+                continue
             h = self._high_mv
             lo = self._low_mv if self._pwm else h
             if (h > guard[0] or guard[1] < h < guard[2] or guard[1] < lo < guard[2]) and done < n:

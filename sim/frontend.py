@@ -43,6 +43,10 @@ READ_US = const(30)  # adc.read_u16(): ~10 us in C (shared notes, issue 7495) pl
 READ_LEAD_US = const(15)  # the conversion's instant inside that call (estimate)
 TICKS_US = const(5)  # time.ticks_us() from Python (estimate)
 STEADY_READS = const(9)  # hal/esp32.py STEADY_BURST
+WATCH_CT_US = const(90)  # a watched frame's CT reads before its pilot read (3 raw reads, estimate)
+WATCH_HIDE_US = const(100)  # hal/esp32.py _WATCH_HIDE_US
+WATCH_MARGIN_US = const(20)  # hal/esp32.py _WATCH_MARGIN_US
+WATCH_READ_US = const(60)  # hal/esp32.py _WATCH_READ_US
 SPLIT_BURST = const(48)  # hal/esp32.py's fallback: `pilot.burst` reads ...
 SPLIT_SPACING_US = const(43)  # ... `pilot.spacing_us` apart (esp32_devkit.json)
 SAMPLES = const(64)  # hal/esp32.py PILOT_SAMPLES
@@ -151,6 +155,8 @@ class FrontEnd:
         self.us = self._us
         self.reads = 0  # ADC reads taken (for the benchmarks)
         self.last_us = window_us  # the last phase-classified burst's length
+        self._wt = 0  # a watched burst's PWM phase, us
+        self._started = False
 
     # --- the driver's callables on the model ---------------------------------------
     def _level(self):
@@ -190,6 +196,63 @@ class FrontEnd:
             c += (r >> 8) % (2 * n + 1) - n
             c = 0 if c < 0 else 4095 if c > 4095 else c
         return c
+
+    # --- the driver's watched current-sense burst (hal/esp32.py _burst) -------------
+    def watch_start(self):
+        """A watched burst begins: at any phase of the PWM."""
+        r = lcg(self._rng)
+        self._rng = r
+        self._wt = (r >> 8) % 1000
+        self._started = False  # the first frame has no wait before it
+
+    def watch(self, frames, frame_us, guard, left):
+        """The pilot reads of `frames` frames of a watched burst, as the
+        driver takes them (hal/esp32.py _burst): in the wait before a frame,
+        once the pin has been high for settle_us with time left in the high
+        half and in the slack, a read of the high half; otherwise one after
+        the frame's CT reads, kept only settled inside its half-period (the
+        gap test only where no opposite half can hide in the CT reads). On
+        the world as it is now. Returns `left` less the suspect reads."""
+        b = self.board
+        self._hi = b._high_mv
+        self._lo = b._low_mv
+        d = b._duty_pm
+        self._duty_us = d
+        t = self._wt  # this step's first frame deadline, in the burst's PWM phase
+        lo_ok = self.settle_us + LEVEL_US  # settled, seen by a read-back
+        hi_ok = d - WATCH_READ_US - WATCH_MARGIN_US  # a read started by then ends in the half
+        for _ in range(frames):
+            # the wait before this frame: after the previous frame's reads
+            s0 = t - frame_us + WATCH_CT_US + READ_US + 2 * LEVEL_US
+            s1 = t - WATCH_READ_US
+            ph = s0 % 1000
+            if ph < lo_ok:
+                s = s0 + lo_ok - ph
+            elif ph < hi_ok:
+                s = s0
+            else:
+                s = s0 + 1000 - ph + lo_ok
+            if self._started and lo_ok < hi_ok and s <= s1:
+                v = cal_mv(self._cx, self._cy, self._count_at(s + READ_LEAD_US))
+                if v > guard[0] or (guard[1] < v < guard[2] and 1000 - d >= WATCH_HIDE_US):
+                    left -= 1
+            else:
+                tr = t + WATCH_CT_US + LEVEL_US + TICKS_US  # the pilot read after the CT reads
+                ph = tr % 1000
+                if ph < d:
+                    since = ph
+                    half = d
+                else:
+                    since = ph - d
+                    half = 1000 - d
+                if since >= self.settle_us + LEVEL_US and since + READ_US + LEVEL_US < half - WATCH_MARGIN_US:
+                    v = cal_mv(self._cx, self._cy, self._count_at(tr + READ_LEAD_US))
+                    if v > guard[0] or (guard[1] < v < guard[2] and 1000 - half >= WATCH_HIDE_US):
+                        left -= 1
+            self._started = True
+            t += frame_us
+        self._wt = t % 1000
+        return left
 
     # --- the driver's pilot_read on the model ---------------------------------------
     def burst_us(self):

@@ -707,6 +707,24 @@ def test_adc_burst_watched_stops_after_the_guards_count_of_suspect_pilot_reads(h
     assert b.adc_burst_watched(buf, guard) == 13
 
 
+def test_watched_burst_with_read_back_ignores_reads_between_the_levels_after_an_edge(hw):
+    mod, _, clock = hw
+    guard = array("i", (7000, -11000, 5000, 3))  # state C's window, the diode's low level
+    buf = array("H", bytes(2 * 64 * 3))
+    for duty in (100, 266, 500):
+        # C at +6 V (count 3043), -12 V low (count 92); within 20 us of an edge
+        # the ADC reads count 1500 (~ -4 V: in the gap the guard watches)
+        b = _phased_board(mod, clock, duty, 1500, 3043, 92)
+        for k in range(3):
+            b._ct[k].seq = [800]
+        assert b.adc_burst_watched(buf, guard) == 64, duty
+    # the EV leaves C: its high half reads B (+9 V, count 3488): cut short
+    b = _phased_board(mod, clock, 266, 1500, 3488, 92)
+    for k in range(3):
+        b._ct[k].seq = [800]
+    assert b.adc_burst_watched(buf, guard) < 64
+
+
 def energy_board():
     """The devkit with one EV CT, two mains CTs and a phase relay."""
     d = devkit()
