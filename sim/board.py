@@ -35,8 +35,7 @@ from micropython import const
 from hal import net as _net
 from hal.contract import NO_TEMP, PILOT_PLUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN
 from sim import ticks as _t
-from sim.frontend import FrontEnd
-from sim.frontend import lcg as _lcg
+from sim.rng import lcg as _lcg
 from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
@@ -69,7 +68,7 @@ _AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 u
 # PRNG states are 30 bits, so they stay small ints on a 32-bit port (an ESP32's
 # word size) too: an LCG modulo 2**30 with glibc's multiplier, reduced mod 2**30.
 _E_UNIT_UJ = const(100000000)  # the truth energy's unit, 100 J
-_LCG_A = const(29773421)  # 1103515245 % 2**30
+_LCG_A = const(29773421)  # 1103515245 % 2**30 (sim/rng.py, inlined for the viper kernel)
 _RNG_MASK = const(0x3FFFFFFF)
 
 
@@ -354,8 +353,11 @@ class SimBoard:
         if frontend not in ("ideal", "esp32", "esp32_split"):
             raise ValueError("frontend must be ideal, esp32 or esp32_split: " + str(frontend))
         self.frontend_name = frontend
-        self.frontend = None if frontend == "ideal" else FrontEnd(
-            self, seed=seed, phased=frontend == "esp32", **(frontend_opts or {}))
+        self.frontend = None
+        if frontend != "ideal":
+            from sim.frontend import FrontEnd  # imported only for a modelled front end (RAM)
+
+            self.frontend = FrontEnd(self, seed=seed, phased=frontend == "esp32", **(frontend_opts or {}))
         if self._timed:
             from sim import timing
 

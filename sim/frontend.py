@@ -33,10 +33,10 @@ is a small int (< 2**30 on a 32-bit port); nothing allocates per read.
 
 from array import array
 
-import micropython
 from micropython import const
 
 from hal.pilotadc import UNSEEN, cal_mv, levels, median, phase_levels, sample_phased
+from sim.rng import RNG_MASK, lcg
 
 LEVEL_US = const(8)  # pin() read-back: machine_pin_call's fast path plus the loop's bytecode (estimate)
 READ_US = const(30)  # adc.read_u16(): ~10 us in C (shared notes, issue 7495) plus the call (estimate)
@@ -60,19 +60,10 @@ ADC_ZERO_MV = const(142)  # no count below this (the ADC's offset)
 ADC_LINEAR_MV = const(2450)  # top of the specified linear range at 11 dB
 ADC_SLOPE_PPM = const(1366000)  # counts per mV x 10**6 in the linear range
 ADC_TOP_MV = const(3300)  # the slope has fallen to a quarter here
-_RNG_MASK = const(0x3FFFFFFF)
-_LCG_A = const(29773421)  # 1103515245 % 2**30 (glibc's multiplier, reduced)
 
 # Pilot voltages a calibration table is measured at (tools/evrig/calibrate.py,
 # hal/boards/README.md): both ends and every state's nominal high level.
 CAL_POINTS_MV = (-12000, -6000, 0, 3000, 6000, 9000, 12000)
-
-
-@micropython.viper
-def lcg(r: int) -> int:
-    # The next PRNG state, in machine words: r * _LCG_A is no small int on a
-    # 32-bit port, and a big int would allocate in the tick.
-    return (r * _LCG_A + 12345) & _RNG_MASK
 
 
 def adc_count(pin_mv, offset_counts=0, gain_ppm=0):
@@ -122,7 +113,7 @@ class FrontEnd:
         self.settle_us = settle_us
         self.window_us = window_us
         self.phased = phased
-        r = lcg((seed * 69069 + 3) & _RNG_MASK)
+        r = lcg((seed * 69069 + 3) & RNG_MASK)
         self.chip_offset = (r >> 8) % (2 * chip_offset_counts + 1) - chip_offset_counts
         r = lcg(r)
         self.chip_gain_ppm = (r >> 8) % (2 * chip_gain_ppm + 1) - chip_gain_ppm if chip_gain_ppm else 0
