@@ -314,7 +314,7 @@ def measure_heap(quick):
         )
         imports = run_mp(["-c", code], heap="1024k", path=[tree, os.path.join(tree, "lib")], cwd=tree)
         with Broker() as b:
-            hi, lo, runs = smallest_heap(lambda kb: _session_run(tree, kb, b, scenario), 256, step, "the compiled firmware")
+            hi, lo, runs = smallest_heap(lambda kb: _session_run(tree, kb, b, scenario), 512, step, "the compiled firmware")
             out = {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
                    "min_heap_fails_at_kb": lo}  # fmt: skip
             out.update(imports)
