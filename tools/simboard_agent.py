@@ -19,7 +19,7 @@
 #                             status ok | exc | exit (SystemExit) | none (no file)
 #                           b"R <seq>\n"                   machine.reset() called
 #            seq counts the messages of this boot from 1: a message sent twice
-#            (a Ctrl-C landed in its write, see _send) is dropped by the host.
+#            (a Ctrl-C landed in its write, see _put) is dropped by the host.
 # Usage: micropython simboard_agent.py FLASH_DIR CTL_IN_FD CTL_OUT_FD RESET_CAUSE FLASH_BLOCKS
 
 import io
@@ -40,22 +40,26 @@ _CAUSE = int(sys.argv[4])  # reported by machine.reset_cause()
 _seq = [0]
 
 
-def _send(tag, rest=b"", payload=b""):
-    """Send one message; True when a Ctrl-C (SIGINT) arrived meanwhile.
-
-    The KeyboardInterrupt of a SIGINT that lands here is raised after the
-    write returned (the message went out) or instead of it (EINTR, nothing
-    written): the message is sent again under the same sequence number and
-    the host drops a repeat. The caller decides what the Ctrl-C was for."""
+def _msg(tag, rest=b"", payload=b""):
+    """One control message, numbered now: sent again (a Ctrl-C hit its
+    write), it keeps its number and the host drops the repeat."""
     _seq[0] += 1
-    msg = tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
-    intr = False
+    return tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
+
+
+def _put(msg):
+    """Write a message whole; a KeyboardInterrupt in the write (EINTR:
+    nothing written) is not for the agent, the write is done again."""
     while True:
         try:
             _CTL_OUT.write(msg)
-            return intr
+            return
         except KeyboardInterrupt:
-            intr = True
+            pass
+
+
+def _ended(status, tb=b""):
+    return _msg(b"d", b" " + status + b" " + str(len(tb)).encode(), tb)
 
 
 class _Machine:
@@ -73,7 +77,7 @@ class _Machine:
     def reset(self):
         # Like the real thing, nothing after this call runs: not even the
         # caller's `finally`. The host kills this process and boots again.
-        _send(b"R")
+        _put(_msg(b"R"))
         while True:
             try:
                 time.sleep(1)
@@ -169,28 +173,27 @@ def _traceback(exc):
     return "\n".join(lines)
 
 
-def _run(g, kind, name, src):
-    status = "ok"
-    tb = ""
+def _settle():
+    """Raise here a KeyboardInterrupt whose SIGINT has already arrived.
+
+    The unix port's SIGINT handler only schedules the exception; the VM
+    raises it at the next branch of the bytecode (or in the next call that
+    checks, such as poll()), wherever that is. This loop is a branch: called
+    inside a try, it puts a late Ctrl-C there and nowhere else."""
+    n = 0
+    while n < 1:
+        n += 1
+
+
+def _execute(g, kind, name, src):
+    """Run one command; the message that reports how it ended."""
     try:
-        if kind == "file":
-            try:
-                with open(name, "rb") as f:
-                    src = f.read()
-            except OSError:
-                status = "none"
-        if status == "ok":
-            if _send(b"s"):
-                raise KeyboardInterrupt  # the Ctrl-C was for this program
-            mode = "single" if kind == "single" else "exec"
-            exec(compile(src, name, mode), g)
+        exec(compile(src, name, "single" if kind == "single" else "exec"), g)
+        return _ended(b"ok")
     except SystemExit:
-        status = "exit"
+        return _ended(b"exit")
     except BaseException as e:  # the board reports everything, KeyboardInterrupt too
-        status = "exc"
-        tb = _traceback(e)
-    data = tb.encode()
-    _send(b"d", b" " + status.encode() + b" " + str(len(data)).encode(), data)  # a late Ctrl-C: ignored
+        return _ended(b"exc", _traceback(e).encode())
 
 
 def _read_exact(n):
@@ -216,24 +219,63 @@ def main():
     if len(impl.version) > 3 and impl.version[3]:
         ver += "-" + impl.version[3]
     banner = ("MicroPython %s on simboard; %s with unix port" % (ver, impl._machine)).encode()
-    _send(b"h", b" " + str(len(banner)).encode(), banner)
-    g = {"__name__": "__main__"}
+    _put(_msg(b"h", b" " + str(len(banner)).encode(), banner))
+    _serve({"__name__": "__main__"})
+
+
+# A Ctrl-C (SIGINT, sent by the host while it thinks a program runs) can
+# arrive just as that program ends, and its KeyboardInterrupt is raised at
+# whatever branch the agent reaches next: the jump that leaves a `try` body
+# (the handler is already popped there) or the jump back to the top of a
+# loop are branches too. So the agent's loop between two programs, its jump
+# back included, is inside one try, and every step can be done again: the
+# report of a command stays in `report` until it went out (numbered once; a
+# repeat is dropped by the host), and nothing of the next command is read
+# before _settle() has raised a late Ctrl-C.
+#
+# Why none is left after _settle(): the host sends the next command only
+# after it read the previous one's report, and it sends no SIGINT from then
+# until this agent reports "s" again. A SIGINT sent to this process before
+# the command was written has been handled (the handler ran, the exception
+# is scheduled) by the time the poll() that sees the command returns: the
+# kernel runs a pending handler before it returns to user code.
+_KI = b"Traceback (most recent call last):\nKeyboardInterrupt: \n"
+
+
+def _serve(g):
     poll = select.poll()
     poll.register(_CTL_IN, select.POLLIN)
+    report = None  # how the last command ended, until the host has it
     while True:
         try:
-            # Wait without reading: a Ctrl-C that came after the code ended is
-            # raised in or right after poll(), never in the middle of a line
-            # (the host sends one only while code runs, so none follows the
-            # next command).
-            poll.poll()
+            while True:
+                if report is not None:
+                    _put(report)
+                    report = None
+                poll.poll()  # wait without reading: nothing of a command is lost
+                _settle()
+                head = _CTL_IN.readline()
+                if not head:
+                    return  # the host went away
+                _, kind, name, size = head.decode().split()
+                src = _read_exact(int(size))
+                if kind == "file":
+                    try:
+                        with open(name, "rb") as f:
+                            src = f.read()
+                    except OSError:
+                        report = _ended(b"none")
+                        continue
+                start = _msg(b"s")
+                # From "s" on, a Ctrl-C is this program's. If its
+                # KeyboardInterrupt comes out anywhere but inside the program
+                # (before exec, or while the report is built), the program
+                # ended with it all the same.
+                report = _ended(b"exc", _KI)
+                _put(start)
+                report = _execute(g, kind, name, src)
         except KeyboardInterrupt:
-            continue
-        head = _CTL_IN.readline()
-        if not head:
-            return
-        _, kind, name, size = head.decode().split()
-        _run(g, kind, name, _read_exact(int(size)))
+            pass  # a Ctrl-C for the program that ended: the REPL's, dropped
 
 
 main()
