@@ -18,10 +18,12 @@
 #                           b"d <seq> <status> <len>\n" + traceback   code ended:
 #                             status ok | exc | exit (SystemExit) | none (no file)
 #                           b"R <seq>\n"                   machine.reset() called
-#            seq counts the messages of this boot from 1: a message sent twice
-#            (a Ctrl-C landed in its write, see _put) is dropped by the host.
+#            seq counts the messages of this boot from 1 (the host drops one
+#            whose number it has seen: a message is never written twice now,
+#            see _send).
 # Usage: micropython simboard_agent.py FLASH_DIR CTL_IN_FD CTL_OUT_FD RESET_CAUSE FLASH_BLOCKS
 
+import gc
 import io
 import os
 import select
@@ -40,26 +42,17 @@ _CAUSE = int(sys.argv[4])  # reported by machine.reset_cause()
 _seq = [0]
 
 
-def _msg(tag, rest=b"", payload=b""):
-    """One control message, numbered now: sent again (a Ctrl-C hit its
-    write), it keeps its number and the host drops the repeat."""
+def _send(tag, rest=b"", payload=b""):
+    """Write one message whole, numbered as it goes out. A KeyboardInterrupt
+    in the write (EINTR: nothing written) is not the agent's: written again."""
     _seq[0] += 1
-    return tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
-
-
-def _put(msg):
-    """Write a message whole; a KeyboardInterrupt in the write (EINTR:
-    nothing written) is not for the agent, the write is done again."""
+    msg = tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
     while True:
         try:
             _CTL_OUT.write(msg)
             return
         except KeyboardInterrupt:
             pass
-
-
-def _ended(status, tb=b""):
-    return _msg(b"d", b" " + status + b" " + str(len(tb)).encode(), tb)
 
 
 class _Machine:
@@ -77,7 +70,7 @@ class _Machine:
     def reset(self):
         # Like the real thing, nothing after this call runs: not even the
         # caller's `finally`. The host kills this process and boots again.
-        _put(_msg(b"R"))
+        _send(b"R")
         while True:
             try:
                 time.sleep(1)
@@ -186,25 +179,51 @@ def _settle():
 
 
 def _execute(g, kind, name, src):
-    """Run one command; the message that reports how it ended."""
+    """Run one command; how it ended: (status, traceback)."""
     try:
         exec(compile(src, name, "single" if kind == "single" else "exec"), g)
-        return _ended(b"ok")
+        return _OK
     except SystemExit:
-        return _ended(b"exit")
+        return _EXIT
     except BaseException as e:  # the board reports everything, KeyboardInterrupt too
-        return _ended(b"exc", _traceback(e).encode())
+        return (b"exc", _traceback(e).encode())
+
+
+_PIECE = 256
+_BUF = bytearray(_PIECE)  # taken while the heap is empty: reading a command needs no more
+_MV = memoryview(_BUF)
 
 
 def _read_exact(n):
+    """The n bytes of a command's source. All n are read from the pipe even
+    when the heap cannot hold them (then MemoryError, after the last): the
+    next command starts where the host put it, as a board's raw REPL reads
+    a paste to its end."""
     chunks = []
+    err = None
     while n > 0:
-        b = _CTL_IN.read(n)
-        if not b:
+        k = _CTL_IN.readinto(_BUF, min(n, _PIECE))
+        if not k:
             raise SystemExit(0)  # host went away
-        chunks.append(b)
-        n -= len(b)
+        n -= k
+        if err is None:
+            try:
+                chunks.append(bytes(_MV[:k]))
+            except MemoryError as e:
+                err = e
+                chunks = None
+    if err is not None:
+        raise err
     return b"".join(chunks)
+
+
+def _load(name):
+    """A flash file's source; None if it cannot be opened."""
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def main():
@@ -219,7 +238,7 @@ def main():
     if len(impl.version) > 3 and impl.version[3]:
         ver += "-" + impl.version[3]
     banner = ("MicroPython %s on simboard; %s with unix port" % (ver, impl._machine)).encode()
-    _put(_msg(b"h", b" " + str(len(banner)).encode(), banner))
+    _send(b"h", b" " + str(len(banner)).encode(), banner)
     _serve({"__name__": "__main__"})
 
 
@@ -229,9 +248,8 @@ def main():
 # (the handler is already popped there) or the jump back to the top of a
 # loop are branches too. So the agent's loop between two programs, its jump
 # back included, is inside one try, and every step can be done again: the
-# report of a command stays in `report` until it went out (numbered once; a
-# repeat is dropped by the host), and nothing of the next command is read
-# before _settle() has raised a late Ctrl-C.
+# report of a command stays in `report` until it went out, and nothing of
+# the next command is read before _settle() has raised a late Ctrl-C.
 #
 # Why none is left after _settle(): the host sends the next command only
 # after it read the previous one's report, and it sends no SIGINT from then
@@ -239,18 +257,26 @@ def main():
 # the command was written has been handled (the handler ran, the exception
 # is scheduled) by the time the poll() that sees the command returns: the
 # kernel runs a pending handler before it returns to user code.
-_KI = b"Traceback (most recent call last):\nKeyboardInterrupt: \n"
+#
+# A MemoryError in the agent's own steps (the heap cannot hold a command or
+# a traceback) ends that command with a MemoryError, as a board's REPL
+# reports one; the agent goes on.
+_OK = (b"ok", b"")
+_EXIT = (b"exit", b"")
+_NONE = (b"none", b"")
+_KI = (b"exc", b"Traceback (most recent call last):\nKeyboardInterrupt: \n")
+_NOMEM = (b"exc", b"Traceback (most recent call last):\nMemoryError: memory allocation failed\n")
 
 
 def _serve(g):
     poll = select.poll()
     poll.register(_CTL_IN, select.POLLIN)
-    report = None  # how the last command ended, until the host has it
+    report = None  # (status, traceback) of the last command, until the host has it
     while True:
         try:
             while True:
                 if report is not None:
-                    _put(report)
+                    _send(b"d", b" " + report[0] + b" " + str(len(report[1])).encode(), report[1])
                     report = None
                 poll.poll()  # wait without reading: nothing of a command is lost
                 _settle()
@@ -258,24 +284,26 @@ def _serve(g):
                 if not head:
                     return  # the host went away
                 _, kind, name, size = head.decode().split()
+                report = _NOMEM  # until the command is read and runs: the heap could not hold it
                 src = _read_exact(int(size))
                 if kind == "file":
-                    try:
-                        with open(name, "rb") as f:
-                            src = f.read()
-                    except OSError:
-                        report = _ended(b"none")
+                    src = _load(name)
+                    if src is None:
+                        report = _NONE
                         continue
-                start = _msg(b"s")
                 # From "s" on, a Ctrl-C is this program's. If its
                 # KeyboardInterrupt comes out anywhere but inside the program
                 # (before exec, or while the report is built), the program
                 # ended with it all the same.
-                report = _ended(b"exc", _KI)
-                _put(start)
+                report = _KI
+                _send(b"s")
                 report = _execute(g, kind, name, src)
         except KeyboardInterrupt:
             pass  # a Ctrl-C for the program that ended: the REPL's, dropped
+        except MemoryError:
+            if report is _KI:
+                report = _NOMEM  # the program's end could not be reported whole
+            gc.collect()
 
 
 main()

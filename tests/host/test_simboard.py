@@ -511,3 +511,30 @@ def test_a_storm_of_ctrl_c_raw_repl_entries_and_resets_never_loses_the_board_run
     assert ran == len(rounds)
     assert not any(b"interpreter exited" in c for c in console)
     assert board.log.count("hard reset, cause 1") == 1, board.log[-2000:]  # power-on only
+
+
+def test_a_command_the_heap_cannot_hold_ends_with_memory_error_and_the_board_goes_on(make_board):
+    """A board's REPL reports a MemoryError of a paste it cannot hold and
+    reads the paste to its end; the emulated board's interpreter once died
+    of it (the agent's own read of the command), a power-on reset mid-deploy."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from board_session import BoardError, BoardSession
+
+    board = make_board()
+    s = BoardSession(board.device)
+    try:
+        s.interrupt()
+        # The heap full of 1 KB blocks, then every other one of the last 16
+        # freed: ~8 KB free in holes of ~1 KB, none of them 3 KB long.
+        s.exec("_hog = []\ntry:\n    while True:\n        _hog.append(bytearray(1024))\nexcept MemoryError:\n"
+               "    pass\nfor _i in range(16, 0, -2):\n    _hog[-_i] = None\nimport gc\ngc.collect()\n")
+        big = "_x = %r\nprint(len(_x))\n" % ("y" * 3000)
+        with pytest.raises(BoardError) as e:
+            s.exec(big)
+        assert not e.value.lost and "MemoryError" in str(e.value), e.value
+        assert s.exec("_hog = None\ngc.collect()\nprint(6 * 7)").strip() == "42"
+        assert s.exec(big).strip() == "3000"  # with the heap back, the same command runs
+    finally:
+        s.close()
+    board.stop()
+    assert board.log.count("hard reset, cause 1") == 1, board.log[-2000:]  # power-on only
