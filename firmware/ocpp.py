@@ -4,10 +4,12 @@ loop's side that maps the charger to OCPP.
 Owns: the connection to the central system (firmware/ws.py; reconnect with
 jittered back-off), BootNotification (Accepted/Pending/Rejected and its
 interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize
-(after the local list and cache of firmware/ocpp_auth.py), the transaction messages (StartTransaction, MeterValues, StopTransaction) in
-a persisted queue delivered in order and once each, the answers to the
-central system's CALLs (each checked by firmware/ocpp_schema.py first) and
-the OCPP configuration keys (stored on flash).
+(after the local list and cache of firmware/ocpp_auth.py), the transaction
+messages (StartTransaction, MeterValues, StopTransaction) through the
+persisted queue of firmware/ocpp_txq.py, delivered in order and once each,
+and the answers to the central system's CALLs (each checked by
+firmware/ocpp_schema.py first). The configuration keys are in
+firmware/ocpp_keys.py, the status mapping in firmware/ocpp_status.py.
 
 Never: delays the control tick. The loop calls service() every LINK_EVERY
 ticks: a few list operations under the lock, plus a file append when a
@@ -15,23 +17,27 @@ transaction message is queued or delivered (like the session journal).
 All network I/O happens in the link thread; the lock is never held across
 I/O. Nothing from the network reaches the charger except through
 Charger.command(), with the charger's own limits.
-RAM: ~28 KB of heap after import on the unix port (64-bit words; .mpy or
-source alike, frozen bytecode stays in flash), plus ws and ocpp_schema (~15
-KB); a connection holds one message buffer (firmware/ws.py); the queue holds
-at most TXQ_MAX messages (~250 bytes each).
+RAM: ~77 KB of heap after import from source on the unix port with all it
+imports (64-bit words), ~8.4 KB frozen on the ESP32-faithful interpreter
+(tests/device/test_ocpp.py prints both); a connection holds one message
+buffer (firmware/ws.py); the queue holds at most ocpp_txq.TXQ_MAX messages
+(~250 bytes each).
 """
 
 import _thread
 import json
 import os
-import time
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_schema, ocpp_smart, store
+from firmware import ocpp_auth, ocpp_meter, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
-from firmware.journal import exists
-from firmware.netup import start_thread
+from firmware.linkthread import LinkThread
+from firmware.ocpp_keys import KEYS_FILE, Keys
+from firmware.ocpp_reserve import Reservation
+from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
+from firmware.ocpp_time import iso, parse_time
+from firmware.ocpp_txq import TX_FILE, TxQueue
 from firmware.ws import WebSocket
 
 PROTOCOL = "ocpp1.6"
@@ -41,344 +47,24 @@ IO_TIMEOUT_MS = const(10000)  # connect, TLS, upgrade, every frame once it has b
 CALL_TIMEOUT_MS = const(30000)  # no CALLRESULT by then: the connection is dropped
 IDLE_POLL_MS = const(20)  # the latency of a queued message when the link is idle
 BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a CALLERROR
+RESET_SOFT_MS = const(10000)  # a soft Reset waits this long at most for its StopTransaction to be answered
+RESET_CONF_MS = const(2000)  # ... and any Reset for its Accepted to go out
 THREAD_STACK_BYTES = const(16384)
-TXQ_MAX = const(32)  # transaction messages kept while offline (file and RAM)
-TXQ_SAMPLES_MAX = const(24)  # periodic MeterValues beyond this are skipped while offline
 _SMALL_MAX = const(8)  # the other queues between the loop and the thread
-COMPACT_BYTES = const(4096)  # the queue file is rewritten past this once empty enough
-TX_FILE = "ocpp_tx.q"
-KEYS_FILE = "ocpp_keys.json"
-
-MEASURANDS = ("Energy.Active.Import.Register", "Current.Import", "Power.Active.Import", "Temperature")
-
-# name: (default, writable, kind). kind "i" integer >= 0, "b" boolean, "m"
-# comma-separated measurands, "s" string. Values go over the wire as strings.
-KEYS = {
-    "AuthorizeRemoteTxRequests": ("false", 0, "b"),
-    "ClockAlignedDataInterval": ("0", 1, "i"),
-    "ConnectionTimeOut": ("60", 1, "i"),
-    "ConnectorPhaseRotation": ("NotApplicable", 1, "s"),
-    "GetConfigurationMaxKeys": ("32", 0, "i"),
-    "HeartbeatInterval": ("300", 1, "i"),
-    "LocalAuthorizeOffline": ("false", 1, "b"),
-    "LocalPreAuthorize": ("false", 1, "b"),
-    "MeterValuesAlignedData": ("", 1, "m"),
-    "MeterValuesSampledData": (",".join(MEASURANDS), 1, "m"),
-    "MeterValuesSampledDataMaxLength": ("4", 0, "i"),
-    "MeterValueSampleInterval": ("60", 1, "i"),
-    "NumberOfConnectors": ("1", 0, "i"),
-    "ResetRetries": ("1", 1, "i"),
-    "StopTransactionOnEVSideDisconnect": ("true", 0, "b"),
-    "StopTransactionOnInvalidId": ("false", 0, "b"),
-    "StopTxnAlignedData": ("", 1, "m"),
-    "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
-    "TransactionMessageAttempts": ("3", 1, "i"),
-    "TransactionMessageRetryInterval": ("60", 1, "i"),
-    "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
-    "WebSocketPingInterval": ("0", 1, "i"),
-}
-KEYS.update(ocpp_auth.KEYS)  # LocalAuthListManagement and the cache
-KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
-
-# Our session end reasons -> OCPP StopTransaction reasons.
-_REASONS = {"ev_unplugged": "EVDisconnected", "ev_stopped": "EVDisconnected", "remote_stop": "Remote", "power_loss": "PowerLoss"}
-# Our fault codes -> ChargePointErrorCode (anything else: OtherError with the code as vendorErrorCode).
-_ERRORS = {
-    "rcd_trip": "GroundFailure",
-    "rcd_selftest": "GroundFailure",
-    "pe_open": "GroundFailure",
-    "overcurrent": "OverCurrentFailure",
-    "weld": "PowerSwitchFailure",
-    "relay_fail": "PowerSwitchFailure",
-    "ct_stuck": "PowerMeterFailure",
-    "ct_clip": "PowerMeterFailure",
-    "diode": "EVCommunicationError",
-    "pilot_invalid": "EVCommunicationError",
-    "cp_short": "EVCommunicationError",
-    "overtemp": "HighTemperature",
-}
-
-
-_CP_AVAILABLE = ("Available", "NoError", None)  # connector 0: the charger as a whole
-_CP_UNAVAILABLE = ("Unavailable", "NoError", None)
-
-
-def iso(wall_s):
-    """An OCPP date-time (UTC) from wall seconds; the epoch when the clock is unset."""
-    t = time.gmtime(int(wall_s or 0))
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
-
-
-def parse_time(text):
-    """Wall seconds (UTC) of an OCPP date-time "YYYY-MM-DDThh:mm:ss[.f](Z|+00:00)",
-    or None for anything else (another offset included)."""
-    if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] != "T":
-        return None
-    if not (text.endswith("Z") or text.endswith("+00:00")):
-        return None
-    try:
-        y, m, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
-        hh, mm, ss = int(text[11:13]), int(text[14:16]), int(text[17:19])
-    except ValueError:
-        return None
-    if not (2000 <= y < 2100 and 1 <= m <= 12 and 1 <= d <= 31 and hh < 24 and mm < 60 and ss < 61):
-        return None
-    # Days from the civil date (proleptic Gregorian, March-based year).
-    if m <= 2:
-        y -= 1
-    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
-    days = y * 365 + y // 4 - y // 100 + y // 400 + doy - 719468
-    return days * 86400 + hh * 3600 + mm * 60 + ss
 
 
 def charge_point_id(url):
     return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
 
 
-def check_key_value(name, value):
-    """The value to store for configuration key `name`, or None when it is
-    not acceptable (wrong format, an unsupported measurand)."""
-    kind = KEYS[name][2]
-    if kind == "i":
-        if not value.isdigit() or len(value) > 9:
-            return None
-        return str(int(value))
-    if kind == "b":
-        v = value.lower()
-        return v if v in ("true", "false") else None
-    if kind == "m":
-        if not value:
-            return ""
-        parts = value.split(",")
-        if len(parts) > 4:
-            return None
-        for p in parts:
-            if p.strip() not in MEASURANDS:
-                return None
-        return ",".join(p.strip() for p in parts)
-    return value
+class Ocpp(LinkThread):
+    """The charge point; its thread's reconnect loop is firmware/linkthread.py's."""
 
-
-class Keys:
-    """The OCPP configuration keys: defaults, and the changed ones on flash
-    (`path`, replaced atomically)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.values = {}
-        for k in KEYS:
-            self.values[k] = KEYS[k][0]
-        try:
-            with open(path) as f:
-                saved = json.loads(f.read())
-            for k in saved:
-                if k in KEYS and KEYS[k][1] and isinstance(saved[k], str):
-                    v = check_key_value(k, saved[k])
-                    if v is not None:
-                        self.values[k] = v
-        except (OSError, ValueError, TypeError):
-            pass  # missing or damaged: the defaults
-
-    def get_int(self, name):
-        return int(self.values[name])
-
-    def change(self, name, value):
-        """ChangeConfiguration: "Accepted", "Rejected" or "NotSupported"."""
-        if name not in KEYS:
-            return "NotSupported"
-        if not KEYS[name][1]:
-            return "Rejected"
-        v = check_key_value(name, value)
-        if v is None:
-            return "Rejected"
-        self.values[name] = v
-        changed = {}
-        for k in KEYS:
-            if self.values[k] != KEYS[k][0]:
-                changed[k] = self.values[k]
-        tmp = self.path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(changed))
-            store.replace(tmp, self.path)
-        except OSError:
-            return "Rejected"  # flash full or broken: the change would not survive a reset
-        return "Accepted"
-
-    def listing(self, names):
-        """GetConfiguration.conf payload for `names` (None: all keys)."""
-        known = []
-        unknown = []
-        for k in KEYS if names is None else names:
-            if k in KEYS:
-                known.append({"key": k, "readonly": not KEYS[k][1], "value": self.values[k]})
-            elif k not in unknown:
-                unknown.append(k)
-        out = {"configurationKey": known}
-        if unknown:
-            out["unknownKey"] = unknown
-        return out
-
-
-class TxQueue:
-    """Transaction messages until the central system answered them, on flash.
-
-    The file is append-only JSON lines, replayed at start:
-    ["q", seq, action, local, payload]  a message was queued
-    ["d", seq, txid]                    it was answered (txid: a StartTransaction's transactionId)
-    ["o", local, txid, meter_start, tag, last_register] an open transaction (after a compaction)
-    A torn last line (power cut) is ignored and the file rewritten. `local`
-    is the session id; the central system's transactionId is filled into
-    MeterValues and StopTransaction when they are sent. Used by the loop
-    only: the thread reads `entries` under the Ocpp lock."""
-
-    def __init__(self, path):
-        self.path = path
-        self.entries = []  # [seq, action, local, payload] in order
-        self.open = {}  # local -> [txid or None, meter_start, tag, last register sent]: Start queued, no Stop yet
-        self.txids = {}  # local -> txid for every transaction still referenced
-        self.seq = 0
-        self.dropped = 0
-        self.flash_errors = 0  # writes that failed (flash full or broken): never raised into the loop
-        self.size = 0
-        torn = False
-        if exists(path):
-            try:
-                with open(path) as f:
-                    for line in f:
-                        self.size += len(line)
-                        if not line.endswith("\n"):
-                            torn = True
-                            break
-                        try:
-                            self._apply(json.loads(line))
-                        except (ValueError, TypeError, KeyError, IndexError):
-                            torn = True
-            except Exception:  # noqa: BLE001 - unreadable, not UTF-8: keep what was read, rewrite the rest
-                torn = True
-        if torn:
-            try:
-                self._compact()
-            except OSError:
-                self.flash_errors += 1
-
-    def _apply(self, r):
-        kind = r[0]
-        if kind == "q":
-            seq, action, local, payload = r[1], r[2], r[3], r[4]
-            self.entries.append([seq, action, local, payload])
-            self.seq = max(self.seq, seq)
-            if action == "StartTransaction":
-                self.open[local] = [None, payload["meterStart"], payload["idTag"], payload["meterStart"]]
-            elif action == "MeterValues" and local in self.open:
-                o = self.open[local]
-                o[3] = max(o[3], int(payload["meterValue"][-1]["sampledValue"][0]["value"]))
-            elif action == "StopTransaction":
-                self.open.pop(local, None)
-        elif kind == "d":
-            seq, txid = r[1], r[2]
-            for i, e in enumerate(self.entries):
-                if e[0] == seq:
-                    del self.entries[i]
-                    if e[1] == "StartTransaction" and txid is not None:
-                        self.txids[e[2]] = txid
-                        o = self.open.get(e[2])
-                        if o is not None:
-                            o[0] = txid
-                    break
-            self._forget()
-        elif kind == "o":
-            self.open[r[1]] = [r[2], r[3], r[4], r[5]]
-            if r[2] is not None:
-                self.txids[r[1]] = r[2]
-
-    def _forget(self):
-        """Drop transaction ids nothing refers to any more."""
-        for local in list(self.txids):
-            if local in self.open:
-                continue
-            for e in self.entries:
-                if e[2] == local:
-                    break
-            else:
-                del self.txids[local]
-
-    def _write(self, rec):
-        line = json.dumps(rec) + "\n"
-        with open(self.path, "a") as f:
-            f.write(line)
-        self.size += len(line)
-
-    def _compact(self):
-        tmp = self.path + ".tmp"
-        size = 0
-        with open(tmp, "w") as f:
-            for local in self.open:
-                o = self.open[local]
-                line = json.dumps(["o", local, o[0], o[1], o[2], o[3]]) + "\n"
-                f.write(line)
-                size += len(line)
-            for e in self.entries:
-                line = json.dumps(["q", e[0], e[1], e[2], e[3]]) + "\n"
-                f.write(line)
-                size += len(line)
-        store.replace(tmp, self.path)
-        self.size = size
-
-    def samples(self):
-        n = 0
-        for e in self.entries:
-            if e[1] == "MeterValues":
-                n += 1
-        return n
-
-    def push(self, action, local, payload, lock):
-        """Queue one message (file first, then RAM under `lock`). False when
-        the queue is full (counted in `dropped`)."""
-        if len(self.entries) >= TXQ_MAX or (action == "MeterValues" and payload.get("_periodic") and self.samples() >= TXQ_SAMPLES_MAX):
-            self.dropped += 1
-            return False
-        payload.pop("_periodic", None)
-        seq = self.seq + 1
-        try:
-            self._write(["q", seq, action, local, payload])
-        except OSError:
-            self.flash_errors += 1
-            self.dropped += 1
-            return False
-        self.seq = seq
-        with lock:
-            self._apply(["q", seq, action, local, payload])
-        return True
-
-    def done(self, seq, txid, lock):
-        """The central system answered message `seq`. Returns its entry (or None)."""
-        entry = None
-        for e in self.entries:
-            if e[0] == seq:
-                entry = e
-        if entry is None:
-            return None
-        try:
-            self._write(["d", seq, txid])
-        except OSError:
-            self.flash_errors += 1  # sent again after a reboot: at least once
-        with lock:
-            self._apply(["d", seq, txid])
-        if not self.entries and self.size > COMPACT_BYTES:
-            try:
-                self._compact()
-            except OSError:
-                self.flash_errors += 1
-        return entry
-
-
-class Ocpp:
     def __init__(self, cfg, net, data_dir, clock=None):
         """clock: the board (wall_time/set_wall_time): set from the central
         system's currentTime while NTP has not set it."""
         self._clock = clock
+        self._ticks = net  # ticks_ms/ticks_diff for the thread (firmware/linkthread.py)
         self._cfg = cfg
         self._net = net
         self.url = cfg["ocpp_url"]
@@ -404,7 +90,7 @@ class Ocpp:
         self.connected = False
         self.accepted = False  # BootNotification accepted (this boot)
         self.running = False
-        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None}
+        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None, "last_backoff_ms": 0}
         if self.auth.notes:
             self.stats["auth_notes"] = self.auth.notes
         # --- thread only -----------------------------------------------------------------
@@ -423,28 +109,24 @@ class Ocpp:
         # --- loop only -----------------------------------------------------------------
         self._st = None  # the last connector 1 status posted
         self._st0 = None
-        self._finishing = False
+        self.status = ConnectorStatus()  # connector 1 from the charger (firmware/ocpp_status.py)
         self._local = None  # session id of the open transaction
         self._mv_t = 0
         self._avail_pending = None
-        self._reset = None
+        self._reset = None  # "Soft"/"Hard": the stop reason of the transaction a Reset ends
+        self._reboot = None  # [type, ticks accepted, answers queued with it]: a Reset to carry out (in service)
+        self._answers_in = 0  # CALLRESULTs the loop queued in _results (loop only)
+        self._answers_out = 0  # ... and the thread sent (thread only)
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
+        self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
+        self._res_t = 0  # ticks of the last look at its expiry
+        self.aligned = ocpp_meter.Aligned()  # clock-aligned meter values
+        self._al_t = 0  # ticks of the last look at the wall clock for them
+        self._tx_data = []  # clock-aligned entries for the StopTransaction's transactionData (StopTxnAlignedData)
 
     # ==== the loop's side ==========================================================
     def start(self):
-        if self.running:
-            return
-        self.running = True
-        start_thread(self._run, THREAD_STACK_BYTES)
-
-    def stop(self, timeout_ms=2000):
-        with self._lock:
-            self._stop_req = True
-        net = self._net
-        t0 = net.ticks_ms()
-        while self.running and net.ticks_diff(net.ticks_ms(), t0) < timeout_ms:
-            net.sleep_ms(5)
-        return not self.running
+        self.start_thread(THREAD_STACK_BYTES)
 
     def pending(self):
         with self._lock:
@@ -479,6 +161,13 @@ class Ocpp:
             return False, "an OCPP idTag has at most 20 characters"
         online = self.accepted and self.connected
         d = self.auth.decide(tag, online, self._clock.wall_time() if self._clock is not None else None)
+        res = self.reservation
+        if res.active() and not res.admits(tag, None) and d != ocpp_auth.REFUSE:
+            # Reserved for another card: only one of the same parentIdTag, which
+            # only the central system can tell (Authorize; offline: refused).
+            if res.parent is None or not online:
+                return False, "the connector is reserved for another card"
+            d = ocpp_auth.ASK
         if d == ocpp_auth.ACCEPT:
             self._grant = tag
             return True, None
@@ -495,10 +184,15 @@ class Ocpp:
         self._local = local
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
+        self._tx_data = []
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
         self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
-        self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
+        payload = {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}
+        if self.reservation.active():  # only a card it admits could start: the reservation ends here
+            payload["reservationId"] = self.reservation.id
+            self.reservation.end()
+        self.txq.push("StartTransaction", local, payload, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
         self.smart.tx_end()  # its TxProfiles go with it
@@ -515,59 +209,62 @@ class Ocpp:
             oc = self._reset + "Reset"
             self._reset = None
         else:
-            oc = _REASONS.get(reason, "Other")
-        self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)
+            oc = stop_reason(reason)
+        payload = {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}
+        if self._tx_data:  # StopTxnAlignedData: the clock-aligned entries taken during it
+            payload["transactionData"] = self._tx_data
+            self._tx_data = []
+        self.txq.push("StopTransaction", local, payload, self._lock)
         self._local = None
-        self._finishing = True
+        self.status.finishing = True
 
-    def sample(self, fw, context):
-        """One meterValue entry: the register first (Wh), then per phase
-        current (A), power (W), temperature (Celsius), as configured."""
-        m = fw.meter
-        wanted = self.keys.values["MeterValuesSampledData"]
-        vals = [{"value": str(m.meter_wh()[0]), "context": context, "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
-        if "Current.Import" in wanted:
-            for p in range(m.phases):
-                vals.append({"value": "%d.%03d" % (m.i_ma[p] // 1000, m.i_ma[p] % 1000), "context": context, "measurand": "Current.Import", "phase": "L%d" % (p + 1), "unit": "A"})
-        if "Power.Active.Import" in wanted:
-            vals.append({"value": str(int(m.power_w)), "context": context, "measurand": "Power.Active.Import", "unit": "W"})
-        t = fw.charger.temp_dc
-        if "Temperature" in wanted and t != -32768:
-            vals.append({"value": "%d.%d" % (t // 10, t % 10) if t >= 0 else "-%d.%d" % (-t // 10, -t % 10), "context": context, "measurand": "Temperature", "unit": "Celsius"})
-        return {"timestamp": iso(fw.hal.wall_time()), "sampledValue": vals}
+    def sample(self, fw, context, key="MeterValuesSampledData", wall=None):
+        """One meterValue entry with the measurands of configuration key `key`
+        (firmware/ocpp_meter.py), stamped `wall` (None: now)."""
+        return ocpp_meter.sample(fw, self.keys.values[key], context, fw.hal.wall_time() if wall is None else wall)
 
-    def connector_status(self, ch):
-        """(status, errorCode, info) of connector 1 from the charger."""
-        if ch.fault is not None:
-            return "Faulted", _ERRORS.get(ch.fault, "OtherError"), ch.fault
-        plugged = ch.state[0] != "A"
-        if not plugged:
-            self._finishing = False
-        if ch.session_active:
-            if ch.contactor_on:
-                return "Charging", "NoError", None
-            if ch.duty_pm == 0:
-                return "SuspendedEVSE", "NoError", None
-            return "SuspendedEV", "NoError", None
-        if not ch.enabled or ch.inhibit:  # disabled, or the journal is full (no new session)
-            return "Unavailable", "NoError", None
-        if not plugged:
-            return "Available", "NoError", None
-        return ("Finishing" if self._finishing else "Preparing"), "NoError", None
+    def _aligned(self, fw):
+        """Once a second: a clock-aligned sample when a boundary has passed
+        (ClockAlignedDataInterval). MeterValues (Sample.Clock) with
+        MeterValuesAlignedData for connector 0 (the charger's meter) and
+        connector 1 (queued with its transaction while one runs); with
+        StopTxnAlignedData, an entry kept for the StopTransaction's
+        transactionData."""
+        slot = self.aligned.due(fw.hal.wall_time(), self.keys.get_int("ClockAlignedDataInterval"))
+        if slot is None:
+            return
+        if self.keys.values["MeterValuesAlignedData"]:
+            mv = self.sample(fw, "Sample.Clock", "MeterValuesAlignedData", slot)
+            with self._lock:
+                for c in (0, 1) if self._local is None else (0,):
+                    if len(self._calls) < _SMALL_MAX:
+                        self._calls.append(["MeterValues", {"connectorId": c, "meterValue": [mv]}])
+            if self._local is not None:
+                self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [mv], "_periodic": 1}, self._lock)
+        if self._local is not None and self.keys.values["StopTxnAlignedData"]:
+            if len(self._tx_data) >= ocpp_meter.TXDATA_MAX:
+                self._tx_data.pop(0)
+            self._tx_data.append(self.sample(fw, "Sample.Clock", "StopTxnAlignedData", slot))
 
     def service(self, fw):
         """Every LINK_EVERY ticks in the loop: never blocks on the network."""
         ch = fw.charger
         hal = fw.hal
-        st = self.connector_status(ch)
+        self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
+        now = hal.ticks_ms()
+        if self.reservation.active() and hal.ticks_diff(now, self._res_t) >= 1000:
+            self._res_t = now
+            if self.reservation.expired(hal.wall_time()):
+                self.reservation.end()
+        ch.reserved = self.reservation.active()  # no session starts without a card it admits
+        st = self.status.of(ch, ch.reserved)
         if st != self._st:
             self._st = st
             self._post_status(1, st)
-        st0 = _CP_AVAILABLE if ch.enabled or ch.session_active else _CP_UNAVAILABLE
+        st0 = CP_AVAILABLE if ch.enabled or ch.session_active else CP_UNAVAILABLE
         if st0 is not self._st0:
             self._st0 = st0
             self._post_status(0, st0)
-        now = hal.ticks_ms()
         if self._local is not None:
             every = self.keys.get_int("MeterValueSampleInterval") * 1000
             if not self._mv_started:
@@ -576,6 +273,9 @@ class Ocpp:
             elif every and hal.ticks_diff(now, self._mv_t) >= every:
                 self._mv_t = now
                 self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [self.sample(fw, "Sample.Periodic")], "_periodic": 1}, self._lock)
+        if hal.ticks_diff(now, self._al_t) >= 1000:
+            self._al_t = now
+            self._aligned(fw)
         if self._trigger_mv:
             self._trigger_mv = False
             with self._lock:
@@ -597,7 +297,8 @@ class Ocpp:
                 action, req, resp = self._replies.pop(0)
             if action == "Authorize":
                 info = resp.get("idTagInfo") or {}
-                if info.get("status") == "Accepted":
+                res = self.reservation
+                if info.get("status") == "Accepted" and (not res.active() or res.admits(req["idTag"], info.get("parentIdTag"))):
                     ch.command("authorize", req["idTag"])
                     fw._status_due = True
         if self._avail_pending is not None and not ch.session_active:
@@ -609,8 +310,30 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+            self._answers_in += 1
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+        if self._reboot is not None:
+            self._reset_when_done(fw, now)
+
+    def _reset_when_done(self, fw, now):
+        """A Reset accepted: once the transaction it stopped has ended (the
+        contactor open, the session written) and its Accepted has gone out,
+        and for a soft one once the StopTransaction was answered (at most
+        RESET_SOFT_MS), the firmware shuts down and the board resets. The
+        queue is on flash: whatever was not delivered goes after the reboot."""
+        ch = fw.charger
+        if ch.session_active or ch.contactor_on or fw._end_due is not None:
+            return
+        age = fw.hal.ticks_diff(now, self._reboot[1])
+        if self._answers_out < self._reboot[2] and age < RESET_CONF_MS:
+            return  # the Accepted has not gone out yet
+        if self._reboot[0] == "Soft" and self.txq.entries and self.connected and age < RESET_SOFT_MS:
+            return
+        self._reboot = None
+        self.stats["resets"] = self.stats.get("resets", 0) + 1
+        fw.shutdown(0)  # outputs safe, links closed
+        fw.hal.reset()  # does not return on a board; the simulator records it
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -624,10 +347,21 @@ class Ocpp:
         if action in ocpp_smart.ACTIONS:
             local = self._local
             return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
+        if action == "ReserveNow":
+            zero = self.keys.values["ReserveConnectorZeroSupported"] == "true"
+            status = self.reservation.reserve(p, ch, fw.hal.wall_time(), zero)
+            ch.reserved = self.reservation.active()  # before the next tick
+            return {"status": status}
+        if action == "CancelReservation":
+            status = self.reservation.cancel(p["reservationId"])
+            ch.reserved = self.reservation.active()
+            return {"status": status}
         if action == "RemoteStartTransaction":
             prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
+            if self.reservation.active() and not self.reservation.admits(p["idTag"], None):
+                return {"status": "Rejected"}  # reserved for another card
             if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
                 return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
             err = ch.command("authorize", p["idTag"])
@@ -641,11 +375,12 @@ class Ocpp:
             err = ch.command("stop", None)
             return {"status": "Rejected" if err else "Accepted"}
         if action == "Reset":
-            # Ends the transaction (reason Soft/HardReset). The reboot itself
-            # needs a board reset the HAL contract does not offer yet.
+            # Ends the transaction (reason Soft/HardReset), then the board
+            # resets (_reset_when_done).
             self._reset = p["type"]
             if ch.session_active:
                 ch.command("stop", None)
+            self._reboot = [p["type"], fw.hal.ticks_ms(), self._answers_in + 1]  # + this answer
             return {"status": "Accepted"}
         if action == "ChangeAvailability":
             if p["connectorId"] > 1:
@@ -658,60 +393,22 @@ class Ocpp:
             return {"status": "Accepted"}
         return {"status": "Rejected"}
 
-    # ==== the thread ================================================================
-    def _run(self):
-        wait_ms = 0
-        try:
-            while not self._stop_req:
-                if self.netup is not None and not self.netup.poll():
-                    if self._ws is not None:
-                        self._drop(OSError("network down"))
-                    if not self._sleep(self.netup.POLL_MS):
-                        break
-                    continue
-                if self._ws is None:
-                    if wait_ms:
-                        if not self._sleep(wait_ms):
-                            break
-                        wait_ms = 0
-                        continue
-                    try:
-                        self._connect()
-                        self.backoff.reset()
-                    except Exception as e:  # noqa: BLE001 - any failure means: try later
-                        self._drop(e)
-                        wait_ms = self.backoff.next_ms()
-                    continue
-                try:
-                    self._service()
-                except Exception as e:  # noqa: BLE001
-                    self._drop(e)
-                    wait_ms = self.backoff.next_ms()
-            if self._ws is not None:
-                try:
-                    self._ws.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self._ws = None
-        finally:
-            self.connected = False
-            self.running = False
+    # ==== the thread (its loop: firmware/linkthread.py) ===============================
+    def _tls(self):
+        return self.url.startswith("wss:")
 
-    def _sleep(self, ms):
-        net = self._net
-        t0 = net.ticks_ms()
-        while net.ticks_diff(net.ticks_ms(), t0) < ms:
-            if self._stop_req:
-                return False
-            if self.netup is not None:
-                self.netup.poll()
-            net.sleep_ms(min(50, ms))
-        return not self._stop_req
+    def _goodbye(self):
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._ws = None
 
     def _connect(self):
         cfg = self._cfg
         self._ws = WebSocket.connect(
-            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None
+            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None, cert=cfg.get("ocpp_client_cert") or None, key=cfg.get("ocpp_client_key") or None
         )
         self._pending = None
         self._last_tx = self._net.ticks_ms()
@@ -769,6 +466,7 @@ class Ocpp:
                 self._results = []
         for uid, payload in results:
             self._send([3, uid, payload])
+            self._answers_out += 1
         now = net.ticks_ms()
         p = self._pending
         if p is not None:

@@ -75,16 +75,24 @@ CALLS = {
     "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
     "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
     "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
+    "ReserveNow": (("connectorId", 1, "i", 0), ("expiryDate", 1, "t", None), ("idTag", 1, "s", 20), ("parentIdTag", 0, "s", 20), ("reservationId", 1, "i", None)),
+    "CancelReservation": (("reservationId", 1, "i", None),),
 }
 
 # OCPP 1.6 actions a central system may send that this charge point does not
 # offer yet: NotSupported ("recognised but not supported"); anything else is
 # NotImplemented.
 KNOWN = (
-    "CancelReservation",
     "GetDiagnostics",
-    "ReserveNow",
     "UpdateFirmware",
+    # the 1.6 security extension's
+    "CertificateSigned",
+    "DeleteCertificate",
+    "ExtendedTriggerMessage",
+    "GetInstalledCertificateIds",
+    "GetLog",
+    "InstallCertificate",
+    "SignedUpdateFirmware",
 )
 
 FORMATION = "FormationViolation"

@@ -232,7 +232,7 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal"):
+                 profile="ideal", ota_dir=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -260,6 +260,8 @@ class SimBoard:
         self.has_feedback = has_feedback
         self.has_pe = has_pe
         self.data_dir = data_dir
+        self.ota_dir = ota_dir  # the emulated OTA app partitions (sim/ota.py), None: none
+        self.resets = 0  # reset() calls on a port without machine.reset (tests)
         self.stuck_channel = 0  # channel the stuck_adc fault breaks
         self.stuck_code = 2048  # ... and the code it returns (2048: "no current")
         self.on_tick = None  # callable(sim) after each wait_tick(); may raise
@@ -970,3 +972,55 @@ class SimBoard:
         self.contactor(False)
         self.rcd_test(False)
         self.pilot_steady(PILOT_PLUS12)
+
+    # --- firmware image: OTA app partitions as files (sim/ota.py) -------------------------------------
+    def ota_info(self):
+        d = self.ota_dir
+        if d is None:
+            return None
+        try:  # what the bootloader wrote at this boot: sim/ota.py is not loaded at boot (RAM)
+            import json
+
+            with open(d + "/boot.json") as f:
+                b = json.loads(f.read())
+            run = b["running"]
+            return {"running": run, "next": "ota_1" if run == "ota_0" else "ota_0", "size": b["size"],
+                    "state": b["state"]}  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            from sim import ota  # no bootloader ran (tests): from the otadata
+
+            return ota.info(d)
+
+    def _ota(self):
+        from sim import ota
+
+        info = self.ota_info()
+        if info is None:
+            raise OSError(19)  # ENODEV: no partitions
+        return ota, info
+
+    def ota_write(self, offset, buf):
+        ota, info = self._ota()
+        ota.write(self.ota_dir, info["next"], offset, buf)
+
+    def ota_read(self, offset, buf):
+        ota, info = self._ota()
+        ota.read(self.ota_dir, info["next"], offset, buf)
+
+    def ota_set_boot(self):
+        ota, info = self._ota()
+        ota.set_boot(self.ota_dir, info["next"])
+
+    def ota_mark_valid(self):
+        ota, info = self._ota()
+        ota.mark_valid(self.ota_dir, info["running"])
+
+    def reset(self):
+        try:
+            import machine
+
+            reset = machine.reset  # the emulated board's (tools/simboard_agent.py)
+        except (ImportError, AttributeError):
+            self.resets += 1  # the plain unix port: the caller goes on
+            return
+        reset()
