@@ -28,7 +28,7 @@ import time
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_schema, ocpp_smart, store
+from firmware import ocpp_auth, ocpp_fw, ocpp_schema, ocpp_smart, store
 from firmware.backoff import Backoff, seed_for
 from firmware.journal import exists
 from firmware.netup import start_thread
@@ -72,7 +72,7 @@ KEYS = {
     "StopTransactionOnInvalidId": ("false", 0, "b"),
     "StopTxnAlignedData": ("", 1, "m"),
     "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
+    "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
     "TransactionMessageAttempts": ("3", 1, "i"),
     "TransactionMessageRetryInterval": ("60", 1, "i"),
     "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
@@ -388,6 +388,7 @@ class Ocpp:
         self._lock = _thread.allocate_lock()
         self.auth = ocpp_auth.Auth(data_dir, self.keys, self._lock)  # local list and cache (firmware/ocpp_auth.py)
         self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
+        self.fw = ocpp_fw.FwUpdate(data_dir, clock, net, cfg, self._post_call)  # UpdateFirmware, GetDiagnostics
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
@@ -609,8 +610,14 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+        self.fw.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+
+    def _post_call(self, action, payload):
+        with self._lock:
+            if len(self._calls) < _SMALL_MAX:
+                self._calls.append([action, payload])
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -780,6 +787,7 @@ class Ocpp:
                 return
             self._call("BootNotification", {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": self.cp_id[:25], "firmwareVersion": self.version}, "boot", None)
             return
+        self.fw.work(self._clock.wall_time() if self._clock is not None else None, self)
         with self._lock:
             call = self._calls.pop(0) if self._calls else None
         if call is not None:
@@ -917,6 +925,8 @@ class Ocpp:
             answer = {"status": "NotSupported"}  # no connector lock on the board
         elif action == "TriggerMessage":
             answer = self._trigger(payload)
+        elif action in ocpp_fw.ACTIONS:
+            answer = self.fw.call(action, payload, self._clock.wall_time() if self._clock is not None else None)
         if answer is not None:
             self._send([3, uid, answer])
             return
@@ -946,10 +956,8 @@ class Ocpp:
                 self._last_status.pop(c, None)
         elif what == "MeterValues":
             self._trigger_mv = True
-        else:  # Diagnostics/FirmwareStatusNotification: nothing under way
-            with self._lock:
-                if len(self._calls) < _SMALL_MAX:
-                    self._calls.append([what, {"status": "Idle"}])
+        else:  # Diagnostics/FirmwareStatusNotification: the one under way, or Idle
+            self._post_call(what, {"status": self.fw.trigger(what)})
         return {"status": "Accepted"}
 
     def _answered(self, p, payload):

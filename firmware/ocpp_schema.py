@@ -75,6 +75,10 @@ CALLS = {
     "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
     "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
     "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
+    "UpdateFirmware": (("location", 1, "s", None), ("retries", 0, "i", None), ("retrieveDate", 1, "t", None), ("retryInterval", 0, "i", None)),
+    "GetDiagnostics": (
+        ("location", 1, "s", None), ("retries", 0, "i", None), ("retryInterval", 0, "i", None), ("startTime", 0, "t", None), ("stopTime", 0, "t", None),
+    ),  # fmt: skip
 }
 
 # OCPP 1.6 actions a central system may send that this charge point does not
@@ -82,9 +86,7 @@ CALLS = {
 # NotImplemented.
 KNOWN = (
     "CancelReservation",
-    "GetDiagnostics",
     "ReserveNow",
-    "UpdateFirmware",
 )
 
 FORMATION = "FormationViolation"
