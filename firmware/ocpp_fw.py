@@ -29,7 +29,7 @@ from micropython import const
 from firmware import fwimage, http, signature, store
 
 FILE = "ocpp_fw.json"
-KEY_FILE = "fw_key.json"  # the public key images are signed with (tools/sign.py)
+KEY_FILE = "update_key.json"  # the public key images are signed with (tools/sign.py), as firmware/update.py
 ACTIONS = ("UpdateFirmware", "GetDiagnostics")
 IO_TIMEOUT_S = const(10)  # connect, TLS, headers, every read
 SLICE_MS = const(100)  # download work per pass of the OCPP thread
@@ -53,10 +53,10 @@ class FwUpdate:
     """Owned by firmware/ocpp.py's Ocpp: call() and work() from its thread,
     loop() from the control loop's service()."""
 
-    def __init__(self, data_dir, hal, net, cfg, post, make_installer=_installer):
+    def __init__(self, data_dir, hal, net, cfg, post, make_installer=_installer, key_path=None):
         """post(action, payload): queue a CALL to the central system."""
         self.path = data_dir + "/" + FILE
-        self.key_path = cfg.get("fw_key") or data_dir + "/" + KEY_FILE
+        self.key_path = key_path or data_dir + "/" + KEY_FILE
         self._hal = hal
         self._net = net
         self._ca = cfg.get("ocpp_ca") or None

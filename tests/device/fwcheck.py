@@ -86,7 +86,7 @@ def main(path):
     with open(path) as f:
         run = json.load(f)
     posted = []
-    cfg = {"fw_key": run["key"]}
+    cfg = {}
     mode = run.get("installer", "ok")
     fu = ocpp_fw.FwUpdate(
         run["data"],
@@ -95,6 +95,7 @@ def main(path):
         cfg,
         lambda a, p: posted.append([a, p["status"]]),
         lambda hal, key: Installer(hal, key, mode),
+        run["key"],
     )
     fw = Fw(run.get("ticks", 0))
     version = run.get("version", "1.0")

@@ -8,10 +8,29 @@ in `routes` and records every request (and the bodies of PUT/POST).
     srv.routes["/gone"] = ("status", 404)
     srv.routes["/cut"] = ("cut", data, n)            # says len(data), sends n bytes, closes
     srv.url("/fw.evfw"); srv.requests; srv.uploads; srv.close()
+
+and make_keys(dir): two key pairs ("good", "other") made by tools/sign.py.
 """
 
 import http.server
+import sys
 import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tools"))
+
+import sign  # noqa: E402
+
+
+def make_keys(d):
+    """{name: (private PEM path, public JSON path)} for "good" and "other" in folder d."""
+    out = {}
+    for name in ("good", "other"):
+        pem, pub = d / (name + ".pem"), d / (name + ".json")
+        sign.keygen(pem)
+        sign.write_public(pem, pub)
+        out[name] = (pem, pub)
+    return out
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

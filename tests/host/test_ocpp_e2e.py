@@ -103,6 +103,10 @@ class _CP(ChargePoint):
     def on_diag(self, **kw):
         return call_result.DiagnosticsStatusNotification()
 
+    @on("FirmwareStatusNotification")
+    def on_fw_status(self, **kw):
+        return call_result.FirmwareStatusNotification()
+
 
 class CentralSystem:
     """An OCPP 1.6 central system on a free loopback port, in a thread of its

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sign  # noqa: E402
-from fwserver import FwServer  # noqa: E402
+from fwserver import FwServer, make_keys  # noqa: E402
 from mpscript import run_json  # noqa: E402
 
 FUTURE = "2020-01-01T00:00:00Z"  # retrieveDate in the past: at once
@@ -30,14 +30,7 @@ FUTURE = "2020-01-01T00:00:00Z"  # retrieveDate in the past: at once
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fwkeys")
-    out = {}
-    for name in ("good", "other"):
-        pem, pub = d / (name + ".pem"), d / (name + ".json")
-        sign.keygen(pem)
-        sign.write_public(pem, pub)
-        out[name] = (pem, pub)
-    return out
+    return make_keys(tmp_path_factory.mktemp("fwkeys"))
 
 
 @pytest.fixture
