@@ -72,6 +72,7 @@ class FwUpdate:
         self._next_ms = None  # (ticks, ms): the wait after a failed attempt
         self._diag = None  # [url, body, tries left, retry s, (ticks, ms) wait]
         self._check = False  # after a boot into an update: Installed or not
+        self.healthy = False  # this boot ran long enough to mark its image valid (loop)
         state, err = store.load_json(self.path, 2048)
         if err:
             self._note(err)
@@ -151,18 +152,14 @@ class FwUpdate:
     # ==== the loop's side ===============================================================
     def loop(self, fw, version):
         """Every service() of the loop: no I/O, a few attribute reads, except
-        the reset into a new image (once idle) and the report after it."""
+        the reset into a new image (once idle)."""
         self.version = version
         ch = fw.charger
         self.idle = not ch.session_active and not ch.contactor_on
-        if self._check:
+        if self._check and not self.healthy:
             from firmware.app import HEALTHY_AFTER
 
-            if fw.ticks >= HEALTHY_AFTER:  # as long as a new image must run to be marked good
-                self._check = False
-                old = self.state.get("from") if self.state else None
-                self._report("InstallationFailed" if old == self.version else "Installed")
-                self._save(None)
+            self.healthy = fw.ticks >= HEALTHY_AFTER  # as long as a new image must run to be marked good
         if self.reset_due and self.idle:
             reset = getattr(fw.hal, "reset", None)
             if reset is not None:
@@ -176,6 +173,11 @@ class FwUpdate:
         Ocpp, whose state a diagnostics file describes)."""
         if self._diag is not None:
             self._upload(oc)
+        if self._check and self.healthy and self.idle:  # the boot after an install (flash: only while idle)
+            self._check = False
+            old = self.state.get("from") if self.state else None
+            self._report("InstallationFailed" if old == self.version else "Installed")
+            self._save(None)
         st = self.state
         if self._dl is not None:
             if not self.idle:

@@ -10,13 +10,20 @@
 #   "request": UpdateFirmware payload or null (a boot after an install),
 #   "busy_passes": n (a session is active for the first n passes),
 #   "installer": "ok" | "fail_begin" | "fail_finish", "ticks": fw.ticks}
+import gc
 import hashlib
 import json
 import sys
 import time
 
 import hal.net as net
-from firmware import ocpp_fw, signature
+
+gc.collect()
+_HEAP0 = gc.mem_alloc()
+from firmware import ocpp_fw, signature  # noqa: E402
+
+gc.collect()
+_HEAP_IMPORT = gc.mem_alloc() - _HEAP0
 
 
 class UpdateError(Exception):
@@ -120,6 +127,7 @@ def main(path):
     print(json.dumps({
         "posted": posted, "installer": Installer.log, "resets": Hal.resets, "safes": Hal.safes, "state": state,
         "notes": fu.notes, "trigger": fu.trigger("FirmwareStatusNotification"), "busy_seen": busy_seen,
+        "elapsed_ms": time.ticks_diff(time.ticks_ms(), t0), "import_heap": _HEAP_IMPORT,
     }))  # fmt: skip
 
 
