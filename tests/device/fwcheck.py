@@ -93,7 +93,7 @@ def main(path):
     with open(path) as f:
         run = json.load(f)
     posted = []
-    cfg = {}
+    cfg = {"ocpp_ca": run.get("ca")}
     mode = run.get("installer", "ok")
     fu = ocpp_fw.FwUpdate(
         run["data"],

@@ -94,8 +94,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FwServer:
-    def __init__(self):
+    def __init__(self, ssl_ctx=None):
+        """ssl_ctx: a server SSLContext for https://localhost (else http://127.0.0.1)."""
         self.routes = {}
+        self.secure = ssl_ctx is not None
         self.requests = []
         self.uploads = []
         self.put_status = 201
@@ -103,11 +105,15 @@ class FwServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self
+        if ssl_ctx is not None:
+            self.httpd.socket = ssl_ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path):
+        if self.secure:
+            return "https://localhost:%d%s" % (self.port, path)
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
     def close(self):

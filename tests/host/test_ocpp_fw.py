@@ -202,3 +202,23 @@ def test_benchmark_download_rate_and_heap(mp_interpreter, tmp_path, keys, srv):
         "heap after import of firmware.ocpp_fw (+http, fwimage, signature, store): %d bytes"
         % (mp_interpreter[0], ms, len(blob) / 1.024 / ms, out["import_heap"])
     )
+
+
+def test_an_https_location_is_fetched_only_from_a_server_the_ca_vouches_for(mp_interpreter, tmp_path, keys):
+    import ssl
+
+    from test_link_secure import _pki
+
+    pki = _pki(str(tmp_path))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["server"], str(tmp_path / "server.key"))
+    s = FwServer(ssl_ctx=ctx)
+    try:
+        data, blob = _image(keys)
+        s.routes["/fw.evfw"] = ("chunked", blob)
+        out = _run(mp_interpreter[1], tmp_path, keys, _req(s.url("/fw.evfw")), ca=pki["ca"])
+        assert _statuses(out) == ["Downloading", "Downloaded", "Installing"] and out["installer"]["bytes"] == len(data)
+        out = _run(mp_interpreter[1], tmp_path, keys, _req(s.url("/fw.evfw"), retries=1), ca=pki["other"])
+        assert _statuses(out) == ["Downloading", "DownloadFailed"] and out["installer"] is None
+    finally:
+        s.close()
