@@ -175,8 +175,7 @@ class FwUpdate:
             self._upload(oc)
         if self._check and self.healthy and self.idle:  # the boot after an install (flash: only while idle)
             self._check = False
-            old = self.state.get("from") if self.state else None
-            self._report("InstallationFailed" if old == self.version else "Installed")
+            self._report("Installed" if self._booted_new() else "InstallationFailed")
             self._save(None)
         st = self.state
         if self._dl is not None:
@@ -193,6 +192,24 @@ class FwUpdate:
             return
         self._next_ms = None
         self._begin()
+
+    def _ota_info(self):
+        """The board's OTA partitions (hal ota_info()), or None when it has none."""
+        f = getattr(self._hal, "ota_info", None)
+        try:
+            return f() if f is not None else None
+        except Exception:  # noqa: BLE001 - a board that cannot tell
+            return None
+
+    def _booted_new(self):
+        """After the boot that follows an install: does the new image run?
+        The partition the install went to is the running one; on a board
+        that cannot tell, the running version is another than before."""
+        st = self.state or {}
+        info = self._ota_info()
+        if info is not None and st.get("to") is not None:
+            return info["running"] == st["to"]
+        return st.get("from") != self.version
 
     def _waiting(self, since):
         """True while (ticks, ms) has not passed yet (None: nothing to wait for)."""
@@ -292,7 +309,8 @@ class FwUpdate:
         dl["inst"].finish(sig)  # verifies again, sets the boot partition
         self._dl = None
         st = self.state
-        self._save({"step": "reboot", "loc": st["loc"], "from": self.version})
+        info = self._ota_info()
+        self._save({"step": "reboot", "loc": st["loc"], "from": self.version, "to": info["next"] if info else None})
         self.reset_due = True
 
     def _close(self, dl):

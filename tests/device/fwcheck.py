@@ -74,6 +74,10 @@ class Charger:
 class Hal:
     resets = 0
     safes = 0
+    ota = None  # {"running": label, "next": label} or None: no partitions
+
+    def ota_info(self):
+        return Hal.ota
 
     def safe(self):
         Hal.safes += 1
@@ -93,6 +97,7 @@ def main(path):
     with open(path) as f:
         run = json.load(f)
     posted = []
+    Hal.ota = run.get("ota")
     cfg = {"ocpp_ca": run.get("ca")}
     mode = run.get("installer", "ok")
     fu = ocpp_fw.FwUpdate(

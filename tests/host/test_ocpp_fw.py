@@ -100,6 +100,25 @@ def test_after_the_reset_the_new_version_reports_installed_and_the_old_one_insta
     assert _statuses(old) == ["InstallationFailed"] and old["state"] == {}
 
 
+def test_on_a_board_with_ota_partitions_the_running_partition_tells_installed_from_a_rollback(
+    mp_interpreter, tmp_path, keys, srv
+):
+    _data, blob = _image(keys)
+    srv.routes["/fw.evfw"] = ("body", blob)
+    out = _run(mp_interpreter[1], tmp_path, keys, _req(srv.url("/fw.evfw")), ota={"running": "ota_0", "next": "ota_1"})
+    assert out["resets"] == 1 and out["state"]["to"] == "ota_1"
+    saved = (tmp_path / "ocpp_fw.json").read_bytes()
+    # The new image runs (even one built with the same version string): Installed.
+    new = _run(mp_interpreter[1], tmp_path, keys, None, ticks=100000, ota={"running": "ota_1", "next": "ota_0"})
+    assert _statuses(new) == ["Installed"]
+    # The bootloader went back to ota_0 (the new image never marked itself valid): InstallationFailed.
+    (tmp_path / "ocpp_fw.json").write_bytes(saved)
+    old = _run(
+        mp_interpreter[1], tmp_path, keys, None, version="2.0", ticks=100000, ota={"running": "ota_0", "next": "ota_1"}
+    )
+    assert _statuses(old) == ["InstallationFailed"]
+
+
 @pytest.mark.parametrize("how", ["other_key", "flipped_signature", "flipped_image", "not_signed"])
 def test_an_image_that_does_not_verify_is_never_installed(mp_interpreter, tmp_path, keys, srv, how):
     data, blob = _image(keys, signer="other" if how == "other_key" else "good")
