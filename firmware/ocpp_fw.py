@@ -37,9 +37,28 @@ BUF_BYTES = const(2048)
 DEFAULT_TRIES = const(3)  # no `retries` in the request
 DEFAULT_RETRY_S = const(60)  # no `retryInterval`
 MAX_TRIES = const(10)
+MAX_RETRY_S = const(86400)  # a longer wait than a day would overflow ESP32 ticks arithmetic (2^29 ms)
+DOWNLOAD_MAX_S = const(900)  # one attempt, start to end: a server that trickles is given up
 DIAG_MAX_BYTES = const(4096)
 # After an attempt that failed, the next one waits retryInterval; while the
 # request waits for its retrieveDate nothing happens.
+
+
+def _interval(s):
+    """retryInterval in seconds: the default when absent, 0..MAX_RETRY_S."""
+    return DEFAULT_RETRY_S if s is None else min(max(s, 0), MAX_RETRY_S)
+
+
+def _usable(state):
+    """A state read from flash that work() can rely on."""
+    if not isinstance(state, dict) or not isinstance(state.get("loc"), str):
+        return False
+    if state.get("step") == "reboot":
+        return True
+    for k in ("at", "tries", "every"):
+        if not isinstance(state.get(k), int):
+            return False
+    return state.get("step") == "wait"
 
 
 def _installer(hal, key):
@@ -76,7 +95,9 @@ class FwUpdate:
         state, err = store.load_json(self.path, 2048)
         if err:
             self._note(err)
-        self.state = state if isinstance(state, dict) and state.get("step") in ("wait", "reboot") else None
+        self.state = state if _usable(state) else None
+        if state and self.state is None:
+            self._note("%s: not a usable update state, ignored" % self.path)
         if self.state is not None and self.state["step"] == "reboot":
             self._check = True  # this boot follows the install (reset or power cut)
             self.status = "Installing"  # until the new image has proved itself
@@ -120,8 +141,7 @@ class FwUpdate:
         at = parse_time(p["retrieveDate"])
         tries = p.get("retries")
         tries = DEFAULT_TRIES if tries is None else min(max(tries, 1), MAX_TRIES)
-        every = p.get("retryInterval")
-        every = DEFAULT_RETRY_S if every is None else every
+        every = _interval(p.get("retryInterval"))
         self._abort()  # a new request replaces the one under way
         self.reset_due = False
         self._check = False
@@ -138,7 +158,7 @@ class FwUpdate:
         name = "diag-%s.json" % self.version
         tries = p.get("retries")
         tries = 1 if tries is None else min(max(tries, 1), MAX_TRIES)
-        every = p.get("retryInterval") or DEFAULT_RETRY_S
+        every = _interval(p.get("retryInterval"))
         self._diag = [loc.rstrip("/") + "/" + name, None, tries, every, None]
         return {"fileName": name}
 
@@ -170,7 +190,18 @@ class FwUpdate:
     # ==== the thread ==================================================================
     def work(self, wall_s, oc):
         """One slice of download or upload work, in the OCPP thread (oc: the
-        Ocpp, whose state a diagnostics file describes)."""
+        Ocpp, whose state a diagnostics file describes). Never raises into
+        the link: whatever goes wrong ends the update (noted), not the link."""
+        try:
+            self._work(wall_s, oc)
+        except Exception as e:  # noqa: BLE001 - a defect here must not drop the connection again and again
+            self._note("update stopped: %r" % (e,))
+            self._abort()
+            self._diag = None
+            self._check = False
+            self._save(None)
+
+    def _work(self, wall_s, oc):
         if self._diag is not None:
             self._upload(oc)
         if self._check and self.healthy and self.idle:  # the boot after an install (flash: only while idle)
@@ -232,6 +263,7 @@ class FwUpdate:
             "fields": None,
             "got": 0,
             "sha": hashlib.sha256(),
+            "t0": self._net.ticks_ms(),
         }
         self._dl = dl
         try:
@@ -248,6 +280,8 @@ class FwUpdate:
         t0 = net.ticks_ms()
         view = memoryview(dl["buf"])
         try:
+            if net.ticks_diff(t0, dl["t0"]) > DOWNLOAD_MAX_S * 1000:
+                raise http.HttpError("download took longer than %d s" % DOWNLOAD_MAX_S)
             while net.ticks_diff(net.ticks_ms(), t0) < SLICE_MS:
                 if dl["fields"] is None:
                     if self._header(dl, view):

@@ -241,3 +241,15 @@ def test_an_https_location_is_fetched_only_from_a_server_the_ca_vouches_for(mp_i
         assert _statuses(out) == ["Downloading", "DownloadFailed"] and out["installer"] is None
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[1, 2]", b'{"step": "wait"}', b'{"step": "wait", "loc": "http://x/", "at": "soon", "tries": 1, "every": 0}',
+     b'{"step": "reboot"}', b'{"step": "dance", "loc": "http://x/"}', b"\xff" * 3000],
+)  # fmt: skip
+def test_a_damaged_update_state_on_flash_is_ignored_with_a_note(mp_interpreter, tmp_path, keys, content):
+    (tmp_path / "ocpp_fw.json").write_bytes(content)
+    out = _run(mp_interpreter[1], tmp_path, keys, None, ticks=100000, max_s=0.3)
+    assert out["posted"] == [] and out["resets"] == 0 and out["trigger"] == "Idle"
+    assert out["notes"]
