@@ -253,3 +253,22 @@ def test_a_damaged_update_state_on_flash_is_ignored_with_a_note(mp_interpreter, 
     out = _run(mp_interpreter[1], tmp_path, keys, None, ticks=100000, max_s=0.3)
     assert out["posted"] == [] and out["resets"] == 0 and out["trigger"] == "Idle"
     assert out["notes"]
+
+
+def test_a_redirect_loop_and_a_server_that_never_answers_are_failed_downloads(mp_interpreter, tmp_path, keys, srv):
+    srv.routes["/loop"] = ("redirect", "/loop")
+    out = _run(mp_interpreter[1], tmp_path, keys, _req(srv.url("/loop"), retries=1))
+    assert _statuses(out) == ["Downloading", "DownloadFailed"]
+    assert srv.requests.count(("GET", "/loop")) == 4  # the request and 3 redirects followed, no more
+    import socket
+
+    mute = socket.socket()  # accepts (the kernel's backlog) and never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(4)
+    try:
+        url = "http://127.0.0.1:%d/fw.evfw" % mute.getsockname()[1]
+        out = _run(mp_interpreter[1], tmp_path, keys, _req(url, retries=1), max_s=60)
+        assert _statuses(out) == ["Downloading", "DownloadFailed"]  # after the 10 s I/O timeout
+        assert any("timed out" in n.lower() or "110" in n or "etimedout" in n.lower() for n in out["notes"]), out["notes"]
+    finally:
+        mute.close()
