@@ -14,6 +14,7 @@ import sys
 
 FAIL_RESET_DELAY_MS = 1000
 SIM_FILE = "/data/sim.json"
+OTA_DIR = "/.ota"  # the emulated board's OTA app partitions (sim/ota.py, tools/simboard.py)
 # Armed as soon as the board exists, before the firmware is imported and
 # built (journal scan and compaction on a slow flash), so a hang there resets
 # the board; the firmware's loop then re-arms its own 2 s (firmware/app.py).
@@ -53,6 +54,11 @@ def _board():
     gc.collect()  # the sim's tables want large blocks
     from sim.board import SimBoard
 
+    try:
+        os.stat(OTA_DIR)
+        kw.setdefault("ota_dir", OTA_DIR)
+    except OSError:
+        pass  # no emulated partitions (simboard.py --interpreter unix64)
     board = SimBoard(realtime=True, **kw)
     board.set_ev(ev)
     from sim import follower  # rig.py --sim-ev: the EV follows this scenario (docs/rig.md)
@@ -78,6 +84,7 @@ def main():
     try:
         board = _board()
         board.wdt_start(BOOT_WDT_MS)
+        _image(board)
         import firmware
         from firmware.app import Firmware
 
@@ -98,6 +105,21 @@ def main():
             slots.fail(repr(e))
         _reset()
         raise
+
+
+def _image(board):
+    """Print which OTA partition runs and whether the bootloader rolled back
+    the last image (firmware/update.py; tools/deploy.py --image watches it)."""
+    try:
+        import json
+
+        from firmware import update
+
+        rep = update.report(board)
+        if rep is not None:
+            print("image:", json.dumps(rep))
+    except Exception as e:  # an older firmware without update.py: no report
+        print("image: no report:", repr(e))
 
 
 def _maintenance(board):

@@ -4,10 +4,12 @@ loop's side that maps the charger to OCPP.
 Owns: the connection to the central system (firmware/ws.py; reconnect with
 jittered back-off), BootNotification (Accepted/Pending/Rejected and its
 interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize
-(after the local list and cache of firmware/ocpp_auth.py), the transaction messages (StartTransaction, MeterValues, StopTransaction) in
-a persisted queue delivered in order and once each, the answers to the
-central system's CALLs (each checked by firmware/ocpp_schema.py first) and
-the OCPP configuration keys (stored on flash).
+(after the local list and cache of firmware/ocpp_auth.py), the transaction
+messages (StartTransaction, MeterValues, StopTransaction) through the
+persisted queue of firmware/ocpp_txq.py, delivered in order and once each,
+and the answers to the central system's CALLs (each checked by
+firmware/ocpp_schema.py first). The configuration keys are in
+firmware/ocpp_keys.py, the status mapping in firmware/ocpp_status.py.
 
 Never: delays the control tick. The loop calls service() every LINK_EVERY
 ticks: a few list operations under the lock, plus a file append when a
@@ -18,20 +20,22 @@ Charger.command(), with the charger's own limits.
 RAM: ~28 KB of heap after import on the unix port (64-bit words; .mpy or
 source alike, frozen bytecode stays in flash), plus ws and ocpp_schema (~15
 KB); a connection holds one message buffer (firmware/ws.py); the queue holds
-at most TXQ_MAX messages (~250 bytes each).
+at most ocpp_txq.TXQ_MAX messages (~250 bytes each).
 """
 
 import _thread
 import json
 import os
-import time
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_fw, ocpp_schema, ocpp_smart, store
+from firmware import ocpp_auth, ocpp_fw, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
-from firmware.journal import exists
 from firmware.netup import start_thread
+from firmware.ocpp_keys import KEYS_FILE, Keys
+from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
+from firmware.ocpp_time import iso, parse_time
+from firmware.ocpp_txq import TX_FILE, TxQueue
 from firmware.ws import WebSocket
 
 PROTOCOL = "ocpp1.6"
@@ -42,336 +46,11 @@ CALL_TIMEOUT_MS = const(30000)  # no CALLRESULT by then: the connection is dropp
 IDLE_POLL_MS = const(20)  # the latency of a queued message when the link is idle
 BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a CALLERROR
 THREAD_STACK_BYTES = const(16384)
-TXQ_MAX = const(32)  # transaction messages kept while offline (file and RAM)
-TXQ_SAMPLES_MAX = const(24)  # periodic MeterValues beyond this are skipped while offline
 _SMALL_MAX = const(8)  # the other queues between the loop and the thread
-COMPACT_BYTES = const(4096)  # the queue file is rewritten past this once empty enough
-TX_FILE = "ocpp_tx.q"
-KEYS_FILE = "ocpp_keys.json"
-
-MEASURANDS = ("Energy.Active.Import.Register", "Current.Import", "Power.Active.Import", "Temperature")
-
-# name: (default, writable, kind). kind "i" integer >= 0, "b" boolean, "m"
-# comma-separated measurands, "s" string. Values go over the wire as strings.
-KEYS = {
-    "AuthorizeRemoteTxRequests": ("false", 0, "b"),
-    "ClockAlignedDataInterval": ("0", 1, "i"),
-    "ConnectionTimeOut": ("60", 1, "i"),
-    "ConnectorPhaseRotation": ("NotApplicable", 1, "s"),
-    "GetConfigurationMaxKeys": ("32", 0, "i"),
-    "HeartbeatInterval": ("300", 1, "i"),
-    "LocalAuthorizeOffline": ("false", 1, "b"),
-    "LocalPreAuthorize": ("false", 1, "b"),
-    "MeterValuesAlignedData": ("", 1, "m"),
-    "MeterValuesSampledData": (",".join(MEASURANDS), 1, "m"),
-    "MeterValuesSampledDataMaxLength": ("4", 0, "i"),
-    "MeterValueSampleInterval": ("60", 1, "i"),
-    "NumberOfConnectors": ("1", 0, "i"),
-    "ResetRetries": ("1", 1, "i"),
-    "StopTransactionOnEVSideDisconnect": ("true", 0, "b"),
-    "StopTransactionOnInvalidId": ("false", 0, "b"),
-    "StopTxnAlignedData": ("", 1, "m"),
-    "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
-    "TransactionMessageAttempts": ("3", 1, "i"),
-    "TransactionMessageRetryInterval": ("60", 1, "i"),
-    "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
-    "WebSocketPingInterval": ("0", 1, "i"),
-}
-KEYS.update(ocpp_auth.KEYS)  # LocalAuthListManagement and the cache
-KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
-
-# Our session end reasons -> OCPP StopTransaction reasons.
-_REASONS = {"ev_unplugged": "EVDisconnected", "ev_stopped": "EVDisconnected", "remote_stop": "Remote", "power_loss": "PowerLoss"}
-# Our fault codes -> ChargePointErrorCode (anything else: OtherError with the code as vendorErrorCode).
-_ERRORS = {
-    "rcd_trip": "GroundFailure",
-    "rcd_selftest": "GroundFailure",
-    "pe_open": "GroundFailure",
-    "overcurrent": "OverCurrentFailure",
-    "weld": "PowerSwitchFailure",
-    "relay_fail": "PowerSwitchFailure",
-    "ct_stuck": "PowerMeterFailure",
-    "ct_clip": "PowerMeterFailure",
-    "diode": "EVCommunicationError",
-    "pilot_invalid": "EVCommunicationError",
-    "cp_short": "EVCommunicationError",
-    "overtemp": "HighTemperature",
-}
-
-
-_CP_AVAILABLE = ("Available", "NoError", None)  # connector 0: the charger as a whole
-_CP_UNAVAILABLE = ("Unavailable", "NoError", None)
-
-
-def iso(wall_s):
-    """An OCPP date-time (UTC) from wall seconds; the epoch when the clock is unset."""
-    t = time.gmtime(int(wall_s or 0))
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
-
-
-def parse_time(text):
-    """Wall seconds (UTC) of an OCPP date-time "YYYY-MM-DDThh:mm:ss[.f](Z|+00:00)",
-    or None for anything else (another offset included)."""
-    if not isinstance(text, str) or len(text) < 20 or text[4] != "-" or text[10] != "T":
-        return None
-    if not (text.endswith("Z") or text.endswith("+00:00")):
-        return None
-    try:
-        y, m, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
-        hh, mm, ss = int(text[11:13]), int(text[14:16]), int(text[17:19])
-    except ValueError:
-        return None
-    if not (2000 <= y < 2100 and 1 <= m <= 12 and 1 <= d <= 31 and hh < 24 and mm < 60 and ss < 61):
-        return None
-    # Days from the civil date (proleptic Gregorian, March-based year).
-    if m <= 2:
-        y -= 1
-    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
-    days = y * 365 + y // 4 - y // 100 + y // 400 + doy - 719468
-    return days * 86400 + hh * 3600 + mm * 60 + ss
 
 
 def charge_point_id(url):
     return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
-
-
-def check_key_value(name, value):
-    """The value to store for configuration key `name`, or None when it is
-    not acceptable (wrong format, an unsupported measurand)."""
-    kind = KEYS[name][2]
-    if kind == "i":
-        if not value.isdigit() or len(value) > 9:
-            return None
-        return str(int(value))
-    if kind == "b":
-        v = value.lower()
-        return v if v in ("true", "false") else None
-    if kind == "m":
-        if not value:
-            return ""
-        parts = value.split(",")
-        if len(parts) > 4:
-            return None
-        for p in parts:
-            if p.strip() not in MEASURANDS:
-                return None
-        return ",".join(p.strip() for p in parts)
-    return value
-
-
-class Keys:
-    """The OCPP configuration keys: defaults, and the changed ones on flash
-    (`path`, replaced atomically)."""
-
-    def __init__(self, path):
-        self.path = path
-        self.values = {}
-        for k in KEYS:
-            self.values[k] = KEYS[k][0]
-        try:
-            with open(path) as f:
-                saved = json.loads(f.read())
-            for k in saved:
-                if k in KEYS and KEYS[k][1] and isinstance(saved[k], str):
-                    v = check_key_value(k, saved[k])
-                    if v is not None:
-                        self.values[k] = v
-        except (OSError, ValueError, TypeError):
-            pass  # missing or damaged: the defaults
-
-    def get_int(self, name):
-        return int(self.values[name])
-
-    def change(self, name, value):
-        """ChangeConfiguration: "Accepted", "Rejected" or "NotSupported"."""
-        if name not in KEYS:
-            return "NotSupported"
-        if not KEYS[name][1]:
-            return "Rejected"
-        v = check_key_value(name, value)
-        if v is None:
-            return "Rejected"
-        self.values[name] = v
-        changed = {}
-        for k in KEYS:
-            if self.values[k] != KEYS[k][0]:
-                changed[k] = self.values[k]
-        tmp = self.path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(changed))
-            store.replace(tmp, self.path)
-        except OSError:
-            return "Rejected"  # flash full or broken: the change would not survive a reset
-        return "Accepted"
-
-    def listing(self, names):
-        """GetConfiguration.conf payload for `names` (None: all keys)."""
-        known = []
-        unknown = []
-        for k in KEYS if names is None else names:
-            if k in KEYS:
-                known.append({"key": k, "readonly": not KEYS[k][1], "value": self.values[k]})
-            elif k not in unknown:
-                unknown.append(k)
-        out = {"configurationKey": known}
-        if unknown:
-            out["unknownKey"] = unknown
-        return out
-
-
-class TxQueue:
-    """Transaction messages until the central system answered them, on flash.
-
-    The file is append-only JSON lines, replayed at start:
-    ["q", seq, action, local, payload]  a message was queued
-    ["d", seq, txid]                    it was answered (txid: a StartTransaction's transactionId)
-    ["o", local, txid, meter_start, tag, last_register] an open transaction (after a compaction)
-    A torn last line (power cut) is ignored and the file rewritten. `local`
-    is the session id; the central system's transactionId is filled into
-    MeterValues and StopTransaction when they are sent. Used by the loop
-    only: the thread reads `entries` under the Ocpp lock."""
-
-    def __init__(self, path):
-        self.path = path
-        self.entries = []  # [seq, action, local, payload] in order
-        self.open = {}  # local -> [txid or None, meter_start, tag, last register sent]: Start queued, no Stop yet
-        self.txids = {}  # local -> txid for every transaction still referenced
-        self.seq = 0
-        self.dropped = 0
-        self.flash_errors = 0  # writes that failed (flash full or broken): never raised into the loop
-        self.size = 0
-        torn = False
-        if exists(path):
-            try:
-                with open(path) as f:
-                    for line in f:
-                        self.size += len(line)
-                        if not line.endswith("\n"):
-                            torn = True
-                            break
-                        try:
-                            self._apply(json.loads(line))
-                        except (ValueError, TypeError, KeyError, IndexError):
-                            torn = True
-            except Exception:  # noqa: BLE001 - unreadable, not UTF-8: keep what was read, rewrite the rest
-                torn = True
-        if torn:
-            try:
-                self._compact()
-            except OSError:
-                self.flash_errors += 1
-
-    def _apply(self, r):
-        kind = r[0]
-        if kind == "q":
-            seq, action, local, payload = r[1], r[2], r[3], r[4]
-            self.entries.append([seq, action, local, payload])
-            self.seq = max(self.seq, seq)
-            if action == "StartTransaction":
-                self.open[local] = [None, payload["meterStart"], payload["idTag"], payload["meterStart"]]
-            elif action == "MeterValues" and local in self.open:
-                o = self.open[local]
-                o[3] = max(o[3], int(payload["meterValue"][-1]["sampledValue"][0]["value"]))
-            elif action == "StopTransaction":
-                self.open.pop(local, None)
-        elif kind == "d":
-            seq, txid = r[1], r[2]
-            for i, e in enumerate(self.entries):
-                if e[0] == seq:
-                    del self.entries[i]
-                    if e[1] == "StartTransaction" and txid is not None:
-                        self.txids[e[2]] = txid
-                        o = self.open.get(e[2])
-                        if o is not None:
-                            o[0] = txid
-                    break
-            self._forget()
-        elif kind == "o":
-            self.open[r[1]] = [r[2], r[3], r[4], r[5]]
-            if r[2] is not None:
-                self.txids[r[1]] = r[2]
-
-    def _forget(self):
-        """Drop transaction ids nothing refers to any more."""
-        for local in list(self.txids):
-            if local in self.open:
-                continue
-            for e in self.entries:
-                if e[2] == local:
-                    break
-            else:
-                del self.txids[local]
-
-    def _write(self, rec):
-        line = json.dumps(rec) + "\n"
-        with open(self.path, "a") as f:
-            f.write(line)
-        self.size += len(line)
-
-    def _compact(self):
-        tmp = self.path + ".tmp"
-        size = 0
-        with open(tmp, "w") as f:
-            for local in self.open:
-                o = self.open[local]
-                line = json.dumps(["o", local, o[0], o[1], o[2], o[3]]) + "\n"
-                f.write(line)
-                size += len(line)
-            for e in self.entries:
-                line = json.dumps(["q", e[0], e[1], e[2], e[3]]) + "\n"
-                f.write(line)
-                size += len(line)
-        store.replace(tmp, self.path)
-        self.size = size
-
-    def samples(self):
-        n = 0
-        for e in self.entries:
-            if e[1] == "MeterValues":
-                n += 1
-        return n
-
-    def push(self, action, local, payload, lock):
-        """Queue one message (file first, then RAM under `lock`). False when
-        the queue is full (counted in `dropped`)."""
-        if len(self.entries) >= TXQ_MAX or (action == "MeterValues" and payload.get("_periodic") and self.samples() >= TXQ_SAMPLES_MAX):
-            self.dropped += 1
-            return False
-        payload.pop("_periodic", None)
-        seq = self.seq + 1
-        try:
-            self._write(["q", seq, action, local, payload])
-        except OSError:
-            self.flash_errors += 1
-            self.dropped += 1
-            return False
-        self.seq = seq
-        with lock:
-            self._apply(["q", seq, action, local, payload])
-        return True
-
-    def done(self, seq, txid, lock):
-        """The central system answered message `seq`. Returns its entry (or None)."""
-        entry = None
-        for e in self.entries:
-            if e[0] == seq:
-                entry = e
-        if entry is None:
-            return None
-        try:
-            self._write(["d", seq, txid])
-        except OSError:
-            self.flash_errors += 1  # sent again after a reboot: at least once
-        with lock:
-            self._apply(["d", seq, txid])
-        if not self.entries and self.size > COMPACT_BYTES:
-            try:
-                self._compact()
-            except OSError:
-                self.flash_errors += 1
-        return entry
 
 
 class Ocpp:
@@ -388,7 +67,7 @@ class Ocpp:
         self._lock = _thread.allocate_lock()
         self.auth = ocpp_auth.Auth(data_dir, self.keys, self._lock)  # local list and cache (firmware/ocpp_auth.py)
         self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
-        self.fw = ocpp_fw.FwUpdate(data_dir, clock, net, cfg, self._post_call)  # UpdateFirmware, GetDiagnostics
+        self.fw_update = ocpp_fw.FwUpdate(data_dir, clock, net, cfg, self._post_call)  # UpdateFirmware, GetDiagnostics
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
@@ -424,7 +103,7 @@ class Ocpp:
         # --- loop only -----------------------------------------------------------------
         self._st = None  # the last connector 1 status posted
         self._st0 = None
-        self._finishing = False
+        self.status = ConnectorStatus()  # connector 1 from the charger (firmware/ocpp_status.py)
         self._local = None  # session id of the open transaction
         self._mv_t = 0
         self._avail_pending = None
@@ -516,10 +195,10 @@ class Ocpp:
             oc = self._reset + "Reset"
             self._reset = None
         else:
-            oc = _REASONS.get(reason, "Other")
+            oc = stop_reason(reason)
         self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)
         self._local = None
-        self._finishing = True
+        self.status.finishing = True
 
     def sample(self, fw, context):
         """One meterValue entry: the register first (Wh), then per phase
@@ -537,34 +216,15 @@ class Ocpp:
             vals.append({"value": "%d.%d" % (t // 10, t % 10) if t >= 0 else "-%d.%d" % (-t // 10, -t % 10), "context": context, "measurand": "Temperature", "unit": "Celsius"})
         return {"timestamp": iso(fw.hal.wall_time()), "sampledValue": vals}
 
-    def connector_status(self, ch):
-        """(status, errorCode, info) of connector 1 from the charger."""
-        if ch.fault is not None:
-            return "Faulted", _ERRORS.get(ch.fault, "OtherError"), ch.fault
-        plugged = ch.state[0] != "A"
-        if not plugged:
-            self._finishing = False
-        if ch.session_active:
-            if ch.contactor_on:
-                return "Charging", "NoError", None
-            if ch.duty_pm == 0:
-                return "SuspendedEVSE", "NoError", None
-            return "SuspendedEV", "NoError", None
-        if not ch.enabled or ch.inhibit:  # disabled, or the journal is full (no new session)
-            return "Unavailable", "NoError", None
-        if not plugged:
-            return "Available", "NoError", None
-        return ("Finishing" if self._finishing else "Preparing"), "NoError", None
-
     def service(self, fw):
         """Every LINK_EVERY ticks in the loop: never blocks on the network."""
         ch = fw.charger
         hal = fw.hal
-        st = self.connector_status(ch)
+        st = self.status.of(ch)
         if st != self._st:
             self._st = st
             self._post_status(1, st)
-        st0 = _CP_AVAILABLE if ch.enabled or ch.session_active else _CP_UNAVAILABLE
+        st0 = CP_AVAILABLE if ch.enabled or ch.session_active else CP_UNAVAILABLE
         if st0 is not self._st0:
             self._st0 = st0
             self._post_status(0, st0)
@@ -610,7 +270,7 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
-        self.fw.loop(fw, self.version)
+        self.fw_update.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
 
@@ -787,7 +447,7 @@ class Ocpp:
                 return
             self._call("BootNotification", {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": self.cp_id[:25], "firmwareVersion": self.version}, "boot", None)
             return
-        self.fw.work(self._clock.wall_time() if self._clock is not None else None, self)
+        self.fw_update.work(self._clock.wall_time() if self._clock is not None else None, self)
         with self._lock:
             call = self._calls.pop(0) if self._calls else None
         if call is not None:
@@ -926,7 +586,7 @@ class Ocpp:
         elif action == "TriggerMessage":
             answer = self._trigger(payload)
         elif action in ocpp_fw.ACTIONS:
-            answer = self.fw.call(action, payload, self._clock.wall_time() if self._clock is not None else None)
+            answer = self.fw_update.call(action, payload, self._clock.wall_time() if self._clock is not None else None)
         if answer is not None:
             self._send([3, uid, answer])
             return
@@ -957,7 +617,7 @@ class Ocpp:
         elif what == "MeterValues":
             self._trigger_mv = True
         else:  # Diagnostics/FirmwareStatusNotification: the one under way, or Idle
-            self._post_call(what, {"status": self.fw.trigger(what)})
+            self._post_call(what, {"status": self.fw_update.trigger(what)})
         return {"status": "Accepted"}
 
     def _answered(self, p, payload):

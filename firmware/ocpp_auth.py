@@ -38,7 +38,7 @@ ACCEPT = "accept"  # charge now, without an Authorize
 REFUSE = "refuse"
 ASK = "ask"  # online: send Authorize, the answer decides
 
-# The configuration keys of this profile: name -> (default, writable, kind), as firmware/ocpp.py KEYS.
+# The configuration keys of this profile: name -> (default, writable, kind), as firmware/ocpp_keys.py KEYS.
 KEYS = {
     "AllowOfflineTxForUnknownId": ("false", 1, "b"),
     "AuthorizationCacheEnabled": ("true", 1, "b"),

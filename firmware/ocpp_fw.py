@@ -26,10 +26,9 @@ import json
 
 from micropython import const
 
-from firmware import fwimage, http, signature, store
+from firmware import fwimage, http, signature, store, update
 
 FILE = "ocpp_fw.json"
-KEY_FILE = "update_key.json"  # the public key images are signed with (tools/sign.py), as firmware/update.py
 ACTIONS = ("UpdateFirmware", "GetDiagnostics")
 IO_TIMEOUT_S = const(10)  # connect, TLS, headers, every read
 SLICE_MS = const(100)  # download work per pass of the OCPP thread
@@ -63,9 +62,7 @@ def _usable(state):
 
 def _installer(hal, key):
     """The A/B image installer of this firmware (firmware/update.py)."""
-    from firmware.update import Installer
-
-    return Installer(hal, key)
+    return update.Installer(hal, key)
 
 
 class FwUpdate:
@@ -75,7 +72,7 @@ class FwUpdate:
     def __init__(self, data_dir, hal, net, cfg, post, make_installer=_installer, key_path=None):
         """post(action, payload): queue a CALL to the central system."""
         self.path = data_dir + "/" + FILE
-        self.key_path = key_path or data_dir + "/" + KEY_FILE
+        self.key_path = key_path or data_dir + "/" + update.KEY_FILE  # the board's public key (tools/sign.py)
         self._hal = hal
         self._net = net
         self._ca = cfg.get("ocpp_ca") or None
@@ -130,7 +127,7 @@ class FwUpdate:
         return self._diagnostics(p)
 
     def _update(self, p, wall_s):
-        from firmware.ocpp import parse_time
+        from firmware.ocpp_time import parse_time
 
         loc = p["location"]
         try:

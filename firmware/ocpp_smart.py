@@ -25,6 +25,7 @@ import json
 from micropython import const
 
 from firmware import store
+from firmware.ocpp_time import iso, parse_time
 
 FILE = "ocpp_profiles.json"
 ACTIONS = ("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule")
@@ -38,7 +39,7 @@ _RECHECK_MS = const(60000)  # recompute at least this often (the phases in use m
 _NO_CLOCK_MS = const(1000)  # and this often while there are profiles but no wall clock
 _COMPOSITE_MAX = const(48)  # periods in a GetCompositeSchedule answer
 
-# Read-only configuration keys (merged into firmware/ocpp.py KEYS).
+# Read-only configuration keys (merged into firmware/ocpp_keys.py KEYS).
 KEYS = {
     "ChargeProfileMaxStackLevel": (str(_MAX_STACK), 0, "i"),
     "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", 0, "s"),
@@ -99,8 +100,6 @@ def parse_profile(p, now_s):
         if "recurrencyKind" not in p or "startSchedule" not in s:
             return None
         recur = _RECUR_S[p["recurrencyKind"]]
-    from firmware.ocpp import parse_time  # at run time: firmware.ocpp imports this module
-
     times = []
     for t in (p.get("validFrom"), p.get("validTo"), s.get("startSchedule")):
         v = None
@@ -440,8 +439,6 @@ class Smart:
             if nxt is None or nxt <= at:
                 break
             at = nxt
-        from firmware.ocpp import iso
-
         return {
             "status": "Accepted",
             "connectorId": c,

@@ -210,6 +210,39 @@ class Board:
         """Contactor open, RCD test off, pilot steady +12 V. Never raises."""
         raise NotImplementedError
 
+    # --- firmware image: the OTA app partitions (firmware/update.py, docs/deploy.md) ---
+    # Never called from the control tick; the contactor is open meanwhile.
+    def ota_info(self):
+        """None when the board has no OTA app partitions, else a dict:
+        {"running": label, "next": label (where an update goes), "size": bytes
+        of the next partition, "state": the running image's state: "valid",
+        "pending" (booted once after ota_set_boot(): the next reset boots the
+        previous image unless ota_mark_valid() is called first) or "unknown"
+        (the board cannot tell; MicroPython on an ESP32 has no call for it)}."""
+        raise NotImplementedError
+
+    def ota_write(self, offset, buf):
+        """Write buf at byte offset into the next partition. Each 4096-byte
+        flash block is erased when a write reaches its start, so writes go in
+        order (offset = the previous write's end). OSError on a flash error."""
+        raise NotImplementedError
+
+    def ota_read(self, offset, buf):
+        """Fill buf (a bytearray or memoryview) from the next partition at offset."""
+        raise NotImplementedError
+
+    def ota_set_boot(self):
+        """The next partition boots at the next reset, pending verify."""
+        raise NotImplementedError
+
+    def ota_mark_valid(self):
+        """The running image is good: cancel the rollback. Free when it already is."""
+        raise NotImplementedError
+
+    def reset(self):
+        """Hard reset (machine.reset() on a board): does not return there."""
+        raise NotImplementedError
+
 
 class NetIf:
     """The board's network interface (`board.netif`): interface only.

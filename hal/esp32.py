@@ -558,6 +558,8 @@ def levels(a, n, spread, out):
     out[1] = out[0]
 
 
+OTA_BLOCK = 4096  # erase unit of the app partitions (esp32.Partition's native block)
+
 # The installer's board description, when present, wins over the default,
 # which ships beside this module (in its A/B slot: /slot_a/hal/boards/...).
 BOARD_FILE = "/data/board.json"
@@ -975,6 +977,58 @@ class Esp32Board(Board):
             self._pwm_on = False
         except Exception:
             pass
+
+    # --- firmware image: the OTA app partitions (esp32.Partition) ------------------------------
+    def _ota_parts(self):
+        """(running, next) esp32.Partition objects, or None on an image
+        without OTA partitions (get_next_update() raises there)."""
+        try:
+            import esp32
+
+            run = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]  # the stubs know only labels
+            return run, run.get_next_update()
+        except Exception:
+            return None
+
+    def ota_info(self):
+        parts = self._ota_parts()
+        if parts is None:
+            return None
+        run, nxt = parts
+        info = nxt.info()
+        # MicroPython has no call for the running image's otadata state
+        # (ESP-IDF's esp_ota_get_state_partition): "unknown".
+        return {"running": run.info()[4], "next": info[4], "size": info[3], "state": "unknown"}
+
+    def _ota_next(self):
+        parts = self._ota_parts()
+        if parts is None:
+            raise OSError(19)  # ENODEV: no OTA partitions
+        return parts[1]
+
+    def ota_write(self, offset, buf):
+        p = self._ota_next()
+        n = len(buf)
+        blk = (offset + OTA_BLOCK - 1) // OTA_BLOCK  # the first block that starts inside this write
+        while blk * OTA_BLOCK < offset + n:
+            p.ioctl(6, blk)  # MP_BLOCKDEV_IOCTL_BLOCK_ERASE: one 4 KB flash sector
+            blk += 1
+        # The 4-argument writeblocks writes without erasing: block, data, offset in the block.
+        p.writeblocks(offset // OTA_BLOCK, buf, offset % OTA_BLOCK)
+
+    def ota_read(self, offset, buf):
+        self._ota_next().readblocks(offset // OTA_BLOCK, buf, offset % OTA_BLOCK)
+
+    def ota_set_boot(self):
+        self._ota_next().set_boot()
+
+    def ota_mark_valid(self):
+        import esp32
+
+        esp32.Partition.mark_app_valid_cancel_rollback()
+
+    def reset(self):
+        machine.reset()
 
 
 def _pull_const(pull):

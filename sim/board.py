@@ -232,7 +232,7 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal"):
+                 profile="ideal", ota_dir=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -260,6 +260,8 @@ class SimBoard:
         self.has_feedback = has_feedback
         self.has_pe = has_pe
         self.data_dir = data_dir
+        self.ota_dir = ota_dir  # the emulated OTA app partitions (sim/ota.py), None: none
+        self.resets = 0  # reset() calls on a port without machine.reset (tests)
         self.stuck_channel = 0  # channel the stuck_adc fault breaks
         self.stuck_code = 2048  # ... and the code it returns (2048: "no current")
         self.on_tick = None  # callable(sim) after each wait_tick(); may raise
@@ -970,3 +972,75 @@ class SimBoard:
         self.contactor(False)
         self.rcd_test(False)
         self.pilot_steady(PILOT_PLUS12)
+
+    # --- firmware image: OTA app partitions as files (sim/ota.py) -------------------------------------
+    def ota_info(self):
+        from sim import ota
+
+        d = self.ota_dir
+        if d is None or ota.read_otadata(d) is None:
+            return None
+        run, _ = ota.running(d)
+        nxt = ota.other(run)
+        state = ota.read_otadata(d)[run].get("state")
+        return {"running": run, "next": nxt, "size": ota.size_of(d, nxt),
+                "state": state if state in ("valid", "pending") else "unknown"}
+
+    def _ota_next(self):
+        from sim import ota
+
+        info = self.ota_info()
+        if info is None:
+            raise OSError(19)  # ENODEV: no partitions
+        return ota, ota.part_path(self.ota_dir, info["next"]), info["size"]
+
+    def ota_write(self, offset, buf):
+        """NOR flash: a block is erased (0xFF) when the write reaches its
+        start; bytes written into a block erased earlier AND with what is there."""
+        ota, path, size = self._ota_next()
+        n = len(buf)
+        if offset < 0 or offset + n > size:
+            raise OSError(22)  # EINVAL, as esp_partition_write past the end
+        mv = memoryview(buf)
+        head = min((-offset) % ota.BLOCK, n)  # bytes before the next block start
+        with open(path, "r+b") as f:
+            if head:
+                f.seek(offset)
+                old = f.read(head)
+                f.seek(offset)
+                f.write(bytes(old[i] & mv[i] for i in range(head)))
+            if head < n:
+                f.seek(offset + head)
+                f.write(mv[head:])
+                pad = (-(offset + n)) % ota.BLOCK  # the rest of the last block: erased
+                if pad:
+                    f.write(b"\xff" * pad)
+
+    def ota_read(self, offset, buf):
+        ota, path, size = self._ota_next()
+        if offset < 0 or offset + len(buf) > size:
+            raise OSError(22)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            f.readinto(buf)
+
+    def ota_set_boot(self):
+        ota, _, _ = self._ota_next()
+        ota.set_boot(self.ota_dir, self.ota_info()["next"])
+
+    def ota_mark_valid(self):
+        from sim import ota
+
+        info = self.ota_info()
+        if info is not None:
+            ota.mark_valid(self.ota_dir, info["running"])
+
+    def reset(self):
+        try:
+            import machine
+
+            reset = machine.reset  # the emulated board's (tools/simboard_agent.py)
+        except (ImportError, AttributeError):
+            self.resets += 1  # the plain unix port: the caller goes on
+            return
+        reset()

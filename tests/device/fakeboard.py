@@ -156,6 +156,25 @@ class FakeBoard:
         self.rcd_test(False)
         self.pilot_steady(1)
 
+    # no OTA app partitions (sim/board.py emulates them)
+    def ota_info(self):
+        return None
+
+    def ota_write(self, offset, buf):
+        raise OSError(19)  # ENODEV
+
+    def ota_read(self, offset, buf):
+        raise OSError(19)
+
+    def ota_set_boot(self):
+        raise OSError(19)
+
+    def ota_mark_valid(self):
+        pass
+
+    def reset(self):
+        self.log.append((self.t, "reset", 1))
+
 
 def run(ch, board, ms, step=10):
     """Tick the charger for ms milliseconds of board time."""

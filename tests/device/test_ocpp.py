@@ -12,7 +12,7 @@ from firmware import backoff, journal, netup  # noqa: F401 - the firmware has th
 
 gc.collect()
 _before = gc.mem_alloc()
-from firmware import ocpp  # noqa: E402
+from firmware import ocpp, ocpp_keys, ocpp_status, ocpp_txq  # noqa: E402
 from firmware import ocpp_schema as sch  # noqa: E402
 
 gc.collect()
@@ -120,7 +120,7 @@ def test_malformed_frames_are_answered_in_the_link_and_never_reach_the_loop():
 def test_configuration_keys_are_checked_and_kept_on_flash():
     d = tmpdirs.make("ocpp")
     try:
-        k = ocpp.Keys(d + "/keys.json")
+        k = ocpp_keys.Keys(d + "/keys.json")
         assert k.change("MeterValueSampleInterval", "10") == "Accepted"
         assert k.change("MeterValueSampleInterval", "ten") == "Rejected"
         assert k.change("NumberOfConnectors", "2") == "Rejected"  # read-only
@@ -128,13 +128,13 @@ def test_configuration_keys_are_checked_and_kept_on_flash():
         assert k.change("MeterValuesSampledData", "Current.Import, Energy.Active.Import.Register") == "Accepted"
         assert k.change("MeterValuesSampledData", "Voltage") == "Rejected"
         assert k.change("LocalPreAuthorize", "TRUE") == "Accepted"
-        k2 = ocpp.Keys(d + "/keys.json")
+        k2 = ocpp_keys.Keys(d + "/keys.json")
         assert k2.values["MeterValueSampleInterval"] == "10"
         assert k2.values["MeterValuesSampledData"] == "Current.Import,Energy.Active.Import.Register"
         assert k2.values["LocalPreAuthorize"] == "true"
         with open(d + "/keys.json", "w") as f:
             f.write('{"MeterValueSampleInterval": "x", "NumberOfConnectors": "9", "HeartbeatInterval": ')
-        k3 = ocpp.Keys(d + "/keys.json")  # damaged: the defaults
+        k3 = ocpp_keys.Keys(d + "/keys.json")  # damaged: the defaults
         assert k3.values["MeterValueSampleInterval"] == "60" and k3.values["NumberOfConnectors"] == "1"
         out = k3.listing(["HeartbeatInterval", "Nope", "Nope"])
         assert out == {"configurationKey": [{"key": "HeartbeatInterval", "readonly": False, "value": "300"}], "unknownKey": ["Nope"]}
@@ -159,7 +159,7 @@ def test_transaction_queue_replays_in_order_after_a_restart_and_survives_a_torn_
     try:
         path = d + "/q"
         lk = _Lock()
-        q = ocpp.TxQueue(path)
+        q = ocpp_txq.TxQueue(path)
         q.push("StartTransaction", "s1", {"connectorId": 1, "idTag": "T", "meterStart": 10, "timestamp": "t"}, lk)
         q.push("MeterValues", "s1", _mv(15), lk)
         q.done(1, 777, lk)  # the central system gave transactionId 777
@@ -167,12 +167,12 @@ def test_transaction_queue_replays_in_order_after_a_restart_and_survives_a_torn_
         q.push("StopTransaction", "s1", {"idTag": "T", "meterStop": 20, "timestamp": "t", "reason": "Local"}, lk)
         with open(path, "a") as f:
             f.write('["q", 5, "MeterVal')  # a power cut in the middle of a line
-        q2 = ocpp.TxQueue(path)
+        q2 = ocpp_txq.TxQueue(path)
         assert [(e[0], e[1]) for e in q2.entries] == [(2, "MeterValues"), (3, "MeterValues"), (4, "StopTransaction")]
         assert q2.txids == {"s1": 777} and q2.open == {} and q2.seq == 4
         for seq in (2, 3, 4):
             q2.done(seq, None, lk)
-        q3 = ocpp.TxQueue(path)
+        q3 = ocpp_txq.TxQueue(path)
         assert q3.entries == [] and q3.txids == {}
     finally:
         tmpdirs.remove(d)
@@ -212,26 +212,22 @@ class _Ch:
 
 
 def test_connector_status_follows_the_charger():
-    d = tmpdirs.make("ocpp")
-    try:
-        cp = _cp(d)
-        st = cp.connector_status
-        assert st(_Ch()) == ("Available", "NoError", None)
-        assert st(_Ch(state="B1")) == ("Preparing", "NoError", None)
-        assert st(_Ch(state="C2", session_active=True, contactor_on=True, duty_pm=266)) == ("Charging", "NoError", None)
-        assert st(_Ch(state="B2", session_active=True, duty_pm=266)) == ("SuspendedEV", "NoError", None)
-        assert st(_Ch(state="C1", session_active=True)) == ("SuspendedEVSE", "NoError", None)
-        assert st(_Ch(enabled=False)) == ("Unavailable", "NoError", None)
-        assert st(_Ch(inhibit=True, state="B1")) == ("Unavailable", "NoError", None)
-        assert st(_Ch(fault="rcd_trip", state="F")) == ("Faulted", "GroundFailure", "rcd_trip")
-        assert st(_Ch(fault="weld", state="F")) == ("Faulted", "PowerSwitchFailure", "weld")
-        assert st(_Ch(fault="something_new", state="F")) == ("Faulted", "OtherError", "something_new")
-        cp._finishing = True  # a transaction ended with the car still plugged in
-        assert st(_Ch(state="B1")) == ("Finishing", "NoError", None)
-        assert st(_Ch()) == ("Available", "NoError", None)
-        assert st(_Ch(state="B1")) == ("Preparing", "NoError", None)  # unplugged in between: a new car
-    finally:
-        tmpdirs.remove(d)
+    cs = ocpp_status.ConnectorStatus()
+    st = cs.of
+    assert st(_Ch()) == ("Available", "NoError", None)
+    assert st(_Ch(state="B1")) == ("Preparing", "NoError", None)
+    assert st(_Ch(state="C2", session_active=True, contactor_on=True, duty_pm=266)) == ("Charging", "NoError", None)
+    assert st(_Ch(state="B2", session_active=True, duty_pm=266)) == ("SuspendedEV", "NoError", None)
+    assert st(_Ch(state="C1", session_active=True)) == ("SuspendedEVSE", "NoError", None)
+    assert st(_Ch(enabled=False)) == ("Unavailable", "NoError", None)
+    assert st(_Ch(inhibit=True, state="B1")) == ("Unavailable", "NoError", None)
+    assert st(_Ch(fault="rcd_trip", state="F")) == ("Faulted", "GroundFailure", "rcd_trip")
+    assert st(_Ch(fault="weld", state="F")) == ("Faulted", "PowerSwitchFailure", "weld")
+    assert st(_Ch(fault="something_new", state="F")) == ("Faulted", "OtherError", "something_new")
+    cs.finishing = True  # a transaction ended with the car still plugged in
+    assert st(_Ch(state="B1")) == ("Finishing", "NoError", None)
+    assert st(_Ch()) == ("Available", "NoError", None)
+    assert st(_Ch(state="B1")) == ("Preparing", "NoError", None)  # unplugged in between: a new car
 
 
 def test_central_system_time_is_read_as_utc_seconds():
@@ -246,7 +242,7 @@ def test_central_system_time_is_read_as_utc_seconds():
 
 
 def test_a_queue_whose_flash_write_fails_refuses_and_counts_instead_of_raising():
-    q = ocpp.TxQueue("/nonexistent-dir-for-ocpp/q")
+    q = ocpp_txq.TxQueue("/nonexistent-dir-for-ocpp/q")
     ok = q.push("StartTransaction", "s1", {"connectorId": 1, "idTag": "T", "meterStart": 1, "timestamp": "t"}, _Lock())
     assert ok is False and q.entries == [] and q.flash_errors == 1 and q.dropped == 1
 
@@ -256,9 +252,9 @@ def test_a_queue_file_of_garbage_loads_empty_and_is_rewritten():
     try:
         with open(d + "/q", "wb") as f:
             f.write(b'["q", 1, "StartTransaction", "s1", {"connectorId": 1, "idTag": "T", "meterStart": 1, "timestamp": "t"}]\n\xff\xfe\x00garbage\n[1, 2]\n')
-        q = ocpp.TxQueue(d + "/q")
+        q = ocpp_txq.TxQueue(d + "/q")
         assert [e[1] for e in q.entries] == ["StartTransaction"]
-        assert [e[1] for e in ocpp.TxQueue(d + "/q").entries] == ["StartTransaction"]
+        assert [e[1] for e in ocpp_txq.TxQueue(d + "/q").entries] == ["StartTransaction"]
     finally:
         tmpdirs.remove(d)
 

@@ -13,6 +13,7 @@ import tmpdirs
 from firmware import (
     ocpp,  # noqa: F401 - the charge point imports ocpp_auth
     ocpp_auth,
+    ocpp_keys,
     ocpp_schema,
 )
 
@@ -22,7 +23,7 @@ FUTURE = "2030-01-01T00:00:00.000Z"
 
 
 def _auth(d, **keys):
-    k = ocpp.Keys(d + "/keys.json")
+    k = ocpp_keys.Keys(d + "/keys.json")
     for name in keys:
         assert k.change(name, keys[name]) == "Accepted", name
     return ocpp_auth.Auth(d, k, test_ocpp._Lock()), k

@@ -18,7 +18,7 @@ from firmware import ocpp_smart  # noqa: E402
 
 gc.collect()
 SMART_IMPORT_BYTES = gc.mem_alloc() - _before
-from firmware.ocpp import iso, parse_time  # noqa: E402
+from firmware.ocpp_time import iso, parse_time  # noqa: E402
 
 Smart = ocpp_smart.Smart
 

@@ -1088,3 +1088,112 @@ def test_hot_path_allocates_nothing_on_micropython(tmp_path):
     _, high, low = r.stdout.split()[-3:]
     assert abs(int(high) - 6000) <= 60 and abs(int(low) + 12000) <= 60  # the PWM read inside the lock
     assert "MAINS 6880 0 0" in r.stdout  # mains_read inside the lock: 100 counts RMS
+
+
+# --- the OTA app partitions through esp32.Partition (a fake of its calls) ---
+class _FakePartition:
+    """esp32.Partition over a bytearray per label: 4 KB blocks, NOR flash
+    (a write ANDs with what is there; only an erase sets bits again)."""
+
+    RUNNING = 1
+    BOOT = 0
+    flash = {}
+    boot = ["ota_0"]
+    calls = []
+    valid_calls = [0]
+
+    def __init__(self, id):
+        self.label = "ota_0" if id == self.RUNNING else id
+
+    def get_next_update(self):
+        return _FakePartition("ota_1" if self.label == "ota_0" else "ota_0")
+
+    def info(self):
+        return (0, 16, 0x10000, len(self.flash[self.label]), self.label, False)
+
+    def ioctl(self, op, arg):
+        assert op == 6  # BLOCK_ERASE
+        self.calls.append(("erase", arg))
+        self.flash[self.label][arg * 4096:(arg + 1) * 4096] = b"\xff" * 4096
+        return 0
+
+    def writeblocks(self, block, buf, offset):
+        at = block * 4096 + offset
+        part = self.flash[self.label]
+        for i, v in enumerate(bytes(buf)):
+            part[at + i] &= v
+        self.calls.append(("write", at, len(buf)))
+
+    def readblocks(self, block, buf, offset):
+        at = block * 4096 + offset
+        buf[:] = self.flash[self.label][at:at + len(buf)]
+
+    def set_boot(self):
+        self.boot[0] = self.label
+
+    @classmethod
+    def mark_app_valid_cancel_rollback(cls):
+        cls.valid_calls[0] += 1
+
+
+@pytest.fixture
+def ota_hw(hw, monkeypatch):
+    mod, machine, clock = hw
+    _FakePartition.flash = {"ota_0": bytearray(b"\x00" * 16384), "ota_1": bytearray(b"\x00" * 16384)}
+    _FakePartition.boot[0] = "ota_0"
+    _FakePartition.calls = []
+    _FakePartition.valid_calls[0] = 0
+    esp32 = types.ModuleType("esp32")
+    esp32.Partition = _FakePartition
+    monkeypatch.setitem(sys.modules, "esp32", esp32)
+    return mod.Esp32Board(board=devkit())
+
+
+def test_the_driver_reports_the_running_and_the_next_app_partition(ota_hw):
+    info = ota_hw.ota_info()
+    assert info == {"running": "ota_0", "next": "ota_1", "size": 16384, "state": "unknown"}
+
+
+def test_an_image_without_ota_partitions_reports_none(hw, monkeypatch):
+    mod, machine, clock = hw
+
+    class NoOta(_FakePartition):
+        def get_next_update(self):
+            raise OSError(-0x105)  # ESP_ERR_NOT_FOUND
+
+    esp32 = types.ModuleType("esp32")
+    esp32.Partition = NoOta
+    monkeypatch.setitem(sys.modules, "esp32", esp32)
+    b = mod.Esp32Board(board=devkit())
+    assert b.ota_info() is None
+    with pytest.raises(OSError):
+        b.ota_write(0, b"x")
+
+
+def test_writes_erase_each_block_as_they_reach_its_start_and_land_in_the_next_partition(ota_hw):
+    img = bytes(range(256)) * 40  # 10240 bytes: two whole blocks and a part
+    ota_hw.ota_write(0, img[:5000])  # erases blocks 0 and 1
+    ota_hw.ota_write(5000, img[5000:])  # inside block 1 (no erase), then block 2
+    erased = [c[1] for c in _FakePartition.calls if c[0] == "erase"]
+    assert erased == [0, 1, 2]
+    assert bytes(_FakePartition.flash["ota_1"][:len(img)]) == img
+    assert _FakePartition.flash["ota_0"] == bytearray(16384), "the running partition is never written"
+    buf = bytearray(100)
+    ota_hw.ota_read(4090, memoryview(buf))
+    assert bytes(buf) == img[4090:4190]
+
+
+def test_set_boot_chooses_the_next_partition_and_mark_valid_cancels_the_rollback(ota_hw):
+    ota_hw.ota_set_boot()
+    assert _FakePartition.boot[0] == "ota_1"
+    ota_hw.ota_mark_valid()
+    assert _FakePartition.valid_calls[0] == 1
+
+
+def test_reset_is_machine_reset(hw):
+    mod, machine, clock = hw
+    b = mod.Esp32Board(board=devkit())
+    done = []
+    machine.reset = lambda: done.append(1)
+    b.reset()
+    assert done == [1]
