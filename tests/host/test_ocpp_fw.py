@@ -269,6 +269,8 @@ def test_a_redirect_loop_and_a_server_that_never_answers_are_failed_downloads(mp
         url = "http://127.0.0.1:%d/fw.evfw" % mute.getsockname()[1]
         out = _run(mp_interpreter[1], tmp_path, keys, _req(url, retries=1), max_s=60)
         assert _statuses(out) == ["Downloading", "DownloadFailed"]  # after the 10 s I/O timeout
-        assert any("timed out" in n.lower() or "110" in n or "etimedout" in n.lower() for n in out["notes"]), out["notes"]
+        assert any("timed out" in n.lower() or "110" in n or "etimedout" in n.lower() for n in out["notes"]), out[
+            "notes"
+        ]
     finally:
         mute.close()
