@@ -337,10 +337,10 @@ class FwUpdate:
         self._report("Downloaded")
         self._report("Installing")
         dl["installing"] = True
+        info = self._ota_info()  # before finish(): where the image goes (the running one may read differently after)
         dl["inst"].finish(sig)  # verifies again, sets the boot partition
         self._dl = None
         st = self.state
-        info = self._ota_info()
         self._save({"step": "reboot", "loc": st["loc"], "from": self.version, "to": info["next"] if info else None})
         self.reset_due = True
 

@@ -9,6 +9,7 @@ schemas (one that does not validate is answered with a CALLERROR and never
 recorded as a call: the waits below would fail).
 """
 
+import json
 import os
 import sys
 import time
@@ -18,12 +19,15 @@ import pytest
 pytest.importorskip("ocpp")
 
 from ocpp.v16 import call  # noqa: E402
-from test_ocpp_e2e import CentralSystem, Firmware  # noqa: E402
+from test_ocpp_e2e import SCEN, CentralSystem, Firmware  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import sign  # noqa: E402
 from fwserver import FwServer, make_keys  # noqa: E402
+
+from sim import ota  # noqa: E402  (CPython: the emulated bootloader, as tools/simboard.py runs it)
 
 NOW = "2020-01-01T00:00:00Z"  # a retrieveDate in the past: at once
 
@@ -115,9 +119,13 @@ def test_a_server_that_is_down_gives_download_failed_after_the_retries(cs, board
         fw.kill()
 
 
-def test_an_update_arriving_during_a_charge_is_fetched_only_after_the_session_ends(cs, srv, board, keys):
-    srv.routes["/fw.evfw"] = ("body", sign.pack(keys["good"][0], os.urandom(30000)))
-    fw = Firmware("charge_then_idle.json", cs.url, board)
+def test_an_update_arriving_during_a_charge_is_fetched_only_after_the_session_ends(cs, srv, board, keys, tmp_path):
+    ota_dir = tmp_path / "ota"
+    ota.flash(str(ota_dir), image=b"the running image")
+    ota.select(str(ota_dir))
+    image = os.urandom(30000)
+    srv.routes["/fw.evfw"] = ("body", sign.pack(keys["good"][0], image))
+    fw = Firmware(_ota_scenario(tmp_path, ota_dir, "charge_then_idle.json"), cs.url, board)
     try:
         cs.wait_call(
             "StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging"
@@ -125,20 +133,10 @@ def test_an_update_arriving_during_a_charge_is_fetched_only_after_the_session_en
         cs.send(call.UpdateFirmware(location=srv.url("/fw.evfw"), retrieve_date=NOW))
         t_stop, _ = cs.wait_call("StopTransaction", timeout_s=60)
         t_dl, _ = _wait_fw(cs, "Downloading")
-        assert t_dl > t_stop
-        with srv.cond:
-            assert ("GET", "/fw.evfw") in srv.requests  # fetched, after the end of the session
-        # Then it goes on to the installer: without OTA partitions on this simulated board it refuses (reported).
-        _, last = cs.wait(
-            lambda d, m: (
-                d == "in"
-                and m[0] == 2
-                and m[2] == "FirmwareStatusNotification"
-                and m[3]["status"] in ("Installing", "InstallationFailed")
-            ),
-            60,
-            "the install step",
-        )
+        assert t_dl > t_stop  # nothing fetched, nothing written to flash, while the session ran
+        _wait_fw(cs, "Installing")
+        assert _fw_statuses(cs) == ["Downloading", "Downloaded", "Installing"]
+        assert (ota_dir / "ota_1.bin").read_bytes()[: len(image)] == image
     finally:
         fw.kill()
 
@@ -152,8 +150,6 @@ def test_get_diagnostics_uploads_a_summary_and_reports_each_step(cs, srv, board)
         cs.wait_call("DiagnosticsStatusNotification", where=lambda p: p["status"] == "Uploaded")
         st = [p["status"] for _, _, _, p in cs.calls("DiagnosticsStatusNotification")]
         assert st == ["Uploading", "Uploaded"]
-        import json
-
         with srv.cond:
             path, body = srv.uploads[0]
         assert path == "/diag/" + r.file_name
@@ -225,5 +221,104 @@ def test_malformed_firmware_calls_get_the_right_callerror_and_start_nothing(cs, 
             "Heartbeat",
         )
         assert cs.calls("FirmwareStatusNotification") == [] and srv.requests == []
+    finally:
+        fw.kill()
+
+
+# ---- through the emulated OTA partitions and bootloader (sim/ota.py) ----------------------------
+
+
+def _fw_status_after(cs, n, timeout_s):
+    """The status of the FirmwareStatusNotification after the first n."""
+    cs.wait(
+        lambda d, m: len(cs.calls("FirmwareStatusNotification")) > n,
+        timeout_s,
+        "FirmwareStatusNotification %d" % (n + 1),
+    )
+    return cs.calls("FirmwareStatusNotification")[n][3]["status"]
+
+
+def _ota_scenario(tmp_path, ota_dir, base="idle_long.json", until=None):
+    """A copy of an OCPP scenario whose simulated board has OTA partitions in ota_dir."""
+    with open(os.path.join(SCEN, base)) as f:
+        sc = json.load(f)
+    sc["sim"] = dict(sc.get("sim") or {}, ota_dir=str(ota_dir))
+    if until is not None:
+        sc["until"] = until
+    p = tmp_path / ("ota_" + base)
+    p.write_text(json.dumps(sc))
+    return str(p)
+
+
+def _install(cs, srv, board, keys, tmp_path):
+    """A good signed image through UpdateFirmware into ota_1: (image, ota dir, scenario path)."""
+    ota_dir = tmp_path / "ota"
+    ota.flash(str(ota_dir), image=b"the running image")
+    assert ota.select(str(ota_dir)) == "ota_0"  # the bootloader's first boot
+    scen = _ota_scenario(tmp_path, ota_dir)
+    image = os.urandom(40000)
+    srv.routes["/fw.evfw"] = ("chunked", sign.pack(keys["good"][0], image))
+    fw = Firmware(scen, cs.url, board)
+    try:
+        _booted(cs)
+        cs.send(call.UpdateFirmware(location=srv.url("/fw.evfw"), retrieve_date=NOW))
+        _wait_fw(cs, "Installing")
+        # The state on flash and the board's reset (a no-op on the unix port) follow once idle.
+        deadline = time.monotonic() + 30
+        path = os.path.join(board, "ocpp_fw.json")
+        while time.monotonic() < deadline and '"reboot"' not in (open(path).read() if os.path.exists(path) else ""):
+            time.sleep(0.05)
+    finally:
+        fw.kill()  # the reset: the process ends, as a board's does
+    assert _fw_statuses(cs) == ["Downloading", "Downloaded", "Installing"]
+    part = (ota_dir / "ota_1.bin").read_bytes()
+    assert part[: len(image)] == image  # the update partition holds the image...
+    od = json.loads((ota_dir / "otadata.json").read_text())
+    assert od["ota_1"]["state"] == "new" and od["ota_1"]["seq"] > od["ota_0"]["seq"]  # ...and boots next
+    assert json.loads(open(os.path.join(board, "ocpp_fw.json")).read())["to"] == "ota_1"
+    return image, ota_dir, scen
+
+
+def test_a_good_image_is_installed_into_the_update_partition_and_reported_installed_after_the_reboot(
+    cs, srv, board, keys, tmp_path
+):
+    _image, ota_dir, scen = _install(cs, srv, board, keys, tmp_path)
+    assert ota.select(str(ota_dir)) == "ota_1"  # the bootloader at the reset: the new image, pending verify
+    n = len(cs.calls("FirmwareStatusNotification"))
+    fw = Firmware(scen, cs.url, board)
+    try:
+        # Installed only after the firmware ran long enough to mark its image valid (30 s of running).
+        status = _fw_status_after(cs, n, 120)
+        assert status == "Installed"
+        assert json.loads((ota_dir / "otadata.json").read_text())["ota_1"]["state"] == "valid"
+    finally:
+        fw.kill()
+
+
+def test_an_image_that_never_marked_itself_valid_is_rolled_back_and_reported_installation_failed(
+    cs, srv, board, keys, tmp_path
+):
+    _image, ota_dir, scen = _install(cs, srv, board, keys, tmp_path)
+    assert ota.select(str(ota_dir)) == "ota_1"
+    fw = Firmware(scen, cs.url, board)
+    n = len(cs.calls("BootNotification"))
+    try:
+        cs.wait(
+            lambda d, m: (
+                d == "in" and m[0] == 2 and m[2] == "BootNotification" and len(cs.calls("BootNotification")) > n
+            ),
+            30,
+            "boot",
+        )
+    finally:
+        fw.kill()  # the new image dies before it was marked valid
+    assert ota.select(str(ota_dir)) == "ota_0"  # the bootloader goes back
+    n = len(cs.calls("FirmwareStatusNotification"))
+    assert n == 3  # nothing reported by the image that died
+    fw = Firmware(scen, cs.url, board)
+    try:
+        status = _fw_status_after(cs, n, 120)
+        assert status == "InstallationFailed"
+        assert json.loads((ota_dir / "otadata.json").read_text())["ota_1"]["state"] == "aborted"
     finally:
         fw.kill()
