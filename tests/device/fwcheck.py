@@ -16,6 +16,8 @@ import json
 import sys
 import time
 
+from fakeboard import FakeBoard
+
 import hal.net as net
 
 gc.collect()
@@ -71,7 +73,9 @@ class Charger:
     contactor_on = False
 
 
-class Hal:
+class Hal(FakeBoard):
+    """The board: counts safe() and reset(); ota_info() as the run says."""
+
     resets = 0
     safes = 0
     ota = None  # {"running": label, "next": label} or None: no partitions
