@@ -39,6 +39,7 @@ MAX_TRIES = const(10)
 MAX_RETRY_S = const(86400)  # a longer wait than a day would overflow ESP32 ticks arithmetic (2^29 ms)
 DOWNLOAD_MAX_S = const(900)  # one attempt, start to end: a server that trickles is given up
 DIAG_MAX_BYTES = const(4096)
+RESET_AFTER_MS = const(3000)  # time for the Installing notification to go out before the reset
 # After an attempt that failed, the next one waits retryInterval; while the
 # request waits for its retrieveDate nothing happens.
 
@@ -84,6 +85,7 @@ class FwUpdate:
         self.idle = False  # no session, contactor open: written by the loop
         self.notes = []
         self.reset_due = False  # installed: the loop resets the board once idle
+        self._due_t = None  # loop ticks when the loop first saw reset_due
         self._dl = None  # the download under way (thread only)
         self._next_ms = None  # (ticks, ms): the wait after a failed attempt
         self._diag = None  # [url, body, tries left, retry s, (ticks, ms) wait]
@@ -177,12 +179,17 @@ class FwUpdate:
             from firmware.app import HEALTHY_AFTER
 
             self.healthy = fw.ticks >= HEALTHY_AFTER  # as long as a new image must run to be marked good
-        if self.reset_due and self.idle:
-            reset = getattr(fw.hal, "reset", None)
-            if reset is not None:
-                self.reset_due = False
-                fw.hal.safe()
-                reset()  # the bootloader starts the new image
+        if self.reset_due:
+            hal = fw.hal
+            if self._due_t is None:
+                self._due_t = hal.ticks_ms()
+            elif self.idle and hal.ticks_diff(hal.ticks_ms(), self._due_t) >= RESET_AFTER_MS:
+                reset = getattr(hal, "reset", None)
+                if reset is not None:
+                    self.reset_due = False
+                    self._due_t = None
+                    hal.safe()
+                    reset()  # the bootloader starts the new image
 
     # ==== the thread ==================================================================
     def work(self, wall_s, oc):

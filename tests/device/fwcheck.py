@@ -83,6 +83,12 @@ class Hal(FakeBoard):
     def ota_info(self):
         return Hal.ota
 
+    def ticks_ms(self):
+        return time.ticks_ms()  # real time: the run waits for the reset
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
     def safe(self):
         Hal.safes += 1
 
