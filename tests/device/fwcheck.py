@@ -9,6 +9,8 @@
 # RUN.json: {"data": dir, "key": path, "version": "1.0", "max_s": 30,
 #   "request": UpdateFirmware payload or null (a boot after an install),
 #   "busy_passes": n (a session is active for the first n passes),
+#   "busy_after_install_ms": a session begins when Installing is posted and
+#   lasts this long ("resets_in_session" counts resets during it),
 #   "installer": "ok" | "fail_begin" | "fail_finish", "ticks": fw.ticks}
 import gc
 import hashlib
@@ -128,9 +130,17 @@ def main(path):
     t0 = time.ticks_ms()
     n = 0
     busy_seen = []
+    after = run.get("busy_after_install_ms", 0)
+    t_inst = None
+    in_session = 0
     while time.ticks_diff(time.ticks_ms(), t0) < run.get("max_s", 30) * 1000:
-        fw.charger.session_active = n < busy
+        if after and t_inst is None and posted and posted[-1][1] == "Installing":
+            t_inst = time.ticks_ms()
+        late = t_inst is not None and time.ticks_diff(time.ticks_ms(), t_inst) < after
+        fw.charger.session_active = n < busy or late
         fu.loop(fw, version)
+        if late:
+            in_session = Hal.resets
         fu.work(time.time(), None)
         if n < busy and posted:
             busy_seen.append(posted[-1][1])
@@ -141,7 +151,7 @@ def main(path):
     state, _ = ocpp_fw.store.load_json(run["data"] + "/" + ocpp_fw.FILE, 4096)
     print(json.dumps({
         "posted": posted, "installer": Installer.log, "resets": Hal.resets, "safes": Hal.safes, "state": state,
-        "notes": fu.notes, "trigger": fu.trigger("FirmwareStatusNotification"), "busy_seen": busy_seen,
+        "resets_in_session": in_session, "notes": fu.notes, "trigger": fu.trigger("FirmwareStatusNotification"), "busy_seen": busy_seen,
         "elapsed_ms": time.ticks_diff(time.ticks_ms(), t0), "import_heap": _HEAP_IMPORT,
     }))  # fmt: skip
 

@@ -274,3 +274,11 @@ def test_a_redirect_loop_and_a_server_that_never_answers_are_failed_downloads(mp
         ]
     finally:
         mute.close()
+
+
+def test_a_session_that_begins_after_the_install_delays_the_reset_until_it_ends(mp_interpreter, tmp_path, keys, srv):
+    _data, blob = _image(keys)
+    srv.routes["/fw.evfw"] = ("body", blob)
+    out = _run(mp_interpreter[1], tmp_path, keys, _req(srv.url("/fw.evfw")), busy_after_install_ms=5000)
+    assert _statuses(out) == ["Downloading", "Downloaded", "Installing"]
+    assert out["resets_in_session"] == 0 and out["resets"] == 1  # none while it ran, one after
