@@ -9,8 +9,8 @@
 # RUN.json: {"data": dir, "key": path, "version": "1.0", "max_s": 30,
 #   "request": UpdateFirmware payload or null (a boot after an install),
 #   "busy_passes": n (a session is active for the first n passes),
-#   "busy_after_install_ms": a session begins when Installing is posted and
-#   lasts this long ("resets_in_session" counts resets during it),
+#   "busy_on": a status, "busy_ms": a session begins when that status is
+#   posted and lasts busy_ms ("resets_in_session" counts resets during it),
 #   "installer": "ok" | "fail_begin" | "fail_finish", "ticks": fw.ticks}
 import gc
 import hashlib
@@ -130,11 +130,12 @@ def main(path):
     t0 = time.ticks_ms()
     n = 0
     busy_seen = []
-    after = run.get("busy_after_install_ms", 0)
+    after = run.get("busy_ms", 0)
+    busy_on = run.get("busy_on")
     t_inst = None
     in_session = 0
     while time.ticks_diff(time.ticks_ms(), t0) < run.get("max_s", 30) * 1000:
-        if after and t_inst is None and posted and posted[-1][1] == "Installing":
+        if after and t_inst is None and posted and posted[-1][1] == busy_on:
             t_inst = time.ticks_ms()
         late = t_inst is not None and time.ticks_diff(time.ticks_ms(), t_inst) < after
         fw.charger.session_active = n < busy or late

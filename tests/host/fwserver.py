@@ -7,6 +7,7 @@ in `routes` and records every request (and the bodies of PUT/POST).
     srv.routes["/old"] = ("redirect", "/fw.evfw")    # 302
     srv.routes["/gone"] = ("status", 404)
     srv.routes["/cut"] = ("cut", data, n)            # says len(data), sends n bytes, closes
+    srv.routes["/slow"] = ("slow", data)             # 1,000 bytes every 20 ms
     srv.url("/fw.evfw"); srv.requests; srv.uploads; srv.close()
 
 and make_keys(dir): two key pairs ("good", "other") made by tools/sign.py.
@@ -15,6 +16,7 @@ and make_keys(dir): two key pairs ("good", "other") made by tools/sign.py.
 import http.server
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tools"))
@@ -72,6 +74,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 part = data[i : i + step]
                 self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif kind == "slow":  # 1,000 bytes every 20 ms
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(route[1])))
+            self.end_headers()
+            for i in range(0, len(route[1]), 1000):
+                try:
+                    self.wfile.write(route[1][i : i + 1000])
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client went away
+                time.sleep(0.02)
         elif kind == "cut":
             self.send_response(200)
             self.send_header("Content-Length", str(len(route[1])))

@@ -279,6 +279,21 @@ def test_a_redirect_loop_and_a_server_that_never_answers_are_failed_downloads(mp
 def test_a_session_that_begins_after_the_install_delays_the_reset_until_it_ends(mp_interpreter, tmp_path, keys, srv):
     _data, blob = _image(keys)
     srv.routes["/fw.evfw"] = ("body", blob)
-    out = _run(mp_interpreter[1], tmp_path, keys, _req(srv.url("/fw.evfw")), busy_after_install_ms=5000)
+    out = _run(mp_interpreter[1], tmp_path, keys, _req(srv.url("/fw.evfw")), busy_on="Installing", busy_ms=5000)
     assert _statuses(out) == ["Downloading", "Downloaded", "Installing"]
     assert out["resets_in_session"] == 0 and out["resets"] == 1  # none while it ran, one after
+
+
+def test_a_session_that_begins_during_the_download_aborts_it_and_it_starts_again_after(
+    mp_interpreter, tmp_path, keys, srv
+):
+    data, blob = _image(keys, 30000)
+    srv.routes["/fw.evfw"] = ("slow", blob)
+    out = _run(
+        mp_interpreter[1], tmp_path, keys, _req(srv.url("/fw.evfw"), retries=1), busy_on="Downloading", busy_ms=1000
+    )
+    # The first attempt stopped when the session began (installer aborted), a second one after it, not counted
+    # as a failed attempt (retries=1 allows no second failure).
+    assert _statuses(out) == ["Downloading", "Downloading", "Downloaded", "Installing"]
+    assert srv.requests.count(("GET", "/fw.evfw")) == 2
+    assert out["installer"]["bytes"] == len(data) and out["resets"] == 1
