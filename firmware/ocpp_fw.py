@@ -221,6 +221,8 @@ class FwUpdate:
             return
         if st is None or st["step"] != "wait" or not self.idle:
             return
+        if oc is not None and oc.pending():
+            return  # the last transaction's messages go out first: the central system sees it end before this begins
         if wall_s is not None and st["at"] > wall_s:
             return  # retrieveDate not reached yet
         if self._waiting(self._next_ms):

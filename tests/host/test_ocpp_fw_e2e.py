@@ -300,8 +300,8 @@ def test_an_image_that_never_marked_itself_valid_is_rolled_back_and_reported_ins
 ):
     _image, ota_dir, scen = _install(cs, srv, board, keys, tmp_path)
     assert ota.select(str(ota_dir)) == "ota_1"
-    fw = Firmware(scen, cs.url, board)
     n = len(cs.calls("BootNotification"))
+    fw = Firmware(scen, cs.url, board)
     try:
         cs.wait(
             lambda d, m: (
