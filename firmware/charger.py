@@ -99,6 +99,7 @@ class Charger:
         self.temp_dc = _NO_TEMP
         self.enabled = cfg["enabled"]
         self.inhibit = False  # set by the app: no new session (e.g. the journal is full)
+        self.reserved = False  # set by OCPP while a reservation holds the connector: no session without a card
         self.auth_tag = None
         self.session_active = False
         # Internal.
@@ -377,6 +378,7 @@ class Charger:
             and self._rcd_ok
             and offer != 0
             and (self.session_active or not self.inhibit)
+            and (self.session_active or not self.reserved or self.auth_tag is not None)
         )
         if allowed:
             if not self.session_active:

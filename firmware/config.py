@@ -46,6 +46,8 @@ SCHEMA = {
     "ocpp_url": ("", "str", 0, 200),  # ws[s]://host[:port]/path/<charge point id>; empty: no OCPP
     "ocpp_password": ("", "str", 0, 40),  # HTTP Basic auth (security profiles 1, 2); never echoed
     "ocpp_ca": ("", "str", 0, 64),  # CA certificate file: with it, wss:// verifies the central system
+    "ocpp_client_cert": ("", "str", 0, 64),  # client certificate file (security profile 3: wss:// with both)
+    "ocpp_client_key": ("", "str", 0, 64),  # its private key file; never echoed (only the file name is set here)
     "ocpp_free_tag": ("FREE", "str", 1, 20),  # idTag of transactions when require_auth is off
     "config_url": ("", "str", 0, 128),  # Home Assistant's "visit device" link, if the charger has a page
     "bench_trace": (False, "bool", 0, 0),  # stream trace records on the console (bench rigs)

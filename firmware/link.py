@@ -37,7 +37,7 @@ from umqtt.simple import MQTTClient, MQTTException
 import firmware
 from firmware import commands
 from firmware.backoff import BACKOFF_MAX_MS, BACKOFF_MIN_MS, Backoff, seed_for  # noqa: F401 (link.Backoff)
-from firmware.netup import start_thread
+from firmware.linkthread import STABLE_MS, LinkThread  # noqa: F401 (link.STABLE_MS)
 
 # Socket timeout for connect, CONNACK, SUBACK and PUBACK waits: at most this,
 # at most half the keepalive, at least IO_TIMEOUT_MIN_MS.
@@ -65,10 +65,6 @@ ACKS_MAX = const(64)
 ACKED_MAX = const(16)
 COMMAND_NAME_MAX = const(32)
 THREAD_STACK_BYTES = const(16384)  # when the board's net does not say (TLS needs more than the default)
-# A connection counts as healthy, and the back-off starts again from 1 s, only
-# after it stayed up this long: a broker that drops us right after CONNACK
-# (or a message that kills every connection) must not get a reconnect storm.
-STABLE_MS = const(30000)
 # Incoming PUBLISH packets: topics up to _TOPIC_MAX and payloads up to
 # _PAYLOAD_MAX bytes are held; larger ones are read through a small buffer and
 # thrown away (a command is at most commands.PAYLOAD_MAX bytes).
@@ -264,12 +260,15 @@ class _Client(MQTTClient):
         return pkt
 
 
-class Link:
+class Link(LinkThread):
+    """The MQTT link; its thread's reconnect loop is firmware/linkthread.py's."""
+
     def __init__(self, cfg, clock, net, device_info=None):
         """clock: ticks_ms/ticks_diff in wall time (a board's `net` will do);
         net: the board's network access (hal/net.py); device_info: extra
         fields of Home Assistant's device block (serial_number, hw_version)."""
         self._clock = clock
+        self._ticks = clock  # the thread's (firmware/linkthread.py)
         self._net = net
         self._cfg = cfg
         self._device_info = device_info
@@ -301,8 +300,7 @@ class Link:
         self._mains = None  # the latest mains reading not yet taken (newest wins)
         self._stop_req = False
         # Set by the control loop while the contactor is closed: a TLS link does
-        # not (re)connect then (the handshake holds the GIL for 1-2 s on an
-        # ESP32, extmod/modtls_mbedtls.c); a plain one does.
+        # not (re)connect then (firmware/linkthread.py); a plain one does.
         self.hold_tls = False
         # --- written by the thread, read by anyone (single-word writes) -------
         self.connected = False
@@ -327,15 +325,11 @@ class Link:
         self._status_t = 0
         self._last_rx = 0
         self._last_ping = 0
-        self._up_t = 0  # when the current connection came up
         self._rediscover = False  # Home Assistant announced itself: send discovery again
 
     # ---- the loop's side: all non-blocking ---------------------------------------
     def start(self):
-        if self.running:
-            return
-        self.running = True
-        start_thread(self._run, getattr(self._net, "LINK_STACK_BYTES", THREAD_STACK_BYTES))
+        self.start_thread(getattr(self._net, "LINK_STACK_BYTES", THREAD_STACK_BYTES))
 
     def post_status(self, payload):
         with self._lock:
@@ -390,69 +384,9 @@ class Link:
         with self._lock:
             return len(self._sessions)
 
-    def stop(self, timeout_ms=2000):
-        """Ask the thread to publish online 0, disconnect and end; wait up to
-        timeout_ms. True when the thread has ended."""
-        with self._lock:
-            self._stop_req = True
-        t0 = self._clock.ticks_ms()
-        while self.running and self._clock.ticks_diff(self._clock.ticks_ms(), t0) < timeout_ms:
-            self._net.sleep_ms(5)
-        return not self.running
-
-    # ---- the thread ---------------------------------------------------------------------
-    def _run(self):
-        wait_ms = 0
-        try:
-            while not self._stop_req:
-                if self.netup is not None and not self.netup.poll():
-                    if self._client is not None:
-                        self._drop(OSError("network down"))
-                    if not self._sleep(self.netup.POLL_MS):
-                        break
-                    continue
-                if self._client is None:
-                    if wait_ms:
-                        if not self._sleep(wait_ms):
-                            break
-                        wait_ms = 0
-                        continue  # look at the network again: it may have gone meanwhile
-                    if self.hold_tls and self._cfg.get("mqtt_tls"):  # see hold_tls
-                        if not self._sleep(100):
-                            break
-                        continue
-                    try:
-                        self._connect()
-                        wait_ms = 0
-                    except Exception as e:  # noqa: BLE001 - any failure means: try later
-                        self._drop(e)
-                        wait_ms = self._next_backoff()
-                    continue
-                try:
-                    self._service()
-                except Exception as e:  # noqa: BLE001
-                    self._drop(e)
-                    wait_ms = self._next_backoff()
-            self._goodbye()
-        finally:
-            self.connected = False
-            self.running = False
-
-    def _next_backoff(self):
-        ms = self.backoff.next_ms()
-        self.stats["last_backoff_ms"] = ms
-        return ms
-
-    def _sleep(self, ms):
-        """Sleep in short steps; False when stop() was called meanwhile."""
-        t0 = self._clock.ticks_ms()
-        while self._clock.ticks_diff(self._clock.ticks_ms(), t0) < ms:
-            if self._stop_req:
-                return False
-            if self.netup is not None:
-                self.netup.poll()  # the network and the clock are kept up during a back-off too
-            self._net.sleep_ms(min(50, ms))
-        return not self._stop_req
+    # ---- the thread (its loop: firmware/linkthread.py) -----------------------------------
+    def _tls(self):
+        return bool(self._cfg.get("mqtt_tls"))
 
     def _connect(self):
         cfg = self._cfg
@@ -484,7 +418,6 @@ class Link:
         now = self._clock.ticks_ms()
         self._last_rx = now
         self._last_ping = now
-        self._up_t = now
         self._status_sent = None  # publish the status at once
         self.stats["connects"] += 1
         self.stats["last_connect_ms"] = self._clock.ticks_diff(now, t0)
@@ -537,8 +470,6 @@ class Link:
         if backlog:
             self._net.sleep_ms(IDLE_POLL_MS)
         now = self._clock.ticks_ms()
-        if self.backoff.failures and self._clock.ticks_diff(now, self._up_t) >= STABLE_MS:
-            self.backoff.reset()  # this connection proved itself
         if self._rediscover:
             self._publish_discovery(c)
         ka_ms = self._keepalive_s * 1000

@@ -17,10 +17,11 @@ transaction message is queued or delivered (like the session journal).
 All network I/O happens in the link thread; the lock is never held across
 I/O. Nothing from the network reaches the charger except through
 Charger.command(), with the charger's own limits.
-RAM: ~28 KB of heap after import on the unix port (64-bit words; .mpy or
-source alike, frozen bytecode stays in flash), plus ws and ocpp_schema (~15
-KB); a connection holds one message buffer (firmware/ws.py); the queue holds
-at most ocpp_txq.TXQ_MAX messages (~250 bytes each).
+RAM: ~77 KB of heap after import from source on the unix port with all it
+imports (64-bit words), ~8.4 KB frozen on the ESP32-faithful interpreter
+(tests/device/test_ocpp.py prints both); a connection holds one message
+buffer (firmware/ws.py); the queue holds at most ocpp_txq.TXQ_MAX messages
+(~250 bytes each).
 """
 
 import _thread
@@ -29,10 +30,11 @@ import os
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_fw, ocpp_schema, ocpp_smart
+from firmware import ocpp_auth, ocpp_fw, ocpp_meter, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
-from firmware.netup import start_thread
+from firmware.linkthread import LinkThread
 from firmware.ocpp_keys import KEYS_FILE, Keys
+from firmware.ocpp_reserve import Reservation
 from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
 from firmware.ocpp_time import iso, parse_time
 from firmware.ocpp_txq import TX_FILE, TxQueue
@@ -45,6 +47,8 @@ IO_TIMEOUT_MS = const(10000)  # connect, TLS, upgrade, every frame once it has b
 CALL_TIMEOUT_MS = const(30000)  # no CALLRESULT by then: the connection is dropped
 IDLE_POLL_MS = const(20)  # the latency of a queued message when the link is idle
 BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a CALLERROR
+RESET_SOFT_MS = const(10000)  # a soft Reset waits this long at most for its StopTransaction to be answered
+RESET_CONF_MS = const(2000)  # ... and any Reset for its Accepted to go out
 THREAD_STACK_BYTES = const(16384)
 _SMALL_MAX = const(8)  # the other queues between the loop and the thread
 
@@ -53,11 +57,14 @@ def charge_point_id(url):
     return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
 
 
-class Ocpp:
+class Ocpp(LinkThread):
+    """The charge point; its thread's reconnect loop is firmware/linkthread.py's."""
+
     def __init__(self, cfg, net, data_dir, clock=None):
         """clock: the board (wall_time/set_wall_time): set from the central
         system's currentTime while NTP has not set it."""
         self._clock = clock
+        self._ticks = net  # ticks_ms/ticks_diff for the thread (firmware/linkthread.py)
         self._cfg = cfg
         self._net = net
         self.url = cfg["ocpp_url"]
@@ -84,7 +91,7 @@ class Ocpp:
         self.connected = False
         self.accepted = False  # BootNotification accepted (this boot)
         self.running = False
-        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None}
+        self.stats = {"connects": 0, "reconnects": 0, "sent": 0, "received": 0, "callerrors": 0, "last_error": None, "last_backoff_ms": 0}
         if self.auth.notes:
             self.stats["auth_notes"] = self.auth.notes
         # --- thread only -----------------------------------------------------------------
@@ -107,24 +114,20 @@ class Ocpp:
         self._local = None  # session id of the open transaction
         self._mv_t = 0
         self._avail_pending = None
-        self._reset = None
+        self._reset = None  # "Soft"/"Hard": the stop reason of the transaction a Reset ends
+        self._reboot = None  # [type, ticks accepted, answers queued with it]: a Reset to carry out (in service)
+        self._answers_in = 0  # CALLRESULTs the loop queued in _results (loop only)
+        self._answers_out = 0  # ... and the thread sent (thread only)
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
+        self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
+        self._res_t = 0  # ticks of the last look at its expiry
+        self.aligned = ocpp_meter.Aligned()  # clock-aligned meter values
+        self._al_t = 0  # ticks of the last look at the wall clock for them
+        self._tx_data = []  # clock-aligned entries for the StopTransaction's transactionData (StopTxnAlignedData)
 
     # ==== the loop's side ==========================================================
     def start(self):
-        if self.running:
-            return
-        self.running = True
-        start_thread(self._run, THREAD_STACK_BYTES)
-
-    def stop(self, timeout_ms=2000):
-        with self._lock:
-            self._stop_req = True
-        net = self._net
-        t0 = net.ticks_ms()
-        while self.running and net.ticks_diff(net.ticks_ms(), t0) < timeout_ms:
-            net.sleep_ms(5)
-        return not self.running
+        self.start_thread(THREAD_STACK_BYTES)
 
     def pending(self):
         with self._lock:
@@ -159,6 +162,13 @@ class Ocpp:
             return False, "an OCPP idTag has at most 20 characters"
         online = self.accepted and self.connected
         d = self.auth.decide(tag, online, self._clock.wall_time() if self._clock is not None else None)
+        res = self.reservation
+        if res.active() and not res.admits(tag, None) and d != ocpp_auth.REFUSE:
+            # Reserved for another card: only one of the same parentIdTag, which
+            # only the central system can tell (Authorize; offline: refused).
+            if res.parent is None or not online:
+                return False, "the connector is reserved for another card"
+            d = ocpp_auth.ASK
         if d == ocpp_auth.ACCEPT:
             self._grant = tag
             return True, None
@@ -175,10 +185,15 @@ class Ocpp:
         self._local = local
         self._mv_t = 0  # first sample one interval from now (set in service)
         self._mv_started = False
+        self._tx_data = []
         tag = opening.get("tag") or self._cfg.get("ocpp_free_tag") or "FREE"
         self.smart.tx_begin(wall_s, tag)
         start = (opening.get("meter_start_mwh") or 0) // 1000
-        self.txq.push("StartTransaction", local, {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}, self._lock)
+        payload = {"connectorId": 1, "idTag": tag, "meterStart": start, "timestamp": iso(wall_s)}
+        if self.reservation.active():  # only a card it admits could start: the reservation ends here
+            payload["reservationId"] = self.reservation.id
+            self.reservation.end()
+        self.txq.push("StartTransaction", local, payload, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
         self.smart.tx_end()  # its TxProfiles go with it
@@ -196,31 +211,54 @@ class Ocpp:
             self._reset = None
         else:
             oc = stop_reason(reason)
-        self.txq.push("StopTransaction", local, {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}, self._lock)
+        payload = {"idTag": o[2], "meterStop": stop, "timestamp": iso(wall_s), "reason": oc}
+        if self._tx_data:  # StopTxnAlignedData: the clock-aligned entries taken during it
+            payload["transactionData"] = self._tx_data
+            self._tx_data = []
+        self.txq.push("StopTransaction", local, payload, self._lock)
         self._local = None
         self.status.finishing = True
 
-    def sample(self, fw, context):
-        """One meterValue entry: the register first (Wh), then per phase
-        current (A), power (W), temperature (Celsius), as configured."""
-        m = fw.meter
-        wanted = self.keys.values["MeterValuesSampledData"]
-        vals = [{"value": str(m.meter_wh()[0]), "context": context, "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]
-        if "Current.Import" in wanted:
-            for p in range(m.phases):
-                vals.append({"value": "%d.%03d" % (m.i_ma[p] // 1000, m.i_ma[p] % 1000), "context": context, "measurand": "Current.Import", "phase": "L%d" % (p + 1), "unit": "A"})
-        if "Power.Active.Import" in wanted:
-            vals.append({"value": str(int(m.power_w)), "context": context, "measurand": "Power.Active.Import", "unit": "W"})
-        t = fw.charger.temp_dc
-        if "Temperature" in wanted and t != -32768:
-            vals.append({"value": "%d.%d" % (t // 10, t % 10) if t >= 0 else "-%d.%d" % (-t // 10, -t % 10), "context": context, "measurand": "Temperature", "unit": "Celsius"})
-        return {"timestamp": iso(fw.hal.wall_time()), "sampledValue": vals}
+    def sample(self, fw, context, key="MeterValuesSampledData", wall=None):
+        """One meterValue entry with the measurands of configuration key `key`
+        (firmware/ocpp_meter.py), stamped `wall` (None: now)."""
+        return ocpp_meter.sample(fw, self.keys.values[key], context, fw.hal.wall_time() if wall is None else wall)
+
+    def _aligned(self, fw):
+        """Once a second: a clock-aligned sample when a boundary has passed
+        (ClockAlignedDataInterval). MeterValues (Sample.Clock) with
+        MeterValuesAlignedData for connector 0 (the charger's meter) and
+        connector 1 (queued with its transaction while one runs); with
+        StopTxnAlignedData, an entry kept for the StopTransaction's
+        transactionData."""
+        slot = self.aligned.due(fw.hal.wall_time(), self.keys.get_int("ClockAlignedDataInterval"))
+        if slot is None:
+            return
+        if self.keys.values["MeterValuesAlignedData"]:
+            mv = self.sample(fw, "Sample.Clock", "MeterValuesAlignedData", slot)
+            with self._lock:
+                for c in (0, 1) if self._local is None else (0,):
+                    if len(self._calls) < _SMALL_MAX:
+                        self._calls.append(["MeterValues", {"connectorId": c, "meterValue": [mv]}])
+            if self._local is not None:
+                self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [mv], "_periodic": 1}, self._lock)
+        if self._local is not None and self.keys.values["StopTxnAlignedData"]:
+            if len(self._tx_data) >= ocpp_meter.TXDATA_MAX:
+                self._tx_data.pop(0)
+            self._tx_data.append(self.sample(fw, "Sample.Clock", "StopTxnAlignedData", slot))
 
     def service(self, fw):
         """Every LINK_EVERY ticks in the loop: never blocks on the network."""
         ch = fw.charger
         hal = fw.hal
-        st = self.status.of(ch)
+        self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
+        now = hal.ticks_ms()
+        if self.reservation.active() and hal.ticks_diff(now, self._res_t) >= 1000:
+            self._res_t = now
+            if self.reservation.expired(hal.wall_time()):
+                self.reservation.end()
+        ch.reserved = self.reservation.active()  # no session starts without a card it admits
+        st = self.status.of(ch, ch.reserved)
         if st != self._st:
             self._st = st
             self._post_status(1, st)
@@ -228,7 +266,6 @@ class Ocpp:
         if st0 is not self._st0:
             self._st0 = st0
             self._post_status(0, st0)
-        now = hal.ticks_ms()
         if self._local is not None:
             every = self.keys.get_int("MeterValueSampleInterval") * 1000
             if not self._mv_started:
@@ -237,6 +274,9 @@ class Ocpp:
             elif every and hal.ticks_diff(now, self._mv_t) >= every:
                 self._mv_t = now
                 self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [self.sample(fw, "Sample.Periodic")], "_periodic": 1}, self._lock)
+        if hal.ticks_diff(now, self._al_t) >= 1000:
+            self._al_t = now
+            self._aligned(fw)
         if self._trigger_mv:
             self._trigger_mv = False
             with self._lock:
@@ -258,7 +298,8 @@ class Ocpp:
                 action, req, resp = self._replies.pop(0)
             if action == "Authorize":
                 info = resp.get("idTagInfo") or {}
-                if info.get("status") == "Accepted":
+                res = self.reservation
+                if info.get("status") == "Accepted" and (not res.active() or res.admits(req["idTag"], info.get("parentIdTag"))):
                     ch.command("authorize", req["idTag"])
                     fw._status_due = True
         if self._avail_pending is not None and not ch.session_active:
@@ -270,9 +311,31 @@ class Ocpp:
             answer = self._command(fw, action, payload)
             with self._lock:
                 self._results.append((uid, answer))
+            self._answers_in += 1
         self.fw_update.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+        if self._reboot is not None:
+            self._reset_when_done(fw, now)
+
+    def _reset_when_done(self, fw, now):
+        """A Reset accepted: once the transaction it stopped has ended (the
+        contactor open, the session written) and its Accepted has gone out,
+        and for a soft one once the StopTransaction was answered (at most
+        RESET_SOFT_MS), the firmware shuts down and the board resets. The
+        queue is on flash: whatever was not delivered goes after the reboot."""
+        ch = fw.charger
+        if ch.session_active or ch.contactor_on or fw._end_due is not None:
+            return
+        age = fw.hal.ticks_diff(now, self._reboot[1])
+        if self._answers_out < self._reboot[2] and age < RESET_CONF_MS:
+            return  # the Accepted has not gone out yet
+        if self._reboot[0] == "Soft" and self.txq.entries and self.connected and age < RESET_SOFT_MS:
+            return
+        self._reboot = None
+        self.stats["resets"] = self.stats.get("resets", 0) + 1
+        fw.shutdown(0)  # outputs safe, links closed
+        fw.hal.reset()  # does not return on a board; the simulator records it
 
     def _post_call(self, action, payload):
         with self._lock:
@@ -291,10 +354,21 @@ class Ocpp:
         if action in ocpp_smart.ACTIONS:
             local = self._local
             return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
+        if action == "ReserveNow":
+            zero = self.keys.values["ReserveConnectorZeroSupported"] == "true"
+            status = self.reservation.reserve(p, ch, fw.hal.wall_time(), zero)
+            ch.reserved = self.reservation.active()  # before the next tick
+            return {"status": status}
+        if action == "CancelReservation":
+            status = self.reservation.cancel(p["reservationId"])
+            ch.reserved = self.reservation.active()
+            return {"status": status}
         if action == "RemoteStartTransaction":
             prof = p.get("chargingProfile")
             if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
                 return {"status": "Rejected"}
+            if self.reservation.active() and not self.reservation.admits(p["idTag"], None):
+                return {"status": "Rejected"}  # reserved for another card
             if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
                 return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
             err = ch.command("authorize", p["idTag"])
@@ -308,11 +382,12 @@ class Ocpp:
             err = ch.command("stop", None)
             return {"status": "Rejected" if err else "Accepted"}
         if action == "Reset":
-            # Ends the transaction (reason Soft/HardReset). The reboot itself
-            # needs a board reset the HAL contract does not offer yet.
+            # Ends the transaction (reason Soft/HardReset), then the board
+            # resets (_reset_when_done).
             self._reset = p["type"]
             if ch.session_active:
                 ch.command("stop", None)
+            self._reboot = [p["type"], fw.hal.ticks_ms(), self._answers_in + 1]  # + this answer
             return {"status": "Accepted"}
         if action == "ChangeAvailability":
             if p["connectorId"] > 1:
@@ -325,60 +400,22 @@ class Ocpp:
             return {"status": "Accepted"}
         return {"status": "Rejected"}
 
-    # ==== the thread ================================================================
-    def _run(self):
-        wait_ms = 0
-        try:
-            while not self._stop_req:
-                if self.netup is not None and not self.netup.poll():
-                    if self._ws is not None:
-                        self._drop(OSError("network down"))
-                    if not self._sleep(self.netup.POLL_MS):
-                        break
-                    continue
-                if self._ws is None:
-                    if wait_ms:
-                        if not self._sleep(wait_ms):
-                            break
-                        wait_ms = 0
-                        continue
-                    try:
-                        self._connect()
-                        self.backoff.reset()
-                    except Exception as e:  # noqa: BLE001 - any failure means: try later
-                        self._drop(e)
-                        wait_ms = self.backoff.next_ms()
-                    continue
-                try:
-                    self._service()
-                except Exception as e:  # noqa: BLE001
-                    self._drop(e)
-                    wait_ms = self.backoff.next_ms()
-            if self._ws is not None:
-                try:
-                    self._ws.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                self._ws = None
-        finally:
-            self.connected = False
-            self.running = False
+    # ==== the thread (its loop: firmware/linkthread.py) ===============================
+    def _tls(self):
+        return self.url.startswith("wss:")
 
-    def _sleep(self, ms):
-        net = self._net
-        t0 = net.ticks_ms()
-        while net.ticks_diff(net.ticks_ms(), t0) < ms:
-            if self._stop_req:
-                return False
-            if self.netup is not None:
-                self.netup.poll()
-            net.sleep_ms(min(50, ms))
-        return not self._stop_req
+    def _goodbye(self):
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._ws = None
 
     def _connect(self):
         cfg = self._cfg
         self._ws = WebSocket.connect(
-            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None
+            self._net, self.url, PROTOCOL, IO_TIMEOUT_MS / 1000, password=cfg.get("ocpp_password") or None, ca=cfg.get("ocpp_ca") or None, cert=cfg.get("ocpp_client_cert") or None, key=cfg.get("ocpp_client_key") or None
         )
         self._pending = None
         self._last_tx = self._net.ticks_ms()
@@ -436,6 +473,7 @@ class Ocpp:
                 self._results = []
         for uid, payload in results:
             self._send([3, uid, payload])
+            self._answers_out += 1
         now = net.ticks_ms()
         p = self._pending
         if p is not None:

@@ -183,13 +183,11 @@ class FwUpdate:
             hal = fw.hal
             if self._due_t is None:
                 self._due_t = hal.ticks_ms()
-            elif self.idle and hal.ticks_diff(hal.ticks_ms(), self._due_t) >= RESET_AFTER_MS:
-                reset = getattr(hal, "reset", None)
-                if reset is not None:
-                    self.reset_due = False
-                    self._due_t = None
-                    hal.safe()
-                    reset()  # the bootloader starts the new image
+            elif self.idle and fw._end_due is None and hal.ticks_diff(hal.ticks_ms(), self._due_t) >= RESET_AFTER_MS:
+                self.reset_due = False
+                self._due_t = None
+                fw.shutdown(0)  # outputs safe, the last session written, the links closed (as a Reset)
+                hal.reset()  # the bootloader starts the new image
 
     # ==== the thread ==================================================================
     def work(self, wall_s, oc):

@@ -11,7 +11,7 @@ GetConfiguration/ChangeConfiguration with it.
 
 import json
 
-from firmware import ocpp_auth, ocpp_smart, store
+from firmware import ocpp_auth, ocpp_reserve, ocpp_smart, store
 
 KEYS_FILE = "ocpp_keys.json"
 
@@ -38,7 +38,7 @@ KEYS = {
     "StopTransactionOnInvalidId": ("false", 0, "b"),
     "StopTxnAlignedData": ("", 1, "m"),
     "StopTxnSampledData": ("", 1, "m"),
-    "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging", 0, "s"),
+    "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging,Reservation", 0, "s"),
     "TransactionMessageAttempts": ("3", 1, "i"),
     "TransactionMessageRetryInterval": ("60", 1, "i"),
     "UnlockConnectorOnEVSideDisconnect": ("false", 0, "b"),
@@ -46,6 +46,7 @@ KEYS = {
 }
 KEYS.update(ocpp_auth.KEYS)  # LocalAuthListManagement and the cache
 KEYS.update(ocpp_smart.KEYS)  # SmartCharging's read-only keys
+KEYS.update(ocpp_reserve.KEYS)  # Reservation's
 
 
 def check_key_value(name, value):

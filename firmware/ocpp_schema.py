@@ -75,6 +75,8 @@ CALLS = {
     "SetChargingProfile": (("connectorId", 1, "i", 0), ("csChargingProfiles", 1, "o", PROFILE)),
     "ClearChargingProfile": (("id", 0, "i", None), ("connectorId", 0, "i", 0), ("chargingProfilePurpose", 0, "e", _PURPOSES), ("stackLevel", 0, "i", 0)),
     "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
+    "ReserveNow": (("connectorId", 1, "i", 0), ("expiryDate", 1, "t", None), ("idTag", 1, "s", 20), ("parentIdTag", 0, "s", 20), ("reservationId", 1, "i", None)),
+    "CancelReservation": (("reservationId", 1, "i", None),),
     "UpdateFirmware": (("location", 1, "s", None), ("retries", 0, "i", None), ("retrieveDate", 1, "t", None), ("retryInterval", 0, "i", None)),
     "GetDiagnostics": (
         ("location", 1, "s", None), ("retries", 0, "i", None), ("retryInterval", 0, "i", None), ("startTime", 0, "t", None), ("stopTime", 0, "t", None),
@@ -85,8 +87,14 @@ CALLS = {
 # offer yet: NotSupported ("recognised but not supported"); anything else is
 # NotImplemented.
 KNOWN = (
-    "CancelReservation",
-    "ReserveNow",
+    # the 1.6 security extension's
+    "CertificateSigned",
+    "DeleteCertificate",
+    "ExtendedTriggerMessage",
+    "GetInstalledCertificateIds",
+    "GetLog",
+    "InstallCertificate",
+    "SignedUpdateFirmware",
 )
 
 FORMATION = "FormationViolation"

@@ -37,8 +37,9 @@ class ConnectorStatus:
     def __init__(self):
         self.finishing = False
 
-    def of(self, ch):
-        """(status, errorCode, info) of connector 1 from the charger."""
+    def of(self, ch, reserved=False):
+        """(status, errorCode, info) of connector 1 from the charger;
+        `reserved`: a reservation holds it (firmware/ocpp_reserve.py)."""
         if ch.fault is not None:
             return "Faulted", ERRORS.get(ch.fault, "OtherError"), ch.fault
         plugged = ch.state[0] != "A"
@@ -52,6 +53,8 @@ class ConnectorStatus:
             return "SuspendedEV", "NoError", None
         if not ch.enabled or ch.inhibit:  # disabled, or the journal is full (no new session)
             return "Unavailable", "NoError", None
+        if reserved:
+            return "Reserved", "NoError", None
         if not plugged:
             return "Available", "NoError", None
         return ("Finishing" if self.finishing else "Preparing"), "NoError", None

@@ -132,18 +132,20 @@ class WebSocket:
 
     # --- the handshake -----------------------------------------------------------
     @classmethod
-    def connect(cls, net, url, protocol, timeout_s, password=None, user=None, ca=None):
+    def connect(cls, net, url, protocol, timeout_s, password=None, user=None, ca=None, cert=None, key=None):
         """Open `url` with subprotocol `protocol`. net: the board's hal/net.py.
         With `password` the upgrade carries Basic auth (user: the last path
         segment, the charge point id, unless given). wss:// verifies the
-        server against the CA file `ca` (without one: encrypted only).
+        server against the CA file `ca` (without one: encrypted only) and,
+        with the files `cert` and `key`, shows that client certificate.
         WsError when the server does not accept, OSError on network trouble."""
         secure, host, port, path = parse_url(url)
         raw = net.tcp_connect(host, port, timeout_s)
         try:
             sock = raw
             if secure:
-                sock = net.tls_context(ca or None).wrap_socket(raw, server_hostname=host)
+                ctx = net.tls_context(ca or None, cert, key) if cert and key else net.tls_context(ca or None)
+                sock = ctx.wrap_socket(raw, server_hostname=host)
             key = b2a_base64(os.urandom(16))[:-1]
             req = [
                 b"GET ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(),

@@ -59,21 +59,25 @@ def tcp_connect(host, port, timeout_s):
 
 
 def der_certificate(data):
-    """A certificate as DER bytes, from DER or PEM: MicroPython's mbedtls
-    builds take DER in load_verify_locations (PEM gives "invalid cert")."""
-    begin = data.find(b"-----BEGIN CERTIFICATE-----")
+    """A certificate (or a private key) as DER bytes, from DER or PEM (the
+    first block): MicroPython's mbedtls builds take DER (PEM gives "invalid
+    cert" where PEM parsing is left out)."""
+    begin = data.find(b"-----BEGIN ")
     if begin < 0:
         return data  # DER already
     from binascii import a2b_base64
 
-    body = data[begin + 27 : data.find(b"-----END CERTIFICATE-----", begin)]
+    start = data.find(b"-----", begin + 11) + 5  # the end of the BEGIN line's label
+    body = data[start : data.find(b"-----END ", start)]
     return a2b_base64(b"".join(body.split()))
 
 
-def tls_context(ca_path=None):
-    """An SSLContext for the broker. With ca_path (PEM/DER file) the broker's
-    certificate is verified; without it the link is encrypted but not
-    authenticated (docs/mqtt.md)."""
+def tls_context(ca_path=None, cert_path=None, key_path=None):
+    """An SSLContext for a client (MQTT broker, OCPP central system). With
+    ca_path (PEM/DER file) the server's certificate is verified; without it
+    the link is encrypted but not authenticated (docs/mqtt.md). With
+    cert_path and key_path (PEM/DER files) the client shows that certificate
+    (OCPP security profile 3, docs/ocpp.md)."""
     try:
         import ssl
     except ImportError:
@@ -91,6 +95,12 @@ def tls_context(ca_path=None):
         ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
     else:
         ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]
+    if cert_path and key_path:
+        with open(cert_path, "rb") as f:
+            cert = der_certificate(f.read())
+        with open(key_path, "rb") as f:
+            key = der_certificate(f.read())
+        ctx.load_cert_chain(cert, key)  # bytes: both the ssl module and the tls module take them
     return ctx
 
 

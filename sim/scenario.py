@@ -62,6 +62,12 @@ class _Stop(Exception):
     """Raised from on_tick at `until`: ends Firmware.run()."""
 
 
+class _Reboot(Exception):
+    """Raised from on_tick after the firmware reset the board (SimBoard.reset()
+    on the unix port records it and returns): the run goes on with a new
+    Firmware on the same board and flash, as after a reboot."""
+
+
 def _fresh_dir():
     """A new, empty data directory for one run (the board's flash)."""
     path = "/tmp/evse-run-" + "".join("%02x" % b for b in os.urandom(6))
@@ -103,6 +109,7 @@ class Runner:
         if mqtt:
             cfg.update(mqtt)
         self.flush_ms = flush_ms
+        self.cfg = cfg
         self.fw = Firmware(sim, cfg)
         self.ch = self.fw.charger
         # Energy-management fields in the trace: when the scenario has a house
@@ -154,6 +161,7 @@ class Runner:
         self.opens = []
         self.closes = []
         self.records = 0
+        self.resets = sim.resets  # board resets seen (SimBoard.reset() on the unix port)
         self.wall0_us = time.ticks_us()
         self.wall0_ms = time.ticks_ms()
 
@@ -321,6 +329,9 @@ class Runner:
 
     # --- the hook: after each wait_tick of the simulated board ----------------------------
     def on_tick(self, sim):
+        if sim.resets != self.resets:
+            self.resets = sim.resets
+            raise _Reboot()
         t = self.prev - self.t0  # the firmware just ticked at t: its outputs are current
         self.prev = sim.now_ms
         now = self.prev - self.t0
@@ -399,7 +410,13 @@ class Runner:
         self._arm()
         sim.on_tick = self.on_tick
         try:
-            self.fw.run()
+            while True:
+                try:
+                    self.fw.run()
+                except _Reboot:
+                    self._reboot()
+                    continue
+                break
         except _Stop:
             pass
         finally:
@@ -408,6 +425,14 @@ class Runner:
             if self.own_dir:
                 _remove_tree(sim.data_dir)
         return self.summary()
+
+    def _reboot(self):
+        """The board was reset: a record says so, and the firmware starts again."""
+        print(json.dumps({"t": (self.prev - self.t0) / 1000, "reset": self.resets}))
+        self.fw = Firmware(self.sim, self.cfg)
+        self.ch = self.fw.charger
+        if self.energy:
+            self.fw.on_event = self._on_fw_event
 
     def summary(self):
         wall_us = time.ticks_diff(time.ticks_us(), self.wall0_us)

@@ -64,7 +64,7 @@ class StepClock:
 
 def apply_world(sim, step):
     """Apply a step's world actions (ev, draw_a, ev_obeys, ev_phases, pp_ohm,
-    fault, temp_c, house_a, pv_a) to the simulated board `sim`. `set`, `expect`, `note` and
+    fault, temp_c, house_a, pv_a, clock) to the simulated board `sim`. `set`, `expect`, `note` and
     `t` are left alone."""
     for key in step:
         v = step[key]
@@ -86,6 +86,8 @@ def apply_world(sim, step):
             sim.set_house_a(v)
         elif key == "pv_a":
             sim.set_pv_a(v)
+        elif key == "clock":
+            sim.set_wall_time(v)  # as NTP would: the board's wall clock, UTC seconds
 
 
 def send_commands(fw, step, t_ms):

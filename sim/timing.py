@@ -349,8 +349,8 @@ class Net:
     def __getattr__(self, name):
         return getattr(self._net, name)
 
-    def tls_context(self, ca_path=None):
-        return _TlsContext(self._net.tls_context(ca_path), self._board)
+    def tls_context(self, ca_path=None, cert_path=None, key_path=None):
+        return _TlsContext(self._net.tls_context(ca_path, cert_path, key_path), self._board)
 
 
 def _install():

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """`make run`: the firmware on the simulated board, talking MQTT to a local
-Mosquitto, with its messages shown next to the bench rig's timeline.
+Mosquitto and OCPP 1.6J to a local central system, with both links' messages
+shown next to the bench rig's timeline.
 
     run_demo.py                      # the 40 s demo in real time (default)
     run_demo.py --fast               # the same, as fast as the machine goes (~0.1 s + the clean stop)
     run_demo.py --scenario tests/scenarios/demo_session.json   # any scenario (120 s in real time)
-    run_demo.py --no-mqtt            # the timeline only
+    run_demo.py --no-mqtt            # without the broker
+    run_demo.py --no-ocpp            # without the central system
 
 What it does: starts `mosquitto` on a free loopback port (its own config in a
 temporary folder; stopped by its pid at the end, on an error and on Ctrl-C),
@@ -15,6 +17,12 @@ the MicroPython unix port (sim/scenario.py) with `--broker`. Lines prefixed
 prefixed `mqtt |` are what the broker received from the charger (wall clock),
 formatted as tools/monitor.py does. Without Mosquitto installed it says so and
 runs the timeline alone. $MOSQUITTO names the broker executable (empty: none).
+Beside it, tools/central.py runs an OCPP 1.6J central system (the `ocpp`
+package) on another free loopback port and the firmware gets `--ocpp`: lines
+prefixed `ocpp |` are what it received from the charger (BootNotification,
+StatusNotification, StartTransaction, MeterValues, StopTransaction...), each
+checked against the OCPP 1.6 schemas. Without the `ocpp` package it says so
+and runs without OCPP.
 
 Why real time on a 40 s scenario: accelerated, the whole session is over in a
 tenth of a second and the link (which runs in wall time) can only show its
@@ -44,6 +52,7 @@ import time
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, TOOLS)
+import central  # noqa: E402
 import monitor  # noqa: E402
 from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, BadScenario, load_scenario
 from evrig.report import LivePrinter
@@ -173,8 +182,10 @@ def watch(port, dev_id):
 
 
 # --- the firmware -------------------------------------------------------------------
-def start_firmware(path, realtime, broker_port, dev_id):
+def start_firmware(path, realtime, broker_port, dev_id, ocpp_url=None):
     extra = ["--broker", "127.0.0.1:%d" % broker_port, "--id", dev_id] if broker_port else []
+    if ocpp_url:
+        extra += ["--ocpp", ocpp_url]
     # Its own session: Ctrl-C reaches only this tool, which then interrupts it by pid.
     return start_scenario(path, realtime, extra, start_new_session=True)
 
@@ -218,7 +229,8 @@ def build_parser():
     p.add_argument("--scenario", default=DEFAULT_SCENARIO, metavar="FILE.json",
                    help="scenario to run (default: tests/scenarios/mqtt/demo_short.json, 40 s)")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="accelerated simulated time instead of real time")
-    p.add_argument("--no-mqtt", action="store_true", help="do not start a broker: the timeline only")
+    p.add_argument("--no-mqtt", action="store_true", help="do not start a broker")
+    p.add_argument("--no-ocpp", action="store_true", help="do not start an OCPP central system")
     p.add_argument("--id", default=DEFAULT_ID, help="the charger's id in topics and session ids (default: demo)")
     return p
 
@@ -238,7 +250,7 @@ def main(argv=None):
     except BadScenario as e:
         print("%s: invalid scenario:\n  %s" % (args.scenario, "\n  ".join(e.args[0])), file=sys.stderr)
         return EXIT_BAD_INPUT
-    broker = client = proc = None
+    broker = client = proc = cs = None
     interrupted = threading.Event()
     try:
         if not args.no_mqtt:
@@ -257,10 +269,16 @@ def main(argv=None):
                             + broker.log_tail())  # fmt: skip
                     broker.stop()
                     broker = None
+        if not args.no_ocpp:
+            if not central.available():
+                say("", "NOTE: the `ocpp` package is missing (run `make deps`), so the demo runs WITHOUT OCPP")
+            else:
+                cs = central.Central(say=lambda text: say("ocpp | ", text))
+                say("ocpp | ", "central system listening on %s" % cs.url(args.id))
         say("", "scenario %s: %s" % (sc.get("name", os.path.basename(args.scenario)), sc.get("description", "")))
         say("", "%s; Ctrl-C stops it" % ("accelerated" if args.fast else "real time, %s s" % sc["until"]))
         live = LivePrinter(sc, out=_Prefixed())
-        proc = start_firmware(args.scenario, not args.fast, broker.port if broker else None, args.id)
+        proc = start_firmware(args.scenario, not args.fast, broker.port if broker else None, args.id, cs.url(args.id) if cs else None)
         try:
             records, summary, tail = follow(proc, live, interrupted)
             rc = proc.wait()
@@ -303,6 +321,9 @@ def main(argv=None):
         if broker is not None:
             broker.stop()
             say("mqtt | ", "mosquitto stopped")
+        if cs is not None:
+            cs.stop()
+            say("ocpp | ", "central system stopped")
 
 
 if __name__ == "__main__":

@@ -99,10 +99,15 @@ class Hal(FakeBoard):
 
 
 class Fw:
+    _end_due = None  # no session end waiting to be written
+
     def __init__(self, ticks):
         self.charger = Charger()
         self.hal = Hal()
         self.ticks = ticks
+
+    def shutdown(self, flush_ms):
+        self.hal.safe()
 
 
 def main(path):

@@ -24,6 +24,23 @@ def test_heap_of_the_ocpp_client_after_import_is_printed():
     assert OCPP_IMPORT_BYTES > 0
 
 
+def test_heap_of_a_charge_point_object_is_printed():
+    # The client as it runs: configuration keys, queue, list and cache (empty),
+    # profiles, reservation, the state of its link (no connection: its buffer
+    # is firmware/ws.py's, 8 KB at most while a message is read).
+    d = tmpdirs.make("ocpp-heap")
+    try:
+        gc.collect()
+        before = gc.mem_alloc()
+        cp = _cp(d)
+        gc.collect()
+        n = gc.mem_alloc() - before
+        print("heap of an Ocpp charge point object (keys, empty queue, list, cache, profiles): %d bytes" % n)
+        assert n > 0 and cp.keys.values
+    finally:
+        tmpdirs.remove(d)
+
+
 def test_valid_calls_pass():
     for action, payload in (
         ("RemoteStartTransaction", {"idTag": "ABC", "connectorId": 1}),
@@ -45,7 +62,11 @@ def test_each_violation_gets_its_ocpp_error_code():
     cases = (
         ("Unknown", {}, "NotImplemented"),
         ("SetChargingProfile", {}, "OccurenceConstraintViolation"),
-        ("ReserveNow", {}, "NotSupported"),
+        ("InstallCertificate", {}, "NotSupported"),
+        ("ReserveNow", {}, "OccurenceConstraintViolation"),
+        ("CancelReservation", {"reservationId": "1"}, "TypeConstraintViolation"),
+        ("ReserveNow", {"connectorId": -1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "A", "reservationId": 1}, "PropertyConstraintViolation"),
+        ("ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "A" * 21, "reservationId": 1}, "TypeConstraintViolation"),
         ("Reset", [], "FormationViolation"),
         ("Reset", {"type": "Soft", "x": 1}, "FormationViolation"),
         ("Reset", {}, "OccurenceConstraintViolation"),

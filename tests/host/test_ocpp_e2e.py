@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,10 +41,13 @@ ocpp = pytest.importorskip("ocpp")
 websockets = pytest.importorskip("websockets")
 
 from ocpp.routing import on  # noqa: E402
-from ocpp.v16 import ChargePoint, call, call_result  # noqa: E402
+from ocpp.v16 import call, call_result  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import central  # noqa: E402 - tools/central.py: the demo's central system, whose answers these extend
+
 MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
 SCEN = os.path.join(REPO, "tests", "scenarios", "ocpp")
 MP_ENV = dict(os.environ, MICROPYPATH="%s:%s/lib" % (REPO, REPO))
@@ -56,10 +60,20 @@ def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _CP(ChargePoint):
-    """The central system's side of one charge point connection."""
+class _Quiet:
+    """tools/central.py's printer, silent."""
+
+    @staticmethod
+    def say(text):
+        pass
+
+
+class _CP(central._Session):
+    """The central system's side of one charge point connection: the demo's
+    answers (tools/central.py), with scripted boots, cards and ids."""
 
     cs = None  # the CentralSystem
+    central = _Quiet
 
     async def route_message(self, raw):
         self.cs._record("in", raw)
@@ -74,34 +88,18 @@ class _CP(ChargePoint):
         status, interval = self.cs.boot_answers.pop(0) if self.cs.boot_answers else ("Accepted", self.cs.heartbeat_s)
         return call_result.BootNotification(current_time=_now(), interval=interval, status=status)
 
-    @on("Heartbeat")
-    def on_heartbeat(self):
-        return call_result.Heartbeat(current_time=_now())
-
-    @on("StatusNotification")
-    def on_status(self, **kw):
-        return call_result.StatusNotification()
-
     @on("Authorize")
     def on_authorize(self, id_tag):
-        return call_result.Authorize(id_tag_info={"status": "Accepted" if id_tag in self.cs.tags else "Invalid"})
+        info = {"status": "Accepted" if id_tag in self.cs.tags else "Invalid"}
+        if id_tag in self.cs.parents:
+            info["parent_id_tag"] = self.cs.parents[id_tag]
+        return call_result.Authorize(id_tag_info=info)
 
     @on("StartTransaction")
     def on_start(self, **kw):
         self.cs.next_txid += 1
         return call_result.StartTransaction(transaction_id=self.cs.next_txid, id_tag_info={"status": "Accepted"})
 
-    @on("StopTransaction")
-    def on_stop(self, **kw):
-        return call_result.StopTransaction()
-
-    @on("MeterValues")
-    def on_meter_values(self, **kw):
-        return call_result.MeterValues()
-
-    @on("DiagnosticsStatusNotification")
-    def on_diag(self, **kw):
-        return call_result.DiagnosticsStatusNotification()
 
     @on("FirmwareStatusNotification")
     def on_fw_status(self, **kw):
@@ -116,6 +114,7 @@ class CentralSystem:
         self.heartbeat_s = heartbeat_s
         self.boot_answers = list(boot_answers)
         self.tags = {"TAG0001", "REMOTE1"}
+        self.parents = {}  # idTag -> its parentIdTag in Authorize answers
         self.next_txid = 100
         self.password = password
         self.ssl_ctx = ssl_ctx
@@ -124,6 +123,7 @@ class CentralSystem:
         self.cond = threading.Condition()
         self.cp = None
         self.auth_seen = []
+        self.peercerts = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -151,6 +151,7 @@ class CentralSystem:
 
     async def _handler(self, conn):
         self.auth_seen.append(conn.request.headers.get("Authorization"))
+        self.peercerts.append(conn.transport.get_extra_info("peercert"))  # TLS: the client's certificate (profile 3)
         cp = _CP(conn.request.path.rsplit("/", 1)[-1], conn, response_timeout=10)
         cp.cs = self
         self.cp = cp
@@ -239,11 +240,11 @@ class Firmware:
     """`micropython -m sim.scenario SCENARIO --realtime --ocpp URL` as a child;
     its trace records with host arrival times."""
 
-    def __init__(self, scenario, url, data, broker=None):
+    def __init__(self, scenario, url, data, broker=None, realtime=True):
         path = os.path.join(SCEN, scenario)
         with open(path) as f:
             self.until = json.load(f)["until"]
-        cmd = [MICROPYTHON, "-m", "sim.scenario", path, "--realtime", "--hold", "--data", data, "--ocpp", url]
+        cmd = [MICROPYTHON, "-m", "sim.scenario", path] + (["--realtime"] if realtime else []) + ["--hold", "--data", data, "--ocpp", url]
         if broker is not None:
             cmd += ["--broker", "127.0.0.1:%d" % broker, "--id", "both"]
         self.proc = subprocess.Popen(
@@ -419,6 +420,33 @@ def test_card_authorizes_a_session_whose_meter_values_end_on_the_stop_register(c
     assert "Finishing" in st or "SuspendedEV" in st
 
 
+def test_clock_aligned_meter_values_at_the_interval_boundaries_in_and_outside_the_transaction(cs, data_dir):
+    _keys(
+        data_dir, ClockAlignedDataInterval="2", MeterValueSampleInterval="0",
+        MeterValuesAlignedData="Energy.Active.Import.Register,Power.Active.Import", StopTxnAlignedData="Energy.Active.Import.Register",
+    )
+    fw = Firmware("charge_tag.json", cs.url, data_dir)
+    _, stop = cs.wait_call("StopTransaction", timeout_s=40)
+    cs.wait(lambda d, m: len([1 for c in cs.calls("MeterValues") if c[3]["connectorId"] == 1 and "transactionId" not in c[3]]) >= 2, 20,
+            "aligned values for connector 1 after the transaction")
+    assert fw.finish() == 0
+    with cs.cond:
+        refused = [m for _, d, m in cs.msgs if d == "out" and isinstance(m, list) and m[0] == 4]
+    assert refused == []  # every message valid against the 1.6 schemas
+    clock = [c[3] for c in cs.calls("MeterValues") if c[3]["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"]
+    for p in clock:
+        ts = p["meterValue"][0]["timestamp"]
+        assert calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ")) % 2 == 0, ts
+        assert [v["measurand"] for v in p["meterValue"][0]["sampledValue"]] == ["Energy.Active.Import.Register", "Power.Active.Import"]
+    in_tx = [p for p in clock if p.get("transactionId") == 101]
+    assert in_tx and all(p["connectorId"] == 1 for p in in_tx)
+    assert {p["connectorId"] for p in clock if "transactionId" not in p} == {0, 1}
+    data = stop[3]["transactionData"]
+    assert [d["timestamp"] for d in data] == [p["meterValue"][0]["timestamp"] for p in in_tx][-len(data):]
+    assert all(v["context"] == "Sample.Clock" and v["measurand"] == "Energy.Active.Import.Register" for d in data for v in d["sampledValue"])
+    print("\nclock-aligned MeterValues: %d (%d in the transaction), transactionData entries: %d" % (len(clock), len(in_tx), len(data)))
+
+
 def test_a_card_the_central_system_refuses_gives_no_energy(cs, data_dir):
     cs.tags = set()
     fw = Firmware("charge_tag.json", cs.url, data_dir)
@@ -462,9 +490,66 @@ def test_central_system_starts_and_stops_a_session_remotely(cs, data_dir):
     cs.wait(lambda d, m: len(cs.calls("StartTransaction")) == 2, 20, "second StartTransaction")
     cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging" and len(cs.calls("StartTransaction")) == 2)
     assert cs.send(call.Reset(type="Soft")).status == "Accepted"
-    _, stop2 = cs.wait_call("StopTransaction", where=lambda p: p["transactionId"] == 102)
+    t_stop2, stop2 = cs.wait_call("StopTransaction", where=lambda p: p["transactionId"] == 102)
     assert stop2[3]["reason"] == "SoftReset"
+    # Then the board resets (the simulator records it and starts the firmware again): a new boot.
+    fw.wait(lambda r: r.get("reset") == 1, 30, "the board's reset")
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) == 2, 30, "BootNotification after the reset")
+    assert cs.calls("BootNotification")[1][0] > t_stop2
+    assert len(cs.calls("StopTransaction")) == 2  # delivered once, before the reset
     assert fw.finish() == 0
+    assert len(cs.calls("StopTransaction")) == 2 and len(cs.calls("StartTransaction")) == 2
+
+
+def _iso_in(s):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + s))
+
+
+def test_a_reservation_holds_the_connector_for_its_card_group_and_ends_with_its_transaction(cs, data_dir):
+    cs.tags |= {"OTHER", "MEMBER"}
+    cs.parents = {"MEMBER": "FLEET", "OTHER": "SOLO"}
+    fw = Firmware("reserve.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Available")
+    assert cs.send(call.ReserveNow(connector_id=2, expiry_date=_iso_in(120), id_tag="RES1", reservation_id=5)).status == "Rejected"
+    assert cs.send(call.ReserveNow(connector_id=1, expiry_date=_iso_in(-5), id_tag="RES1", reservation_id=5)).status == "Rejected"
+    r = cs.send(call.ReserveNow(connector_id=1, expiry_date=_iso_in(120), id_tag="RES1", parent_id_tag="FLEET", reservation_id=5))
+    assert r.status == "Accepted"
+    assert cs.send(call.ReserveNow(connector_id=0, expiry_date=_iso_in(120), id_tag="X", reservation_id=6)).status == "Occupied"
+    assert cs.send(call.CancelReservation(reservation_id=6)).status == "Rejected"
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Reserved")
+    _, start = cs.wait_call("StartTransaction", timeout_s=40)
+    auths = [c[3]["idTag"] for c in cs.calls("Authorize")]
+    assert auths == ["OTHER", "MEMBER"]  # OTHER's parent is not the reservation's: no transaction for it
+    assert start[3]["idTag"] == "MEMBER" and start[3]["reservationId"] == 5
+    # The car waited plugged in (free charging) without energy until MEMBER came.
+    t_start = start[3]["timestamp"]
+    assert t_start and all(not r["contactor"] for r in fw.records() if r["t"] < 20)
+    _, stop = cs.wait_call("StopTransaction", timeout_s=30)
+    assert stop[3]["reason"] == "EVDisconnected"
+    cs.wait(lambda d, m: _statuses(cs)[-1:] == ["Available"], 20, "Available after the transaction")
+    assert cs.send(call.CancelReservation(reservation_id=5)).status == "Rejected"  # it ended with its transaction
+    # A reservation that expires: Reserved, then Available again.
+    assert cs.send(call.ReserveNow(connector_id=0, expiry_date=_iso_in(3), id_tag="LATE", reservation_id=8)).status == "Accepted"
+    cs.wait(lambda d, m: _statuses(cs)[-2:] == ["Reserved", "Available"], 20, "Reserved then Available at its expiry")
+    assert fw.finish() == 0
+    st = _statuses(cs)
+    assert st.index("Reserved") < st.index("Charging")
+
+
+def test_hard_reset_reboots_at_once_and_its_stop_arrives_once_with_the_new_boot(cs, data_dir):
+    fw = Firmware("plugged.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
+    cs.wait_call("StartTransaction")
+    assert cs.send(call.Reset(type="Hard")).status == "Accepted"
+    fw.wait(lambda r: r.get("reset") == 1, 30, "the board's reset")
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) == 2, 30, "BootNotification after the reset")
+    # The car is still plugged in and charging is free: a new transaction after the reboot.
+    cs.wait(lambda d, m: len(cs.calls("StartTransaction")) == 2, 30, "the next transaction")
+    assert fw.finish() == 0
+    stops = [c[3] for c in cs.calls("StopTransaction")]
+    assert [(s["transactionId"], s["reason"]) for s in stops if s["transactionId"] == 101] == [(101, "HardReset")]  # once, no PowerLoss
+    order = [(c[2], c[3].get("transactionId")) for c in cs.calls() if c[2] in ("BootNotification", "StartTransaction", "StopTransaction")]
+    assert order.index(("StopTransaction", 101)) < order.index(("StartTransaction", None), 2)  # its stop before the next start
 
 
 def test_configuration_keys_change_refuse_and_list(cs, data_dir):
@@ -542,6 +627,49 @@ def test_transaction_while_the_central_system_is_down_is_delivered_once_on_its_r
     assert queued == answered
 
 
+def test_central_system_down_for_a_simulated_hour_with_two_sessions_then_each_message_replayed_once_in_order(cs, data_dir):
+    # The hour runs accelerated while the central system is down from the
+    # start (the board's clock from the scenario, as from NTP); at its end
+    # the run is held in real time and the central system comes back.
+    cs.down()
+    _keys(data_dir, MeterValueSampleInterval="300")
+    fw = Firmware("offline_hour.json", cs.url, data_dir, realtime=False)
+    fw.wait(lambda r: "t" in r and r["t"] >= 3600, 300, "the end of the simulated hour")
+    assert cs.calls() == []
+    sessions = {r["session"] for r in fw.records() if r.get("session")}
+    assert len(sessions) == 2
+    with open(os.path.join(data_dir, "ocpp_tx.q")) as f:
+        queued = [json.loads(x) for x in f if x.startswith('["q"')]
+    assert [q[2] for q in queued].count("StartTransaction") == 2 and [q[2] for q in queued].count("StopTransaction") == 2
+    cs.up()
+    cs.wait(lambda d, m: len(cs.calls("StopTransaction")) == 2, 240, "both StopTransactions after the back-off")
+    time.sleep(2)  # anything sent twice would come now
+    assert fw.finish() == 0
+    tx = [(c[2], c[3]) for c in cs.calls() if c[2] in ("StartTransaction", "MeterValues", "StopTransaction")]
+    # Once each, in the order they were queued: the central system's ids mapped back.
+    assert len(tx) == len(queued)
+    for (action, p), q in zip(tx, queued):
+        assert action == q[2]
+        want = dict(q[4])
+        if action != "StartTransaction":
+            assert p.pop("transactionId") == (101 if q[3] == queued[0][3] else 102)
+        if action == "MeterValues":
+            want = {"connectorId": 1, "meterValue": want["meterValue"]}
+        assert p == want, (action, p, want)
+    starts = [p for a, p in tx if a == "StartTransaction"]
+    stops = [p for a, p in tx if a == "StopTransaction"]
+    assert [s["meterStart"] for s in starts] == sorted(s["meterStart"] for s in starts)
+    assert stops[0]["meterStop"] <= starts[1]["meterStart"] and stops[1]["meterStop"] > starts[1]["meterStart"]
+    assert all(s["reason"] == "EVDisconnected" for s in stops)
+    # Stamped in the simulated hour, not when they went out.
+    t0 = calendar.timegm(time.strptime(starts[0]["timestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    t1 = calendar.timegm(time.strptime(stops[1]["timestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert 300 <= t0 - 1796140800 <= 306 and 2600 < t1 - t0 < 2620  # plug-in at 300 s, unplugged at 2910 s
+    regs = [_register(p) for a, p in tx if a == "MeterValues"]
+    assert regs == sorted(regs) and len(regs) >= 6  # periodic ones and each end
+    print("\none simulated hour offline: %d transaction messages delivered once each on the return" % len(tx))
+
+
 def test_transaction_cut_by_a_power_loss_while_offline_is_closed_and_delivered_once(cs, data_dir):
     _keys(data_dir, MeterValueSampleInterval="2")
     fw = Firmware("plugged_long.json", cs.url, data_dir)
@@ -603,6 +731,10 @@ HOSTILE = [
      ' "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Relative", "chargingSchedule": {"chargingRateUnit": "W",'
      ' "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 1e9}]}}}]', "h20", ("result", {"status": "Rejected"})),
     ('[2, "h21", "GetCompositeSchedule", {"connectorId": 1, "duration": -5}]', "h21", "PropertyConstraintViolation"),
+    ('[2, "h22", "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "R", "reservationId": "7"}]', "h22", "TypeConstraintViolation"),
+    ('[2, "h23", "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", "idTag": "R", "reservationId": 7}]', "h23", ("result", {"status": "Occupied"})),
+    ('[2, "h24", "CancelReservation", {"reservationId": 7}]', "h24", ("result", {"status": "Rejected"})),
+    ('[2, "h25", "ReserveNow", {"connectorId": 1, "idTag": "R", "reservationId": 7}]', "h25", "OccurenceConstraintViolation"),
     ('[3, "nobody-asked", {}]', None, None),  # an answer to nothing: ignored
 ]
 
@@ -691,6 +823,46 @@ def test_basic_auth_over_tls_verified_against_the_ca_connects(data_dir):
         shutil.rmtree(pki_dir, ignore_errors=True)
 
 
+def test_security_profile_3_a_client_certificate_the_central_system_requires_connects_and_others_are_refused(data_dir):
+    import ssl
+
+    from test_link_secure import _openssl, _pki
+
+    pki_dir = tempfile.mkdtemp(prefix="evse-pki-")
+    try:
+        pki = _pki(pki_dir)
+        # The charge point's certificate, signed by the central system's CA (CN: its id).
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "cp.key", "-out", "cp.csr", "-subj", "/CN=%s" % CP_ID, cwd=pki_dir)
+        _openssl("x509", "-req", "-in", "cp.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cp.crt", "-days", "30", cwd=pki_dir)
+        cp_crt, cp_key = os.path.join(pki_dir, "cp.crt"), os.path.join(pki_dir, "cp.key")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["server"], os.path.join(pki_dir, "server.key"))
+        ctx.load_verify_locations(pki["ca"])
+        ctx.verify_mode = ssl.CERT_REQUIRED  # no client certificate of this CA: no TLS session
+        cs = CentralSystem(ssl_ctx=ctx)
+        try:
+            _config(data_dir, ocpp_ca=pki["ca"], ocpp_client_cert=cp_crt, ocpp_client_key=cp_key)
+            fw = Firmware("idle.json", cs.url, data_dir)
+            cs.wait_call("BootNotification", timeout_s=30)
+            assert fw.finish() == 0
+            assert cs.peercerts and dict(x[0] for x in cs.peercerts[0]["subject"])["commonName"] == CP_ID
+        finally:
+            cs.close()
+        # A certificate of another CA, or none: the central system refuses the handshake.
+        other_key = os.path.join(pki_dir, "other.key")
+        for cfg in ({"ocpp_ca": pki["ca"], "ocpp_client_cert": pki["other"], "ocpp_client_key": other_key}, {"ocpp_ca": pki["ca"]}):
+            cs = CentralSystem(ssl_ctx=ctx)
+            try:
+                _config(data_dir, **cfg)
+                fw = Firmware("idle.json", cs.url, data_dir)
+                assert fw.finish() == 0
+                assert cs.calls() == [] and cs.cp is None, cfg
+            finally:
+                cs.close()
+    finally:
+        shutil.rmtree(pki_dir, ignore_errors=True)
+
+
 def test_a_latched_fault_shows_faulted_with_its_error_code_and_ends_the_transaction(cs, data_dir):
     fw = Firmware("fault.json", cs.url, data_dir)
     _, st = cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Faulted")
@@ -746,3 +918,27 @@ def test_rig_run_connects_the_simulated_charger_with_ocpp(cs):
     bad = subprocess.run([os.path.join(REPO, ".venv", "bin", "python"), rig, "run", os.path.join(SCEN, "idle.json"), "--ocpp", "http://x/y"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "--ocpp" in bad.stderr
+
+
+# ---- make run ---------------------------------------------------------------------------------
+
+
+def test_run_demo_shows_an_ocpp_session_beside_the_mqtt_one():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_demo.py"), "--fast"],
+                         capture_output=True, text=True, timeout=90, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    ocpp_lines = [ln for ln in lines if ln.startswith("ocpp | ")]
+    for what in ("BootNotification", "StatusNotification connector 1 Charging", "StartTransaction idTag FREE",
+                 "MeterValues connector 1 #1 Transaction.End", "StopTransaction #1"):  # fmt: skip
+        assert any(what in ln for ln in ocpp_lines), (what, out.stdout)
+    assert len([ln for ln in ocpp_lines if "StartTransaction" in ln]) == 1
+    assert len([ln for ln in ocpp_lines if "<- StopTransaction" in ln]) == 1
+    assert not [ln for ln in ocpp_lines if "refused" in ln or "CALLERROR" in ln], out.stdout
+    assert any(ln.startswith("mqtt | ") and " session " in ln for ln in lines)  # MQTT beside it
+    assert "central system stopped" in out.stdout and "expectations held" in out.stdout
+    # The session's energy: the same in both (MQTT in mWh-precise Wh, OCPP in whole Wh).
+    mqtt_wh = float(next(ln for ln in lines if " session " in ln and "energy=" in ln).split("energy=")[1].split("Wh")[0])
+    stop_wh = int(next(ln for ln in ocpp_lines if "<- StopTransaction" in ln).split("meterStop ")[1].split(" ")[0])
+    start_wh = int(next(ln for ln in ocpp_lines if "<- StartTransaction" in ln).split("meterStart ")[1].split(" ")[0])
+    assert abs((stop_wh - start_wh) - mqtt_wh) < 1  # registers in whole Wh

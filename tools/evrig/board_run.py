@@ -99,6 +99,8 @@ def describe_step(step, commands="operator"):
             out.append("%s %s A" % ("house load" if key == "house_a" else "solar production", v))
         elif key == "mains_meter":
             out.append("house meter %s" % ("publishes" if v else "silent"))
+        elif key == "clock":
+            out.append("set the board's clock to %d (UTC seconds)" % v)
         elif key == "set":
             for name, value in v.items():
                 who = {"operator": "send", "mqtt": "rig sends", "board": "the board applies"}[commands]

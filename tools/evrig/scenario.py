@@ -118,6 +118,7 @@ ACTIONS = {
     "house_a": _per_phase(0, 200),
     "pv_a": _per_phase(0, 200),
     "mains_meter": _bool,
+    "clock": _int(946684800, 4102444800),  # the board's wall clock (UTC s, 2000..2100), as NTP would set it
 }
 # `set` entries: the remote command name -> the check of its value. The value
 # is sent as the plain MQTT payload text; the firmware judges its range.
