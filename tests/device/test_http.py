@@ -122,7 +122,9 @@ def test_malformed_answers_are_http_errors():
 
 def test_redirects_are_followed_three_times_at_most_and_303_becomes_a_get():
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    net = _Net(b"HTTP/1.1 302 Found\r\nLocation: /b\r\n\r\n", b"HTTP/1.1 301 Moved\r\nLocation: http://other:81/c\r\n\r\n", ok)
+    net = _Net(
+        b"HTTP/1.1 302 Found\r\nLocation: /b\r\n\r\n", b"HTTP/1.1 301 Moved\r\nLocation: http://other:81/c\r\n\r\n", ok
+    )
     r = http.request(net, "GET", "http://h:8000/a", 5)
     assert _body(r) == b"ok"
     assert net.connects == [("h", 8000), ("h", 8000), ("other", 81)]
@@ -136,4 +138,6 @@ def test_redirects_are_followed_three_times_at_most_and_303_becomes_a_get():
     net = _Net(loop, loop, loop, loop, loop)
     assert _raises(lambda: http.request(net, "GET", "http://h/a", 5))
     assert len(net.connects) == 4
-    assert _raises(lambda: http.request(_Net(b"HTTP/1.1 302 F\r\nLocation: relative/x\r\n\r\n"), "GET", "http://h/a", 5))
+    assert _raises(
+        lambda: http.request(_Net(b"HTTP/1.1 302 F\r\nLocation: relative/x\r\n\r\n"), "GET", "http://h/a", 5)
+    )
