@@ -624,7 +624,7 @@ class Ocpp(LinkThread):
         elif action == "TriggerMessage":
             answer = self._trigger(payload)
         elif action in ocpp_fw.ACTIONS:
-            answer = self.fw_update.call(action, payload, self._clock.wall_time() if self._clock is not None else None)
+            answer = self.fw_update.call(action, payload)
         if answer is not None:
             self._send([3, uid, answer])
             return

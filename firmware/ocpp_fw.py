@@ -16,8 +16,9 @@ served), writes flash or resets while a session is active (a session that
 begins stops the download, which starts again when it has ended), or keeps
 a whole image in RAM. The pending step (waiting for retrieveDate, or
 installed and waiting for the reset) is on flash (FILE), so a power cut
-loses nothing: after the reboot the running version tells Installed (the new
-image runs and stayed up) from InstallationFailed (the bootloader went back).
+loses nothing: after the reboot the running OTA partition (or, on a board
+that cannot tell, the version) tells Installed (the new image runs and
+stayed up) from InstallationFailed (the bootloader went back).
 RAM: one BUF_BYTES buffer and a SHA-256 state while a download runs.
 """
 
@@ -122,13 +123,13 @@ class FwUpdate:
         self._post("FirmwareStatusNotification", {"status": status})
 
     # ==== the central system's CALLs (thread) =========================================
-    def call(self, action, p, wall_s):
+    def call(self, action, p):
         """The CALLRESULT payload of a validated UpdateFirmware/GetDiagnostics."""
         if action == "UpdateFirmware":
-            return self._update(p, wall_s)
+            return self._update(p)
         return self._diagnostics(p)
 
-    def _update(self, p, wall_s):
+    def _update(self, p):
         from firmware.ocpp_time import parse_time
 
         loc = p["location"]

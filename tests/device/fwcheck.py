@@ -130,7 +130,7 @@ def main(path):
     version = run.get("version", "1.0")
     fu.loop(fw, version)
     if run.get("request"):
-        fu.call("UpdateFirmware", run["request"], time.time())
+        fu.call("UpdateFirmware", run["request"])
     busy = run.get("busy_passes", 0)
     t0 = time.ticks_ms()
     n = 0
