@@ -109,16 +109,16 @@ def main():
 
 def _image(board):
     """Print which OTA partition runs and whether the bootloader rolled back
-    the last image (firmware/update.py; tools/deploy.py --image watches it)."""
+    the last image (firmware/imagestate.py; tools/deploy.py --image watches it)."""
     try:
         import json
 
-        from firmware import update
+        from firmware import imagestate
 
-        rep = update.report(board)
+        rep = imagestate.report(board)
         if rep is not None:
             print("image:", json.dumps(rep))
-    except Exception as e:  # an older firmware without update.py: no report
+    except Exception as e:  # an older firmware without imagestate.py: no report
         print("image: no report:", repr(e))
 
 

@@ -30,7 +30,7 @@ from array import array
 
 from micropython import const
 
-from firmware import VERSION, commands, slots, update
+from firmware import VERSION, commands, imagestate, slots
 from firmware import charger as chg
 from firmware import config as config_mod
 from firmware.charger import Charger
@@ -214,7 +214,7 @@ class Firmware:
                 "recovered": self.recovered,
                 "pending_sessions": self.journal.pending_count(),
                 "slot": slots.boot_report(),  # which A/B slot runs, and why it rolled back if it did
-                "image": update.report(hal),  # which OTA partition runs, and whether the last image rolled back
+                "image": imagestate.report(hal),  # which OTA partition runs, and whether the last image rolled back
             }
         )
         if self.charger.inhibit:
@@ -602,7 +602,7 @@ class Firmware:
                 self.tick()
                 if self.ticks == HEALTHY_AFTER:
                     slots.mark_good()  # the A/B slot proved itself (firmware/slots.py)
-                    update.mark_valid(hal)  # and the image: no bootloader rollback (firmware/update.py)
+                    imagestate.mark_valid(hal)  # and the image: no bootloader rollback (firmware/imagestate.py)
                 w = WDT_MS if self.charger.contactor_on else WDT_IDLE_MS
                 if w != self._wdt_ms:
                     self._wdt_ms = w

@@ -17,13 +17,13 @@ unless the Installer is made with allow_unsigned=True: only tools/deploy.py
 over the REPL does that (and says so), never a remote update (OCPP).
 
 Every refusal is an UpdateError whose `reason` is one short word: "no
-partitions", "size", "write", "hash", "signature". Nothing boots differently
+partitions", "pending" (the running image is not marked valid yet: the next
+partition holds its fallback), "size", "write", "hash", "signature". Nothing boots differently
 after a refusal: ota_set_boot() is the last call of a successful finish().
 
-Also owns the board's note of what it installed (NOTE_FILE, under the board's
-data_dir): an image set to boot that is not the one running at the next boot
-was rolled back by the bootloader; report() says so once per boot (the MQTT
-boot event, main.py's `image:` line that tools/deploy.py watches).
+finish() leaves a note of what it installed (firmware/imagestate.py, which
+reports after the reset whether the bootloader rolled it back, and marks a
+running image valid: small, so the firmware imports only that at boot).
 
 Never runs in the control tick; never imports machine.
 """
@@ -31,30 +31,42 @@ Never runs in the control tick; never imports machine.
 import hashlib
 from binascii import hexlify
 
-from firmware import store
+from firmware import imagestate
 
 KEY_FILE = "update_key.json"  # under board.data_dir: /data/update_key.json
-NOTE_FILE = "ota.json"  # under board.data_dir
 READ_BYTES = 4096  # re-read buffer of finish(): one flash block
-_NOTE_MAX_BYTES = 512
 
 
 class UpdateError(Exception):
-    """An image refused. reason: "no partitions", "size", "write", "hash" or
-    "signature"; the message says more."""
+    """An image refused. reason: "no partitions", "pending", "size", "write",
+    "hash" or "signature"; the message says more."""
 
     def __init__(self, reason, detail=""):
         super().__init__("%s: %s" % (reason, detail) if detail else reason)
         self.reason = reason
 
 
+def has_key(board):
+    """True when the board holds a key file (usable or not): then only
+    images signed for it may be installed."""
+    import os
+
+    try:
+        os.stat(board.data_dir + "/" + KEY_FILE)
+        return True
+    except OSError:
+        return False
+
+
 def load_key(board):
-    """The board's public key for images, or None (no key file, or unusable:
-    the reason is printed)."""
+    """The board's public key for images, or None (no key file, or an
+    unusable one: the reason is printed; such a board takes no image)."""
+    if not has_key(board):
+        return None
     from firmware import signature
 
     key, err = signature.load_key(board.data_dir + "/" + KEY_FILE)
-    if key is None and err:
+    if key is None:
         print("update: no usable key:", err)
     return key
 
@@ -68,7 +80,8 @@ class Installer:
         self._pos = 0
         self._h = None
         self._info = None
-        self._digest = None  # verified by check()
+        self._digest = None  # SHA-256 of what was written, once complete
+        self._checked = None  # (signature, sha256) check() passed with
 
     def begin(self, size):
         """Start an image of `size` bytes; refuses one that cannot fit."""
@@ -76,6 +89,12 @@ class Installer:
         info = self.board.ota_info()
         if info is None:
             raise UpdateError("no partitions", "this board's image has no OTA app partitions")
+        rep = imagestate.report(self.board)
+        if rep is not None and rep["state"] == "pending":
+            # The next partition holds the fallback of this unconfirmed image
+            # (ESP-IDF's esp_ota_begin refuses the same).
+            raise UpdateError("pending", "the running image in %s is not marked valid yet: its fallback in %s "
+                              "would be overwritten" % (info["running"], info["next"]))  # fmt: skip
         if self.key is None and not self.allow_unsigned:
             raise UpdateError("signature", "no key on the board (%s): no image can be verified" % KEY_FILE)
         if not isinstance(size, int) or size <= 0 or size > info["size"]:
@@ -110,7 +129,11 @@ class Installer:
             raise UpdateError("write", "not begun")
         if self._pos != self._size:
             raise UpdateError("size", "%d of %d bytes written" % (self._pos, self._size))
-        digest = self._h.digest()
+        if self._digest is None:
+            self._digest = self._h.digest()  # once: a finished hash cannot be read again
+        digest = self._digest
+        if self._checked == (signature, sha256):
+            return hexlify(digest).decode()  # finish() after a check(): not read twice
         h = hashlib.sha256()
         buf = bytearray(READ_BYTES)
         mv = memoryview(buf)
@@ -136,7 +159,7 @@ class Installer:
                 raise UpdateError("signature", "the signature does not verify with the board's key")
         elif not self.allow_unsigned:
             raise UpdateError("signature", "no key on the board")
-        self._digest = digest
+        self._checked = (signature, sha256)
         return hexd
 
     def finish(self, signature=None, sha256=None, version=None):
@@ -144,8 +167,8 @@ class Installer:
         is set to boot at the next reset (pending verify). Returns the SHA-256 hex."""
         hexd = self.check(signature, sha256)
         info = self._info
-        _write_note({"to": info["next"], "from": info["running"], "sha256": hexd, "version": version,
-                     "rollback": None}, self.board)  # fmt: skip
+        imagestate.write_note(self.board, {"to": info["next"], "from": info["running"], "sha256": hexd,
+                                           "version": version, "rollback": None})  # fmt: skip
         try:
             self.board.ota_set_boot()
         except OSError as e:
@@ -159,75 +182,4 @@ class Installer:
         self._pos = 0
         self._h = None
         self._digest = None
-
-
-# --- after the reset: which image runs, and was the new one rolled back ---------------------
-_report = None  # this boot's report, computed once
-
-
-def _note_path(board):
-    return board.data_dir + "/" + NOTE_FILE
-
-
-def _read_note(board):
-    note, _ = store.load_json(_note_path(board), _NOTE_MAX_BYTES)
-    return note if isinstance(note, dict) else None
-
-
-def _write_note(note, board):
-    import json
-
-    store.write(_note_path(board), json.dumps(note))
-
-
-def report(board):
-    """{"partition": running label, "state": "valid"|"pending"|"unknown",
-    "rollback": None or "<label> (version v, sha256 abc...) did not confirm:
-    running <label>"}, or None on a board without OTA partitions. The first
-    call of a boot notices a rollback and records it in the note; later calls
-    return the same dict. Never raises."""
-    global _report
-    if _report is not None:
-        return _report
-    try:
-        info = board.ota_info()
-        if info is None:
-            return None
-        note = _read_note(board) or {}
-        rollback = note.get("rollback")
-        to = note.get("to")
-        if to is not None and to != info["running"]:
-            rollback = "%s (version %s, sha256 %s) did not confirm: running %s" % (
-                to, note.get("version"), str(note.get("sha256"))[:12], info["running"])
-            note["to"] = None
-            note["rollback"] = rollback
-            _write_note(note, board)
-            print("update: rollback:", rollback)
-        state = info["state"]
-        if state == "unknown" and to is not None and to == info["running"]:
-            state = "pending"  # installed, not yet marked valid (an ESP32 cannot say so itself)
-        _report = {"partition": info["running"], "state": state, "rollback": rollback}
-    except Exception as e:
-        print("update: report failed:", repr(e))
-        _report = None
-    return _report
-
-
-def mark_valid(board):
-    """The firmware ran healthily (firmware/app.py, with slots.mark_good()):
-    cancel the bootloader's rollback unless the board says the image is
-    already valid. Never raises."""
-    try:
-        info = board.ota_info()
-        if info is None or info["state"] == "valid":
-            return
-        board.ota_mark_valid()
-        note = _read_note(board)
-        if note and note.get("to") == info["running"]:
-            note["to"] = None
-            _write_note(note, board)
-        if _report is not None:
-            _report["state"] = "valid"
-        print("update: image in %s marked valid" % info["running"])
-    except Exception as e:
-        print("update: mark_valid failed:", repr(e))
+        self._checked = None

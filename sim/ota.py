@@ -7,9 +7,11 @@ one folder (`<flash>/.ota` on the emulated board, tools/simboard.py):
 
     ota_0.bin, ota_1.bin  PART_SIZE bytes each, NOR-like: erased bytes are 0xFF
     otadata.json          {"ota_0": {"seq": 1, "state": "valid"}, "ota_1": {...}}
-    boot.json             {"running": "ota_0", "rollback": null}: what the
-                          bootloader booted this time (on a board the running
-                          partition is known from the flash mapping)
+    boot.json             {"running": "ota_0", "rollback": null, "state":
+                          "valid", "size": PART_SIZE}: what the bootloader
+                          booted this time (on a board the running partition
+                          is known from the flash mapping); SimBoard.ota_info()
+                          reads only this at boot, not this module (RAM)
 
 States, as in ESP-IDF's app rollback (esp_ota_ops.h): "new" after
 set_boot(); the bootloader turns a "new" entry into "pending" and boots it;
@@ -27,6 +29,7 @@ import json
 import os
 
 LABELS = ("ota_0", "ota_1")
+OTA_DIR_NAME = ".ota"  # the folder in the emulated board's flash (its "/.ota")
 PART_SIZE = 0x180000  # 1.5 MB: the ESP32 port's partitions-4MiB-ota.csv app partitions
 BLOCK = 4096  # erase unit of the ESP32's SPI flash
 OTADATA = "otadata.json"
@@ -79,6 +82,56 @@ def running(d):
         return None, None
     best = max(LABELS, key=lambda x: od[x].get("seq", 0))
     return best, None
+
+
+def info(d):
+    """The board's ota_info() dict (hal/contract.py), or None without partitions."""
+    od = read_otadata(d)
+    if od is None:
+        return None
+    run, _ = running(d)
+    nxt = other(run)
+    state = od[run].get("state")
+    return {"running": run, "next": nxt, "size": size_of(d, nxt),
+            "state": state if state in ("valid", "pending") else "unknown"}
+
+
+def write(d, label, offset, buf):
+    """Write buf at offset into partition `label`, NOR flash: a block is
+    erased (0xFF) when the write reaches its start; bytes written into a
+    block erased earlier AND with what is there."""
+    path = part_path(d, label)
+    n = len(buf)
+    if offset < 0 or offset + n > size_of(d, label):
+        raise OSError(22)  # EINVAL, as esp_partition_write past the end
+    mv = memoryview(buf)
+    head = min((-offset) % BLOCK, n)  # bytes before the next block start
+    with open(path, "r+b") as f:
+        if head:
+            f.seek(offset)
+            old = f.read(head)
+            f.seek(offset)
+            f.write(bytes(old[i] & mv[i] for i in range(head)))
+        if head < n:
+            f.seek(offset + head)
+            f.write(mv[head:])
+            pad = (-(offset + n)) % BLOCK  # the rest of the last block: erased
+            if pad:
+                f.write(b"\xff" * pad)
+
+
+def read(d, label, offset, buf):
+    if offset < 0 or offset + len(buf) > size_of(d, label):
+        raise OSError(22)
+    with open(part_path(d, label), "rb") as f:
+        f.seek(offset)
+        f.readinto(buf)
+
+
+def _boot_info(d, choice, rollback, od):
+    st = od[choice].get("state") if choice else None
+    _save(d + "/" + BOOTINFO, {"running": choice, "rollback": rollback, "size": size_of(d, other(choice)) if choice else 0,
+                               "state": st if st in ("valid", "pending") else "unknown"})  # fmt: skip
 
 
 def _fill(f, n):
@@ -136,6 +189,9 @@ def mark_valid(d, label):
     if od is not None and od[label].get("state") in ("pending", "new"):
         od[label]["state"] = "valid"
         write_otadata(d, od)
+        b = _load(d + "/" + BOOTINFO)
+        if isinstance(b, dict) and b.get("running") == label:
+            _boot_info(d, label, b.get("rollback"), od)
 
 
 def select(d, rollback=None):
@@ -166,7 +222,7 @@ def select(d, rollback=None):
         break
     if changed:
         write_otadata(d, od)
-    _save(d + "/" + BOOTINFO, {"running": choice, "rollback": rollback})
+    _boot_info(d, choice, rollback, od)
     return choice
 
 

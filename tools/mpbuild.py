@@ -29,6 +29,12 @@ Subcommands:
   build   make build/esp32 up to date (the default)
   check   exit 1 when the build is missing or older than its inputs
   paths   print the paths of the build as JSON
+  image   the firmware image of an emulated board for the tree --tree (default
+          this checkout): the ESP32-faithful interpreter with that tree's
+          firmware frozen by its manifests, built in its own build folder
+          (build-image: only the frozen content is rebuilt and the program
+          relinked) and kept by content in build/esp32/images/; prints
+          {"image": path, "size": bytes, "sha256": hex} (tools/deploy.py --image)
 
 Exit codes: 0 ok, 1 `check`: out of date, 2 failure (source missing or not
 the pinned one, no 32-bit compiler, build error); the message says what to do.
@@ -234,6 +240,19 @@ def inputs_digest(source_id, top):
     return h.hexdigest()
 
 
+def image_digest(source_id, top, manifest):
+    """The content key of an image: the source, the build flags, this tool
+    and every frozen file by its path on the device and its bytes (not where
+    the tree is: two checkouts of the same firmware give the same image)."""
+    h = hashlib.sha256()
+    for part in [source_id] + UNIX_MAKE_ARGS:
+        h.update(part.encode() + b"\0")
+    h.update(Path(__file__).resolve().read_bytes() + b"\0")
+    for target, full in sorted(manifest_files(top, manifest, "unix")):
+        h.update(target.encode() + b"\0" + Path(full).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 # --- building ----------------------------------------------------------------------------------
 def build_paths(top, cache):
     return {
@@ -322,6 +341,46 @@ def _up_to_date(stamp, digest, paths):
             and all(os.access(paths[k], os.X_OK) for k in ("mpy_cross", "micropython_bin", "micropython")))  # fmt: skip
 
 
+IMAGE_BUILD = "build-image"  # the unix port's build folder for images: build-esp32 stays the board's own
+
+
+def cmd_image(args):
+    """Build (or find in the cache) the image of the tree args.tree."""
+    tree = Path(args.tree).resolve()
+    manifest = tree / "tools" / "esp32_unix_manifest.py"
+    if not manifest.is_file():
+        raise BuildError("%s has no tools/esp32_unix_manifest.py: not a tree of this firmware" % tree)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    top, source_id = prepare(args)
+    digest = image_digest(source_id, top, manifest)
+    images = args.cache / "images"
+    out = images / (digest[:24] + ".bin")
+    if not out.is_file():
+        check_compiler()
+        port = top / "ports" / "unix"
+        if not (port / IMAGE_BUILD).is_dir() and (port / "build-esp32").is_dir():
+            # Start from the board's own build (timestamps kept): only the
+            # frozen content is rebuilt and the program relinked.
+            shutil.copytree(port / "build-esp32", port / IMAGE_BUILD, symlinks=True)
+        # The frozen .mpy files are rebuilt only when their source is newer,
+        # and the trees of two images share these names (firmware/app.py):
+        # a tree copied with its old mtimes would get the other tree's bytecode.
+        shutil.rmtree(port / IMAGE_BUILD / "frozen_mpy", ignore_errors=True)
+        _make(["-C", str(top / "mpy-cross")], args.jobs, "mpy-cross")
+        make_args = [a for a in UNIX_MAKE_ARGS if not a.startswith("BUILD=")] + ["BUILD=" + IMAGE_BUILD]
+        _make(["-C", str(port)] + make_args + ["FROZEN_MANIFEST=" + str(manifest)], args.jobs,
+              "the image of %s" % tree)  # fmt: skip
+        images.mkdir(exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.copyfile(port / IMAGE_BUILD / "micropython", tmp)
+        tmp.chmod(0o755)
+        os.replace(tmp, out)
+        log("built image %s" % out)
+    data = out.read_bytes()
+    print(json.dumps({"image": str(out), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+    return EXIT_OK
+
+
 def cmd_check(args):
     top, source_id = prepare(args)
     paths = build_paths(top, args.cache)
@@ -345,8 +404,10 @@ def build_parser():
         "firmware frozen) from the pinned MicroPython source into build/esp32/. Does nothing when up to date.",
         epilog="exit codes: 0 ok, 1 check: out of date, 2 failure (the message says what to do)",
     )
-    p.add_argument("command", nargs="?", default="build", choices=("build", "check", "paths"),
-                   help="build (default), check (exit 1 when out of date), paths (print them as JSON)")  # fmt: skip
+    p.add_argument("command", nargs="?", default="build", choices=("build", "check", "paths", "image"),
+                   help="build (default), check (exit 1 when out of date), paths (print them as JSON), "
+                   "image (the emulated board's firmware image of --tree, printed as JSON)")  # fmt: skip
+    p.add_argument("--tree", default=str(REPO), help="image: the firmware tree to freeze (default: this checkout)")
     p.add_argument("--source", help="the pinned archive %s or a git checkout of commit %s (default: $%s, then "
                    "../shared/vendor/ next to the repository)" % (MP_ARCHIVE, MP_COMMIT, SOURCE_ENV))  # fmt: skip
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="build directory (default: build/esp32)")
@@ -359,7 +420,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.cache = args.cache.resolve()
     try:
-        return {"build": cmd_build, "check": cmd_check, "paths": cmd_paths}[args.command](args)
+        return {"build": cmd_build, "check": cmd_check, "paths": cmd_paths, "image": cmd_image}[args.command](args)
     except BuildError as e:
         log("error: %s" % e)
         return EXIT_FAILED

@@ -7,8 +7,11 @@ soft reset (Ctrl-D) and hard reset (machine.reset()). Code runs in a
 MicroPython unix port (tools/simboard_agent.py) with the board's flash folder
 mounted at "/": by default the ESP32-faithful one (build/esp32, 32-bit, 112 KB
 heap, firmware/hal/umqtt frozen like a board image built from manifest.py),
-or with --interpreter unix64 the venv's 64-bit one. See docs/simboard.md for
-what it does not model.
+or with --interpreter unix64 the venv's 64-bit one. With the ESP32-faithful
+one the board has two OTA app partitions (FLASH/.ota, sim/ota.py) and an
+emulated bootloader: each hard reset runs the image (the interpreter program)
+in the partition it chooses, with ESP-IDF's rollback of an image not marked
+valid. See docs/simboard.md for what it does not model.
 
 The first line on stdout is the device path (e.g. /dev/pts/5); then it serves
 until SIGTERM or SIGINT (exit code 0). Without --flash the flash is a fresh
@@ -33,6 +36,10 @@ import tty
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AGENT = os.path.join(HERE, "simboard_agent.py")
+sys.path.insert(0, os.path.dirname(HERE))
+from sim import ota  # noqa: E402  (the partitions' files: one definition for the board and its bootloader)
+
+OTA_DIR = ota.OTA_DIR_NAME  # in the flash folder; the board sees it as /.ota (main.py)
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
@@ -118,26 +125,22 @@ def _die_with(parent):
 class Agent:
     """One MicroPython unix-port process: one boot of the board."""
 
-    def __init__(self, args, cause):
+    def __init__(self, args, cause, program=None):
         self.ctl_in_r, self.ctl_in_w = os.pipe()
         self.ctl_out_r, self.ctl_out_w = os.pipe()
-        cmd = [args.micropython]
+        cmd = [program or args.micropython]
         if args.heapsize:
             cmd += ["-X", "heapsize=" + args.heapsize]
         cmd += [AGENT, args.flash, str(self.ctl_in_r), str(self.ctl_out_w), str(cause)]
         cmd.append(str(args.flash_kb // 4))  # 4 KiB LittleFS blocks
         env = dict(os.environ)
         env.pop("MICROPYPATH", None)
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=(self.ctl_in_r, self.ctl_out_w),
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C is for simboard, not the board
-            preexec_fn=_die_with(os.getpid()),
-        )
+        try:
+            self.proc = self._spawn(cmd, env)
+        except OSError:
+            for fd in (self.ctl_in_r, self.ctl_in_w, self.ctl_out_r, self.ctl_out_w):
+                os.close(fd)
+            raise
         os.close(self.ctl_in_r)
         os.close(self.ctl_out_w)
         self.out_fd = self.proc.stdout.fileno()
@@ -147,6 +150,18 @@ class Agent:
         self.seq = 0  # the last control message taken from this agent
         self.last_sigint = 0.0
         self.eof = False
+
+    def _spawn(self, cmd, env):
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(self.ctl_in_r, self.ctl_out_w),
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C is for simboard, not the board
+            preexec_fn=_die_with(os.getpid()),
+        )
 
     def send(self, kind, name, src):
         msg = b"x %s %s %d\n" % (kind.encode(), name.encode(), len(src)) + src
@@ -274,6 +289,9 @@ class ReplMachine:
         self.paste_left = PASTE_WINDOW
         self.cause = PWRON_RESET
         self.stop = False
+        # The emulated bootloader (sim/ota.py): which app partition runs.
+        self.ota_dir = os.path.join(args.flash, OTA_DIR) if args.ota else None
+        self.image = None  # the label running (None: no partitions, args.micropython runs)
 
     # ---- output -------------------------------------------------------------
     def emit(self, data):
@@ -290,12 +308,31 @@ class ReplMachine:
             print("simboard: " + msg, file=sys.stderr, flush=True)
 
     # ---- resets -------------------------------------------------------------
-    def start_agent(self):
+    def start_agent(self, boot=False, rollback=None):
+        """A new interpreter process: a soft reset runs the same image
+        again; boot (a hard reset) first lets the bootloader choose it."""
         if self.agent:
             self.sel.unregister(self.agent.out_fd)
             self.sel.unregister(self.agent.ctl_out_r)
             self.agent.kill()
-        self.agent = Agent(self.args, self.cause)
+            self.agent = None
+        program = None
+        while self.ota_dir:
+            if boot or self.image is None:
+                self.image = ota.select(self.ota_dir, rollback)
+                if self.image is None:
+                    raise StartError("no bootable image in %s (ota_0 and ota_1 aborted or invalid)" % self.ota_dir)
+                self.log("bootloader: booting %s" % self.image)
+            program = ota.part_path(self.ota_dir, self.image)
+            try:
+                os.chmod(program, 0o755)
+                self.agent = Agent(self.args, self.cause, program)
+                break
+            except OSError as e:  # not a program at all (exec format error)
+                rollback = self.not_started("%s: %s" % (self.image, e))
+                boot = True
+        if self.agent is None:
+            self.agent = Agent(self.args, self.cause)
         self.sel.register(self.agent.out_fd, selectors.EVENT_READ, "out")
         self.sel.register(self.agent.ctl_out_r, selectors.EVENT_READ, "ctl")
         self.state = "boot"
@@ -303,12 +340,23 @@ class ReplMachine:
         self.pending_interrupt = False
         self.banner = b""
 
-    def hard_reset(self, cause):
+    def hard_reset(self, cause, rollback=None):
         self.log("hard reset, cause %d" % cause)
         self.cause = cause
         self.inbuf.clear()  # a reset clears the UART buffers
         self.raw_mode = False
-        self.start_agent()
+        self.start_agent(boot=True, rollback=rollback)
+
+    def not_started(self, why):
+        """The image in the running partition did not start: the bootloader
+        never boots it again (an ESP32's checks an image before it jumps to
+        it); returns its label, the rollback to record."""
+        label = self.image
+        self.log("bootloader: %s did not start: %s" % (label, why))
+        self.emit(b"\r\nsimboard: the image in %s did not start; booting the other app partition\r\n" % label.encode())
+        ota.failed(self.ota_dir, label)
+        self.image = None
+        return label
 
     def soft_reset(self):
         self.log("soft reset")
@@ -381,6 +429,9 @@ class ReplMachine:
         except subprocess.TimeoutExpired:
             rc = "?"  # stdout closed but still running: kill() below ends it
         out = self.agent.read_output()
+        if not self.banner and self.image is not None:
+            why = out.decode("utf-8", "replace").strip()[-200:]
+            return self.hard_reset(PWRON_RESET, rollback=self.not_started("exit code %s: %s" % (rc, why)))
         if not self.banner:
             raise StartError("the interpreter did not start (%s, exit code %s): %s" % (
                 self.args.micropython, rc, out.decode("utf-8", "replace").strip()))
@@ -605,6 +656,13 @@ class ReplMachine:
             self.on_input(data)
 
     # ---- main loop ----------------------------------------------------------
+    def flash_partitions(self):
+        """A fresh board (or --reflash): the built interpreter in ota_0, valid,
+        as esptool flashes one. Before the device path is printed."""
+        if self.ota_dir and (self.args.reflash or ota.read_otadata(self.ota_dir) is None):
+            ota.flash(self.ota_dir, self.args.image_file)
+            self.log("flashed %s into %s/ota_0" % (self.args.image_file, self.ota_dir))
+
     def serve(self):
         self.hard_reset(PWRON_RESET)
         while not self.stop:
@@ -667,6 +725,15 @@ def esp32_micropython():
     return os.path.abspath(ESP32_LAUNCHER)
 
 
+def esp32_binary():
+    """The ESP32-faithful interpreter's program itself (not its launcher):
+    the image a fresh emulated board holds in ota_0."""
+    import json
+
+    with open(os.path.join(os.path.dirname(ESP32_LAUNCHER), "stamp.json")) as f:
+        return json.load(f)["paths"]["micropython_bin"]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Emulate a MicroPython board (ESP32-like) on a pseudo-terminal, for "
@@ -684,7 +751,16 @@ def parse_args(argv):
     p.add_argument("--heapsize", help="MicroPython heap (default: 112k for esp32, the heap of an ESP32 without "
                    "PSRAM; 128k for unix64)")  # fmt: skip
     p.add_argument("--micropython", help="the interpreter program (default: build/esp32/micropython for esp32, "
-                   ".venv/bin/micropython for unix64)")  # fmt: skip
+                   ".venv/bin/micropython for unix64); with app partitions (esp32) the bootloader runs the "
+                   "image in the partition it boots instead")  # fmt: skip
+    p.add_argument("--no-ota", dest="ota", action="store_false",
+                   help="no OTA app partitions: every boot runs --micropython (default with --interpreter esp32: "
+                   "two partitions in FLASH/.ota, an emulated bootloader with rollback, docs/simboard.md)")  # fmt: skip
+    p.add_argument("--reflash", action="store_true",
+                   help="write the built interpreter (or --image-file) into ota_0 and boot it, as esptool would; "
+                   "without it a flash folder keeps the image it has")  # fmt: skip
+    p.add_argument("--image-file", help="the image a fresh board gets in ota_0 (default: the built ESP32-faithful "
+                   "interpreter)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log resets and connections to stderr")
     args = p.parse_args(argv)
     if args.flash is None:
@@ -699,6 +775,13 @@ def parse_args(argv):
         if args.micropython is None:
             p.exit(2, "simboard: the ESP32-faithful interpreter could not be built (make esp32), "
                    "or use --interpreter unix64\n")  # fmt: skip
+    if args.interpreter != "esp32":
+        args.ota = False  # an image is the ESP32-faithful interpreter with the firmware frozen
+    if args.ota and args.image_file is None:
+        try:
+            args.image_file = esp32_binary()
+        except (OSError, ValueError, KeyError) as e:
+            p.exit(2, "simboard: no built ESP32-faithful interpreter to flash into ota_0 (%s): make esp32\n" % e)
     args.flash = os.path.abspath(args.flash)
     try:
         os.makedirs(args.flash, exist_ok=True)
@@ -713,6 +796,11 @@ def main(argv=None):
         board = ReplMachine(args)
     except OSError as e:
         print("simboard: cannot open the serial line: %s" % e, file=sys.stderr)
+        return 2
+    try:
+        board.flash_partitions()
+    except (OSError, ValueError) as e:
+        print("simboard: cannot write the app partitions: %s" % e, file=sys.stderr)
         return 2
 
     def stop(signum, frame):

@@ -90,6 +90,12 @@ class _Machine:
         return 240000000
 
 
+# The emulated OTA app partitions (sim/ota.py) live in the flash folder under
+# this name; on a board they are partitions of their own, outside the
+# filesystem: hidden from listings and from statvfs.
+_OTA_DIR = ".ota"
+
+
 class _Flash:
     """The board's flash: a VfsPosix on the host folder, plus what LittleFS on
     an ESP32 reports and VfsPosix does not: file sizes in ilistdir (mpremote
@@ -140,7 +146,10 @@ class _Flash:
 
     def ilistdir(self, path):
         base = "" if path in ("", ".") else path.rstrip("/") + "/"
+        root = path in ("", ".", "/")
         for entry in self.p.ilistdir(path):
+            if root and entry[0] == _OTA_DIR:
+                continue  # the app partitions are not in the filesystem partition
             size = 0
             if entry[1] == 0x8000:
                 size = self.p.stat(base + entry[0])[6]

@@ -290,3 +290,52 @@ def test_the_default_device_id_comes_from_the_chips_unique_id():
     b = Firmware(SimBoard(seed=2, data_dir=fresh_dir("uid2")), {})
     assert a.cfg["id"] != b.cfg["id"]
     assert Firmware(SimBoard(data_dir=fresh_dir("uid3")), {"id": "garage"}).cfg["id"] == "garage"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_pending_image_is_reported_at_boot_and_marked_valid_after_thirty_seconds_of_running():
+    from firmware import imagestate
+    from sim import ota
+
+    d = fresh_dir("ota")
+    parts = d + "/ota"
+    ota.flash(parts, b"OLD", size=8192)
+    ota.set_boot(parts, "ota_1")
+    assert ota.select(parts) == "ota_1"  # the bootloader booted the new image, pending verify
+    imagestate._report = None
+    sim = SimBoard(data_dir=d, ota_dir=parts)
+    fw = Firmware(sim, {})
+    seen = []
+    fw.on_event = seen.append
+    states = []
+
+    def tick(s):
+        states.append(ota.read_otadata(parts)["ota_1"]["state"]) if fw.ticks in (2990, 3010) else None
+        if fw.ticks >= 3010:
+            raise _Stop()
+
+    sim.on_tick = tick
+    try:
+        fw.run()
+    except _Stop:
+        pass
+    finally:
+        imagestate._report = None
+    boot = [e for e in seen if e["event"] == "boot"][0]
+    assert boot["image"] == {"partition": "ota_1", "state": "pending", "rollback": None}, boot["image"]
+    assert states == ["pending", "valid"], states
+
+
+def test_a_board_without_app_partitions_reports_no_image():
+    from firmware import imagestate
+
+    imagestate._report = None
+    sim = SimBoard(data_dir=fresh_dir("noota"))
+    fw = Firmware(sim, {})
+    seen = []
+    fw.on_event = seen.append
+    fw.start()
+    assert [e for e in seen if e["event"] == "boot"][0]["image"] is None

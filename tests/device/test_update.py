@@ -11,7 +11,7 @@ import sys
 import tmpdirs
 
 import firmware
-from firmware import update
+from firmware import imagestate, update
 from sim import ota
 from sim.board import SimBoard
 
@@ -37,7 +37,7 @@ def _board():
     import os
 
     os.mkdir(data)
-    update._report = None
+    imagestate._report = None
     return SimBoard(data_dir=data, ota_dir=d), root
 
 
@@ -189,25 +189,44 @@ def test_an_image_that_did_not_confirm_is_reported_as_rolled_back_once_and_marki
         _install(b, img)
         # The bootloader boots it (new -> pending) ...
         assert ota.select(b.ota_dir) == "ota_1"
-        update._report = None
-        rep = update.report(b)
+        imagestate._report = None
+        rep = imagestate.report(b)
         assert rep == {"partition": "ota_1", "state": "pending", "rollback": None}, rep
         # ... and a reset before mark_valid() boots ota_0 again.
         assert ota.select(b.ota_dir) == "ota_0"
-        update._report = None
-        rep = update.report(b)
+        imagestate._report = None
+        rep = imagestate.report(b)
         assert rep["partition"] == "ota_0" and rep["rollback"].startswith("ota_1 "), rep
         with open(b.data_dir + "/ota.json") as f:
             assert json.loads(f.read())["to"] is None, "the rollback is noticed once"
         # A second install that is marked valid stays.
         _install(b, img)
         assert ota.select(b.ota_dir) == "ota_1"
-        update._report = None
-        assert update.report(b)["state"] == "pending"
-        update.mark_valid(b)
-        assert update.report(b)["state"] == "valid"
+        imagestate._report = None
+        assert imagestate.report(b)["state"] == "pending"
+        imagestate.mark_valid(b)
+        assert imagestate.report(b)["state"] == "valid"
         assert ota.select(b.ota_dir) == "ota_1"
         assert ota.read_otadata(b.ota_dir)["ota_1"]["state"] == "valid"
     finally:
-        update._report = None
+        imagestate._report = None
+        tmpdirs.remove(root)
+
+
+def test_while_the_running_image_is_not_marked_valid_no_image_may_overwrite_its_fallback():
+    _stub_signature()
+    b, root = _board()
+    try:
+        img = _image(3000)
+        _install(b, img)
+        assert ota.select(b.ota_dir) == "ota_1"  # booted, pending verify
+        imagestate._report = None
+        assert _reason(lambda: _install(b, _image(3000, seed=3))) == "pending"
+        with open(ota.part_path(b.ota_dir, "ota_0"), "rb") as f:
+            assert f.read(300) == b"OLD" * 100, "the fallback is untouched"
+        imagestate.mark_valid(b)
+        _install(b, _image(3000, seed=3))
+        assert _boots(b)[0] == "ota_0"
+    finally:
+        imagestate._report = None
         tmpdirs.remove(root)
