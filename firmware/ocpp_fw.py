@@ -28,6 +28,7 @@ import json
 from micropython import const
 
 from firmware import fwimage, http, signature, store, update
+from firmware.ocpp_time import parse_time
 
 FILE = "ocpp_fw.json"
 ACTIONS = ("UpdateFirmware", "GetDiagnostics")
@@ -130,8 +131,6 @@ class FwUpdate:
         return self._diagnostics(p)
 
     def _update(self, p):
-        from firmware.ocpp_time import parse_time
-
         loc = p["location"]
         try:
             http.parse_url(loc)
