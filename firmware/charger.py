@@ -22,7 +22,7 @@ from firmware import iec61851 as iec
 from firmware.contactor import Contactor
 from firmware.facts import STATES, TICK_MS
 from firmware.limits import Limits
-from firmware.pilot import Pilot
+from firmware.pilot import DIODE_DUTY_MAX_PM, Pilot
 
 # HAL constants (hal/contract.py), repeated as consts so the tick does not look them up.
 _PILOT_PLUS12 = const(1)
@@ -385,6 +385,11 @@ class Charger:
                 self.session_active = True
                 self._event(EV_SESSION_START, self.auth_tag)
             pm = iec.duty_pm(offer)
+            if pm > DIODE_DUTY_MAX_PM and pilot.diode_pending:
+                # The board cannot see this duty's low half and no diode check
+                # has passed yet: offer less until one has (firmware/pilot.py).
+                pm = DIODE_DUTY_MAX_PM
+                offer = iec.offer_ma_for_duty(pm)
             if self.duty_pm == 0 or pm <= self.duty_pm:
                 self._pwm(pm, now)  # start, or lower at once
                 self.offer_ma = offer

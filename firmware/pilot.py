@@ -10,8 +10,12 @@ the last AVG_N readings inside that window by iec.ENTRY_HYST_MV: a pilot
 noisy enough to throw single readings of a B into the C window cannot move
 the mean there (docs/architecture.md, "Pilot filtering"). Moves between C
 and D (D without ventilation means less energy) and between A and B (no
-energy either way) need the CONFIRM_TICKS readings only. Never touches
-outputs; allocates nothing per reading.
+energy either way) need the CONFIRM_TICKS readings only. The diode check
+runs on the low level; a board that cannot see the low half-period at this
+duty (hal/contract.py PILOT_UNSEEN: 40 us at 96 %) leaves the verdict of the
+last low level seen since the EV was plugged in, and when there is none the
+charger offers at most DIODE_DUTY_MAX_PM until one is seen (`diode_pending`).
+Never touches outputs; allocates nothing per reading.
 """
 
 from array import array
@@ -28,6 +32,10 @@ CONFIRM_TICKS = const(2)  # consecutive readings that must agree before a confir
 AVG_N = const(16)
 _AVG_MASK = const(15)
 _AVG_SHIFT = const(4)
+_UNSEEN = const(-30000)  # hal/contract.py PILOT_UNSEEN: a half-period the board could not see
+# The highest duty whose low half-period (100 us) a board reading from Python
+# sees settled (hal/esp32.py: 32 us of settling, then a read of ~45 us).
+DIODE_DUTY_MAX_PM = const(900)
 
 
 class Pilot:
@@ -43,6 +51,8 @@ class Pilot:
         self.invalid_ticks = 0  # consecutive invalid readings
         self.diode_ok = True  # False: the latest valid reading with PWM on showed no diode
         self.diode_checked = False  # this tick's reading was valid, taken with PWM on, diode passed
+        self._diode_pass = False  # a low level seen since the plug-in passed the check
+        self.diode_pending = False  # this reading could not see the low half, and none has passed yet
         self._cand = iec.P_INVALID
         self._cand_n = 0
 
@@ -55,6 +65,11 @@ class Pilot:
         self.high_mv = h
         self.low_mv = buf[1]
         self.diode_checked = False
+        self.diode_pending = False
+        if h == _UNSEEN:  # no high half seen: invalid, kept out of the mean
+            self.invalid_ticks += 1
+            self._cand_n = 0
+            return
         ring = self._ring
         i = self._ri
         if self._rn == AVG_N:
@@ -72,10 +87,18 @@ class Pilot:
         self.invalid_ticks = 0
         # Diode check: only meaningful with PWM on and the EV connected.
         if pwm_on and iec.P_B <= k <= iec.P_D:
-            self.diode_ok = buf[1] <= iec.DIODE_LOW_MAX_MV
-            self.diode_checked = self.diode_ok
+            lo = buf[1]
+            if lo == _UNSEEN:  # too short to see at this duty: the last verdict seen stands
+                self.diode_checked = self._diode_pass
+                self.diode_pending = not self._diode_pass
+            else:
+                self.diode_ok = lo <= iec.DIODE_LOW_MAX_MV
+                self._diode_pass = self.diode_ok
+                self.diode_checked = self.diode_ok
         else:
             self.diode_ok = True
+            if k != iec.P_B and k != iec.P_C and k != iec.P_D:
+                self._diode_pass = False  # unplugged (A) or a fault (E, F): a new EV is checked anew
         cur = self.state
         if k == cur:
             self._cand_n = 0
@@ -115,6 +138,8 @@ class Pilot:
         self.invalid_ticks = 0
         self.diode_ok = True
         self.diode_checked = False
+        self._diode_pass = False
+        self.diode_pending = False
         self._rn = 0
         self._rsum = 0
         self._ri = 0

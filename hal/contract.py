@@ -28,6 +28,11 @@ UNKNOWN = -1
 # pp_ohm() when no resistor is seen (open circuit, or above the board's range).
 PP_OPEN = -2
 
+# pilot_read() for a half-period the burst could not see (no sample kept in
+# it; e.g. the 40 us low half at 96 % duty): outside every IEC window, so a
+# high level the board could not see reads as invalid (hal/pilotadc.py UNSEEN).
+PILOT_UNSEEN = -30000
+
 # temp_dc() when the board has no temperature sensor.
 NO_TEMP = -32768
 
@@ -106,8 +111,11 @@ class Board:
     def pilot_read(self, out):
         """Sample the pilot as the EV loads it. Fills out[0] with the high
         level and out[1] with the low level in mV. With PWM on, both are
-        sampled in the matching half-period (synchronised to the PWM), each
-        a median over the burst; with a steady pilot, out[1] = out[0].
+        sampled in the matching half-period (classified by the PWM's phase,
+        hal/pilotadc.py), each a median over the burst, and only once the
+        front end has settled after an edge; a half-period the burst could
+        not see (too short for a settled read, e.g. the low half at 96 %
+        duty) reads PILOT_UNSEEN. With a steady pilot, out[1] = out[0].
         `out` is a preallocated array('i', 2)."""
         raise NotImplementedError
 

@@ -23,24 +23,28 @@ mode never re-creates a peripheral and never allocates. A duty already in force
 is not written again (rewriting LEDC restarts nothing, but costs time).
 
 Pilot sampling (pilot_read). MicroPython cannot trigger the ADC from the LEDC
-edge, so the sampling is synchronised to the PWM statistically: a burst of
-`pilot.burst` reads spaced `pilot.spacing_us` apart (busy-wait on ticks_us
-deadlines) covers at least one full 1 ms period; the spacing is chosen not to
-divide 1000 us, so the samples walk across the period's phase. The samples are
-split at the midpoint between the lowest and highest reading into a high and
-a low cluster (in place, no allocation), and each cluster's median
-(quickselect) is converted to pilot mV with the board's two-point
-calibration. The median throws away the samples caught on an edge or in the
-stage's slew. If the burst spans less than SPREAD_MIN_MV (a steady pilot, or
-state E where both levels are 0 V), both outputs are the median of all.
-Limits: a half-period shorter than about two sample spacings (duty below ~9 %
-or above ~91 % at 43 us spacing over 2 ms) may yield a cluster of 0..2 samples;
-the median of one or two samples does not reject an edge sample, and an
-empty low cluster reports low = high (which the firmware reads as a missing
-diode: safe direction). read_uv on an ESP32 takes tens of microseconds, so the
-spacing is a minimum, not a guarantee; the burst costs about
-burst * max(spacing, read time) of the tick (48 * 43 us = ~2 ms).
-WiFi interrupts can delay single reads; the median absorbs a few.
+edge, so the samples are classified by the PWM's phase instead
+(hal/pilotadc.py sample_phased): every ADC read is bracketed by two read-backs
+of the PWM pin (calling the Pin reads the pad: Pin.OUT is input-output on the
+ESP32 port and machine_pwm.c keeps the LEDC pad's input enabled), and a sample
+counts only when both read-backs agree, the read ended before its
+half-period could (known from the duty and the last edge) and the level had
+lasted `pilot.settle_us` (the front
+end's RC settles after each edge; a sample taken sooner reads between the
+levels). The high half gives the state, the low half the diode check; each
+is the median of its samples over `pilot.window_us` (two periods), converted
+with the board's calibration table (`pilot.cal`: raw count -> pilot mV,
+piecewise linear, so the ADC's compressed top band at 11 dB is calibrated
+out). A half without a kept sample reads PILOT_UNSEEN: the 40 us low half at
+96 % duty is shorter than a settled read from Python. Reads are raw
+(read_u16, ~10 us in C): read_uv's eFuse line would only be undone by the
+table. With a steady pilot, the median of STEADY_BURST reads. Only hardware
+can confirm: that the read-back works on the IDF build in use (checked at
+construction: it must show the +12 V level of the initial 100 % duty, else the
+driver falls back to the older statistical split of `pilot.burst` reads
+`pilot.spacing_us` apart, `pilot_phased` False), the front end's settling time,
+and how long a read takes from Python (35-55 us for read_uv, upstream issue
+7495; WiFi interrupts can stretch one, the bracketing then drops it).
 
 Network (netif, hal/net.py): a WiFi station (WlanIf), or the Ethernet PHY of
 the board file's `eth` block (LanIf); neither touches the radio or the PHY
@@ -59,16 +63,23 @@ import time
 from array import array
 
 import machine
-import micropython
 from micropython import const
 
 from hal import net as _net
-from hal.contract import NO_TEMP, PILOT_MINUS12, PP_OPEN, UNKNOWN, Board
+from hal.contract import NO_TEMP, PILOT_MINUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN, Board
+from hal.pilotadc import cal_mv, check_cal, levels, median, phase_levels, sample_phased, two_point_cal
 
 PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
 SPREAD_MIN_MV = const(2000)  # pilot spread (high - low) below which one level is reported
 STEADY_BURST = const(9)  # reads when the pilot is steady (odd: a true median)
+PILOT_SAMPLES = const(64)  # most samples one phase-classified burst keeps
+SETTLE_US_DEFAULT = const(32)  # board file pilot.settle_us when absent (3.2 time constants of a 10 us front end: within 4 %)
+_WATCH_HIDE_US = const(100)  # a frame's CT reads without a read-back: ~3 raw reads from Python (estimate)
+_WATCH_MARGIN_US = const(20)
+_WATCH_READ_US = const(60)  # a pilot read and its read-back from Python, with a margin (estimate)  # a watched read must end this long before its half-period may (read-backs are sparse)
+PILOT_ENOUGH = const(4)  # samples of each half after which a burst may stop early
+WINDOW_US_DEFAULT = const(2100)  # board file pilot.window_us when absent: two PWM periods and a margin
 MAINS_SAMPLES = const(40)  # mains_read(): reads per CT over ...
 MAINS_WINDOW_US = const(20000)  # ... one 50 Hz period (60 reads at most: the sums stay < 2**30)
 PP_READS = const(4)  # reads averaged per pp_ohm()
@@ -237,14 +248,24 @@ def validate(desc):
     b["adc"] = {"atten": atten}
 
     s = _get(desc, "", "pilot", dict)
-    lo_mv = _get(s, "pilot", "adc_mv_at_minus12v", int, 0, 3300)
-    hi_mv = _get(s, "pilot", "adc_mv_at_plus12v", int, 0, 3300)
-    if abs(hi_mv - lo_mv) < 1000:
+    cal = None
+    if isinstance(s, dict) and s.get("cal") is not None:
+        try:
+            cal = check_cal(s["cal"], "pilot.cal")
+        except ValueError as e:
+            raise BoardFileError("board file: " + str(e)) from None
+    lo_mv = hi_mv = None
+    if cal is None:  # the older two-point calibration (ADC mV from read_uv at -12 V and +12 V)
+        if "adc_mv_at_minus12v" not in s and "adc_mv_at_plus12v" not in s:
+            raise BoardFileError("board file: missing key 'pilot.cal' (the calibration table, hal/boards/README.md)")
+        lo_mv = _get(s, "pilot", "adc_mv_at_minus12v", int, 0, 3300)
+        hi_mv = _get(s, "pilot", "adc_mv_at_plus12v", int, 0, 3300)
+    if lo_mv is not None and hi_mv is not None and abs(hi_mv - lo_mv) < 1000:
         raise BoardFileError(
             "board file: 'pilot.adc_mv_at_plus12v' and 'pilot.adc_mv_at_minus12v' are less than 1000 mV apart"
         )
-    burst = _get(s, "pilot", "burst", int, 16, 128)
-    spacing = _get(s, "pilot", "spacing_us", int, 10, 200)
+    burst = _get(s, "pilot", "burst", int, 16, 128) if "burst" in s else 48
+    spacing = _get(s, "pilot", "spacing_us", int, 10, 200) if "spacing_us" in s else 43
     if burst * spacing < 1100:
         raise BoardFileError("board file: 'pilot.burst' * 'pilot.spacing_us' must cover a 1 ms PWM period (>= 1100 us)")
     if PILOT_PERIOD_NS // 1000 % spacing == 0:
@@ -255,6 +276,9 @@ def validate(desc):
         "adc_pin": _pin(s, "pilot", "adc_pin", used, adc=True),
         "adc_mv_at_minus12v": lo_mv,
         "adc_mv_at_plus12v": hi_mv,
+        "cal": None if cal is None else [[cal[0][i], cal[1][i]] for i in range(len(cal[0]))],
+        "settle_us": _get(s, "pilot", "settle_us", int, 5, 400) if "settle_us" in s else SETTLE_US_DEFAULT,
+        "window_us": _get(s, "pilot", "window_us", int, 1100, 5000) if "window_us" in s else WINDOW_US_DEFAULT,
         "burst": burst,
         "spacing_us": spacing,
     }
@@ -474,34 +498,6 @@ def ua_per_count(ratio, burden_ohm, full_scale_mv):
     return (full_scale_mv * 1000 * ratio + 2048 * burden_ohm) // (4096 * burden_ohm)
 
 
-@micropython.native
-def _select(a, lo, hi, k):
-    """The k-th smallest of a[lo:hi] (quickselect, in place, no allocation)."""
-    hi -= 1
-    while lo < hi:
-        pivot = a[(lo + hi) >> 1]
-        i = lo
-        j = hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = a[i]
-                a[i] = a[j]
-                a[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return a[k]
-
-
 def isqrt(n):
     """Integer square root of n >= 0 (Newton's method, small ints only)."""
     if n <= 0:
@@ -512,50 +508,6 @@ def isqrt(n):
         x = y
         y = (x + n // x) >> 1
     return x
-
-
-def median(a, lo, hi):
-    """Median of a[lo:hi] (upper median for an even count); reorders a[lo:hi]."""
-    return _select(a, lo, hi, (lo + hi) >> 1)
-
-
-@micropython.native
-def _split(a, n, thr):
-    """Move a[:n] values >= thr to the front; return how many there are."""
-    i = 0
-    j = n - 1
-    while i <= j:
-        if a[i] >= thr:
-            i += 1
-        else:
-            t = a[i]
-            a[i] = a[j]
-            a[j] = t
-            j -= 1
-    return i
-
-
-def levels(a, n, spread, out):
-    """Split a burst a[:n] (ADC mV) into high/low clusters at the midpoint of
-    its range; out[0] = high median, out[1] = low median. Both are the median
-    of all when the range is below `spread` (steady pilot, state E) or a
-    cluster is empty. Reorders a."""
-    mn = a[0]
-    mx = a[0]
-    for i in range(1, n):
-        v = a[i]
-        if v < mn:
-            mn = v
-        elif v > mx:
-            mx = v
-    if mx - mn >= spread:
-        h = _split(a, n, (mn + mx) >> 1)
-        if 0 < h < n:
-            out[0] = median(a, 0, h)
-            out[1] = median(a, h, n)
-            return
-    out[0] = median(a, 0, n)
-    out[1] = out[0]
 
 
 OTA_BLOCK = 4096  # erase unit of the app partitions (esp32.Partition's native block)
@@ -600,21 +552,49 @@ class Esp32Board(Board):
         self._rcd_test_on = r["test_active_level"]
         self._rcd_test = Pin(r["test_pin"], Pin.OUT, value=1 - r["test_active_level"])
         p = b["pilot"]
-        # 100 % duty = steady +12 V from the first instant.
-        self._pwm = machine.PWM(Pin(p["pwm_pin"], Pin.OUT), freq=PILOT_FREQ_HZ, duty_u16=65535, invert=p["pwm_invert"])
+        # 100 % duty = steady +12 V from the first instant. Pin.OUT is
+        # GPIO_MODE_INPUT_OUTPUT on the ESP32 port and machine_pwm.c keeps the
+        # pad's input enabled ("This allows to read the pin level"), so
+        # calling the Pin reads back the LEDC output (phase classification).
+        ppin = Pin(p["pwm_pin"], Pin.OUT)
+        self._pwm = machine.PWM(ppin, freq=PILOT_FREQ_HZ, duty_u16=65535, invert=p["pwm_invert"])
         self._duty = -1  # last written: ns, or -1 steady +12 V, -2 steady -12 V
         self._pwm_on = False
+        # --- pilot ADC (issue 12 item 4): phase-classified reads, calibration table ---
+        self._plevel = ppin  # ppin(): the pad level, the LEDC output after its inversion
+        self._plus = 0 if p["pwm_invert"] else 1  # the pad level that drives +12 V
+        self._high_us = 0  # the PWM's high half-period, us (pilot_pwm sets it)
+        self._settle = p["settle_us"]
+        self._window = p["window_us"]
 
         atten = _ATTEN[b["adc"]["atten"]]
         ADC = machine.ADC
         self._pilot_adc = ADC(Pin(p["adc_pin"]), atten=atten)
         self._plo = p["adc_mv_at_minus12v"]
         self._phi = p["adc_mv_at_plus12v"]
-        self._spread = abs(self._phi - self._plo) * SPREAD_MIN_MV // 24000  # in ADC mV
+        self._raw = p["cal"] is not None  # a table of raw counts (read_u16), else the two-point read_uv line
+        if self._raw:
+            self._cx = array("i", [q[0] for q in p["cal"]])
+            self._cy = array("i", [q[1] for q in p["cal"]])
+            self._read = self._pilot_adc.read_u16  # bound once: calling it allocates nothing
+        else:
+            cx, cy = two_point_cal(self._plo, self._phi)
+            self._cx = array("i", cx)
+            self._cy = array("i", cy)
+            self._read = self._pilot_adc.read_uv
+        span = self._cx[-1] - self._cx[0]
+        # SPREAD_MIN_MV of pilot in what self._read returns (u16: counts << 4; read_uv: uV)
+        self._spread = (span * SPREAD_MIN_MV // abs(self._cy[-1] - self._cy[0])) * (16 if self._raw else 1000)
         self._pburst = p["burst"]
         self._pspace = p["spacing_us"]
-        self._pbuf = array("i", range(self._pburst))
+        self._pbuf = array("i", range(max(self._pburst, PILOT_SAMPLES)))
+        self._ptag = bytearray(len(self._pbuf))
         self._lv = array("i", (0, 0))
+        # The read-back must show the +12 V level of the 100 % duty just set;
+        # a build whose PWM pad has no input (ESP-IDF >= 5.4 keeps it, per
+        # machine_pwm.c; only hardware can confirm) falls back to the
+        # statistical split of an unsynchronised burst.
+        self.pilot_phased = self._plevel() == self._plus
 
         s = b["pp"]
         self._pp = None if s is None else ADC(Pin(s["adc_pin"]), atten=atten)
@@ -732,6 +712,7 @@ class Esp32Board(Board):
             duty_pm = 1000
         ns = duty_pm * (PILOT_PERIOD_NS // 1000)
         self._pwm_on = True
+        self._high_us = duty_pm  # the high half-period in us (1 per mille = 1 us at 1 kHz)
         if ns != self._duty:
             self._duty = ns
             self._pwm.duty_ns(ns)
@@ -745,29 +726,40 @@ class Esp32Board(Board):
 
     def pilot_read(self, out):
         a = self._pbuf
-        adc = self._pilot_adc
+        lv = self._lv
+        if self._pwm_on and self.pilot_phased:
+            n = sample_phased(self._plevel, self._read, time.ticks_us, time.ticks_diff, self._plus, self._high_us,
+                              1000 - self._high_us, self._settle, self._window, PILOT_ENOUGH, a, self._ptag)
+            phase_levels(a, self._ptag, n, lv)
+            out[0] = PILOT_UNSEEN if lv[0] < 0 else self._mv(lv[0])
+            out[1] = PILOT_UNSEEN if lv[1] < 0 else self._mv(lv[1])
+            return
+        read = self._read
         n = self._pburst if self._pwm_on else STEADY_BURST
         step = self._pspace
         t = time.ticks_us()
         for i in range(n):
             while time.ticks_diff(t, time.ticks_us()) > 0:
                 pass
-            a[i] = adc.read_uv() // 1000
+            a[i] = read()
             t = time.ticks_add(t, step)
-        lv = self._lv
-        if self._pwm_on:
+        if self._pwm_on:  # no read-back: the statistical split of an unsynchronised burst
             levels(a, n, self._spread, lv)
         else:  # steady: one level by definition; a spike must not become a "low level"
             lv[0] = median(a, 0, n)
             lv[1] = lv[0]
-        x = pilot_mv(lv[0], self._plo, self._phi)
-        y = pilot_mv(lv[1], self._plo, self._phi)
+        x = self._mv(lv[0])
+        y = self._mv(lv[1])
         if x >= y:
             out[0] = x
             out[1] = y
         else:  # an inverting measurement stage
             out[0] = y
             out[1] = x
+
+    def _mv(self, v):
+        """Pilot mV for one reading of self._read (a read_u16, or read_uv)."""
+        return cal_mv(self._cx, self._cy, v >> 4 if self._raw else v // 1000)
 
     def pp_ohm(self):
         adc = self._pp
@@ -841,31 +833,84 @@ class Esp32Board(Board):
         a0 = ch[0]
         a1 = ch[1] if nch > 1 else a0
         a2 = ch[2] if nch > 2 else a0
-        pa = self._pilot_adc
         left = guard[3] if guard is not None else 0
         step = self._frame_us
         rem = self._frame_rem
         rate = self.adc_rate_hz
         err = 0
+        # With the PWM on and the pin read back, the pilot reads count only
+        # settled inside a half-period (as in pilot_read): the frame's wait
+        # watches the pin, so the last edge is known to within a read-back.
+        plevel = self._plevel
+        phased = guard is not None and self._pwm_on and self.pilot_phased
+        lvl = plevel() if phased else 0
         t = time.ticks_us()
+        t_edge = t  # unknown phase at the start: as if an edge just now
         i = 0
         f = 0
         end = self.adc_burst_len * nch
+        plus = self._plus
+        high = self._high_us
         while i < end:
-            while time.ticks_diff(t, time.ticks_us()) > 0:
-                pass
+            early = False  # this frame's pilot read done in the wait, in a settled high half
+            while True:
+                now = time.ticks_us()
+                wait = time.ticks_diff(t, now)
+                if wait <= 0:
+                    break
+                if phased:
+                    x = plevel()
+                    if x != lvl:
+                        lvl = x
+                        t_edge = time.ticks_us()
+                    elif (not early and x == plus and wait > _WATCH_READ_US
+                          and time.ticks_diff(now, t_edge) >= self._settle
+                          and time.ticks_diff(now, t_edge) + _WATCH_READ_US < high - _WATCH_MARGIN_US):
+                        # the high half is where a change of state shows: read it
+                        # now, in the frame's slack, rather than at the frame's phase
+                        v = self._mv(self._read())
+                        early = True
+                        x = plevel()
+                        if x != lvl:  # the half ended during the read after all
+                            lvl = x
+                            t_edge = time.ticks_us()
+                        elif v > guard[0] or (guard[1] < v < guard[2] and 1000 - high >= _WATCH_HIDE_US):
+                            left -= 1
             buf[i] = a0.read_u16() >> 4
             if nch > 1:
                 buf[i + 1] = a1.read_u16() >> 4
                 buf[i + 2] = a2.read_u16() >> 4
             i += nch
             f += 1
-            if guard is not None:
-                v = pilot_mv(pa.read_uv() // 1000, self._plo, self._phi)
-                if v > guard[0] or guard[1] < v < guard[2]:
-                    left -= 1
-                    if left <= 0 and i < end:
-                        return f
+            if guard is not None and not early:
+                ok = True
+                if phased:
+                    x = plevel()
+                    ta = time.ticks_us()
+                    half = self._high_us if x == self._plus else 1000 - self._high_us
+                    if x != lvl:
+                        lvl = x
+                        t_edge = ta
+                    ok = time.ticks_diff(ta, t_edge) >= self._settle
+                if ok:
+                    v = self._mv(self._read())
+                    if phased:
+                        x = plevel()
+                        tb = time.ticks_us()
+                        if x != lvl or time.ticks_diff(tb, t_edge) >= half - _WATCH_MARGIN_US:
+                            ok = False  # an edge may have come during the read
+                        if x != lvl:
+                            lvl = x
+                            t_edge = tb
+                    # A read soon after an edge reads between the levels, so
+                    # never above both: "above guard[0]" holds for any read;
+                    # the gap test only where no whole opposite half-period
+                    # can have passed unseen during the CT reads.
+                    if ok and (v > guard[0] or (guard[1] < v < guard[2] and (
+                            not phased or 1000 - half >= _WATCH_HIDE_US))):
+                        left -= 1
+            if guard is not None and left <= 0 and i < end:
+                return f
             err += rem
             if err >= rate:
                 err -= rate

@@ -33,8 +33,9 @@ import micropython
 from micropython import const
 
 from hal import net as _net
-from hal.contract import NO_TEMP, PILOT_PLUS12, PP_OPEN, UNKNOWN
+from hal.contract import NO_TEMP, PILOT_PLUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN
 from sim import ticks as _t
+from sim.rng import lcg as _lcg
 from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
@@ -67,7 +68,7 @@ _AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 u
 # PRNG states are 30 bits, so they stay small ints on a 32-bit port (an ESP32's
 # word size) too: an LCG modulo 2**30 with glibc's multiplier, reduced mod 2**30.
 _E_UNIT_UJ = const(100000000)  # the truth energy's unit, 100 J
-_LCG_A = const(29773421)  # 1103515245 % 2**30
+_LCG_A = const(29773421)  # 1103515245 % 2**30 (sim/rng.py, inlined for the viper kernel)
 _RNG_MASK = const(0x3FFFFFFF)
 
 
@@ -163,13 +164,6 @@ def _adc_fill(buf, wave, par, lin) -> int:
     return r
 
 
-@micropython.viper
-def _lcg(r: int) -> int:
-    # The next PRNG state, in machine words: r * _LCG_A is no small int on a
-    # 32-bit port, and a big int would allocate in the tick.
-    return (r * _LCG_A + 12345) & _RNG_MASK
-
-
 _REM = array("i", [0])  # _muldiv's remainder for its callers here
 
 
@@ -232,7 +226,7 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal", ota_dir=None):
+                 profile="ideal", ota_dir=None, frontend="ideal", frontend_opts=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -261,6 +255,11 @@ class SimBoard:
         self.has_pe = has_pe
         self.data_dir = data_dir
         self.ota_dir = ota_dir  # the emulated OTA app partitions (sim/ota.py), None: none
+        if ota_dir is not None:
+            # Loaded here, in the main thread: its first import inside the OCPP
+            # thread (a remote update's ota_write) while the loop ran hung the
+            # GIL-less unix port (tests/host/test_ocpp_fw_e2e.py).
+            from sim import ota  # noqa: F401
         self.resets = 0  # reset() calls on a port without machine.reset (tests)
         self.stuck_channel = 0  # channel the stuck_adc fault breaks
         self.stuck_code = 2048  # ... and the code it returns (2048: "no current")
@@ -352,6 +351,18 @@ class SimBoard:
         self._wave = self._make_wave(harmonics)
         self._lin = self._make_lin(adc_nonlinear_counts)
         self._pilot_calc()
+        # --- the pilot's front end (sim/frontend.py): "ideal" reads the true
+        # levels; "esp32" runs the driver's phase-classified sampling on a model
+        # of the RC settling, the 11 dB ADC curve and its noise; "esp32_split"
+        # the older unsynchronised split on the same model (benchmarks).
+        if frontend not in ("ideal", "esp32", "esp32_split"):
+            raise ValueError("frontend must be ideal, esp32 or esp32_split: " + str(frontend))
+        self.frontend_name = frontend
+        self.frontend = None
+        if frontend != "ideal":
+            from sim.frontend import FrontEnd  # imported only for a modelled front end (RAM)
+
+            self.frontend = FrontEnd(self, seed=seed, phased=frontend == "esp32", **(frontend_opts or {}))
         if self._timed:
             from sim import timing
 
@@ -522,16 +533,28 @@ class SimBoard:
 
     def pilot_read(self, out):
         p = self.profile
+        fe = self.frontend
         if p is not None:  # the burst: the reading is the world at its middle
-            half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
+            if fe is not None:
+                half = fe.burst_us() // 2
+            else:
+                half = (p.pilot_burst_reads if self._pwm else p.pilot_steady_reads) * max(p.pilot_spacing_us, p.adc_read_us) // 2
             self._call(half)
-        n = self.pilot_noise_mv
-        if n:
-            out[0] = self._high_mv + self._noise(n)
-            out[1] = self._low_mv + self._noise(n) if self._pwm else out[0]
+        if fe is not None:
+            fe.pilot_read(out)
+            if p is not None:  # the rest of the burst as it came out
+                half = fe.burst_us() - half if fe.burst_us() > half else 0
         else:
             out[0] = self._high_mv
             out[1] = self._low_mv
+        n = self.pilot_noise_mv
+        if n:  # interference that survives the burst's median, per reading
+            if out[0] != PILOT_UNSEEN:
+                out[0] += self._noise(n)
+            if not self._pwm:
+                out[1] = out[0]
+            elif out[1] != PILOT_UNSEEN:
+                out[1] += self._noise(n)
         # What forbade closing in the world this reading saw (for close_why).
         self._seen_why = (None if self.ev_s2_closed else "s2_open") or (
             "cp_short" if self._cp_short else "diode_short" if self._diode_short else
@@ -922,17 +945,28 @@ class SimBoard:
 
     def adc_burst_watched(self, buf, guard):
         """adc_burst() watching the pilot (hal/contract.py): the burst's time
-        passes in steps of _WATCH_FRAMES frames; after each, a pilot level the
-        guard calls suspect stops it (an ideal front end: the board's reads
-        would see it within a step)."""
+        passes in steps of _WATCH_FRAMES frames; after each, the pilot the
+        step saw: with the ESP32 front end (sim/frontend.py) the driver's own
+        reads, one a frame, counted against guard[3]; with the ideal one, a
+        level the guard calls suspect stops it at once."""
         self.adc_burst(buf, False)
         n = self.adc_burst_len
+        fe = self.frontend
+        frame_us = 1000000 // self.adc_rate_hz
+        left = guard[3]
+        if fe is not None:
+            fe.watch_start()
         done = 0
         while done < n:
             k = n - done if n - done < _WATCH_FRAMES else _WATCH_FRAMES
             if self._timed:
                 self._call(k * 1000000 // self.adc_rate_hz)
             done += k
+            if fe is not None and self._pwm:
+                left = fe.watch(k, frame_us, guard, left)
+                if left <= 0 and done < n:
+                    return done
+                continue
             h = self._high_mv
             lo = self._low_mv if self._pwm else h
             if (h > guard[0] or guard[1] < h < guard[2] or guard[1] < lo < guard[2]) and done < n:

@@ -102,6 +102,16 @@ class Runner:
         if profile is None:
             profile = scenario.get("profile", "ideal")
         sim_args["profile"] = profile
+        # The pilot's front end (sim/frontend.py): the ESP32 model unless the
+        # scenario asks otherwise; its settling and noise may be set.
+        sim_args.setdefault("frontend", "esp32")
+        opts = {}
+        if "pilot_tau_us" in sim_args:
+            opts["tau_us"] = sim_args.pop("pilot_tau_us")
+        if "pilot_adc_noise_counts" in sim_args:
+            opts["noise_counts"] = sim_args.pop("pilot_adc_noise_counts")
+        if opts:
+            sim_args["frontend_opts"] = opts
         self.own_dir = data_dir is None
         sim_args["data_dir"] = _fresh_dir() if data_dir is None else data_dir
         self.sim = sim = SimBoard(**sim_args)

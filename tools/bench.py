@@ -53,6 +53,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "host"))
 
 from evrig import SCENARIO_DIR, BadScenario, RigError, load_scenario
 from evrig.cli import CLOSE_TARGET_MS, IEC_OPEN_MS, MEASURE_PROFILE, OPEN_TARGET_MS, reaction_figures, reaction_row
+from evrig.pilotrates import measure_pilot, print_pilot
 from evrig.unixport import micropython, run_scenario
 
 # The unix port on an x86-64 PC runs MicroPython bytecode roughly this many
@@ -283,12 +284,25 @@ def _session_run(tree, heap_kb, broker, scenario, timeout_s=60, exe=None, path=N
     return ok, why
 
 
+def heap_scenario():
+    """demo_session.json with the simulator's ideal pilot front end: the heap
+    figures are the firmware's, and sim/frontend.py's model (not firmware,
+    never on a board) stays out of them. A file in the temp dir (kept: small)."""
+    with open(os.path.join(SCENARIO_DIR, "demo_session.json")) as f:
+        sc = json.load(f)
+    sc.setdefault("sim", {})["frontend"] = "ideal"
+    path = os.path.join(tempfile.gettempdir(), "evse-heap-demo_session.json")
+    with open(path, "w") as f:
+        json.dump(sc, f)
+    return path
+
+
 def measure_heap(quick):
     from broker import Broker, mosquitto_path
 
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
-    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
+    scenario = heap_scenario()
     step = 8 if quick else 2
     tree = tempfile.mkdtemp(prefix="evse-mpy-")
     try:
@@ -300,7 +314,7 @@ def measure_heap(quick):
         )
         imports = run_mp(["-c", code], heap="1024k", path=[tree, os.path.join(tree, "lib")], cwd=tree)
         with Broker() as b:
-            hi, lo, runs = smallest_heap(lambda kb: _session_run(tree, kb, b, scenario), 256, step, "the compiled firmware")
+            hi, lo, runs = smallest_heap(lambda kb: _session_run(tree, kb, b, scenario), 512, step, "the compiled firmware")
             out = {"min_heap_kb": hi, "min_heap_resolution_kb": step, "min_heap_runs": runs,
                    "min_heap_fails_at_kb": lo}  # fmt: skip
             out.update(imports)
@@ -373,7 +387,7 @@ def measure_esp32_heap(quick):
     if mosquitto_path() is None:
         raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
     paths = esp32_build()
-    scenario = os.path.join(SCENARIO_DIR, "demo_session.json")
+    scenario = heap_scenario()
     step = 8 if quick else 2
     heap_kb = int(paths["heap"].rstrip("k"))
     repo_path = [REPO, os.path.join(REPO, "lib")]  # the launcher puts .frozen first
@@ -432,6 +446,11 @@ def measure_all(quick, log=print):
     out["sim_speed_x_min"] = min(v["sim_speed_x"] for v in ses.values())
     log("reaction times over the scenario library ...")
     out.update(measure_reaction())
+    log("pilot misread rates on the ESP32 front end ...")
+    try:
+        out.update(measure_pilot(300 if quick else 2000))
+    except RigError as e:
+        raise BenchError(str(e)) from None
     log("energy management over simulated days ...")
     out.update(measure_energy_days(quick))
     log("mqtt ...")
@@ -536,6 +555,7 @@ def print_table(out, file=sys.stdout):
         row("%s max" % what, out[key + "_ms_max"], "ms", key + "_ms_max")
     row("required openings never done", out["openings_never_done"], "")
     row("flash erases with the contactor closed", out["energized_erases"], "")
+    print_pilot(out, file=file)
     print("energy management: simulated days, solar mode vs a plain charger (25 A fuse, 16 A EV)", file=file)
     for key, d in out["energy_days"].items():
         row(key.replace("_", " "), "%.1f kWh" % d["ev_kwh"], "",

@@ -15,6 +15,11 @@ firmware (firmware/app.py). Each mode prints one JSON object on its last line:
                              latency as the loop sees it through Link
     blackhole HOST PORT S    the longest Firmware.tick() (wall ms) while the link
                              talks to a broker that never answers, for S seconds
+    pilot N                  pilot misread rates: N readings per state (A-D) and
+                             duty (10, 50, 96 %) through the ESP32 front-end model
+                             (sim/frontend.py), phase-classified and with the
+                             older unsynchronised split; false diode faults and
+                             unseen low levels of a healthy diode
     calibrate DIR ERR_PM REF_A MINUTES
                              meter with a CT reading ERR_PM per mille high, then
                              store per-channel gains in DIR/cal.json from a known
@@ -479,6 +484,55 @@ def mode_calibrate(data_dir, err_pm, ref_a, minutes):
     )
 
 
+# --- pilot: misread rates of the two samplings on the front-end model ---------------------
+PILOT_DUTIES_PM = (100, 500, 960)
+
+
+def mode_pilot(n):
+    from array import array
+
+    from firmware import iec61851 as iec
+    from hal.pilotadc import UNSEEN
+
+    states = {"A": iec.P_A, "B": iec.P_B, "C": iec.P_C, "D": iec.P_D}
+    out = array("i", (0, 0))
+    res = {"pilot_reads": n}
+    for key, frontend in (("phase", "esp32"), ("split", "esp32_split")):
+        mis, dio, uns = {}, {}, {}
+        for duty in PILOT_DUTIES_PM:
+            m, d, u = {}, {}, {}
+            for ev in "ABCD":
+                sim = SimBoard(seed=duty + ord(ev), data_dir="/tmp", frontend=frontend)
+                sim.set_ev(ev)
+                sim.pilot_pwm(duty)
+                for _ in range(60):  # the EV closes S2 on the offer
+                    sim.wait_tick(TICK_MS)
+                bad = false_diode = unseen = 0
+                for _ in range(n):
+                    sim.pilot_read(out)
+                    if iec.classify(out[0]) != states[ev]:
+                        bad += 1
+                    if out[1] == UNSEEN:
+                        unseen += 1
+                    elif ev != "A" and out[1] > iec.DIODE_LOW_MAX_MV:
+                        false_diode += 1
+                m[ev] = round(bad * 100 / n, 2)
+                d[ev] = round(false_diode * 100 / n, 2)
+                u[ev] = round(unseen * 100 / n, 2)
+            mis[str(duty // 10)] = m
+            dio[str(duty // 10)] = d
+            uns[str(duty // 10)] = u
+        res["pilot_misread_pct_" + key] = mis
+        res["pilot_false_diode_pct_" + key] = dio
+        res["pilot_low_unseen_pct_" + key] = uns
+        if key == "phase":
+            fe = sim.frontend
+            res["pilot_tau_us"] = fe.tau_us
+            res["pilot_noise_counts"] = fe.noise_counts
+            res["pilot_settle_us"] = fe.settle_us
+    print(json.dumps(res))
+
+
 def main(argv):
     if not argv:
         print(__doc__)
@@ -493,6 +547,8 @@ def main(argv):
         mode_mqtt(a[0], int(a[1]), int(a[2]))
     elif mode == "blackhole":
         mode_blackhole(a[0], int(a[1]), int(a[2]))
+    elif mode == "pilot":
+        mode_pilot(int(a[0]) if a else 1000)
     elif mode == "calibrate":
         mode_calibrate(a[0], int(a[1]), float(a[2]), int(a[3]))
     else:

@@ -131,3 +131,15 @@ def test_rig_calibrate_stores_gains_that_bring_a_2_percent_high_ct_within_half_a
     after = float(re.search(r"after a reboot: .* off by ([-+][0-9.]+) %", p.stdout).group(1))
     assert 1.5 <= before <= 2.5  # uncalibrated, the CT's 2 % shows in the session energy
     assert abs(after) <= 0.5
+
+
+def test_pilot_misread_rates_are_reported_for_both_samplings_every_duty_and_state(bench):
+    text, out = bench
+    assert "pilot misreads" in text
+    for key in ("phase", "split"):
+        for what in ("pilot_misread_pct_", "pilot_false_diode_pct_", "pilot_low_unseen_pct_"):
+            table = out[what + key]
+            assert sorted(table) == ["10", "50", "96"], (what, key, table)
+            for duty in table.values():
+                assert sorted(duty) == ["A", "B", "C", "D"]
+                assert all(0 <= v <= 100 for v in duty.values()), duty

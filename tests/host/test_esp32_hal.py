@@ -59,6 +59,9 @@ class Pin:
             return self.v
         self.v = v
 
+    def __call__(self):  # machine_pin_call: the fast read of the pad
+        return self.v
+
 
 class PWM:
     def __init__(self, pin, freq=0, duty_u16=0, invert=False):
@@ -236,6 +239,16 @@ def _contract(mod):
 
 def devkit():
     return json.loads((REPO / "hal" / "boards" / "esp32_devkit.json").read_text())
+
+
+def two_point_devkit():
+    """The devkit with the older two-point calibration (read_uv mV at -12 V
+    and +12 V) instead of its table: still accepted, read with read_uv."""
+    d = devkit()
+    del d["pilot"]["cal"]
+    d["pilot"]["adc_mv_at_minus12v"] = 210
+    d["pilot"]["adc_mv_at_plus12v"] = 3090
+    return d
 
 
 # --- 1. static check ------------------------------------------------------------
@@ -473,7 +486,7 @@ def _adc_mv(volts_mv, lo=210, hi=3090):
 
 def test_pilot_read_with_pwm_separates_high_and_low_levels(hw):
     mod, _, _ = hw
-    b = mod.Esp32Board(board=devkit())
+    b = mod.Esp32Board(board=two_point_devkit())
     b.pilot_pwm(100)
     hi, lo = _adc_mv(6000) * 1000, _adc_mv(-12000) * 1000
     edge = _adc_mv(-3000) * 1000
@@ -487,7 +500,7 @@ def test_pilot_read_with_pwm_separates_high_and_low_levels(hw):
 
 def test_pilot_read_steady_gives_equal_levels(hw):
     mod, _, _ = hw
-    b = mod.Esp32Board(board=devkit())
+    b = mod.Esp32Board(board=two_point_devkit())
     b.pilot_steady(_contract(mod).PILOT_PLUS12)
     b._pilot_adc.seq = [_adc_mv(9000) * 1000 + k * 1000 for k in (-3, 2, 0, 1, -1, 0, 1, 2)]
     b._pilot_adc.seq.append(_adc_mv(-12000) * 1000)  # one spike among 9 samples: no low level from it
@@ -498,12 +511,105 @@ def test_pilot_read_steady_gives_equal_levels(hw):
 
 def test_pilot_read_pwm_shorted_to_pe_gives_zero_for_both(hw):
     mod, _, _ = hw
-    b = mod.Esp32Board(board=devkit())
+    b = mod.Esp32Board(board=two_point_devkit())
     b.pilot_pwm(500)
     b._pilot_adc.seq = [_adc_mv(0) * 1000 + k * 2000 for k in (-2, 0, 1, 2, -1, 0)]
     out = array("i", (0, 0))
     b.pilot_read(out)
     assert abs(out[0]) <= 60 and out[1] == out[0]
+
+
+def test_pilot_calibration_table_is_validated_with_clear_errors(hw):
+    mod, _, _ = hw
+
+    def bad(cal):
+        return _bad(mod, lambda d: d["pilot"].__setitem__("cal", cal))
+
+    good = devkit()["pilot"]["cal"]
+    assert "3..16" in bad(good[:2])  # not enough points
+    assert "3..16" in bad("0,-12000")
+    assert "'pilot.cal[2]' must be [raw count, pilot mV]" in bad(good[:2] + [[2059]] + good[3:])
+    assert "outside 0..4095" in bad([[-5, -12000]] + good[1:])
+    assert "outside -15000..15000" in bad(good[:-1] + [[3780, 20000]])
+    assert "raw counts must increase" in bad([good[1], good[0]] + good[2:])
+    assert "strictly monotonic" in bad(good[:3] + [[2551, -1000]] + good[4:])
+    assert "must cover the pilot's -12 V and +12 V" in bad([[92, -12000], [2059, 0], [3043, 6000]])
+    assert "counts per volt" in bad([[92, -12000], [100, 0], [3780, 12000]])  # a typo'd count
+    d = devkit()
+    del d["pilot"]["cal"]
+    with pytest.raises(mod.BoardFileError) as e:
+        mod.validate(d)
+    assert "'pilot.cal'" in str(e.value)
+    # an inverting measurement stage: mV falling with the count
+    d = devkit()
+    d["pilot"]["cal"] = [[92, 12000], [2059, 0], [3780, -12000]]
+    assert mod.validate(d)["pilot"]["cal"] == [[92, 12000], [2059, 0], [3780, -12000]]
+    assert mod.validate(two_point_devkit())["pilot"]["cal"] is None  # the older keys still load
+
+
+def _phased_board(mod, clock, duty_pm, edge_counts, settled_counts, low_counts):
+    """The devkit board reading a 1 kHz PWM through the fakes: the pin's
+    read-back follows the fake microsecond clock; within 20 us of an edge the
+    ADC reads `edge_counts` (the front end has not settled), later the level."""
+    b = mod.Esp32Board(board=devkit())
+    b.pilot_phased = True
+    b.pilot_pwm(duty_pm)
+    clock.us_step[0] = 3
+
+    def level():
+        return 1 if clock.us[0] % 1000 < duty_pm else 0
+
+    def read():
+        ph = clock.us[0] % 1000
+        since = ph if ph < duty_pm else ph - duty_pm
+        c = edge_counts if since < 20 else settled_counts if ph < duty_pm else low_counts
+        clock.us[0] += 20  # a read from Python takes a while
+        return c << 4
+
+    b._plevel = level
+    b._read = read
+    return b
+
+
+def test_pilot_read_keeps_only_samples_settled_inside_their_half_period(hw):
+    mod, _, clock = hw
+    # 10 % duty: state C (+6 V = count 3043), -12 V = count 92; right after an
+    # edge the ADC reads count 1500 (about -4 V: between the levels)
+    out = array("i", (0, 0))
+    for start in range(0, 1000, 37):  # whatever the phase the burst starts at
+        clock.us[0] = start
+        b = _phased_board(mod, clock, 100, 1500, 3043, 92)
+        b.pilot_read(out)
+        assert out[0] == 6000 and out[1] == -12000, (start, out[0], out[1])
+
+
+def test_pilot_read_reports_the_low_level_unseen_when_its_half_period_is_too_short(hw):
+    mod, _, clock = hw
+    contract = _contract(mod)
+    out = array("i", (0, 0))
+    b = _phased_board(mod, clock, 960, 1500, 3043, 92)
+    b.pilot_read(out)
+    assert out[0] == 6000 and out[1] == contract.PILOT_UNSEEN
+
+
+def test_pilot_read_back_is_checked_at_construction_and_an_inverting_stage_is_understood(hw):
+    mod, machine, _ = hw
+    assert not mod.Esp32Board(board=devkit()).pilot_phased  # the fake pad reads 0 at 100 % duty: no read-back
+    orig = machine.Pin.__init__
+
+    def reads_one(self, id, mode=-1, pull=-1, value=None):
+        orig(self, id, mode, pull, value)
+        self.v = 1 if value is None else value
+
+    machine.Pin.__init__ = reads_one
+    try:
+        assert mod.Esp32Board(board=devkit()).pilot_phased  # the pad shows +12 V's level
+        d = devkit()
+        d["pilot"]["pwm_invert"] = True
+        b = mod.Esp32Board(board=d)
+        assert b._plus == 0 and not b.pilot_phased  # inverted: +12 V is a low pad; 1 means no read-back
+    finally:
+        machine.Pin.__init__ = orig
 
 
 def test_pp_ohm_from_divider_voltage(hw):
@@ -582,7 +688,7 @@ def test_adc_burst_interleaves_channels_at_the_board_rate(hw):
 
 def test_adc_burst_watched_stops_after_the_guards_count_of_suspect_pilot_reads(hw):
     mod, _, clock = hw
-    b = mod.Esp32Board(board=devkit())
+    b = mod.Esp32Board(board=two_point_devkit())
     for k in range(3):
         b._ct[k].seq = [800]
     # ADC mV for a pilot level: the board file's -12 V / +12 V calibration (210 / 3090 mV)
@@ -599,6 +705,24 @@ def test_adc_burst_watched_stops_after_the_guards_count_of_suspect_pilot_reads(h
     assert b.adc_burst_watched(buf, guard) == 14  # the third suspect read, at frame 14
     b._pilot_adc.seq, b._pilot_adc.k = [c, low] * 5 + [adc_uv(0)] * 60, 0  # CP shorted: 0 V in the gap
     assert b.adc_burst_watched(buf, guard) == 13
+
+
+def test_watched_burst_with_read_back_ignores_reads_between_the_levels_after_an_edge(hw):
+    mod, _, clock = hw
+    guard = array("i", (7000, -11000, 5000, 3))  # state C's window, the diode's low level
+    buf = array("H", bytes(2 * 64 * 3))
+    for duty in (100, 266, 500):
+        # C at +6 V (count 3043), -12 V low (count 92); within 20 us of an edge
+        # the ADC reads count 1500 (~ -4 V: in the gap the guard watches)
+        b = _phased_board(mod, clock, duty, 1500, 3043, 92)
+        for k in range(3):
+            b._ct[k].seq = [800]
+        assert b.adc_burst_watched(buf, guard) == 64, duty
+    # the EV leaves C: its high half reads B (+9 V, count 3488): cut short
+    b = _phased_board(mod, clock, 266, 1500, 3488, 92)
+    for k in range(3):
+        b._ct[k].seq = [800]
+    assert b.adc_burst_watched(buf, guard) < 64
 
 
 def energy_board():
@@ -1018,9 +1142,20 @@ d = None
 gc.collect()
 m2 = gc.mem_alloc()
 print("MEM module", m1 - m0, "board", m2 - m1)
-hi = (210 + 18000 * 2880 // 24000) * 1000
-lo = 210000
-b._pilot_adc.seq = [hi, hi + 2000, hi - 1000, hi, hi + 500] + [lo, lo + 3000, lo - 2000] * 14 + [1000000]
+# The phase-classified read: the PWM pin's read-back follows the fake clock
+# (10 % duty), the ADC answers what the pilot shows in that half-period
+# (esp32_devkit.json's table: count 3043 = +6 V, 92 = -12 V).
+def lvl():
+    return 1 if fake_time.us[0] % 1000 < 100 else 0
+
+
+def rd():
+    return (3043 << 4) if lvl() else (92 << 4)
+
+
+b.pilot_phased = True
+b._plevel = lvl
+b._read = rd
 b._pp.seq = [500000]
 b._ntc[0].seq = [1650000]
 for a in b._ct:
@@ -1029,7 +1164,7 @@ b.wdt_start(2000)
 out = array("i", (0, 0))
 buf = array("H", bytes(2 * 64 * 3))
 guard = array("i", (7000, -11000, 5000, 3))
-fake_time.us_step[0] = 40
+fake_time.us_step[0] = 4  # fine enough for a 100 us half-period
 fake_time.ms[0] = (1 << 30) - 30
 b.pilot_pwm(100)
 b.pilot_read(out)  # warm-up: first calls may intern names

@@ -639,13 +639,15 @@ def test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b():
 
 def test_a_noisy_pilot_still_closes_within_3_s_and_opens_within_100_ms():
     # The filter that keeps a noisy B out of C must not cost the reactions:
-    # 1 V of noise (the most the diode check tolerates: -12 V + 1 V is its
-    # -11 V threshold), the EV going B -> C -> B five times, on four seeds.
+    # 0.9 V of noise (1 V is the most the diode check tolerates: -12 V + 1 V
+    # is its -11 V threshold; the ESP32 front end's calibration and ADC noise,
+    # sim/frontend.py, take a few tens of mV of that), the EV going B -> C -> B
+    # five times, on four seeds.
     steps = [{"t": 1.0, "ev": "B", "draw_a": 16}]
     for k in range(5):
         steps += [{"t": 5.0 + 20 * k, "ev": "C"}, {"t": 15.0 + 20 * k, "ev": "B"}]
     for seed in range(1, 5):
-        sc = {"name": "noisy_cycles", "seed": seed, "until": 110.0, "config": {}, "sim": {"pilot_noise_mv": 1000},
+        sc = {"name": "noisy_cycles", "seed": seed, "until": 110.0, "config": {}, "sim": {"pilot_noise_mv": 900},
               "steps": steps}  # fmt: skip
         fd, path = tempfile.mkstemp(prefix="noisy-", suffix=".json")
         try:

@@ -281,8 +281,10 @@ def test_a_step_at_an_odd_millisecond_changes_the_world_at_that_millisecond(prof
     # the opening is timed from 17.007 s, the step's own time, to the contacts open
     assert round(o["t"] * 1000) - o["ms"] == 17007
     assert 0 < o["decide_ms"] < o["ms"] <= IEC_OPEN_MS
-    # the firmware's records before 17.007 s still show S2 closed, the later ones open
-    assert all(r["ev_s2"] for r in records if 8 <= r["t"] < 17.0)
+    # the firmware's records before 17.007 s still show S2 closed, the later ones
+    # open; a record shows the world at the end of its tick, which on the timed
+    # profile may be a 20 ms current-sense tick (up to 30 ms, tests/host/test_properties.py)
+    assert all(r["ev_s2"] for r in records if 8 <= r["t"] < 17.007 - 0.030)
     assert not any(r["ev_s2"] or r["contacts"] for r in records if r["t"] >= 17.1)
 
 

@@ -20,6 +20,7 @@ from board_session import BoardError, BoardSession
 from evrig import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_FAILED, EXIT_OK, SCENARIO_DIR, BadScenario, RigError, load_scenario
 from evrig.board_run import BOARD_DATA, RIG_BACKUP, restore_board, run_on_board
 from evrig.calibrate import CAL_LIMIT_PCT, cmd_calibrate
+from evrig.pilotrates import measure_pilot, print_pilot
 from evrig.report import LivePrinter, plot
 from evrig.scenario import check_expects
 from evrig.unixport import run_scenario
@@ -224,6 +225,12 @@ def cmd_measure(args):
             % (name, what, f[name + "_n"], _ms_text(f[name + "_ms_p50"]), _ms_text(f[name + "_ms_p99"]),
                _ms_text(f[name + "_ms_max"]), target)
         )  # fmt: skip
+    if args.pilot_reads:
+        try:
+            print_pilot(measure_pilot(args.pilot_reads))
+        except RigError as e:
+            print("rig: %s" % e, file=sys.stderr)
+            worst = max(worst, EXIT_CRASH)
     return worst
 # --- end timing ---
 
@@ -389,6 +396,9 @@ def build_parser():
     )
     m.add_argument("--profile", choices=PROFILES, default=MEASURE_PROFILE,
                    help="the simulated board's timing profile (default %s)" % MEASURE_PROFILE)
+    m.add_argument("--pilot-reads", type=int, default=500, metavar="N",
+                   help="then print the pilot misread rates over N readings per EV state and duty (10, 50, 96 %%) "
+                   "on the simulated ESP32 front end, phase-classified and unsynchronised (0: skip; default 500)")
     m.set_defaults(func=cmd_measure)
     rs = sub.add_parser(
         "restore",

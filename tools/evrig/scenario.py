@@ -148,6 +148,13 @@ SIM_KEYS = {
     # control (issue 15): the PP resistor at start (ohm), null: none seen,
     # false: a tethered cable without PP coding (the board has no PP input)
     "pp": lambda v: None if v is False else _num(0, 100000, nullable=True)(v),
+    # the pilot's front end (sim/frontend.py; issue 12): "esp32" (the default
+    # of a scenario run) models the RC settling, the 11 dB ADC curve and its
+    # noise under the driver's phase-classified sampling; "esp32_split" the
+    # older unsynchronised sampling; "ideal" reads the true levels
+    "frontend": _one_of(("esp32", "esp32_split", "ideal")),
+    "pilot_tau_us": _int(1, 50),
+    "pilot_adc_noise_counts": _int(0, 50),
 }
 
 
