@@ -30,7 +30,7 @@ import os
 
 from micropython import const
 
-from firmware import ocpp_auth, ocpp_meter, ocpp_schema, ocpp_smart
+from firmware import ocpp_auth, ocpp_fw, ocpp_meter, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
 from firmware.linkthread import LinkThread
 from firmware.ocpp_keys import KEYS_FILE, Keys
@@ -74,6 +74,7 @@ class Ocpp(LinkThread):
         self._lock = _thread.allocate_lock()
         self.auth = ocpp_auth.Auth(data_dir, self.keys, self._lock)  # local list and cache (firmware/ocpp_auth.py)
         self.smart = ocpp_smart.Smart(data_dir, cfg.get("voltage_v", 230), cfg.get("phases", 1))  # charging profiles
+        self.fw_update = ocpp_fw.FwUpdate(data_dir, clock, net, cfg, self._post_call)  # UpdateFirmware, GetDiagnostics
         self.backoff = Backoff(seed_for(self.cp_id, int.from_bytes(os.urandom(4), "little")))
         self.netup = None
         self.version = "?"
@@ -311,6 +312,7 @@ class Ocpp(LinkThread):
             with self._lock:
                 self._results.append((uid, answer))
             self._answers_in += 1
+        self.fw_update.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
         if self._reboot is not None:
@@ -334,6 +336,11 @@ class Ocpp(LinkThread):
         self.stats["resets"] = self.stats.get("resets", 0) + 1
         fw.shutdown(0)  # outputs safe, links closed
         fw.hal.reset()  # does not return on a board; the simulator records it
+
+    def _post_call(self, action, payload):
+        with self._lock:
+            if len(self._calls) < _SMALL_MAX:
+                self._calls.append([action, payload])
 
     def _post_status(self, connector, st):
         with self._lock:
@@ -478,6 +485,7 @@ class Ocpp(LinkThread):
                 return
             self._call("BootNotification", {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": self.cp_id[:25], "firmwareVersion": self.version}, "boot", None)
             return
+        self.fw_update.work(self._clock.wall_time() if self._clock is not None else None, self)
         with self._lock:
             call = self._calls.pop(0) if self._calls else None
         if call is not None:
@@ -615,6 +623,8 @@ class Ocpp(LinkThread):
             answer = {"status": "NotSupported"}  # no connector lock on the board
         elif action == "TriggerMessage":
             answer = self._trigger(payload)
+        elif action in ocpp_fw.ACTIONS:
+            answer = self.fw_update.call(action, payload)
         if answer is not None:
             self._send([3, uid, answer])
             return
@@ -644,10 +654,8 @@ class Ocpp(LinkThread):
                 self._last_status.pop(c, None)
         elif what == "MeterValues":
             self._trigger_mv = True
-        else:  # Diagnostics/FirmwareStatusNotification: nothing under way
-            with self._lock:
-                if len(self._calls) < _SMALL_MAX:
-                    self._calls.append([what, {"status": "Idle"}])
+        else:  # Diagnostics/FirmwareStatusNotification: the one under way, or Idle
+            self._post_call(what, {"status": self.fw_update.trigger(what)})
         return {"status": "Accepted"}
 
     def _answered(self, p, payload):

@@ -77,14 +77,16 @@ CALLS = {
     "GetCompositeSchedule": (("connectorId", 1, "i", 0), ("duration", 1, "i", 0), ("chargingRateUnit", 0, "e", ("A", "W"))),
     "ReserveNow": (("connectorId", 1, "i", 0), ("expiryDate", 1, "t", None), ("idTag", 1, "s", 20), ("parentIdTag", 0, "s", 20), ("reservationId", 1, "i", None)),
     "CancelReservation": (("reservationId", 1, "i", None),),
+    "UpdateFirmware": (("location", 1, "s", None), ("retries", 0, "i", None), ("retrieveDate", 1, "t", None), ("retryInterval", 0, "i", None)),
+    "GetDiagnostics": (
+        ("location", 1, "s", None), ("retries", 0, "i", None), ("retryInterval", 0, "i", None), ("startTime", 0, "t", None), ("stopTime", 0, "t", None),
+    ),  # fmt: skip
 }
 
 # OCPP 1.6 actions a central system may send that this charge point does not
 # offer yet: NotSupported ("recognised but not supported"); anything else is
 # NotImplemented.
 KNOWN = (
-    "GetDiagnostics",
-    "UpdateFirmware",
     # the 1.6 security extension's
     "CertificateSigned",
     "DeleteCertificate",

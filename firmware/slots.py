@@ -77,6 +77,13 @@ def use(st=None):
     d = slot_dir(st["active"])
     sys.path.insert(0, d)
     sys.path.insert(sys.path.index(".frozen") + 1 if ".frozen" in sys.path else 1, d + "/lib")
+    # A firmware module imported before the slot was chosen (an image with the
+    # firmware frozen: /slots.mpy takes `firmware.store` from it when
+    # /store.mpy is missing) would make every later `firmware.*` import the
+    # image's, not the slot's: forgotten (whoever holds one keeps it).
+    for m in list(sys.modules):
+        if m.split(".")[0] == "firmware" and not str(getattr(sys.modules[m], "__file__", "")).startswith(d + "/"):
+            del sys.modules[m]
     return st
 
 

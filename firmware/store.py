@@ -44,7 +44,10 @@ def read(path, max_bytes):
             return None, "%s has %d bytes, more than %d" % (p, st[6], max_bytes)
         try:
             with open(p, "rb") as f:
-                return f.read(max_bytes), None
+                # the file's size, not the bound: a 4 KB buffer for a 30-byte
+                # config can be more contiguous heap than an ESP32 running a
+                # slot of .mpy files has left
+                return f.read(st[6]), None
         except (OSError, MemoryError) as e:
             return None, "cannot read %s: %r" % (p, e)
     return None, None

@@ -270,6 +270,11 @@ class SimBoard:
         self.has_pe = has_pe
         self.data_dir = data_dir
         self.ota_dir = ota_dir  # the emulated OTA app partitions (sim/ota.py), None: none
+        if ota_dir is not None:
+            # Loaded here, in the main thread: its first import inside the OCPP
+            # thread (a remote update's ota_write) while the loop ran hung the
+            # GIL-less unix port (tests/host/test_ocpp_fw_e2e.py).
+            from sim import ota  # noqa: F401
         self.resets = 0  # reset() calls on a port without machine.reset (tests)
         self.stuck_channel = 0  # channel the stuck_adc fault breaks
         self.stuck_code = 2048  # ... and the code it returns (2048: "no current")

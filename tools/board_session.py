@@ -84,29 +84,51 @@ class BoardSession:
                     break
             except OSError as e:
                 raise BoardError("no board at %s: %s" % (self.port, e)) from None
-            # e.g. the Ctrl-C landed in boot.py and main.py started: again
+            # e.g. the Ctrl-C landed in boot.py (which lets nothing out) and main.py started: again
         else:
             raise BoardError("no MicroPython REPL answers on %s" % self.port)
         self.t.in_raw_repl = True
         self.t.serial.timeout = EXEC_READ_S
-        self.exec("import os\nos.chdir('/')\n", helpers=False)
 
     def _enter_raw(self, timeout):
-        """One attempt: Ctrl-C, Ctrl-A, then the raw REPL banner within
-        `timeout` seconds in all. True when it came."""
+        """One attempt: Ctrl-C, Ctrl-A, the raw REPL banner, then in step
+        with it (_sync), within `timeout` seconds in all. True when it came."""
         ser = self.t.serial
         ser.write(b"\r\x03")  # interrupt whatever runs
         ser.reset_input_buffer()
         ser.write(b"\r\x01")  # enter the raw REPL
         deadline = time.monotonic() + timeout
+        if not self._read_until(RAW_BANNER, deadline):
+            return False
+        return self._sync(deadline)
+
+    def _read_until(self, end, deadline):
+        """Read one byte at a time until the input ends with `end` (what
+        follows is left for the next reader); False at the deadline."""
+        ser = self.t.serial
         seen = b""
         while time.monotonic() < deadline:
-            got = ser.read(1)  # one byte at a time: the ">" after the banner is exec's to read
+            got = ser.read(1)
             if got:
-                seen = (seen + got)[-len(RAW_BANNER) :]
-                if seen == RAW_BANNER:
+                seen = (seen + got)[-len(end) :]
+                if seen == end:
                     return True
         return False
+
+    def _sync(self, deadline):
+        """Run `os.chdir('/')` in the plain raw REPL and read up to the end
+        of its answer, so that nothing an earlier attempt left queued on the
+        board is read as an answer later. A board whose Ctrl-C was lost
+        (taken by boot.py, say) keeps that attempt's \\r\\x01 in its input
+        buffer until its program ends, then prints one more raw REPL banner:
+        mpremote would take it for the answer to its raw-paste request. The
+        board answers in order, so once this command's output is read, the
+        line holds only the prompt `>` that follows it (left for exec)."""
+        self._nonce = getattr(self, "_nonce", 0) + 1
+        n = 1000 * self._nonce + int(time.monotonic() * 1000) % 1000
+        # the answer is computed on the board: the line never shows it before the command ran
+        self.t.serial.write(b"import os\nos.chdir('/')\nprint('sync', %d + 1)\x04" % n)
+        return self._read_until(b"sync %d\r\n\x04\x04" % (n + 1), deadline)
 
     def exec(self, code, timeout=20, helpers=True):
         """Run code in the raw REPL; its printed output as text."""

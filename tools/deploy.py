@@ -66,6 +66,7 @@ ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy and /st
 # emulated board (sys.platform "linux"), never to a real one.
 SIM_PACKAGE = "sim"
 BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
+UPDATE_KEY = "/data/update_key.json"  # firmware/update.py: the public key images must be signed for
 BLOCK_BYTES = 4096  # LittleFS block on an ESP32
 SPARE_BLOCKS = 4  # kept free beyond the files (directories, slot.json, journal growth)
 WATCH_S = 10.0  # how long to watch the board come up after the reset
@@ -268,6 +269,12 @@ try:
     del _fw, _c  # the deploy needs the heap; only the HAL stays (watchdog feeding)
 except Exception:
     pass
+import sys
+# The stopped firmware's modules: from a slot their bytecode is in the heap
+# (~45 KB at 112 KB on the ESP32-faithful interpreter). The firmware never
+# runs on in this boot (the deploy ends with a reset); the HAL's modules stay.
+for _m in [m for m in sys.modules if m.split('.')[0] in ('firmware', 'sim', 'slots', 'store', 'umqtt')]:
+    del sys.modules[_m]
 gc.collect()
 """
 
@@ -280,8 +287,20 @@ try:
 except Exception:
     pass
 _v = os.statvfs('/')
+def _frozen(m):
+    _p = sys.path[:]
+    sys.path[:] = ['.frozen']
+    sys.modules.pop(m, None)
+    try:
+        __import__(m)
+        return True
+    except ImportError:
+        return False
+    finally:
+        sys.path[:] = _p
 print(json.dumps({'mpy': getattr(_i, '_mpy', None), 'platform': sys.platform, 'maxsize': sys.maxsize,
-                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0], 'version': list(_i.version[:3])}))
+                  'slot': _s, 'free': _v[0] * _v[4], 'bsize': _v[0], 'version': list(_i.version[:3]),
+                  'sim_frozen': sys.platform == 'linux' and _frozen('sim')}))
 _walk('/slot_a')
 _walk('/slot_b')
 _hash(['/boot.py', '/main.py', '/slots.mpy', '/store.mpy', '/data/board.json'])
@@ -484,7 +503,9 @@ class Deploy:
                 raise DeployError(EXIT_BYTECODE, "wrong bytecode version: unknown native arch %d" % arch_i)
             self.log("board: %s, mpy v%d.%d, arch %s, %d KB free" % (info["platform"], ver[0], ver[1], arch, info["free"] // 1024))
             int_bits = 63 if info["maxsize"] > 1 << 32 else 31  # object representation A
-            b = build(src, ver, arch, libs, int_bits, info["platform"] == "linux")
+            # The simulator plays the hardware of the emulated board: deployed
+            # there unless its image has it frozen (the esp32 interpreter).
+            b = build(src, ver, arch, libs, int_bits, info["platform"] == "linux" and not info.get("sim_frozen"))
             self.log("build: version %s, %d slot files, %d bytes" % (b.version, len(b.slot), sum(map(len, b.slot.values()))))
             self.deploy(board, b, info, on_board)
             reset_needed = False
@@ -534,6 +555,8 @@ class Deploy:
                 self.log("WARNING: the board has no update key (/data/update_key.json): the image is installed "
                          "UNSIGNED; a fielded board must have one (tools/sign.py keygen, docs/deploy.md)")
             root = {"/" + name: (src / name).read_bytes() for name in ROOT_FILES}
+            if args.update_key:
+                root[UPDATE_KEY] = self.update_key_bytes(args.update_key)
             on_board = hashes(board, "_hash(%r)" % sorted(root))
             root_changed = [p for p, d in sorted(root.items()) if on_board.get(p) != _sha(d)]
             if args.dry_run:
@@ -672,6 +695,8 @@ class Deploy:
         root = dict(b.root)
         if args.board_file:
             root[BOARD_FILE] = self.board_file_bytes(args.board_file)
+        if args.update_key:
+            root[UPDATE_KEY] = self.update_key_bytes(args.update_key)
         root_changed = [p for p, d in sorted(root.items()) if on_board.get(p) != _sha(d)]
 
         # Already there: the active slot holds exactly this build (then only
@@ -813,6 +838,19 @@ class Deploy:
             raise DeployError(EXIT_ERROR, "bad --board-file %s: %s" % (path, e)) from None
         return data
 
+    @staticmethod
+    def update_key_bytes(path):
+        """The public key file (tools/sign.py pubkey) checked as the board reads it."""
+        try:
+            data = Path(path).read_bytes()
+            key = json.loads(data)
+            n = int(key["n"], 16)
+            if not 2048 <= n.bit_length() <= 4096 or not isinstance(key["e"], int) or key["e"] < 3:
+                raise ValueError("not an RSA public key of 2048-4096 bits")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DeployError(EXIT_ERROR, "bad --update-key %s: %s (make one with tools/sign.py pubkey)" % (path, e)) from None
+        return data
+
     def finish(self, board, b, t0):
         args = self.args
         target = self.target
@@ -856,6 +894,8 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="show what would be uploaded; write nothing")
     p.add_argument("--force", action="store_true", help="deploy even while a session is charging (it is stopped)")
     p.add_argument("--board-file", metavar="FILE", help="board description (hal/boards/*.json) to install as /data/board.json")
+    p.add_argument("--update-key", metavar="PUB.json", help="public key (tools/sign.py pubkey) to install as "
+                   "/data/update_key.json: from then on the board takes only images signed for it")  # fmt: skip
     p.add_argument("--source", default=str(REPO), help="tree to deploy (holds firmware/, hal/, boot.py, main.py); default: this checkout")
     p.add_argument("--watch", type=float, default=WATCH_S, metavar="S", help="seconds to watch the board come up (default %(default)s)")
     p.add_argument("--image", nargs="?", const="build", metavar="FILE",

@@ -56,6 +56,7 @@ INTERRUPT_GAP_S = 0.3
 # (a UART with nobody listening loses bytes too).
 OUT_CAP_BYTES = 1 << 20
 AGENT_EXIT_WAIT_S = 1.0
+TAIL_BYTES = 600  # of the interpreter's last output, logged (-v) when it dies
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
@@ -150,6 +151,7 @@ class Agent:
         self.seq = 0  # the last control message taken from this agent
         self.last_sigint = 0.0
         self.eof = False
+        self.tail = b""  # its last output, for the log when it dies
 
     def _spawn(self, cmd, env):
         return subprocess.Popen(
@@ -188,7 +190,9 @@ class Agent:
                 self.eof = True
                 break
             chunks.append(b)
-        return b"".join(chunks)
+        out = b"".join(chunks)
+        self.tail = (self.tail + out)[-TAIL_BYTES:]
+        return out
 
     def messages(self):
         """Complete control messages as (tag, fields, payload); None at EOF."""
@@ -436,6 +440,7 @@ class ReplMachine:
             raise StartError("the interpreter did not start (%s, exit code %s): %s" % (
                 self.args.micropython, rc, out.decode("utf-8", "replace").strip()))
         self.emit_cooked(out)
+        self.log("interpreter exited (code %s); its last output: %r" % (rc, self.agent.tail))
         self.emit(b"\r\nsimboard: interpreter exited (code %s); hard reset\r\n" % str(rc).encode())
         self.hard_reset(PWRON_RESET)
 

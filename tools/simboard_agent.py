@@ -18,10 +18,12 @@
 #                           b"d <seq> <status> <len>\n" + traceback   code ended:
 #                             status ok | exc | exit (SystemExit) | none (no file)
 #                           b"R <seq>\n"                   machine.reset() called
-#            seq counts the messages of this boot from 1: a message sent twice
-#            (a Ctrl-C landed in its write, see _send) is dropped by the host.
+#            seq counts the messages of this boot from 1 (the host drops one
+#            whose number it has seen: a message is never written twice now,
+#            see _send).
 # Usage: micropython simboard_agent.py FLASH_DIR CTL_IN_FD CTL_OUT_FD RESET_CAUSE FLASH_BLOCKS
 
+import gc
 import io
 import os
 import select
@@ -41,21 +43,16 @@ _seq = [0]
 
 
 def _send(tag, rest=b"", payload=b""):
-    """Send one message; True when a Ctrl-C (SIGINT) arrived meanwhile.
-
-    The KeyboardInterrupt of a SIGINT that lands here is raised after the
-    write returned (the message went out) or instead of it (EINTR, nothing
-    written): the message is sent again under the same sequence number and
-    the host drops a repeat. The caller decides what the Ctrl-C was for."""
+    """Write one message whole, numbered as it goes out. A KeyboardInterrupt
+    in the write (EINTR: nothing written) is not the agent's: written again."""
     _seq[0] += 1
     msg = tag + b" " + str(_seq[0]).encode() + rest + b"\n" + payload
-    intr = False
     while True:
         try:
             _CTL_OUT.write(msg)
-            return intr
+            return
         except KeyboardInterrupt:
-            intr = True
+            pass
 
 
 class _Machine:
@@ -178,39 +175,64 @@ def _traceback(exc):
     return "\n".join(lines)
 
 
-def _run(g, kind, name, src):
-    status = "ok"
-    tb = ""
+def _settle():
+    """Raise here a KeyboardInterrupt whose SIGINT has already arrived.
+
+    The unix port's SIGINT handler only schedules the exception; the VM
+    raises it at the next branch of the bytecode (or in the next call that
+    checks, such as poll()), wherever that is. This loop is a branch: called
+    inside a try, it puts a late Ctrl-C there and nowhere else."""
+    n = 0
+    while n < 1:
+        n += 1
+
+
+def _execute(g, kind, name, src):
+    """Run one command; how it ended: (status, traceback)."""
     try:
-        if kind == "file":
-            try:
-                with open(name, "rb") as f:
-                    src = f.read()
-            except OSError:
-                status = "none"
-        if status == "ok":
-            if _send(b"s"):
-                raise KeyboardInterrupt  # the Ctrl-C was for this program
-            mode = "single" if kind == "single" else "exec"
-            exec(compile(src, name, mode), g)
+        exec(compile(src, name, "single" if kind == "single" else "exec"), g)
+        return _OK
     except SystemExit:
-        status = "exit"
+        return _EXIT
     except BaseException as e:  # the board reports everything, KeyboardInterrupt too
-        status = "exc"
-        tb = _traceback(e)
-    data = tb.encode()
-    _send(b"d", b" " + status.encode() + b" " + str(len(data)).encode(), data)  # a late Ctrl-C: ignored
+        return (b"exc", _traceback(e).encode())
+
+
+_PIECE = 256
+_BUF = bytearray(_PIECE)  # taken while the heap is empty: reading a command needs no more
+_MV = memoryview(_BUF)
 
 
 def _read_exact(n):
+    """The n bytes of a command's source. All n are read from the pipe even
+    when the heap cannot hold them (then MemoryError, after the last): the
+    next command starts where the host put it, as a board's raw REPL reads
+    a paste to its end."""
     chunks = []
+    err = None
     while n > 0:
-        b = _CTL_IN.read(n)
-        if not b:
+        k = _CTL_IN.readinto(_BUF, min(n, _PIECE))
+        if not k:
             raise SystemExit(0)  # host went away
-        chunks.append(b)
-        n -= len(b)
+        n -= k
+        if err is None:
+            try:
+                chunks.append(bytes(_MV[:k]))
+            except MemoryError as e:
+                err = e
+                chunks = None
+    if err is not None:
+        raise err
     return b"".join(chunks)
+
+
+def _load(name):
+    """A flash file's source; None if it cannot be opened."""
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def main():
@@ -226,23 +248,71 @@ def main():
         ver += "-" + impl.version[3]
     banner = ("MicroPython %s on simboard; %s with unix port" % (ver, impl._machine)).encode()
     _send(b"h", b" " + str(len(banner)).encode(), banner)
-    g = {"__name__": "__main__"}
+    _serve({"__name__": "__main__"})
+
+
+# A Ctrl-C (SIGINT, sent by the host while it thinks a program runs) can
+# arrive just as that program ends, and its KeyboardInterrupt is raised at
+# whatever branch the agent reaches next: the jump that leaves a `try` body
+# (the handler is already popped there) or the jump back to the top of a
+# loop are branches too. So the agent's loop between two programs, its jump
+# back included, is inside one try, and every step can be done again: the
+# report of a command stays in `report` until it went out, and nothing of
+# the next command is read before _settle() has raised a late Ctrl-C.
+#
+# Why none is left after _settle(): the host sends the next command only
+# after it read the previous one's report, and it sends no SIGINT from then
+# until this agent reports "s" again. A SIGINT sent to this process before
+# the command was written has been handled (the handler ran, the exception
+# is scheduled) by the time the poll() that sees the command returns: the
+# kernel runs a pending handler before it returns to user code.
+#
+# A MemoryError in the agent's own steps (the heap cannot hold a command or
+# a traceback) ends that command with a MemoryError, as a board's REPL
+# reports one; the agent goes on.
+_OK = (b"ok", b"")
+_EXIT = (b"exit", b"")
+_NONE = (b"none", b"")
+_KI = (b"exc", b"Traceback (most recent call last):\nKeyboardInterrupt: \n")
+_NOMEM = (b"exc", b"Traceback (most recent call last):\nMemoryError: memory allocation failed\n")
+
+
+def _serve(g):
     poll = select.poll()
     poll.register(_CTL_IN, select.POLLIN)
+    report = None  # (status, traceback) of the last command, until the host has it
     while True:
         try:
-            # Wait without reading: a Ctrl-C that came after the code ended is
-            # raised in or right after poll(), never in the middle of a line
-            # (the host sends one only while code runs, so none follows the
-            # next command).
-            poll.poll()
+            while True:
+                if report is not None:
+                    _send(b"d", b" " + report[0] + b" " + str(len(report[1])).encode(), report[1])
+                    report = None
+                poll.poll()  # wait without reading: nothing of a command is lost
+                _settle()
+                head = _CTL_IN.readline()
+                if not head:
+                    return  # the host went away
+                _, kind, name, size = head.decode().split()
+                report = _NOMEM  # until the command is read and runs: the heap could not hold it
+                src = _read_exact(int(size))
+                if kind == "file":
+                    src = _load(name)
+                    if src is None:
+                        report = _NONE
+                        continue
+                # From "s" on, a Ctrl-C is this program's. If its
+                # KeyboardInterrupt comes out anywhere but inside the program
+                # (before exec, or while the report is built), the program
+                # ended with it all the same.
+                report = _KI
+                _send(b"s")
+                report = _execute(g, kind, name, src)
         except KeyboardInterrupt:
-            continue
-        head = _CTL_IN.readline()
-        if not head:
-            return
-        _, kind, name, size = head.decode().split()
-        _run(g, kind, name, _read_exact(int(size)))
+            pass  # a Ctrl-C for the program that ended: the REPL's, dropped
+        except MemoryError:
+            if report is _KI:
+                report = _NOMEM  # the program's end could not be reported whole
+            gc.collect()
 
 
 main()

@@ -117,3 +117,31 @@ def test_no_board_on_the_port_is_a_lost_board(tmp_path):
     with pytest.raises(BoardError) as e:
         BoardSession(str(tmp_path / "no-such-tty"))
     assert e.value.lost and "no board at" in str(e.value)
+
+
+def test_a_ctrl_c_taken_by_boot_py_costs_an_attempt_and_its_queued_raw_repl_entry_does_not_confuse_exec(tmp_path):
+    # boot.py takes the first attempt's Ctrl-C and main.py starts: that
+    # attempt's \r\x01 waits on the board until main.py is interrupted by the
+    # next one, then the board prints one more raw REPL banner. It once came
+    # where mpremote expected the answer to its raw-paste request (the exec
+    # failed: "could not exec command").
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "boot.py").write_text("import time\nopen('booting', 'w').close()\ntry:\n    time.sleep(60)\n"
+                                   "except KeyboardInterrupt:\n    print('boot.py took the Ctrl-C')\n")
+    (flash / "main.py").write_text(MAIN)
+    b = EmulatedBoard(flash)
+    try:
+        end = time.monotonic() + 30
+        while not (flash / "booting").exists():
+            assert time.monotonic() < end, "boot.py never ran"
+            time.sleep(0.02)
+        s = BoardSession(b.port)
+        try:
+            s.interrupt(timeout=1)
+            for k in range(3):
+                assert s.exec("print(%d * 7)" % k).strip() == str(k * 7)
+        finally:
+            s.close()
+    finally:
+        b.stop()

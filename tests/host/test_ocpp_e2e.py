@@ -101,6 +101,10 @@ class _CP(central._Session):
         return call_result.StartTransaction(transaction_id=self.cs.next_txid, id_tag_info={"status": "Accepted"})
 
 
+    @on("FirmwareStatusNotification")
+    def on_fw_status(self, **kw):
+        return call_result.FirmwareStatusNotification()
+
 
 class CentralSystem:
     """An OCPP 1.6 central system on a free loopback port, in a thread of its

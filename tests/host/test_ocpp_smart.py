@@ -199,7 +199,7 @@ def test_profiles_survive_a_reboot_and_are_listed_in_the_configuration(data_dir)
             "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", True),
             "ChargingScheduleMaxPeriods": ("24", True),
             "MaxChargingProfilesInstalled": ("8", True),
-            "SupportedFeatureProfiles": ("Core,LocalAuthListManagement,RemoteTrigger,SmartCharging,Reservation", True),
+            "SupportedFeatureProfiles": ("Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging,Reservation", True),
         }
         assert cs.send(call.ChangeConfiguration(key="MaxChargingProfilesInstalled", value="20")).status == "Rejected"
         r = cs.send(

@@ -267,6 +267,26 @@ def test_a_board_with_a_key_takes_only_an_image_signed_with_it(make_board, tmp_p
     assert "board runs version 2.0.0 from ota_1" in r.stdout
 
 
+def test_update_key_installs_the_boards_key_and_from_then_on_only_signed_images_are_taken(make_board, tmp_path):
+    import sign
+
+    key, pub = tmp_path / "k.pem", tmp_path / "k.json"
+    sign.keygen(key)
+    sign.write_public(key, pub)
+    board = make_board()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"n": "abcd", "e": 65537}')
+    before = board.otadata()
+    r = run_deploy(board, make_tree(tmp_path, "2.0.0"), "--update-key", str(bad))
+    assert r.returncode == deploy.EXIT_ERROR and "bad --update-key" in r.stderr, r.stdout + r.stderr
+    assert board.otadata() == before and not (board.flash / "data" / "update_key.json").exists()
+    r = run_deploy(board, make_tree(tmp_path, "2.0.0"), "--sign-key", str(key), "--update-key", str(pub))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((board.flash / "data" / "update_key.json").read_text()) == sign.public_key(key)
+    r = run_deploy(board, make_tree(tmp_path, "2.0.1"))
+    assert r.returncode == deploy.EXIT_ERROR and "only takes signed images" in r.stderr, r.stdout + r.stderr
+
+
 def test_a_killed_upload_leaves_the_old_image_running_and_the_next_deploy_completes(make_board, tmp_path):
     board = make_board()
     tree = make_tree(tmp_path, "2.0.0")

@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SIGN = REPO / "tools" / "sign.py"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sign  # noqa: E402
+from mpscript import run_json  # noqa: E402
 
 from firmware import fwimage  # noqa: E402
 
@@ -42,13 +44,7 @@ def keys(tmp_path_factory):
 
 
 def _run_mp(exe, vectors_path):
-    env = dict(os.environ, MICROPYPATH="%s:%s" % (REPO, REPO / "lib"))
-    r = subprocess.run(
-        [str(exe), str(REPO / "tests" / "device" / "sigcheck.py"), str(vectors_path)],
-        capture_output=True, text=True, cwd=str(REPO), env=env, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_json(exe, "sigcheck.py", vectors_path)
 
 
 def _vectors(d, keys):
@@ -154,9 +150,12 @@ def test_sign_tool_signature_is_the_openssl_one_and_openssl_verifies_it(keys, tm
     r = _sign_cli("sign", "--private", str(k["good"][0]), str(f))
     assert r.returncode == 0, r.stderr
     pub_pem = tmp_path / "pub.pem"
-    subprocess.run(["openssl", "rsa", "-in", str(k["good"][0]), "-pubout", "-out", str(pub_pem)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(k["good"][0]), "-pubout", "-out", str(pub_pem)], check=True, capture_output=True
+    )
     v = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-verify", str(pub_pem), "-signature", str(f) + ".sig", str(f)], capture_output=True
+        ["openssl", "dgst", "-sha256", "-verify", str(pub_pem), "-signature", str(f) + ".sig", str(f)],
+        capture_output=True,
     )
     assert v.returncode == 0, v.stderr
     pub = json.loads(k["good"][1].read_text())
