@@ -742,7 +742,7 @@ HOSTILE = [
 def test_hostile_frames_each_get_the_right_answer_and_the_offer_stays_within_the_cable(cs, data_dir):
     fw = Firmware("hostile.json", cs.url, data_dir)
     cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")
-    rounds = 60
+    rounds = 80  # 27 answered frames a round (and an answer to nothing): more than 2,000 in all
     for r in range(rounds):
         for text, uid, _ in HOSTILE:
             cs.send_raw(text.replace('"h', '"r%d-h' % r) if uid != "-1" else text)
