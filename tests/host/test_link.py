@@ -118,67 +118,75 @@ if opts.get("esp32_sockets"):
     net.tcp_connect = lambda host, port, timeout_s: Esp32Socket(_tcp_connect(host, port, timeout_s))
 
 
-link = Link(opts["cfg"], Clock(), net)
-link.start()
-for sid in opts.get("sessions", ()):
-    link.post_session(sid, json.dumps({"session": sid, "wh": 1234}).encode())
-    out("posted", session=sid)
-for i in range(opts.get("events", 0)):
-    link.post_event(json.dumps({"event": i}).encode())
+# Everything after link.start() runs in a function: the unix port's threads
+# have no GIL, and module-level assignments here would grow this module's
+# globals dict while the link thread looks up PERIOD in it (a spurious
+# NameError seen once in CI; an ESP32's GIL rules it out).
+def main():
+    link = Link(opts["cfg"], Clock(), net)
+    link.start()
+    for sid in opts.get("sessions", ()):
+        link.post_session(sid, json.dumps({"session": sid, "wh": 1234}).encode())
+        out("posted", session=sid)
+    for i in range(opts.get("events", 0)):
+        link.post_event(json.dumps({"event": i}).encode())
 
-run_ms = opts.get("run_ms")  # None: until stdin closes
-stdin = select.poll()
-stdin.register(sys.stdin, select.POLLIN)
-fails = 0
-next_us = time.ticks_us()
-worst_late_us = 0
-worst_work_us = 0
-ticks = 0
-was = False
-status = b""
-while True:
-    if run_ms is not None:
-        if time.ticks_diff(time.ticks_ms(), T0) >= run_ms:
+    run_ms = opts.get("run_ms")  # None: until stdin closes
+    stdin = select.poll()
+    stdin.register(sys.stdin, select.POLLIN)
+    fails = 0
+    next_us = time.ticks_us()
+    worst_late_us = 0
+    worst_work_us = 0
+    ticks = 0
+    was = False
+    status = b""
+    while True:
+        if run_ms is not None:
+            if time.ticks_diff(time.ticks_ms(), T0) >= run_ms:
+                break
+        elif ticks % 10 == 0 and stdin.poll(0) and not sys.stdin.readline():
             break
-    elif ticks % 10 == 0 and stdin.poll(0) and not sys.stdin.readline():
-        break
-    t0 = time.ticks_us()
-    late = time.ticks_diff(t0, next_us)
-    if late > worst_late_us:
-        worst_late_us = late
-    if ticks % 100 == 0:
-        status = json.dumps({"state": "A1", "n": ticks // 100}).encode()
-    link.post_status(status)
-    c = link.poll_command()
-    if c is not None:
-        out("cmd", name=c[0], payload=c[1].decode())
-        link.post_ack(c[0], True, None)
-    m = link.poll_mains()
-    if m is not None:
-        out("mains", payload=m.decode())
-    a = link.poll_acked()
-    if a is not None:
-        out("acked", session=a)
-    if link.connected != was:
-        was = link.connected
-        out("connected" if was else "disconnected", error=link.stats["last_error"])
-    if link.stats["reconnects"] != fails:  # a connection attempt failed or a connection was lost
-        fails = link.stats["reconnects"]
-        out("failed", reconnects=fails, error=link.stats["last_error"])
-    work = time.ticks_diff(time.ticks_us(), t0)
-    if work > worst_work_us:
-        worst_work_us = work
-    ticks += 1
-    next_us = time.ticks_add(next_us, 10000)
-    d = time.ticks_diff(next_us, time.ticks_us())
-    if d > 0:
-        time.sleep_us(d)
-    else:
-        next_us = time.ticks_us()
-out("worst", late_us=worst_late_us, work_us=worst_work_us, ticks=ticks)
-if opts.get("stop", True):
-    out("stopped", ok=link.stop(3000))
-out("stats", stats=link.stats, backoff_failures=link.backoff.failures)
+        t0 = time.ticks_us()
+        late = time.ticks_diff(t0, next_us)
+        if late > worst_late_us:
+            worst_late_us = late
+        if ticks % 100 == 0:
+            status = json.dumps({"state": "A1", "n": ticks // 100}).encode()
+        link.post_status(status)
+        c = link.poll_command()
+        if c is not None:
+            out("cmd", name=c[0], payload=c[1].decode())
+            link.post_ack(c[0], True, None)
+        m = link.poll_mains()
+        if m is not None:
+            out("mains", payload=m.decode())
+        a = link.poll_acked()
+        if a is not None:
+            out("acked", session=a)
+        if link.connected != was:
+            was = link.connected
+            out("connected" if was else "disconnected", error=link.stats["last_error"])
+        if link.stats["reconnects"] != fails:  # a connection attempt failed or a connection was lost
+            fails = link.stats["reconnects"]
+            out("failed", reconnects=fails, error=link.stats["last_error"])
+        work = time.ticks_diff(time.ticks_us(), t0)
+        if work > worst_work_us:
+            worst_work_us = work
+        ticks += 1
+        next_us = time.ticks_add(next_us, 10000)
+        d = time.ticks_diff(next_us, time.ticks_us())
+        if d > 0:
+            time.sleep_us(d)
+        else:
+            next_us = time.ticks_us()
+    out("worst", late_us=worst_late_us, work_us=worst_work_us, ticks=ticks)
+    if opts.get("stop", True):
+        out("stopped", ok=link.stop(3000))
+    out("stats", stats=link.stats, backoff_failures=link.backoff.failures)
+
+
+main()
 """
 
 
