@@ -714,8 +714,10 @@ class SimBoard:
         on = bool(on)
         setattr(self, "_" + ("stuck" if name == "stuck_adc" else "rcd_fault" if name == "rcd_trip" else name), on)
         if name == "weld":
+            was = self.contacts_welded
             self.contacts_welded = on and self.contacts_closed
-            self._schedule_contacts()
+            if self.contacts_welded != was:  # else a move under way keeps its time ("fault": "none" restarted it)
+                self._schedule_contacts()
         if name == "rcd_dead" and on and self._rcd_test and not self._rcd_test_trip:
             self._rcd_due = _NEVER
         self._pilot_calc()
@@ -790,13 +792,15 @@ class SimBoard:
         nxt = _NEVER
         # contactor contacts
         if self._move_due <= now:
+            # The contacts move at their due time even when the CPU was stalled
+            # past it (a flash erase, a GC): the relay does not wait for the loop.
+            self.contacts_ms = self._move_due
             self._move_due = _NEVER
             if self.contactor_commanded:
                 self.contacts_closed = True
                 self.contacts_welded = self._weld
             elif not self.contacts_welded:
                 self.contacts_closed = False
-            self.contacts_ms = now
         nxt = min(nxt, self._move_due)
         # RCD test input
         if self._rcd_due <= now:

@@ -330,6 +330,21 @@ def test_contactor_moves_after_its_mechanical_delay_and_records_the_command():
     assert sim.contactor_log == [(10, True), (30, False)]
 
 
+def test_clearing_faults_does_not_restart_a_contact_move_under_way():
+    # Found by make fuzz: "fault": "none" while the contacts were releasing
+    # restarted their 48 ms delay (a 108 ms opening measured for a 60 ms one).
+    sim = SimBoard(contactor_open_ms=48)
+    sim.contactor(True)
+    run(sim, 60)
+    assert sim.contactor_feedback() == 1
+    sim.contactor(False)
+    cmd = sim.contactor_cmd_ms
+    run(sim, 30)
+    sim.set_fault("none")
+    run(sim, 30)
+    assert sim.contactor_feedback() == 0 and sim.contacts_ms == cmd + 48
+
+
 def test_welded_contactor_keeps_feedback_and_current_after_an_open_command():
     sim = charging(16)
     sim.set_fault("weld")
