@@ -477,10 +477,14 @@ def test_adc_burst_starts_at_the_mains_phase_of_the_virtual_time():
 
 
 def test_adc_drift_noise_nonlinearity_clipping_and_stuck_channel():
+    # One second of 3 channels is a 19 KB block (and a 19 KB bytes to fill it
+    # from) on a 112 KB heap: taken first, while the heap is one free run, not
+    # after the simulator has split it (a MemoryError in CI otherwise).
+    gc.collect()
+    buf = array("H", bytes(2 * 3200 * 3))
+    gc.collect()
     sim = charging(32, mains_drift_pm=10, adc_burst_len=3200, adc_noise_counts=3,
                    adc_nonlinear_counts=40)
-    gc.collect()  # one 19 KB block on a 112 KB heap: no temporary list of 9600 ints first
-    buf = array("H", bytes(2 * 3200 * 3))
     sim.adc_burst(buf)  # one second
     ups = sum(1 for k in range(1, 3200) if buf[3 * (k - 1)] < 2048 <= buf[3 * k])
     assert 50 <= ups <= 51  # 50.5 Hz (noise can add a crossing at most rarely)
