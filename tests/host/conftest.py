@@ -18,10 +18,11 @@ def pytest_addoption(parser):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    stats = getattr(config, "fuzz_stats", None)
-    if not stats:
-        return
-    terminalreporter.write_line(
-        "safety invariants: %d random scenarios checked, %.2f simulated hours, %d contactor closings, %d openings"
-        % (stats["scenarios"], stats["sim_seconds"] / 3600, stats["closes"], stats["opens"])
-    )
+    for attr, what in (("fuzz_stats", ""), ("fuzz_stats_energy", " with load management")):
+        stats = getattr(config, attr, None)
+        if not stats:
+            continue
+        terminalreporter.write_line(
+            "safety invariants%s: %d random scenarios checked, %.2f simulated hours, %d contactor closings, %d openings"
+            % (what, stats["scenarios"], stats["sim_seconds"] / 3600, stats["closes"], stats["opens"])
+        )

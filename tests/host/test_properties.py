@@ -517,6 +517,8 @@ def test_random_sessions_with_load_management_keep_every_safety_invariant(pytest
     ever lowers the offer, and the relay moves only with the contacts open."""
     fuzz = pytestconfig.getoption("--fuzz", default=None)
     stats = {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0}
+    # the summary line counts these too (printed per test: 'load management')
+    pytestconfig.fuzz_stats_energy = stats
 
     @settings(max_examples=(fuzz // 4 if fuzz else CI_EXAMPLES // 3) or 1, deadline=None, derandomize=not fuzz,
               database=None, suppress_health_check=list(HealthCheck), print_blob=True)  # fmt: skip
