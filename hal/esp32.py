@@ -67,7 +67,8 @@ from micropython import const
 
 from hal import net as _net
 from hal.contract import NO_TEMP, NVLOG_SECTOR, PILOT_MINUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN, Board
-from hal.pilotadc import cal_mv, check_cal, levels, median, phase_levels, sample_phased, two_point_cal
+from hal.pilotadc import levels, median, phase_levels, sample_phased
+from hal.pilotcal import cal_mv, check_cal, two_point_cal
 
 PILOT_FREQ_HZ = const(1000)  # IEC 61851-1 Annex A: 1 kHz (980..1020 Hz)
 PILOT_PERIOD_NS = const(1000000)  # 1 / PILOT_FREQ_HZ
@@ -497,11 +498,6 @@ def pp_ohm_from_mv(v_mv, pullup_ohm, pullup_mv, max_ohm):
         return 0
     r = pullup_ohm * v_mv // d
     return PP_OPEN if r > max_ohm else r
-
-
-def pilot_mv(adc_mv, lo_mv, hi_mv):
-    """Pilot millivolts from ADC millivolts (two-point calibration at -12/+12 V)."""
-    return -12000 + (adc_mv - lo_mv) * 24000 // (hi_mv - lo_mv)
 
 
 def ua_per_count(ratio, burden_ohm, full_scale_mv):

@@ -35,7 +35,8 @@ from array import array
 
 from micropython import const
 
-from hal.pilotadc import UNSEEN, cal_mv, levels, median, phase_levels, sample_phased
+from hal.pilotadc import UNSEEN, levels, median, phase_levels, sample_phased
+from hal.pilotcal import cal_mv
 from sim.rng import RNG_MASK, lcg
 
 LEVEL_US = const(8)  # pin() read-back: machine_pin_call's fast path plus the loop's bytecode (estimate)
