@@ -65,7 +65,7 @@ ROOT_FILES = ("boot.py", "main.py")  # copied as source; plus /slots.mpy and /st
 # follower) stands in for the hardware on the unix port: deployed only to the
 # emulated board (sys.platform "linux"), never to a real one.
 SIM_PACKAGE = "sim"
-BOARD_FILE = "/data/board.json"  # hal/esp32.py BOARD_FILE
+BOARD_FILE = "/data/board.json"  # hal/boardfile.py BOARD_FILE
 UPDATE_KEY = "/data/update_key.json"  # firmware/update.py: the public key images must be signed for
 BLOCK_BYTES = 4096  # LittleFS block on an ESP32
 SPARE_BLOCKS = 4  # kept free beyond the files (directories, slot.json, journal growth)
