@@ -18,6 +18,7 @@ from hal.pilotcal import check_cal
 SETTLE_US_DEFAULT = const(32)  # board file pilot.settle_us when absent (3.2 time constants of a 10 us front end: within 4 %)
 WINDOW_US_DEFAULT = const(2100)  # board file pilot.window_us when absent: two PWM periods and a margin
 
+
 # Pin facts of each chip the validation knows ("chip" in the board file):
 # highest GPIO, pins that do not exist or belong to the SPI flash/PSRAM,
 # input-only pins (no output driver, no pulls), ADC1 pins (ADC2 is unusable

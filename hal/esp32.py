@@ -164,6 +164,7 @@ def isqrt(n):
 
 OTA_BLOCK = 4096  # erase unit of the app partitions (esp32.Partition's native block)
 
+
 class Esp32Board(Board):
     """Board driver; see the module docstring. `board_path` names a JSON board
     description; `board` (a dict) is used instead when given."""
