@@ -87,25 +87,6 @@ def _divider_mv(src_mv, load_mohm):
     return q if src_mv >= 0 else -q
 
 
-def _world_attr(name, ev=False):
-    """A SimBoard property over self.<name> (self.ev.<name> with ev) whose
-    setter has the world updated at the current virtual time."""
-
-    def get(self):
-        return getattr(self.ev if ev else self, name)
-
-    def put(self, v):
-        setattr(self.ev if ev else self, name, v)
-        self._next_ms = self.now_ms
-
-    return property(get, put)
-
-
-def _ev_read(name):
-    """A read-only SimBoard property over self.ev.<name>."""
-    return property(lambda self: getattr(self.ev, name))
-
-
 _REM = array("i", [0])  # _muldiv's remainder for its callers here
 
 
@@ -283,6 +264,7 @@ class SimBoard:
             self.nor = Nor(nvlog_path, nvlog_kb * 1024)
 
     # --- configuration that changes the world: setters mark it for an update --
+    # (plain properties: frozen, a def costs the heap less than a closure would)
     @property
     def ev_draw_a(self):
         return self.ev.draw_ma / 1000
@@ -292,11 +274,45 @@ class SimBoard:
         self.ev.draw_ma = int(a * 1000)
         self._next_ms = self.now_ms
 
-    ev_phases = _world_attr("phases", True)  # phases the EV draws on (1 or 3)
-    ev_obeys = _world_attr("obeys", True)  # False: draws what it wants whatever the pilot says
-    voltage_v = _world_attr("_voltage_v")  # line to neutral, for the truth energy
-    ev_s2_closed = _ev_read("s2_closed")  # the EV's S2 (sim/ev.py)
-    s2_ms = _ev_read("s2_ms")  # now_ms of S2's last move
+    @property
+    def ev_phases(self):
+        """Phases the EV draws on (1 or 3)."""
+        return self.ev.phases
+
+    @ev_phases.setter
+    def ev_phases(self, n):
+        self.ev.phases = n
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_obeys(self):
+        """False: the EV draws what it wants whatever the pilot says."""
+        return self.ev.obeys
+
+    @ev_obeys.setter
+    def ev_obeys(self, on):
+        self.ev.obeys = on
+        self._next_ms = self.now_ms
+
+    @property
+    def voltage_v(self):
+        """Line to neutral, for the truth energy."""
+        return self._voltage_v
+
+    @voltage_v.setter
+    def voltage_v(self, v):
+        self._voltage_v = v
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_s2_closed(self):
+        """The EV's S2 is closed (sim/ev.py)."""
+        return self.ev.s2_closed
+
+    @property
+    def s2_ms(self):
+        """now_ms of S2's last move."""
+        return self.ev.s2_ms
 
     # --- clock ------------------------------------------------------------------------
     def ticks_ms(self):
