@@ -64,8 +64,6 @@ def _blocks(size):
     return (size + BLOCK_BYTES - 1) // BLOCK_BYTES + 1  # data + metadata
 
 
-
-
 # --- the build: what should be on the board ------------------------------------------------
 class Build:
     """Files for one slot (path relative to the slot -> bytes), the root files
@@ -99,7 +97,6 @@ def cross_version(tool):
     if not m:
         raise DeployError(EXIT_ERROR, "cannot tell the bytecode version of %s: %r" % (tool, out))
     return int(m.group(1)), int(m.group(2))
-
 
 
 def pinned_libs():
@@ -373,4 +370,3 @@ class SlotDeploy(Deploy):
         else:
             self.log("the board did not confirm version %s within %.0f s" % (b.version, args.watch))
         return EXIT_NOT_UP
-
