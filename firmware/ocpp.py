@@ -36,7 +36,7 @@ from firmware.backoff import Backoff, seed_for
 from firmware.linkthread import LinkThread
 from firmware.ocpp_calls import SMALL_MAX, Calls
 from firmware.ocpp_keys import KEYS_FILE, Keys
-from firmware.ocpp_reserve import Reservation
+from firmware.ocpp_reserve import RES_FILE, Reservation
 from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
 from firmware.ocpp_time import iso, parse_time
 from firmware.ocpp_txq import TX_FILE, TxQueue
@@ -121,7 +121,9 @@ class Ocpp(LinkThread, Calls):
         self._answers_in = 0  # CALLRESULTs the loop queued in _results (loop only)
         self._answers_out = 0  # ... and the thread sent (thread only)
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
-        self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
+        # ReserveNow (firmware/ocpp_reserve.py), kept on flash; the charger's `reserved` follows it
+        self.reservation = Reservation(data_dir + "/" + RES_FILE, clock.wall_time() if clock is not None else None)
+        self.notes = [self.reservation.note] if self.reservation.note else []  # start-up findings: events at boot
         self._res_t = 0  # ticks of the last look at its expiry
         self.aligned = ocpp_meter.Aligned()  # clock-aligned meter values
         self._al_t = 0  # ticks of the last look at the wall clock for them
@@ -195,6 +197,7 @@ class Ocpp(LinkThread, Calls):
         if self.reservation.active():  # only a card it admits could start: the reservation ends here
             payload["reservationId"] = self.reservation.id
             self.reservation.end()
+            self._save_reservation()  # the session starts with the contactor open, as the journal's opening
         self.txq.push("StartTransaction", local, payload, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
@@ -317,8 +320,14 @@ class Ocpp(LinkThread, Calls):
         self.fw_update.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+        if self.reservation.dirty and fw._flash_ok():  # reserved, cancelled, expired
+            self._save_reservation()
         if self._reboot is not None:
             self._reset_when_done(fw, now)
+
+    def _save_reservation(self):
+        if not self.reservation.save():
+            self.stats["reserve_flash_errors"] = self.reservation.flash_errors
 
     def _reset_when_done(self, fw, now):
         """A Reset accepted: once the transaction it stopped has ended (the
