@@ -311,3 +311,16 @@ def test_a_reservation_file_that_cannot_be_written_is_counted_and_the_reservatio
     assert r.reserve(_req(), _Ch(), NOW, True) == "Accepted"
     assert not r.save() and r.flash_errors == 1 and r.active()
     assert r.save() and r.flash_errors == 1  # not tried again until it changes
+
+
+def test_a_reservation_ends_within_two_seconds_of_its_expiry_though_the_tick_counter_wrapped_meanwhile():
+    rig = _Rig(require_auth=False)  # the simulated board's ticks start 3.9 s before they wrap
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=5, expiry=NOW + 3))["status"] == "Accepted"
+        while rig.sim.wall_time() < NOW + 5:
+            rig.run(100)
+        assert not rig.cp.reservation.active()
+        assert _saved(rig) == "{}"
+    finally:
+        rig.close()
