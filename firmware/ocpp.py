@@ -18,8 +18,8 @@ transaction message is queued or delivered (like the session journal).
 All network I/O happens in the link thread; the lock is never held across
 I/O. Nothing from the network reaches the charger except through
 Charger.command(), with the charger's own limits.
-RAM: ~77 KB of heap after import from source on the unix port with all it
-imports (64-bit words), ~8.4 KB frozen on the ESP32-faithful interpreter
+RAM: ~106 KB of heap after import from source on the unix port with all it
+imports (64-bit words), ~12 KB frozen on the ESP32-faithful interpreter
 (tests/device/test_ocpp.py prints both); a connection holds one message
 buffer (firmware/ws.py); the queue holds at most ocpp_txq.TXQ_MAX messages
 (~250 bytes each).
