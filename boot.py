@@ -100,13 +100,13 @@ def _safe(machine):
         return True
     except BaseException as e:
         print("boot: could not force outputs safe with the HAL:", repr(e))
-        for m in ("hal.esp32", "hal"):
+        for m in ("hal.esp32", "hal.boardfile", "hal.pilotcal", "hal"):
             sys.modules.pop(m, None)  # retried after a rollback
     return False
 
 
 def _board_files():
-    """The board file in force, as hal/esp32.board_file() picks it: the
+    """The board file in force, as hal/boardfile.board_file() picks it: the
     installer's when present (damaged or not: never another board's pins),
     else the active slot's default, else a hand-flashed root's."""
     import os

@@ -25,7 +25,7 @@ _fw = None  # the running Firmware; tools/deploy.py reads its state after a Ctrl
 
 def _board():
     """The board: the ESP32 HAL where machine.Pin exists (its board file from
-    hal/esp32.board_file(), as boot.py builds it), else the simulated one."""
+    hal/boardfile.board_file(), as boot.py builds it), else the simulated one."""
     try:
         import machine
 

@@ -296,7 +296,7 @@ class WlanIf(HostIf):
 
 class LanIf(HostIf):
     """NetIf of an ESP32 RMII Ethernet PHY (`network.LAN`), from the board
-    file's validated `eth` block (hal/esp32.py, hal/boards/README.md)."""
+    file's validated `eth` block (hal/boardfile.py, hal/boards/README.md)."""
 
     kind = "eth"
 

@@ -7,88 +7,59 @@ far faster than real time. What it owns:
 - a virtual clock in integer ms (`now_ms`, unwrapped) and `ticks_ms()` wrapping
   at TICKS_PERIOD = 2**30 like an ESP32, starting close to a wrap;
 - the pilot circuit computed from its parts: the EVSE source (+-12 V through
-  1 kOhm), the EV's diode (0.7 V) and resistors (2740 Ohm, plus 1300 Ohm for C
-  or 270 Ohm for D when S2 is closed), and the faults that change it;
-- an EV that decodes the PWM duty itself (it is a separate device: the formula
-  here is the EV's, not the firmware's), closes and opens S2 and draws current;
+  1 kOhm) into the EV's side (sim/ev.py: its diode and resistors, S2), and
+  the faults that change it;
+- the EV (sim/ev.py, `ev`), a separate device: it decodes the PWM duty
+  itself, closes and opens S2 and draws current; the board tells it what it
+  reads and whether the contacts are closed, and integrates the exact energy
+  it drew;
 - a contactor with mechanical delay and welding, an RCD with its test input,
   PE, PP, temperature, LED, watchdog;
-- CT signals for the ADC (mains 50/60 Hz with drift, harmonics, noise,
-  ESP32-like nonlinearity, clipping) and the exact energy the EV drew.
+- the CT signals for the ADC (sim/currentsense.py, `ct`: mains 50/60 Hz with
+  drift, harmonics, noise, ESP32-like nonlinearity, clipping), configured by
+  this board's attributes (adc_burst_len, ct_ua_per_count, ...).
 
 Never lets wall time into the simulated world; `realtime=True` (main.py on the
 unix port) only paces wait_tick() to the wall clock. Runs on the unix port,
 64-bit or 32-bit (the ESP32-faithful build): every value stays a small int
-with 31-bit small ints too (sim/ticks.py, _muldiv, the viper ADC kernel's
-products below 2**28). Every method the firmware calls from its control tick
-returns small ints or fills a caller's buffer and allocates nothing; world updates run only when something is due (event driven), so an
+with 31-bit small ints too (sim/ticks.py, sim/currentsense.py muldiv and its
+viper kernel's products below 2**28). Every method the firmware calls from its
+control tick returns small ints or fills a caller's buffer and allocates
+nothing; world updates run only when something is due (event driven), so an
 idle wait_tick(10) costs a few microseconds.
 """
 
-import math
 import time
 from array import array
 
-import micropython
 from micropython import const
 
 from hal import net as _net
 from hal.contract import NO_TEMP, PILOT_PLUS12, PILOT_UNSEEN, PP_OPEN, UNKNOWN
 from sim import ticks as _t
+from sim.currentsense import CurrentSense
+from sim.currentsense import muldiv as _muldiv
+from sim.ev import EV_DIODE_MV, SimEV, ev_offer_ma, state_seen
 from sim.rng import lcg as _lcg
 from sim.steps import FAULTS
 
 TICKS_PERIOD = const(1 << 30)  # ESP32 time.ticks_ms() period (a big int on an ESP32: sim/ticks.py)
 _NEVER = const(1 << 60)  # a due time that never comes (unix small int)
 
-# --- pilot circuit (shared/iec61851.md: generator and vehicle tables) ---------
+# --- pilot circuit (shared/iec61851.md: generator table; the EV's side: sim/ev.py)
 PILOT_SOURCE_MV = const(12000)  # EVSE generator level, +-12 V
 PILOT_SOURCE_OHM = const(1000)  # generator source resistance
-EV_DIODE_MV = const(700)  # forward drop of the EV's diode
-EV_R_B_OHM = const(2740)  # always present when connected
-EV_R_C_OHM = const(1300)  # in parallel when S2 closes in state C
-EV_R_D_OHM = const(270)  # in parallel when S2 closes in state D
 
-# --- EV timing (seeded ranges; the EV is somebody else's device) --------------
-_S2_CLOSE_MS = (100, 500)  # from "PWM with an offer" to S2 closed
-_S2_OPEN_MS = (1000, 2500)  # from x1 to S2 open (IEC: within 3 s)
-_REACT_MS = (200, 1000)  # from an offer change to the start of the ramp
-_STOP_REACT_MS = (100, 300)  # from x1 to the start of the ramp down
-_RAMP_STEP_MS = const(10)  # world update period while the current ramps
 _LOG_LEN = const(64)  # contactor commands kept for contactor_log
 _WATCH_FRAMES = const(8)  # adc_burst_watched: frames between two looks at the pilot (2.5 ms)
-
-# --- current sense ------------------------------------------------------------
-_WAVE_BITS = const(10)  # 1024-point waveform table
-_PHASE_BITS = const(26)  # phase accumulator: 10 bits index + 16 bits fraction
-_PHASE_MASK = const((1 << 26) - 1)
-_THIRD_CYCLE = const(22369621)  # 2**26 / 3: 120 degrees between phases
-_WAVE_ZERO = const(32768)  # the table is offset binary, q14 around this
-_AMP_K = const(362039)  # 1000 (uA/mA) * sqrt(2) * 256 (q8): RMS mA -> peak q8 uA
-# PRNG states are 30 bits, so they stay small ints on a 32-bit port (an ESP32's
-# word size) too: an LCG modulo 2**30 with glibc's multiplier, reduced mod 2**30.
 _E_UNIT_UJ = const(100000000)  # the truth energy's unit, 100 J
-_LCG_A = const(29773421)  # 1103515245 % 2**30 (sim/rng.py, inlined for the viper kernel)
+# PRNG states are 30 bits, so they stay small ints on a 32-bit port (an ESP32's
+# word size) too: an LCG modulo 2**30 with glibc's multiplier (sim/rng.py).
 _RNG_MASK = const(0x3FFFFFFF)
-
 
 
 class WatchdogReset(Exception):
     """Raised from wait_tick() when the watchdog was not fed in time."""
-
-
-def ev_offer_ma(duty_pm):
-    """The current an EV reads from a PWM duty in per mille (the EV's own
-    decoding of the IEC 61851-1 duty table in shared/iec61851.md)."""
-    if duty_pm < 80 or duty_pm > 970:
-        return 0  # < 8 %: none or digital communication; > 97 %: not allowed
-    if duty_pm < 100:
-        return 6000
-    if duty_pm <= 850:
-        return duty_pm * 60  # I = D[%] * 0.6 A
-    if duty_pm <= 960:
-        return (duty_pm - 640) * 250  # I = (D[%] - 64) * 2.5 A
-    return 80000
 
 
 def _mkdirs(path):
@@ -116,97 +87,7 @@ def _divider_mv(src_mv, load_mohm):
     return q if src_mv >= 0 else -q
 
 
-def _world_attr(name):
-    """A SimBoard property over self.<name> whose setter has the world
-    updated at the current virtual time."""
-
-    def get(self):
-        return getattr(self, name)
-
-    def put(self, v):
-        setattr(self, name, v)
-        self._next_ms = self.now_ms
-
-    return property(get, put)
-
-
-@micropython.viper
-def _adc_fill(buf, wave, par, lin) -> int:
-    # par: 0 frames, 1 channels, 2 start phase, 3 phase step, 4 bias, 5 noise
-    # (+- counts), 6 rng state, 7 nonlinear (0/1), 8 stuck channel + 1 (0: none),
-    # 9 stuck code, 10.. peak amplitude per channel (counts, q8). All >= 0.
-    b = ptr16(buf)  # noqa: F821 (viper built-ins)
-    w = ptr16(wave)  # noqa: F821
-    p = ptr32(par)  # noqa: F821
-    lt = ptr16(lin)  # noqa: F821
-    n = p[0]
-    nch = p[1]
-    phase = p[2]
-    inc = p[3]
-    bias = p[4]
-    noise = p[5]
-    r = p[6]
-    nl = p[7]
-    span = noise * 2 + 1
-    j = 0
-    for _ in range(n):
-        for c in range(nch):
-            idx = ((phase - c * _THIRD_CYCLE) >> 16) & 1023
-            # (amp * d + 2**21) >> 22 with amp = 256 * ah + al, split so that
-            # no product needs more than 28 bits (machine words are 32 bits on
-            # an ESP32 or a 32-bit port); the floor is exactly the same.
-            d = w[idx] - 32768
-            a = p[10 + c]
-            v = bias + (((a >> 8) * d + (((a & 255) * d + 2097152) >> 8)) >> 14)
-            if noise:
-                r = (r * _LCG_A + 12345) & _RNG_MASK  # mod 2**30: a word's low bits are exact
-                v += (r >> 8) % span - noise
-            if v < 0:
-                v = 0
-            elif v > 4095:
-                v = 4095
-            if nl:
-                v = lt[v]
-            b[j] = v
-            j += 1
-        phase = (phase + inc) & _PHASE_MASK
-    stuck = p[8]
-    if stuck:
-        j = stuck - 1
-        while j < n * nch:
-            b[j] = p[9]
-            j += nch
-    return r
-
-
 _REM = array("i", [0])  # _muldiv's remainder for its callers here
-
-
-def _muldiv(a, b, d, rem=None):
-    """floor(a * b / d) for 0 <= a, b < 2**30 and 0 < d < 2**29 when the result
-    is below 2**30, with small ints only (on a 32-bit port a * b would be a big
-    int on the heap): b's bits from the top, quotient and remainder kept apart.
-    rem[0] gets the remainder when rem is given."""
-    qa = a // d  # not divmod: its tuple would allocate
-    ra = a - qa * d
-    q = 0
-    r = 0
-    bit = 1 << 29
-    while bit:
-        q += q
-        r += r
-        if r >= d:
-            r -= d
-            q += 1
-        if b & bit:
-            r += ra
-            if r >= d:
-                r -= d
-                q += 1
-        bit >>= 1
-    if rem is not None:
-        rem[0] = r
-    return qa * b + q
 
 
 class SimBoard:
@@ -218,7 +99,9 @@ class SimBoard:
     set_wall_time(unix_s); set_reset_cause(text); step(dt_ms); on_tick;
     set_alarm(at_ms, fn) (a world change at an exact ms, between ticks).
     Read-outs: now_ms, pilot_v(), ev_s2_closed, s2_ms, ev_state_seen(), ev_state(),
-    ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh,
+    ev_sees_offer_ma(), truth_current_ma(phase), truth_energy_wh, ev (the
+    sim/ev.py SimEV), ct (the sim/currentsense.py CurrentSense, which a
+    board may be given to share its tables: `ct=other.ct`),
     contacts_closed, contacts_welded, contactor_commanded, contactor_cmd_ms,
     contacts_ms, contactor_log, pilot_cmd_ms, led_mode, faults(), costs
     (sim/timing.py Costs with a timed profile: stalls, erases).
@@ -241,7 +124,8 @@ class SimBoard:
                  adc_noise_counts=2, adc_nonlinear_counts=0, ct_ua_per_count=60000,
                  ct_error_pm=(0, 0, 0), mains_drift_pm=0, harmonics=((3, 30), (5, 20)),
                  data_dir="/tmp/evse_sim", realtime=False, phase_relay=False, mains_ct=False, unique_id=None,
-                 profile="ideal", ota_dir=None, frontend="ideal", frontend_opts=None, nvlog_kb=64, nvlog_path=None):
+                 profile="ideal", ota_dir=None, frontend="ideal", frontend_opts=None, nvlog_kb=64, nvlog_path=None,
+                 ct=None):
         # --- timing profile (sim/timing.py): what board calls, flash and GC cost ---
         self.profile_name = profile
         self.profile = None  # sim/timing.py Profile, imported only for a timed one (RAM)
@@ -285,9 +169,6 @@ class SimBoard:
         self.house_ma = [0, 0, 0]  # the house's own load per phase
         self.pv_ma = [0, 0, 0]  # solar production per phase
         self.phase_log = []  # (now_ms, phases, contacts_closed, pwm_on) per relay move
-        self.ev_up_ma_s = 20000  # EV ramp rates, mA per second
-        self.ev_down_ma_s = 20000
-        self.ev_stop_ma_s = 64000  # ramp down after x1 (stops within ~1 s)
         # --- clock -----------------------------------------------------------
         self.now_ms = 0
         self._ticks = start_ticks & _t.MASK  # a small int even when given as TICKS_PERIOD - n
@@ -345,26 +226,14 @@ class SimBoard:
         from sim.net import SimNetIf
 
         self.netif = SimNetIf(self)  # the network interface: link, RSSI, NTP to control (sim/net.py)
-        # --- EV -------------------------------------------------------------------
-        self._ev = "A"
-        self.ev_s2_closed = False
-        self.s2_ms = -1  # now_ms of S2's last move
-        self._s2_due = _NEVER
-        self._draw_ma = int(ev_draw_a * 1000)
-        self._ev_phases = ev_phases
-        self._obeys = ev_obeys
+        # --- the EV (sim/ev.py) and the truth energy it draws ----------------------
+        self.ev = SimEV(self._rand, ev_draw_a, ev_phases, ev_obeys)
         self._voltage_v = voltage_v
-        self._i_ma = 0  # actual current per drawn phase
-        self._i_goal = 0
-        self._react_due = _NEVER
-        self._ramp_ms = 0
         self._p_mw = 0
         self._e_hj = 0  # exact energy (V * mA * ms = uJ): 100 J units ...
         self._e_uj = 0  # ... plus the rest, uJ
-        # --- current sense tables -----------------------------------------------
-        self._par = array("i", [0] * 13)
-        self._wave = self._make_wave(harmonics)
-        self._lin = self._make_lin(adc_nonlinear_counts)
+        # --- the CT signal (sim/currentsense.py): its tables, maybe another board's
+        self.ct = ct or CurrentSense(harmonics, adc_nonlinear_counts)
         self._pilot_calc()
         # --- the pilot's front end (sim/frontend.py): "ideal" reads the true
         # levels; "esp32" runs the driver's phase-classified sampling on a model
@@ -395,18 +264,55 @@ class SimBoard:
             self.nor = Nor(nvlog_path, nvlog_kb * 1024)
 
     # --- configuration that changes the world: setters mark it for an update --
+    # (plain properties: frozen, a def costs the heap less than a closure would)
     @property
     def ev_draw_a(self):
-        return self._draw_ma / 1000
+        return self.ev.draw_ma / 1000
 
     @ev_draw_a.setter
     def ev_draw_a(self, a):
-        self._draw_ma = int(a * 1000)
+        self.ev.draw_ma = int(a * 1000)
         self._next_ms = self.now_ms
 
-    ev_phases = _world_attr("_ev_phases")  # phases the EV draws on (1 or 3)
-    ev_obeys = _world_attr("_obeys")  # False: draws what it wants whatever the pilot says
-    voltage_v = _world_attr("_voltage_v")  # line to neutral, for the truth energy
+    @property
+    def ev_phases(self):
+        """Phases the EV draws on (1 or 3)."""
+        return self.ev.phases
+
+    @ev_phases.setter
+    def ev_phases(self, n):
+        self.ev.phases = n
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_obeys(self):
+        """False: the EV draws what it wants whatever the pilot says."""
+        return self.ev.obeys
+
+    @ev_obeys.setter
+    def ev_obeys(self, on):
+        self.ev.obeys = on
+        self._next_ms = self.now_ms
+
+    @property
+    def voltage_v(self):
+        """Line to neutral, for the truth energy."""
+        return self._voltage_v
+
+    @voltage_v.setter
+    def voltage_v(self, v):
+        self._voltage_v = v
+        self._next_ms = self.now_ms
+
+    @property
+    def ev_s2_closed(self):
+        """The EV's S2 is closed (sim/ev.py)."""
+        return self.ev.s2_closed
+
+    @property
+    def s2_ms(self):
+        """now_ms of S2's last move."""
+        return self.ev.s2_ms
 
     # --- clock ------------------------------------------------------------------------
     def ticks_ms(self):
@@ -580,7 +486,7 @@ class SimBoard:
             elif out[1] != PILOT_UNSEEN:
                 out[1] += self._noise(n)
         # What forbade closing in the world this reading saw (for close_why).
-        self._seen_why = (None if self.ev_s2_closed else "s2_open") or (
+        self._seen_why = (None if self.ev.s2_closed else "s2_open") or (
             "cp_short" if self._cp_short else "diode_short" if self._diode_short else
             "pe_open" if self._pe_open else "rcd_trip" if self._rcd_fault else None)  # fmt: skip
         if p is not None:
@@ -603,12 +509,9 @@ class SimBoard:
     def _cp_mv(self, src_mv):
         if self._cp_short:
             return 0
-        if self._ev == "A" or self._pe_open:
+        r = self.ev.load_mohm()  # behind the EV's diode, milliohm
+        if not r or self._pe_open:
             return src_mv  # nothing loads the pilot
-        r = EV_R_B_OHM * 1000  # milliohm
-        if self.ev_s2_closed:
-            r2 = EV_R_D_OHM if self._ev == "D" else EV_R_C_OHM
-            r = _muldiv(EV_R_B_OHM * 1000, r2, EV_R_B_OHM + r2)  # R_B || r2
         if self._diode_short:
             return _divider_mv(src_mv, r)
         if src_mv <= EV_DIODE_MV:
@@ -730,26 +633,20 @@ class SimBoard:
     def _fault_on(self, f):
         return getattr(self, "_" + ("stuck" if f == "stuck_adc" else "rcd_fault" if f == "rcd_trip" else f))
 
-    # --- EV -------------------------------------------------------------------------------------------
+    # --- EV (sim/ev.py) -----------------------------------------------------------------------------
     def set_ev(self, x):
         """EV state: 'A' unplugged, 'B' plugged and not wanting energy, 'C'
         wanting energy, 'D' wanting energy with ventilation. Leaving C/D opens
         S2 and stops the current at once; entering C/D lets the EV close S2
         itself when it sees an offer."""
-        if x not in ("A", "B", "C", "D"):
-            raise ValueError("EV state must be A, B, C or D: " + str(x))
-        self._ev = x
+        self.ev.set_state(x, self.now_ms)
         if x in ("A", "B"):
-            if self.ev_s2_closed:
-                self.s2_ms = self.now_ms
-            self.ev_s2_closed = False
-            self._s2_due = _NEVER
-            self._set_current(0)
+            self._set_power()
         self._pilot_calc()
         self._next_ms = self.now_ms
 
     def ev_state(self):
-        return self._ev
+        return self.ev.state
 
     def ev_sees_offer_ma(self):
         """The offer the EV reads: 0 unless the pilot oscillates and the EV
@@ -760,31 +657,20 @@ class SimBoard:
 
     def ev_state_seen(self):
         """A..F from the pilot high level (what the EV's own detector reads)."""
-        v = self._high_mv
-        if v > 10500:
-            return "A"
-        if v > 7500:
-            return "B"
-        if v > 4500:
-            return "C"
-        if v > 1500:
-            return "D"
-        if v > -1500:
-            return "E"
-        return "F"
+        return state_seen(self._high_mv)
 
     def _rand(self, lo_hi):
+        """A seeded draw in lo..hi for the EV's and the board's delays."""
         r = _lcg(self._rng)
         self._rng = r
         lo, hi = lo_hi
         return lo + (r >> 8) % (hi - lo + 1)
 
     def _drawn_phases(self):
-        return min(self._ev_phases, self._supply_phases)
+        return min(self.ev.phases, self._supply_phases)
 
-    def _set_current(self, ma):
-        self._i_ma = ma
-        self._p_mw = self._voltage_v * ma * self._drawn_phases()
+    def _set_power(self):
+        self._p_mw = self._voltage_v * self.ev.i_ma * self._drawn_phases()
 
     # --- the world update: runs only when something is due -------------------------------------------
     def _update(self):
@@ -807,47 +693,13 @@ class SimBoard:
             self._rcd_due = _NEVER
             self._rcd_test_trip = self._rcd_test
         nxt = min(nxt, self._rcd_due)
-        # S2: what the EV wants and when it gets there
-        offer = self.ev_sees_offer_ma()
-        if self._ev in ("C", "D"):
-            want = offer >= 6000 or (self.ev_s2_closed and not self._obeys)
-        else:
-            want = False
-        if want != self.ev_s2_closed:
-            if self._s2_due == _NEVER:
-                self._s2_due = now + self._rand(_S2_CLOSE_MS if want else _S2_OPEN_MS)
-            if self._s2_due <= now:
-                self._s2_due = _NEVER
-                self.ev_s2_closed = want
-                self.s2_ms = now
-                self._pilot_calc()
-        else:
-            self._s2_due = _NEVER
-        nxt = min(nxt, self._s2_due)
-        # the current the EV draws
-        if self.contacts_closed and self.ev_s2_closed:
-            goal = self._draw_ma
-            if self._obeys:
-                goal = min(goal, offer) if offer >= 6000 else 0
-            if goal != self._i_goal:
-                self._i_goal = goal
-                self._react_due = now + self._rand(_STOP_REACT_MS if offer == 0 else _REACT_MS)
-                self._ramp_ms = self._react_due
-            i = self._i_ma
-            if i != goal:
-                if self._react_due <= now:
-                    rate = self.ev_up_ma_s if goal > i else self.ev_stop_ma_s if offer == 0 else self.ev_down_ma_s
-                    d = rate * (now - self._ramp_ms) // 1000
-                    self._ramp_ms = now
-                    i = min(goal, i + d) if goal > i else max(goal, i - d)
-                    nxt = min(nxt, now + _RAMP_STEP_MS)
-                else:
-                    nxt = min(nxt, self._react_due)
-            self._set_current(i)
-        else:
-            self._i_goal = 0
-            self._react_due = _NEVER
-            self._set_current(0)
+        # the EV: its S2 (which loads the pilot) and the current it draws
+        ev = self.ev
+        s2 = ev.s2_closed
+        nxt = min(nxt, ev.update(now, self.ev_sees_offer_ma(), self.contacts_closed))
+        if ev.s2_closed != s2:
+            self._pilot_calc()
+        self._set_power()
         self._next_ms = nxt
 
     # --- energy management: the phase relay and the grid ------------------------------------------
@@ -857,7 +709,7 @@ class SimBoard:
             return
         self.phase_log.append((self.now_ms, n, self.contacts_closed, self._pwm))
         self._supply_phases = n  # the EV follows: it draws on what it is given
-        self._set_current(self._i_ma)
+        self._set_power()
         self._next_ms = self.now_ms
 
     @property
@@ -890,7 +742,7 @@ class SimBoard:
 
     def truth_current_ma(self, phase):
         """Current the EV draws on a phase (0, 1, 2), mA."""
-        return self._i_ma if phase < self._drawn_phases() else 0
+        return self.ev.i_ma if phase < self._drawn_phases() else 0
 
     @property
     def truth_energy_wh(self):
@@ -911,63 +763,9 @@ class SimBoard:
     def pilot_v(self):
         return self._high_mv / 1000
 
-    # --- current sense ---------------------------------------------------------------------------------
-    def _make_wave(self, harmonics):
-        """One mains cycle of the EV's current, unit RMS / sqrt(2) in q14,
-        offset binary: fundamental plus (order, per mille) harmonics."""
-        norm = math.sqrt(1 + sum((h / 1000) ** 2 for _, h in harmonics))
-        n = 1 << _WAVE_BITS
-        w = array("H", bytes(2 * n))  # no temporary list: 2 bytes an entry, not 8
-        for k in range(n):
-            t = 2 * math.pi * k / n
-            v = math.sin(t)
-            for order, h in harmonics:
-                v += h / 1000 * math.sin(order * t)
-            w[k] = _WAVE_ZERO + round(16384 * v / norm)
-        return w
-
-    def _make_lin(self, counts):
-        """ESP32-like ADC transfer curve: an S-shaped bow of up to `counts`
-        (a cubic through both ends, so 0 and 4095 stay), plus a dead zone of
-        `counts` codes at the bottom where the ESP32 reads 0. Without a bow
-        the kernel never looks it up: a 1-entry table instead of 8 KB of heap."""
-        self._nonlinear = 1 if counts else 0
-        if not counts:
-            return array("H", (0,))
-        lin = array("H", bytes(2 * 4096))
-        for x in range(4096):
-            u = (x - 2048) / 2048
-            y = round(x + counts * 2.598 * (u - u * u * u))
-            if counts and x < counts:
-                y = 0
-            lin[x] = max(0, min(4095, y))
-        return lin
-
+    # --- current sense (sim/currentsense.py) -----------------------------------------------------------
     def adc_burst(self, buf, _charge=True):
-        par = self._par
-        nch = self.adc_channels
-        f_mhz = self.mains_hz * (1000 + self.mains_drift_pm)  # mains in mHz
-        par[0] = self.adc_burst_len
-        par[1] = nch
-        # Phase of the mains at now_ms: (now_ms * f_mhz) % 10**6 cycles x 10**-6,
-        # as 2**26ths; with small ints only (now_ms = 1000 t1 + t0).
-        t1 = self.now_ms // 1000
-        t0 = self.now_ms - t1 * 1000
-        cyc = (1000 * (t1 % 1000 * (f_mhz % 1000) % 1000) + t0 * f_mhz) % 1000000
-        par[2] = _muldiv(cyc, 1 << _PHASE_BITS, 1000000)
-        par[3] = _muldiv(f_mhz, 1 << _PHASE_BITS, self.adc_rate_hz * 1000)
-        par[4] = self.adc_bias
-        par[5] = self.adc_noise_counts
-        par[6] = self._nrng
-        par[7] = self._nonlinear
-        par[8] = self.stuck_channel + 1 if self._stuck else 0
-        par[9] = self.stuck_code
-        i = self._i_ma
-        upc = self.ct_ua_per_count
-        err = self.ct_error_pm
-        for c in range(nch):
-            par[10 + c] = _muldiv(i, _AMP_K * (1000 + err[c]), 1000 * upc) if c < self._drawn_phases() else 0
-        self._nrng = _adc_fill(buf, self._wave, par, self._lin)
+        self._nrng = self.ct.fill(buf, self, self.ev.i_ma, self._drawn_phases(), self._stuck, self._nrng)
         if self._timed and _charge:  # the burst's sampling time, then the meter's Python on it
             self._call(self.adc_burst_len * 1000000 // self.adc_rate_hz + self.profile.meter_py_us)
 

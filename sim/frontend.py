@@ -9,7 +9,7 @@ against it, sample by sample, in a burst-local microsecond clock:
   and the cable's capacitance, a few us, plus the board's divider and its
   anti-alias filter, ~5 us; an assumption only hardware can confirm). A
   sample taken sooner after an edge reads between the levels; 32 us after
-  it (hal/esp32.py SETTLE_US_DEFAULT) it is within 4 % of the new level.
+  it (hal/boardfile.py SETTLE_US_DEFAULT) it is within 4 % of the new level.
 - the divider: ADC pin mV = `offset_mv` + pilot mV x `gain_pm` / 1000
   (default 1650 mV + 0.12 x V: the esp32_devkit.json design, which puts
   +12 V at 3090 mV, inside the compressed band).
@@ -35,7 +35,8 @@ from array import array
 
 from micropython import const
 
-from hal.pilotadc import UNSEEN, cal_mv, levels, median, phase_levels, sample_phased
+from hal.pilotadc import UNSEEN, levels, median, phase_levels, sample_phased
+from hal.pilotcal import cal_mv
 from sim.rng import RNG_MASK, lcg
 
 LEVEL_US = const(8)  # pin() read-back: machine_pin_call's fast path plus the loop's bytecode (estimate)
@@ -50,8 +51,8 @@ WATCH_READ_US = const(60)  # hal/esp32.py _WATCH_READ_US
 SPLIT_BURST = const(48)  # hal/esp32.py's fallback: `pilot.burst` reads ...
 SPLIT_SPACING_US = const(43)  # ... `pilot.spacing_us` apart (esp32_devkit.json)
 SAMPLES = const(64)  # hal/esp32.py PILOT_SAMPLES
-SETTLE_US = const(32)  # hal/esp32.py SETTLE_US_DEFAULT
-WINDOW_US = const(2100)  # hal/esp32.py WINDOW_US_DEFAULT
+SETTLE_US = const(32)  # hal/boardfile.py SETTLE_US_DEFAULT
+WINDOW_US = const(2100)  # hal/boardfile.py WINDOW_US_DEFAULT
 ENOUGH = const(4)  # hal/esp32.py PILOT_ENOUGH
 _Q = const(10)  # decay table in q10
 

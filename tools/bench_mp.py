@@ -42,6 +42,7 @@ import vfs
 
 from firmware.app import CAL_FILE, Firmware
 from firmware.facts import TICK_MS
+from sim import powercut
 from sim.board import SimBoard
 from sim.scenario import _fresh_dir, _remove_tree  # one run's flash directory
 
@@ -325,18 +326,6 @@ def mode_session(load, minutes):
 
 
 # --- nvlog: what a power cut costs, and what the checkpoints cost the loop -----------------
-def _copy_tree(src, dst):
-    os.mkdir(dst)
-    buf = bytearray(4096)
-    for name in os.listdir(src):
-        with open(src + "/" + name, "rb") as f, open(dst + "/" + name, "wb") as g:
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                g.write(buf if n == len(buf) else buf[:n])
-
-
 def _cut_losses(nvlog_kb, minutes, cuts, seed):
     """A 22 kW charge of `minutes`, its flash copied at `cuts` random ticks
     (a power cut there leaves that copy); each copy booted: the energy the
@@ -349,8 +338,7 @@ def _cut_losses(nvlog_kb, minutes, cuts, seed):
     at = sorted(6000 + random.getrandbits(24) % (n - 6000) for _ in range(cuts))
     losses = []
     try:
-        sim = SimBoard(data_dir=d, ev_draw_a=32, pp=220, nvlog_kb=nvlog_kb)
-        fw = Firmware(sim, {"max_current_a": 32})
+        sim, fw = powercut.board(d, nvlog_kb)
         sim.set_ev("C")
         tick = 0
         snaps = []
@@ -358,11 +346,11 @@ def _cut_losses(nvlog_kb, minutes, cuts, seed):
             _run_ticks(fw, sim, k - tick)
             tick = k
             snap = d + "-cut%d" % len(snaps)
-            _copy_tree(d, snap)
+            powercut.copy_flash(d, snap)
             snaps.append((snap, fw.meter.session_mwh))
         for snap, metered in snaps:
-            fw2 = Firmware(SimBoard(data_dir=snap, nvlog_kb=nvlog_kb), {"max_current_a": 32})
-            rec = [r for r in fw2.journal.pending() if r["reason"] == "power_loss"][0]
+            _, fw2 = powercut.board(snap, nvlog_kb)
+            rec = powercut.power_loss_records(fw2)[0]
             losses.append((metered - rec["energy_mwh"]) / 1000)
             _remove_tree(snap)
     finally:
@@ -375,8 +363,7 @@ def _timed_ticks(minutes):
     Firmware.tick() (us), the ticks that programmed a checkpoint apart."""
     d = _fresh_dir()
     try:
-        sim = SimBoard(data_dir=d, ev_draw_a=32, pp=220, profile="esp32")
-        fw = Firmware(sim, {"max_current_a": 32})
+        sim, fw = powercut.board(d, profile="esp32")
         sim.set_ev("C")
         _run_ticks(fw, sim, 3000)
         nor = sim.nor

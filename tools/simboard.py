@@ -9,9 +9,10 @@ mounted at "/": by default the ESP32-faithful one (build/esp32, 32-bit, 112 KB
 heap, firmware/hal/umqtt frozen like a board image built from manifest.py),
 or with --interpreter unix64 the venv's 64-bit one. With the ESP32-faithful
 one the board has two OTA app partitions (FLASH/.ota, sim/ota.py) and an
-emulated bootloader: each hard reset runs the image (the interpreter program)
-in the partition it chooses, with ESP-IDF's rollback of an image not marked
-valid. See docs/simboard.md for what it does not model.
+emulated bootloader (tools/simboard_bootloader.py): each hard reset runs the
+image (the interpreter program) in the partition it chooses, with ESP-IDF's
+rollback of an image not marked valid. See docs/simboard.md for what it does
+not model.
 
 The first line on stdout is the device path (e.g. /dev/pts/5); then it serves
 until SIGTERM or SIGINT (exit code 0). Without --flash the flash is a fresh
@@ -19,8 +20,9 @@ temporary folder, named on stderr. However simboard.py ends, its interpreter
 ends with it (a killed board has no power). Exit code 2: bad arguments or the
 interpreter could not start.
 
-Owns: the serial protocol (REPL framing, flow control, resets).
-Never does: run board code in CPython.
+Owns: the serial protocol (REPL framing, flow control, resets) and the
+interpreter process of each boot.
+Never does: run board code in CPython, or choose the partition that boots.
 """
 
 import argparse
@@ -34,12 +36,10 @@ import sys
 import time
 import tty
 
+from simboard_bootloader import Bootloader
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 AGENT = os.path.join(HERE, "simboard_agent.py")
-sys.path.insert(0, os.path.dirname(HERE))
-from sim import ota  # noqa: E402  (the partitions' files: one definition for the board and its bootloader)
-
-OTA_DIR = ota.OTA_DIR_NAME  # in the flash folder; the board sees it as /.ota (main.py)
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
@@ -293,9 +293,9 @@ class ReplMachine:
         self.paste_left = PASTE_WINDOW
         self.cause = PWRON_RESET
         self.stop = False
-        # The emulated bootloader (sim/ota.py): which app partition runs.
-        self.ota_dir = os.path.join(args.flash, OTA_DIR) if args.ota else None
-        self.image = None  # the label running (None: no partitions, args.micropython runs)
+        # The emulated bootloader: which app partition runs (None: no
+        # partitions, every boot runs args.micropython).
+        self.bootloader = Bootloader(args.flash, self.log, self.emit) if args.ota else None
 
     # ---- output -------------------------------------------------------------
     def emit(self, data):
@@ -320,22 +320,11 @@ class ReplMachine:
             self.sel.unregister(self.agent.ctl_out_r)
             self.agent.kill()
             self.agent = None
-        program = None
-        while self.ota_dir:
-            if boot or self.image is None:
-                self.image = ota.select(self.ota_dir, rollback)
-                if self.image is None:
-                    raise StartError("no bootable image in %s (ota_0 and ota_1 aborted or invalid)" % self.ota_dir)
-                self.log("bootloader: booting %s" % self.image)
-            program = ota.part_path(self.ota_dir, self.image)
-            try:
-                os.chmod(program, 0o755)
-                self.agent = Agent(self.args, self.cause, program)
-                break
-            except OSError as e:  # not a program at all (exec format error)
-                rollback = self.not_started("%s: %s" % (self.image, e))
-                boot = True
-        if self.agent is None:
+        if self.bootloader:
+            self.agent = self.bootloader.boot(lambda program: Agent(self.args, self.cause, program), boot, rollback)
+            if self.agent is None:
+                raise StartError("no bootable image in %s (ota_0 and ota_1 aborted or invalid)" % self.bootloader.dir)
+        else:
             self.agent = Agent(self.args, self.cause)
         self.sel.register(self.agent.out_fd, selectors.EVENT_READ, "out")
         self.sel.register(self.agent.ctl_out_r, selectors.EVENT_READ, "ctl")
@@ -350,17 +339,6 @@ class ReplMachine:
         self.inbuf.clear()  # a reset clears the UART buffers
         self.raw_mode = False
         self.start_agent(boot=True, rollback=rollback)
-
-    def not_started(self, why):
-        """The image in the running partition did not start: the bootloader
-        never boots it again (an ESP32's checks an image before it jumps to
-        it); returns its label, the rollback to record."""
-        label = self.image
-        self.log("bootloader: %s did not start: %s" % (label, why))
-        self.emit(b"\r\nsimboard: the image in %s did not start; booting the other app partition\r\n" % label.encode())
-        ota.failed(self.ota_dir, label)
-        self.image = None
-        return label
 
     def soft_reset(self):
         self.log("soft reset")
@@ -433,9 +411,9 @@ class ReplMachine:
         except subprocess.TimeoutExpired:
             rc = "?"  # stdout closed but still running: kill() below ends it
         out = self.agent.read_output()
-        if not self.banner and self.image is not None:
+        if not self.banner and self.bootloader and self.bootloader.image is not None:
             why = out.decode("utf-8", "replace").strip()[-200:]
-            return self.hard_reset(PWRON_RESET, rollback=self.not_started("exit code %s: %s" % (rc, why)))
+            return self.hard_reset(PWRON_RESET, rollback=self.bootloader.not_started("exit code %s: %s" % (rc, why)))
         if not self.banner:
             raise StartError("the interpreter did not start (%s, exit code %s): %s" % (
                 self.args.micropython, rc, out.decode("utf-8", "replace").strip()))
@@ -661,13 +639,6 @@ class ReplMachine:
             self.on_input(data)
 
     # ---- main loop ----------------------------------------------------------
-    def flash_partitions(self):
-        """A fresh board (or --reflash): the built interpreter in ota_0, valid,
-        as esptool flashes one. Before the device path is printed."""
-        if self.ota_dir and (self.args.reflash or ota.read_otadata(self.ota_dir) is None):
-            ota.flash(self.ota_dir, self.args.image_file)
-            self.log("flashed %s into %s/ota_0" % (self.args.image_file, self.ota_dir))
-
     def serve(self):
         self.hard_reset(PWRON_RESET)
         while not self.stop:
@@ -803,7 +774,8 @@ def main(argv=None):
         print("simboard: cannot open the serial line: %s" % e, file=sys.stderr)
         return 2
     try:
-        board.flash_partitions()
+        if board.bootloader:  # a fresh board (or --reflash): before the device path is printed
+            board.bootloader.flash_fresh(args.image_file, args.reflash)
     except (OSError, ValueError) as e:
         print("simboard: cannot write the app partitions: %s" % e, file=sys.stderr)
         return 2

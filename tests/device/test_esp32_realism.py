@@ -31,11 +31,12 @@ import tmpdirs
 # biggest first, with a collection in between.
 gc.collect()
 from sim.board import TICKS_PERIOD, SimBoard
+from sim.currentsense import CurrentSense
 
-# The simulated board builds two constant ADC tables (2 KB and 8 KB) through
-# temporary lists of up to 32 KB: built once here, while the heap is still in
-# one piece, and shared by every board of this module.
-_TABLES = SimBoard(data_dir="/tmp")
+# The simulated board's CT signal (sim/currentsense.py) has constant tables:
+# built once here, while the heap is still in one piece, and shared by every
+# board of this module.
+_CT = CurrentSense()  # the default harmonics, a linear ADC
 gc.collect()
 from firmware.app import Firmware  # noqa: E402
 
@@ -45,12 +46,9 @@ gc.collect()
 class Board(SimBoard):
     """SimBoard with the default harmonics and a linear ADC, its tables shared."""
 
-    def _make_wave(self, harmonics):
-        return _TABLES._wave
+    def __init__(self, **kw):
+        super().__init__(ct=_CT, **kw)
 
-    def _make_lin(self, counts):
-        self._nonlinear = 0
-        return _TABLES._lin
 
 SMALL_INT = 1 << 30  # ESP32 small ints: -2^30 <= v < 2^30
 

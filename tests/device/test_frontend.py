@@ -15,7 +15,8 @@ from firmware import config
 from firmware import iec61851 as iec
 from firmware.charger import Charger
 from firmware.pilot import DIODE_DUTY_MAX_PM, Pilot
-from hal.pilotadc import UNSEEN, cal_mv, check_cal
+from hal.pilotadc import UNSEEN
+from hal.pilotcal import cal_mv, check_cal
 from sim.board import SimBoard
 from sim.frontend import ADC_LINEAR_MV, ADC_ZERO_MV, CAL_POINTS_MV, adc_count, design_cal
 

@@ -1,9 +1,9 @@
 # The checkpoint ring (firmware/nvlog.py) on the simulated NOR flash (sim/nor.py):
 # a power cut while charging loses at most one checkpoint step of energy, a torn
 # record is ignored, a recovered session is never doubled, and the area is
-# erased only while the contactor is open.
+# erased only while the contactor is open. The 22 kW board, the copy of its
+# flash a power cut leaves and the boot after it: sim/powercut.py.
 import gc
-import os
 import random
 from binascii import crc32
 
@@ -11,11 +11,8 @@ import tmpdirs
 from fakeboard import FakeBoard
 
 from firmware import nvlog
-from firmware.app import Firmware
-from sim.board import SimBoard
+from sim import powercut
 from sim.nor import PowerCut
-
-CFG = {"max_current_a": 32}  # 3 x 32 A x 230 V = 22 kW: a checkpoint step every ~8 s
 
 
 def fresh_dir(name):
@@ -26,24 +23,6 @@ def _run(fw, sim, seconds):
     for _ in range(int(seconds * 100)):
         fw.tick()
         sim.wait_tick(10)
-
-
-def _copy_tree(src, dst):
-    """A copy of the board's flash as it is now: what a power cut at this
-    moment leaves (every file the firmware wrote is closed between ticks)."""
-    os.mkdir(dst)
-    buf = bytearray(1024)  # in pieces: a 64 KB image does not fit a 112 KB heap twice
-    for name in os.listdir(src):
-        with open(src + "/" + name, "rb") as f, open(dst + "/" + name, "wb") as g:
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                g.write(buf if n == len(buf) else buf[:n])
-
-
-def _power_loss_records(fw):
-    return [r for r in fw.journal.pending() if r["reason"] == "power_loss"]
 
 
 class RamNor(FakeBoard):
@@ -215,8 +194,7 @@ def test_the_wear_goes_round_the_ring_across_sessions_and_boots():
 
 def test_a_power_cut_during_a_long_charge_loses_at_most_one_checkpoint_step():
     d = fresh_dir("cut")
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d)
     step_mwh = fw.nvlog.step_mwh
     sim.set_ev("C")
     random.seed(12)
@@ -230,12 +208,12 @@ def test_a_power_cut_during_a_long_charge_loses_at_most_one_checkpoint_step():
             tick += 1
         assert fw.charger.contactor_on
         snap = d + "-cut%d" % len(snaps)
-        _copy_tree(d, snap)
+        powercut.copy_flash(d, snap)
         snaps.append((snap, fw.meter.session_mwh))
     assert sim.nor.erase_log == []  # nothing erased during the whole charge
     for snap, metered in snaps:
-        fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=snap), CFG)
-        (rec,) = _power_loss_records(fw2)
+        _, fw2 = powercut.board(snap)
+        (rec,) = powercut.power_loss_records(fw2)
         lost = metered - rec["energy_mwh"]
         assert 0 <= lost <= step_mwh, (lost, step_mwh, metered)
         assert rec["meter_stop_mwh"] - rec["meter_start_mwh"] == rec["energy_mwh"]
@@ -247,21 +225,19 @@ def test_without_a_checkpoint_area_a_power_cut_loses_the_whole_charge():
     # What the ring fixes: the journal alone (no flash write while the
     # contactor is closed) keeps only the session's opening record.
     d = fresh_dir("none")
-    sim = SimBoard(ev_draw_a=32, data_dir=d, nvlog_kb=0)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d, nvlog_kb=0)
     sim.set_ev("C")
     _run(fw, sim, 120)
     metered = fw.meter.session_mwh
     assert metered > 600000
-    fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=d, nvlog_kb=0), CFG)
-    (rec,) = _power_loss_records(fw2)
+    _, fw2 = powercut.board(d, nvlog_kb=0)
+    (rec,) = powercut.power_loss_records(fw2)
     assert rec["energy_mwh"] == 0
 
 
 def test_a_program_torn_by_the_power_cut_is_ignored_and_the_session_keeps_the_record_before():
     d = fresh_dir("torn")
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d)
     sim.set_ev("C")
     _run(fw, sim, 60)
     before = fw.nvlog.programs
@@ -273,8 +249,8 @@ def test_a_program_torn_by_the_power_cut_is_ignored_and_the_session_keeps_the_re
         raise AssertionError("no checkpoint was written")
     except PowerCut:
         pass
-    fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=d), CFG)
-    (rec,) = _power_loss_records(fw2)
+    _, fw2 = powercut.board(d)
+    (rec,) = powercut.power_loss_records(fw2)
     assert rec["energy_mwh"] == kept
     assert fw2.nvlog.damaged == 1
     assert any("damaged checkpoints" in n for n in fw2.notes)
@@ -284,8 +260,7 @@ def _boot(d):
     """A boot on the flash `d` (the previous firmware is dropped first: a
     power cut leaves nothing of it in RAM, and a 112 KB heap holds one)."""
     gc.collect()
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    return sim, Firmware(sim, CFG)
+    return powercut.board(d)
 
 
 def test_a_recovered_session_is_never_doubled_by_a_second_power_cut():
@@ -296,14 +271,14 @@ def test_a_recovered_session_is_never_doubled_by_a_second_power_cut():
     # cut 1; boot: the session is closed as power_loss from the ring ...
     sim = fw = None
     sim, fw = _boot(d)
-    (rec,) = _power_loss_records(fw)
+    (rec,) = powercut.power_loss_records(fw)
     assert rec["energy_mwh"] > 400000
     life = fw.meter.lifetime_mwh()
     # ... cut 2 at once, before the ring's history was erased: nothing doubles
     sim = fw = None
     sim, fw = _boot(d)
-    assert fw.recovered == [] and [r["id"] for r in _power_loss_records(fw)] == [rec["id"]]
-    assert _power_loss_records(fw)[0]["energy_mwh"] == rec["energy_mwh"]
+    assert fw.recovered == [] and [r["id"] for r in powercut.power_loss_records(fw)] == [rec["id"]]
+    assert powercut.power_loss_records(fw)[0]["energy_mwh"] == rec["energy_mwh"]
     assert fw.meter.lifetime_mwh() == life
     # ... and after a journal compaction and the erase of the history
     fw.journal.compact()
@@ -311,19 +286,18 @@ def test_a_recovered_session_is_never_doubled_by_a_second_power_cut():
     assert sim.nor.erases >= 1 and fw.nvlog.pending_erases() == 0
     sim = fw = None
     sim, fw = _boot(d)
-    assert fw.recovered == [] and [r["id"] for r in _power_loss_records(fw)] == [rec["id"]]
-    assert _power_loss_records(fw)[0]["energy_mwh"] == rec["energy_mwh"]
+    assert fw.recovered == [] and [r["id"] for r in powercut.power_loss_records(fw)] == [rec["id"]]
+    assert powercut.power_loss_records(fw)[0]["energy_mwh"] == rec["energy_mwh"]
     assert fw.meter.lifetime_mwh() == life
 
 
 def test_a_session_without_the_wall_clock_is_recovered_with_a_monotonic_end():
     d = fresh_dir("mono")
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d)
     sim.set_ev("C")
     _run(fw, sim, 70)
-    fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=d), CFG)
-    (rec,) = _power_loss_records(fw2)
+    _, fw2 = powercut.board(d)
+    (rec,) = powercut.power_loss_records(fw2)
     start, end = rec["start"], rec["end"]
     assert start["boot"] == end["boot"] == 1
     assert 50000 <= sim.ticks_diff(end["mono_ms"], start["mono_ms"]) <= 70000, (start, end)
@@ -331,8 +305,7 @@ def test_a_session_without_the_wall_clock_is_recovered_with_a_monotonic_end():
 
 def test_no_erase_while_the_contactor_is_closed_over_sessions_and_pauses():
     d = fresh_dir("closed")
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d)
     seen = []
     fw.on_event = seen.append
     for k in range(3):
@@ -355,13 +328,12 @@ def test_the_published_lifetime_follows_the_checkpoints_and_never_goes_backwards
     # No filesystem write while charging (the default): what status() publishes
     # as the lifetime reading is what the ring keeps.
     d = fresh_dir("published")
-    sim = SimBoard(ev_draw_a=32, data_dir=d)
-    fw = Firmware(sim, CFG)
+    sim, fw = powercut.board(d)
     sim.set_ev("C")
     published = []
     for _ in range(12):
         _run(fw, sim, 10)
         published.append(fw.status()["lifetime_wh"])
     assert published[-1] > 500 and published == sorted(published)
-    fw2 = Firmware(SimBoard(ev_draw_a=32, data_dir=d), CFG)
+    _, fw2 = powercut.board(d)
     assert fw2.status()["lifetime_wh"] >= max(published), (fw2.status()["lifetime_wh"], published)

@@ -47,6 +47,13 @@ def read(sim):
     return out[0], out[1]
 
 
+def test_the_evs_resistors_in_parallel_are_the_formulas_floored_in_milliohm():
+    from sim import ev
+
+    for r2, got in ((ev.EV_R_C_OHM, ev.R_BC_MOHM), (ev.EV_R_D_OHM, ev.R_BD_MOHM)):
+        assert got == ev.EV_R_B_OHM * 1000 * r2 // (ev.EV_R_B_OHM + r2), (r2, got)
+
+
 def test_pilot_high_level_is_inside_the_iec_window_for_each_ev_state():
     sim = SimBoard()
     sim.pilot_pwm(266)  # 16 A

@@ -35,6 +35,8 @@ BIN = REPO / ".venv" / "bin"
 DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 import deploy  # noqa: E402
+import deploy_board  # noqa: E402
+import deploy_slots  # noqa: E402
 from board_session import BoardSession  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -84,8 +86,8 @@ class DeployTarget(EmulatedBoard):
         b = BoardSession(self.port)
         try:
             b.interrupt()
-            deploy.reset(b, log=lambda s: None)
-            return deploy.watch(b, watch, settle=0.3, log=lambda s: None)
+            deploy_board.reset(b, log=lambda s: None)
+            return deploy_board.watch(b, watch, settle=0.3, log=lambda s: None)
         finally:
             b.close()
 
@@ -336,7 +338,7 @@ def test_no_board_exits_2(tmp_path):
 
 def test_wrong_bytecode_version_exits_4_and_writes_nothing(make_board, make_tree, monkeypatch, capsys):
     board = make_board()
-    monkeypatch.setattr(deploy, "cross_version", lambda tool: (6, 2))
+    monkeypatch.setattr(deploy_slots, "cross_version", lambda tool: (6, 2))
     code = deploy.main(["--port", board.port, "--source", str(make_tree("1.0.0"))])
     assert code == deploy.EXIT_BYTECODE
     assert "wrong bytecode version" in capsys.readouterr().err
@@ -472,16 +474,16 @@ def test_a_boot_loop_stops_writing_slot_json_once_its_tries_are_used_up(make_boa
 
 def test_an_old_micropython_on_a_real_board_exits_8_and_writes_nothing(make_board, make_tree, monkeypatch, capsys):
     board = make_board()
-    real = deploy.Deploy.board_info
+    real = deploy_slots.SlotDeploy.board_info
 
     def old_esp32(self, b):
         info, on_board = real(self, b)
         return dict(info, platform="esp32", version=[1, 25, 0]), on_board
 
-    monkeypatch.setattr(deploy.Deploy, "board_info", old_esp32)
+    monkeypatch.setattr(deploy_slots.SlotDeploy, "board_info", old_esp32)
     code = deploy.main(["--port", board.port, "--source", str(make_tree("1.0.0"))])
     assert code == deploy.EXIT_OLD == 8
     err = capsys.readouterr().err
     assert "MicroPython 1.25.0 on the board is too old" in err and "1.26" in err
     assert not (board.flash / "slot.json").exists() and not (board.flash / "slot_a").exists()
-    deploy.check_micropython({"platform": "esp32", "version": [1, 26, 0]})  # new enough: no error
+    deploy_slots.check_micropython({"platform": "esp32", "version": [1, 26, 0]})  # new enough: no error

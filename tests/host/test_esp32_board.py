@@ -33,7 +33,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
-import deploy  # noqa: E402
+import deploy_board  # noqa: E402
 from board_session import BoardError, BoardSession  # noqa: E402
 from broker import Broker, mosquitto_path  # noqa: E402
 from emulated_board import EmulatedBoard, esp32_ready  # noqa: E402
@@ -126,8 +126,8 @@ def test_with_no_slot_deployed_the_frozen_firmware_boots(esp32, tmp_path):
         d = BoardSession(b.port)
         try:
             d.interrupt()
-            deploy.reset(d, log=lambda s: None)
-            seen = deploy.watch(d, 8, settle=0.5, log=lambda s: None)
+            deploy_board.reset(d, log=lambda s: None)
+            seen = deploy_board.watch(d, 8, settle=0.5, log=lambda s: None)
         finally:
             d.close()
         out = board_exec(b.port, "import sys, firmware.app\nprint(sys.maxsize, sys.path, 'firmware' in sys.modules)")

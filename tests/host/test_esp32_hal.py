@@ -237,6 +237,11 @@ def _contract(mod):
     return sys.modules[mod.Board.__module__]
 
 
+def _boardfile(mod):
+    """hal/boardfile.py as the driver under test imported it."""
+    return sys.modules[mod.validate.__module__]
+
+
 def devkit():
     return json.loads((REPO / "hal" / "boards" / "esp32_devkit.json").read_text())
 
@@ -356,15 +361,15 @@ def test_there_is_at_least_one_board_file():
 @pytest.mark.parametrize("path", BOARDS, ids=[b.name for b in BOARDS])
 def test_board_file_passes_the_driver_schema(hw, path):
     mod, _, _ = hw
-    b = mod.load(str(path))
+    b = _boardfile(mod).load(str(path))
     assert b["name"] == path.stem
 
 
 def _bad(mod, change):
     d = devkit()
     change(d)
-    with pytest.raises(mod.BoardFileError) as e:
-        mod.validate(d)
+    with pytest.raises(_boardfile(mod).BoardFileError) as e:
+        _boardfile(mod).validate(d)
     return str(e.value)
 
 
@@ -406,7 +411,7 @@ def test_esp32s3_pin_rules_are_enforced(hw):
     mod, _, _ = hw
     d = devkit()
     _s3(d)
-    assert mod.validate(d)["chip"] == "esp32s3"
+    assert _boardfile(mod).validate(d)["chip"] == "esp32s3"
     for change, why in (
         (lambda d: d["contactor"].update(pins=[26, 40]), "flash pin"),  # SPI flash / PSRAM
         (lambda d: d["contactor"].update(pins=[23, 40]), "does not exist"),
@@ -420,26 +425,26 @@ def test_esp32s3_pin_rules_are_enforced(hw):
         bad = devkit()
         _s3(bad)
         change(bad)
-        with pytest.raises(mod.BoardFileError) as e:
-            mod.validate(bad)
+        with pytest.raises(_boardfile(mod).BoardFileError) as e:
+            _boardfile(mod).validate(bad)
         assert why in str(e.value), (why, str(e.value))
-    assert mod.validate(devkit())["chip"] == "esp32"  # no "chip": the original ESP32's rules
+    assert _boardfile(mod).validate(devkit())["chip"] == "esp32"  # no "chip": the original ESP32's rules
 
 
 def test_unreadable_or_broken_board_file_fails_clearly(hw, tmp_path):
     mod, _, _ = hw
-    with pytest.raises(mod.BoardFileError, match="cannot read"):
-        mod.load(str(tmp_path / "none.json"))
+    with pytest.raises(_boardfile(mod).BoardFileError, match="cannot read"):
+        _boardfile(mod).load(str(tmp_path / "none.json"))
     p = tmp_path / "broken.json"
     p.write_text("{ not json")
-    with pytest.raises(mod.BoardFileError, match="not valid JSON"):
-        mod.load(str(p))
+    with pytest.raises(_boardfile(mod).BoardFileError, match="not valid JSON"):
+        _boardfile(mod).load(str(p))
     p.write_bytes(b'{"name": "\xff"}')  # invalid UTF-8
-    with pytest.raises(mod.BoardFileError, match="not valid JSON"):
-        mod.load(str(p))
+    with pytest.raises(_boardfile(mod).BoardFileError, match="not valid JSON"):
+        _boardfile(mod).load(str(p))
     p.write_bytes(b'{"name": "' + b"x" * (3 << 20) + b'"}')  # 3 MB: not read whole
-    with pytest.raises(mod.BoardFileError, match="larger than"):
-        mod.load(str(p))
+    with pytest.raises(_boardfile(mod).BoardFileError, match="larger than"):
+        _boardfile(mod).load(str(p))
 
 
 # --- 3. pure logic under CPython -------------------------------------------------------
@@ -475,9 +480,10 @@ def test_unchanged_pilot_command_is_not_rewritten(hw):
 
 def test_pilot_calibration_points(hw):
     mod, _, _ = hw
-    assert mod.pilot_mv(210, 210, 3090) == -12000
-    assert mod.pilot_mv(3090, 210, 3090) == 12000
-    assert mod.pilot_mv(1650, 210, 3090) == 0
+    cal = sys.modules[mod.cal_mv.__module__]  # hal/pilotcal.py as the driver imported it
+    assert cal.pilot_mv(210, 210, 3090) == -12000
+    assert cal.pilot_mv(3090, 210, 3090) == 12000
+    assert cal.pilot_mv(1650, 210, 3090) == 0
 
 
 def _adc_mv(volts_mv, lo=210, hi=3090):
@@ -537,14 +543,14 @@ def test_pilot_calibration_table_is_validated_with_clear_errors(hw):
     assert "counts per volt" in bad([[92, -12000], [100, 0], [3780, 12000]])  # a typo'd count
     d = devkit()
     del d["pilot"]["cal"]
-    with pytest.raises(mod.BoardFileError) as e:
-        mod.validate(d)
+    with pytest.raises(_boardfile(mod).BoardFileError) as e:
+        _boardfile(mod).validate(d)
     assert "'pilot.cal'" in str(e.value)
     # an inverting measurement stage: mV falling with the count
     d = devkit()
     d["pilot"]["cal"] = [[92, 12000], [2059, 0], [3780, -12000]]
-    assert mod.validate(d)["pilot"]["cal"] == [[92, 12000], [2059, 0], [3780, -12000]]
-    assert mod.validate(two_point_devkit())["pilot"]["cal"] is None  # the older keys still load
+    assert _boardfile(mod).validate(d)["pilot"]["cal"] == [[92, 12000], [2059, 0], [3780, -12000]]
+    assert _boardfile(mod).validate(two_point_devkit())["pilot"]["cal"] is None  # the older keys still load
 
 
 def _phased_board(mod, clock, duty_pm, edge_counts, settled_counts, low_counts):
@@ -749,12 +755,12 @@ def test_phase_relay_and_mains_cts_come_from_the_board_file(hw):
     assert plain.mains_read(out) is False and list(out) == [7, 7, 7]
     bad = energy_board()
     bad["phase_relay"]["three_phase_level"] = 2
-    with pytest.raises(mod.BoardFileError, match="phase_relay.three_phase_level"):
-        mod.validate(bad)
+    with pytest.raises(_boardfile(mod).BoardFileError, match="phase_relay.three_phase_level"):
+        _boardfile(mod).validate(bad)
     bad = energy_board()
     bad["mains_ct"]["pins"] = [34]  # already the EV's CT
-    with pytest.raises(mod.BoardFileError):
-        mod.validate(bad)
+    with pytest.raises(_boardfile(mod).BoardFileError):
+        _boardfile(mod).validate(bad)
 
 
 def test_mains_read_gives_the_rms_current_of_each_mains_ct(hw):
@@ -1071,8 +1077,8 @@ def test_eth_block_rules_are_enforced(hw):
     def bad(**eth):
         d = json.loads(json.dumps(wt32))
         d["eth"].update(eth)
-        with pytest.raises(mod.BoardFileError) as e:
-            mod.validate(d)
+        with pytest.raises(_boardfile(mod).BoardFileError) as e:
+            _boardfile(mod).validate(d)
         return str(e.value)
 
     assert "'eth.clock_pin' = 17 cannot carry the RMII clock in" in bad(clock_pin=17)
@@ -1085,9 +1091,9 @@ def test_eth_block_rules_are_enforced(hw):
     assert "flash pin" in bad(power_pin=6)
     d = json.loads(json.dumps(wt32))
     d["eth"]["power_pin"] = None  # a PHY that is always powered
-    assert mod.validate(d)["eth"]["power_pin"] is None
+    assert _boardfile(mod).validate(d)["eth"]["power_pin"] is None
     d["eth"] = None
-    assert mod.validate(d)["eth"] is None
+    assert _boardfile(mod).validate(d)["eth"] is None
 
 
 def test_set_wall_time_sets_the_rtc_in_the_ports_epoch(hw, monkeypatch):

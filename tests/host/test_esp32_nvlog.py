@@ -10,7 +10,7 @@ import sys
 import types
 
 import pytest
-from test_esp32_hal import REPO, devkit, hw  # noqa: F401 (hw: the driver loaded against fake machine/time)
+from test_esp32_hal import REPO, _boardfile, devkit, hw  # noqa: F401 (hw: the driver loaded against fake machine/time)
 
 
 class FakePartition:
@@ -95,11 +95,11 @@ def test_the_board_file_names_the_partition_with_a_valid_label(hw):  # noqa: F81
     mod, _machine, _clock = hw
     desc = devkit()
     desc["nvlog"] = {"label": "x" * 16}
-    with pytest.raises(mod.BoardFileError, match="nvlog.label"):
-        mod.validate(desc)
+    with pytest.raises(_boardfile(mod).BoardFileError, match="nvlog.label"):
+        _boardfile(mod).validate(desc)
     desc["nvlog"] = {}
-    with pytest.raises(mod.BoardFileError, match="nvlog.label"):
-        mod.validate(desc)
+    with pytest.raises(_boardfile(mod).BoardFileError, match="nvlog.label"):
+        _boardfile(mod).validate(desc)
 
 
 def _table():

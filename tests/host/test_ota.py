@@ -31,12 +31,13 @@ DEPLOY = REPO / "tools" / "deploy.py"
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).parent))
 import deploy  # noqa: E402
+import deploy_board  # noqa: E402
 from board_session import BoardSession  # noqa: E402
 from emulated_board import EmulatedBoard, esp32_ready  # noqa: E402
 from test_deploy import DeployTarget  # noqa: E402
 from test_esp32_board import board_exec  # noqa: E402
 
-BUILT = deploy.firmware_version(REPO)  # the version of the image a fresh emulated board holds
+BUILT = deploy_board.firmware_version(REPO)  # the version of the image a fresh emulated board holds
 
 pytestmark = pytest.mark.skipif(not (REPO / ".venv" / "bin" / "mpremote").exists(), reason="needs .venv (make deps)")
 
@@ -81,8 +82,8 @@ class OtaBoard(EmulatedBoard):
             b = BoardSession(self.port)
             try:
                 b.interrupt()
-                deploy.reset(b, log=lambda s: None)
-                seen = deploy.watch(b, watch, settle=0.5, log=lambda s: None)
+                deploy_board.reset(b, log=lambda s: None)
+                seen = deploy_board.watch(b, watch, settle=0.5, log=lambda s: None)
                 if seen["started"]:
                     return seen
             finally:

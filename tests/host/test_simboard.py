@@ -356,7 +356,7 @@ def test_a_ctrl_c_sent_while_the_board_boots_interrupts_main_py(make_board):
 
 def test_a_reset_right_after_the_board_starts_is_never_lost(tmp_path):
     sys.path.insert(0, str(REPO / "tools"))
-    import deploy
+    import deploy_board
     from board_session import BoardSession
 
     flash = tmp_path / "flash"
@@ -370,8 +370,8 @@ def test_a_reset_right_after_the_board_starts_is_never_lost(tmp_path):
             d = BoardSession(b.device)
             try:
                 d.interrupt()
-                deploy.reset(d, log=lambda s: None)
-                seen = deploy.watch(d, 5, settle=0.0, log=lambda s: None)
+                deploy_board.reset(d, log=lambda s: None)
+                seen = deploy_board.watch(d, 5, settle=0.0, log=lambda s: None)
             finally:
                 d.close()
             if not seen["started"]:
@@ -453,7 +453,7 @@ def test_a_storm_of_ctrl_c_raw_repl_entries_and_resets_never_loses_the_board_run
     "interpreter exited" on the line), and every program must run. Before
     the agent kept a late Ctrl-C inside its loop, most race rounds lost it."""
     sys.path.insert(0, str(REPO / "tools"))
-    import deploy
+    import deploy_board
     from board_session import BoardSession
 
     flash = tmp_path / "flash"
@@ -502,7 +502,7 @@ def test_a_storm_of_ctrl_c_raw_repl_entries_and_resets_never_loses_the_board_run
                     assert any(ln.startswith("evse firmware") for ln in lines), lines[-20:]
                 else:
                     s.hard_reset()
-                    seen = deploy.watch(s, 30, settle=0.2, log=lambda line: console.append(line.encode()))
+                    seen = deploy_board.watch(s, 30, settle=0.2, log=lambda line: console.append(line.encode()))
                     assert seen["started"], seen
                 ran += 1
             finally:

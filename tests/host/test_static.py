@@ -158,14 +158,14 @@ def test_firmware_and_hal_never_import_by_a_computed_name():
 
 def test_nothing_of_sim_is_deployed_to_a_real_board():
     sys.path.insert(0, os.path.join(REPO, "tools"))
-    import deploy
+    import deploy_slots
 
-    tool = deploy.mpy_cross()
-    ver = deploy.cross_version(tool)
+    tool = deploy_slots.mpy_cross()
+    ver = deploy_slots.cross_version(tool)
     from pathlib import Path
 
-    real = deploy.build(Path(REPO), ver, "xtensawin", [], 31, unix=False)
-    emulated = deploy.build(Path(REPO), ver, "x64", [], 63, unix=True)
+    real = deploy_slots.build(Path(REPO), ver, "xtensawin", [], 31, unix=False)
+    emulated = deploy_slots.build(Path(REPO), ver, "x64", [], 63, unix=True)
     files = sorted(real.slot) + sorted(real.root)
     assert any(f.startswith("firmware/") for f in files) and any(f.startswith("hal/") for f in files)
     assert [f for f in files if f.startswith(("sim/", "/sim/")) or "/sim/" in f] == [], files
