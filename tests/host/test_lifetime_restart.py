@@ -16,7 +16,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from powercut import charge, journal_records, kill_at, restart, scenario  # noqa: E402
+from hardkill import charge, journal_records, kill_at, restart, scenario  # noqa: E402
 
 AMPS, PHASES, VOLTS = 16, 3, 230
 CHECKPOINT_S = 60  # the longest a checkpoint waits while charging at 11 kW

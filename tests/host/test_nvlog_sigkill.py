@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from powercut import charge, journal_records, kill_at, restart, scenario  # noqa: E402
+from hardkill import charge, journal_records, kill_at, restart, scenario  # noqa: E402
 
 AMPS, PHASES, VOLTS = 32, 3, 230
 STEP_WH = 100000 / 2048  # firmware/nvlog.py: 100 kWh shared over a 64 KB ring's records
