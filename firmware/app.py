@@ -196,6 +196,7 @@ class Firmware:
             self.ocpp = Ocpp(cfg, hal.net, data, hal)
             self.ocpp.version = VERSION
             self.ocpp.recover(self.journal, self.recovered)
+            self.notes += self.ocpp.notes  # a damaged reservation file (firmware/ocpp_reserve.py)
         self.session_id = None
         self.ticks = 0
         self.rig_trace = None  # rig mode: trace records on the console (firmware/rigtrace.py)

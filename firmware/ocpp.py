@@ -7,9 +7,10 @@ interval), Heartbeat, StatusNotification for connectors 0 and 1, Authorize
 (after the local list and cache of firmware/ocpp_auth.py), the transaction
 messages (StartTransaction, MeterValues, StopTransaction) through the
 persisted queue of firmware/ocpp_txq.py, delivered in order and once each,
-and the answers to the central system's CALLs (each checked by
-firmware/ocpp_schema.py first). The configuration keys are in
-firmware/ocpp_keys.py, the status mapping in firmware/ocpp_status.py.
+the OCPP-J framing of what comes in (CALLRESULT and CALLERROR to our CALLs
+here; the central system's CALLs are answered by firmware/ocpp_calls.py).
+The configuration keys are in firmware/ocpp_keys.py, the status mapping in
+firmware/ocpp_status.py.
 
 Never: delays the control tick. The loop calls service() every LINK_EVERY
 ticks: a few list operations under the lock, plus a file append when a
@@ -17,8 +18,8 @@ transaction message is queued or delivered (like the session journal).
 All network I/O happens in the link thread; the lock is never held across
 I/O. Nothing from the network reaches the charger except through
 Charger.command(), with the charger's own limits.
-RAM: ~77 KB of heap after import from source on the unix port with all it
-imports (64-bit words), ~8.4 KB frozen on the ESP32-faithful interpreter
+RAM: ~106 KB of heap after import from source on the unix port with all it
+imports (64-bit words), ~12 KB frozen on the ESP32-faithful interpreter
 (tests/device/test_ocpp.py prints both); a connection holds one message
 buffer (firmware/ws.py); the queue holds at most ocpp_txq.TXQ_MAX messages
 (~250 bytes each).
@@ -33,8 +34,9 @@ from micropython import const
 from firmware import ocpp_auth, ocpp_fw, ocpp_meter, ocpp_schema, ocpp_smart
 from firmware.backoff import Backoff, seed_for
 from firmware.linkthread import LinkThread
+from firmware.ocpp_calls import SMALL_MAX, Calls
 from firmware.ocpp_keys import KEYS_FILE, Keys
-from firmware.ocpp_reserve import Reservation
+from firmware.ocpp_reserve import RES_FILE, Reservation
 from firmware.ocpp_status import CP_AVAILABLE, CP_UNAVAILABLE, ConnectorStatus, stop_reason
 from firmware.ocpp_time import iso, parse_time
 from firmware.ocpp_txq import TX_FILE, TxQueue
@@ -50,15 +52,15 @@ BOOT_RETRY_MS = const(60000)  # after a Pending/Rejected with interval 0, or a C
 RESET_SOFT_MS = const(10000)  # a soft Reset waits this long at most for its StopTransaction to be answered
 RESET_CONF_MS = const(2000)  # ... and any Reset for its Accepted to go out
 THREAD_STACK_BYTES = const(16384)
-_SMALL_MAX = const(8)  # the other queues between the loop and the thread
 
 
 def charge_point_id(url):
     return url[url.rstrip("/").rfind("/") + 1 :].rstrip("/")
 
 
-class Ocpp(LinkThread):
-    """The charge point; its thread's reconnect loop is firmware/linkthread.py's."""
+class Ocpp(LinkThread, Calls):
+    """The charge point; its thread's reconnect loop is firmware/linkthread.py's,
+    the answers to the central system's CALLs firmware/ocpp_calls.py's."""
 
     def __init__(self, cfg, net, data_dir, clock=None):
         """clock: the board (wall_time/set_wall_time): set from the central
@@ -119,7 +121,9 @@ class Ocpp(LinkThread):
         self._answers_in = 0  # CALLRESULTs the loop queued in _results (loop only)
         self._answers_out = 0  # ... and the thread sent (thread only)
         self._grant = None  # a card authorized locally (list, cache, offline rules): applied in service()
-        self.reservation = Reservation()  # ReserveNow (firmware/ocpp_reserve.py); the charger's `reserved` follows it
+        # ReserveNow (firmware/ocpp_reserve.py), kept on flash; the charger's `reserved` follows it
+        self.reservation = Reservation(data_dir + "/" + RES_FILE, clock.wall_time() if clock is not None else None)
+        self.notes = [self.reservation.note] if self.reservation.note else []  # start-up findings: events at boot
         self._res_t = 0  # ticks of the last look at its expiry
         self.aligned = ocpp_meter.Aligned()  # clock-aligned meter values
         self._al_t = 0  # ticks of the last look at the wall clock for them
@@ -175,7 +179,7 @@ class Ocpp(LinkThread):
         if d == ocpp_auth.REFUSE:
             return False, "card refused (offline: local list, cache, AllowOfflineTxForUnknownId)"
         with self._lock:
-            if len(self._calls) >= _SMALL_MAX:
+            if len(self._calls) >= SMALL_MAX:
                 return False, "busy"
             self._calls.append(["Authorize", {"idTag": tag}])
         return True, None
@@ -193,6 +197,7 @@ class Ocpp(LinkThread):
         if self.reservation.active():  # only a card it admits could start: the reservation ends here
             payload["reservationId"] = self.reservation.id
             self.reservation.end()
+            self._save_reservation()  # the session starts with the contactor open, as the journal's opening
         self.txq.push("StartTransaction", local, payload, self._lock)
 
     def tx_stop(self, rec, wall_s, fw):
@@ -238,7 +243,7 @@ class Ocpp(LinkThread):
             mv = self.sample(fw, "Sample.Clock", "MeterValuesAlignedData", slot)
             with self._lock:
                 for c in (0, 1) if self._local is None else (0,):
-                    if len(self._calls) < _SMALL_MAX:
+                    if len(self._calls) < SMALL_MAX:
                         self._calls.append(["MeterValues", {"connectorId": c, "meterValue": [mv]}])
             if self._local is not None:
                 self.txq.push("MeterValues", self._local, {"connectorId": 1, "meterValue": [mv], "_periodic": 1}, self._lock)
@@ -253,7 +258,9 @@ class Ocpp(LinkThread):
         hal = fw.hal
         self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
         now = hal.ticks_ms()
-        if self.reservation.active() and hal.ticks_diff(now, self._res_t) >= 1000:
+        # A mark older than half the ticks period reads as the future (ticks wrap:
+        # 6.2 days on an ESP32; the simulator starts just before the wrap): look then too.
+        if self.reservation.active() and not 0 <= hal.ticks_diff(now, self._res_t) < 1000:
             self._res_t = now
             if self.reservation.expired(hal.wall_time()):
                 self.reservation.end()
@@ -280,7 +287,7 @@ class Ocpp(LinkThread):
         if self._trigger_mv:
             self._trigger_mv = False
             with self._lock:
-                if len(self._calls) < _SMALL_MAX:
+                if len(self._calls) < SMALL_MAX:
                     self._calls.append(["MeterValues", {"connectorId": 1, "meterValue": [self.sample(fw, "Trigger")]}])
         while self._done:
             with self._lock:
@@ -315,8 +322,14 @@ class Ocpp(LinkThread):
         self.fw_update.loop(fw, self.version)
         if self.smart.due(now, hal):  # a profile (just now too), the transaction or a period boundary changed
             ch.limits.ocpp_ma = self.smart.update(hal.wall_time(), now, fw.energy.phases)
+        if self.reservation.dirty and fw._flash_ok():  # reserved, cancelled, expired
+            self._save_reservation()
         if self._reboot is not None:
             self._reset_when_done(fw, now)
+
+    def _save_reservation(self):
+        if not self.reservation.save():
+            self.stats["reserve_flash_errors"] = self.reservation.flash_errors
 
     def _reset_when_done(self, fw, now):
         """A Reset accepted: once the transaction it stopped has ended (the
@@ -339,66 +352,14 @@ class Ocpp(LinkThread):
 
     def _post_call(self, action, payload):
         with self._lock:
-            if len(self._calls) < _SMALL_MAX:
+            if len(self._calls) < SMALL_MAX:
                 self._calls.append([action, payload])
 
     def _post_status(self, connector, st):
         with self._lock:
-            if len(self._status_q) >= _SMALL_MAX:
+            if len(self._status_q) >= SMALL_MAX:
                 self._status_q.pop(0)  # the newest state matters most
             self._status_q.append([connector, st[0], st[1], st[2]])
-
-    def _command(self, fw, action, p):
-        """A validated CALL that needs the charger: its CALLRESULT payload."""
-        ch = fw.charger
-        if action in ocpp_smart.ACTIONS:
-            local = self._local
-            return self.smart.call(action, p, ch.limits, fw.hal.wall_time(), None if local is None else self.txq.txids.get(local))
-        if action == "ReserveNow":
-            zero = self.keys.values["ReserveConnectorZeroSupported"] == "true"
-            status = self.reservation.reserve(p, ch, fw.hal.wall_time(), zero)
-            ch.reserved = self.reservation.active()  # before the next tick
-            return {"status": status}
-        if action == "CancelReservation":
-            status = self.reservation.cancel(p["reservationId"])
-            ch.reserved = self.reservation.active()
-            return {"status": status}
-        if action == "RemoteStartTransaction":
-            prof = p.get("chargingProfile")
-            if p.get("connectorId", 1) != 1 or ch.session_active or ch.fault is not None or not ch.enabled:
-                return {"status": "Rejected"}
-            if self.reservation.active() and not self.reservation.admits(p["idTag"], None):
-                return {"status": "Rejected"}  # reserved for another card
-            if not self.smart.remote_start(p["idTag"], prof, fw.hal.wall_time()):
-                return {"status": "Rejected"}  # its chargingProfile is not a TxProfile, or not acceptable
-            err = ch.command("authorize", p["idTag"])
-            if err:
-                self.smart.remote_start(None, None, None)
-            return {"status": "Rejected" if err else "Accepted"}
-        if action == "RemoteStopTransaction":
-            local = self._local
-            if local is None or self.txq.txids.get(local) != p["transactionId"]:
-                return {"status": "Rejected"}
-            err = ch.command("stop", None)
-            return {"status": "Rejected" if err else "Accepted"}
-        if action == "Reset":
-            # Ends the transaction (reason Soft/HardReset), then the board
-            # resets (_reset_when_done).
-            self._reset = p["type"]
-            if ch.session_active:
-                ch.command("stop", None)
-            self._reboot = [p["type"], fw.hal.ticks_ms(), self._answers_in + 1]  # + this answer
-            return {"status": "Accepted"}
-        if action == "ChangeAvailability":
-            if p["connectorId"] > 1:
-                return {"status": "Rejected"}
-            on = p["type"] == "Operative"
-            if ch.session_active and not on:
-                self._avail_pending = on
-                return {"status": "Scheduled"}
-            ch.command("enable", on)
-            return {"status": "Accepted"}
-        return {"status": "Rejected"}
 
     # ==== the thread (its loop: firmware/linkthread.py) ===============================
     def _tls(self):
@@ -455,7 +416,7 @@ class Ocpp(LinkThread):
     def _service(self):
         net = self._net
         with self._lock:
-            backlog = len(self._commands) + len(self._results) >= _SMALL_MAX
+            backlog = len(self._commands) + len(self._results) >= SMALL_MAX
         if backlog:
             # The loop has not answered the CALLs it holds yet: leave further
             # frames in the socket (TCP back-pressure) rather than refuse them.
@@ -598,65 +559,6 @@ class Ocpp(LinkThread):
 
     def _error(self, uid, code, text):
         self._send([4, uid, code, text, {}])
-
-    def _incoming_call(self, uid, action, payload):
-        err = ocpp_schema.check(action, payload)
-        if err is not None:
-            self._error(uid, err[0], err[1])
-            return
-        answer = None
-        if action == "GetConfiguration":
-            answer = self.keys.listing(payload.get("key"))
-        elif action == "ChangeConfiguration":
-            answer = {"status": self.keys.change(payload["key"], payload["value"])}
-            if payload["key"] == "HeartbeatInterval" and answer["status"] == "Accepted":
-                self._hb_ms = self.keys.get_int("HeartbeatInterval") * 1000
-        elif action == "ClearCache":
-            answer = {"status": self.auth.clear_cache()}
-        elif action == "SendLocalList":
-            answer = {"status": self.auth.send_local_list(payload, parse_time)}
-        elif action == "GetLocalListVersion":
-            answer = {"listVersion": self.auth.list_version()}
-        elif action == "DataTransfer":
-            answer = {"status": "UnknownVendorId"}
-        elif action == "UnlockConnector":
-            answer = {"status": "NotSupported"}  # no connector lock on the board
-        elif action == "TriggerMessage":
-            answer = self._trigger(payload)
-        elif action in ocpp_fw.ACTIONS:
-            answer = self.fw_update.call(action, payload)
-        if answer is not None:
-            self._send([3, uid, answer])
-            return
-        with self._lock:
-            if len(self._commands) + len(self._results) >= _SMALL_MAX:
-                busy = True
-            else:
-                busy = False
-                self._commands.append((uid, action, payload))
-        if busy:
-            self._error(uid, "GenericError", "busy: too many requests in flight")
-
-    def _trigger(self, p):
-        what = p["requestedMessage"]
-        c = p.get("connectorId")
-        if c is not None and c > 1:
-            return {"status": "Rejected"}
-        if what == "BootNotification":
-            self.accepted = False
-            self._boot_wait = 0
-        elif what == "Heartbeat":
-            self._hb_now = True
-        elif what == "StatusNotification":
-            if c is None:
-                self._last_status = {}
-            else:
-                self._last_status.pop(c, None)
-        elif what == "MeterValues":
-            self._trigger_mv = True
-        else:  # Diagnostics/FirmwareStatusNotification: the one under way, or Idle
-            self._post_call(what, {"status": self.fw_update.trigger(what)})
-        return {"status": "Accepted"}
 
     def _answered(self, p, payload):
         kind = p[2]

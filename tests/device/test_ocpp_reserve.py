@@ -2,8 +2,11 @@
 # ReserveNow answer, CancelReservation, who the reservation admits, and on
 # the simulated board: a reserved connector shows Reserved, starts no session
 # for a car plugged in (free charging included) nor for another card, and
-# its own card's transaction carries the reservationId and ends it; expiry.
+# its own card's transaction carries the reservationId and ends it; expiry;
+# a reservation kept on flash across a reboot, a damaged file ignored.
 # timeout: 120
+import gc
+
 import tmpdirs
 from test_ocpp import _Ch
 
@@ -57,14 +60,20 @@ class _Rig:
 
     def __init__(self, **cfg):
         self.d = tmpdirs.make("ocpp-res")
+        self.cfg = {"ocpp_url": "ws://127.0.0.1:9/ocpp/CP1", "max_current_a": 16}
+        self.cfg.update(cfg)
+        self.uid = 0
+        self.reboot(NOW)
+
+    def reboot(self, wall):
+        """The board starts (again) on the same flash, its clock at `wall`."""
+        self.sim = self.fw = self.cp = None  # the old board's heap back first (the esp32's 112 KB)
+        gc.collect()
         self.sim = SimBoard(data_dir=self.d)
-        self.sim.set_wall_time(NOW)
-        c = {"ocpp_url": "ws://127.0.0.1:9/ocpp/CP1", "max_current_a": 16}
-        c.update(cfg)
-        self.fw = Firmware(self.sim, c)
+        self.sim.set_wall_time(wall)
+        self.fw = Firmware(self.sim, self.cfg)
         self.cp = self.fw.ocpp
         self.cp.accepted = self.cp.connected = True  # online: cards go to the central system
-        self.uid = 0
 
     def run(self, ms):
         for _ in range(ms // 10):
@@ -188,5 +197,130 @@ def test_reserve_connector_zero_follows_its_key():
         rig.run(300)
         assert rig.cp._st[0] == "Unavailable"
         assert rig.call("ReserveNow", _req(rid=9))["status"] == "Unavailable"
+    finally:
+        rig.close()
+
+
+def _saved(rig):
+    with open(rig.d + "/ocpp_res.json") as f:
+        return f.read()
+
+
+def test_a_reservation_is_kept_on_flash_across_a_reboot_and_still_refuses_other_cards():
+    rig = _Rig(require_auth=True)
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=7, tag="RES1", parent="FLEET", expiry=NOW + 600))["status"] == "Accepted"
+        assert '"id": 7' in _saved(rig)
+        rig.reboot(NOW + 60)  # a power cut while the car is on its way
+        res = rig.cp.reservation
+        assert res.active() and res.id == 7 and res.tag == "RES1" and res.parent == "FLEET"
+        assert res.expiry == NOW + 600 and res.connector == 1
+        assert [n for n in rig.fw.notes if "ocpp_res" in n] == []
+        rig.run(500)
+        assert rig.cp._st[0] == "Reserved" and rig.fw.charger.reserved
+        rig.sim.set_ev("C")
+        rig.run(2000)
+        ch = rig.fw.charger
+        ok, err = rig.authorize_answer("OTHER", {"status": "Accepted"})  # not of the reservation's group
+        assert ok  # asked the central system: a card of the group might have used it
+        rig.run(2000)
+        assert not ch.session_active and rig.starts() == []
+        assert rig.call("RemoteStartTransaction", {"idTag": "OTHER"})["status"] == "Rejected"
+        rig.authorize_answer("RES1", {"status": "Accepted"})
+        rig.run(3000)
+        assert ch.session_active
+        starts = rig.starts()
+        assert len(starts) == 1 and starts[0][3]["idTag"] == "RES1" and starts[0][3]["reservationId"] == 7
+        assert not rig.cp.reservation.active()
+        assert _saved(rig) == "{}"  # used up: a reboot now restores none
+        rig.sim.set_ev("A")
+        rig.run(2000)
+        rig.reboot(NOW + 120)
+        assert not rig.cp.reservation.active()
+    finally:
+        rig.close()
+
+
+def test_a_cancelled_reservation_stays_cancelled_and_an_expired_one_is_dropped_at_boot():
+    rig = _Rig(require_auth=False)
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=1, expiry=NOW + 600))["status"] == "Accepted"
+        assert rig.call("CancelReservation", {"reservationId": 1})["status"] == "Accepted"
+        rig.reboot(NOW + 10)
+        assert not rig.cp.reservation.active()
+        rig.run(500)
+        assert rig.cp._st[0] == "Available"
+        assert rig.call("ReserveNow", _req(rid=2, expiry=NOW + 600))["status"] == "Accepted"
+        rig.reboot(NOW + 600)  # the board was off past its expiry
+        assert not rig.cp.reservation.active()
+        rig.run(500)
+        assert rig.cp._st[0] == "Available" and not rig.fw.charger.reserved
+        assert _saved(rig) == "{}"
+        rig.sim.set_ev("C")
+        rig.run(3000)
+        assert rig.fw.charger.session_active  # free charging again
+    finally:
+        rig.close()
+
+
+def test_a_reservation_that_expires_while_the_board_runs_is_removed_from_flash():
+    rig = _Rig(require_auth=False)
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=5, expiry=NOW + 3))["status"] == "Accepted"
+        assert '"id": 5' in _saved(rig)
+        rig.run(8000)
+        assert not rig.cp.reservation.active() and _saved(rig) == "{}"
+    finally:
+        rig.close()
+
+
+def test_a_damaged_reservation_file_is_ignored_with_a_note_and_never_stops_the_charger():
+    for content in (
+        "{not json",
+        "[1, 2]",
+        '{"id": "7", "connector": 1, "expiry": %d, "tag": "A", "parent": null}' % (NOW + 600),
+        '{"id": 7, "connector": 2, "expiry": %d, "tag": "A", "parent": null}' % (NOW + 600),
+        '{"id": 7, "connector": 1, "expiry": %d, "tag": "%s", "parent": null}' % (NOW + 600, "T" * 21),
+        '{"id": 7, "connector": 1, "expiry": %d, "tag": "A"}' % (NOW + 600),
+        "x" * 300,
+        b"\xff\xfe{}",
+    ):
+        rig = _Rig(require_auth=False)
+        try:
+            with open(rig.d + "/ocpp_res.json", "wb") as f:
+                f.write(content if isinstance(content, bytes) else content.encode())
+            rig.reboot(NOW)
+            assert not rig.cp.reservation.active(), content
+            assert len([n for n in rig.fw.notes if "ocpp_res.json" in n]) == 1, (content, rig.fw.notes)
+            rig.run(500)
+            assert rig.cp._st[0] == "Available"
+            rig.sim.set_ev("C")
+            rig.run(3000)
+            assert rig.fw.charger.session_active  # free charging: nothing reserved
+            assert rig.call("ReserveNow", _req(rid=8))["status"] == "Occupied"
+        finally:
+            rig.close()
+
+
+def test_a_reservation_file_that_cannot_be_written_is_counted_and_the_reservation_holds_in_ram():
+    r = Reservation("/nonexistent-dir-for-ocpp/ocpp_res.json", NOW)
+    assert r.note is None and not r.active()
+    assert r.reserve(_req(), _Ch(), NOW, True) == "Accepted"
+    assert not r.save() and r.flash_errors == 1 and r.active()
+    assert r.save() and r.flash_errors == 1  # not tried again until it changes
+
+
+def test_a_reservation_ends_within_two_seconds_of_its_expiry_though_the_tick_counter_wrapped_meanwhile():
+    rig = _Rig(require_auth=False)  # the simulated board's ticks start 3.9 s before they wrap
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=5, expiry=NOW + 3))["status"] == "Accepted"
+        while rig.sim.wall_time() < NOW + 5:
+            rig.run(100)
+        assert not rig.cp.reservation.active()
+        assert _saved(rig) == "{}"
     finally:
         rig.close()

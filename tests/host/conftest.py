@@ -4,7 +4,12 @@ tests/host/test_properties.py instead of the fixed CI set (`make fuzz N=500`).
 The option is registered when pytest is given a path under tests/host (as
 `make fuzz` does); the property test reads it with a default, so a plain
 `pytest` run works without it.
+
+Fixtures `keys` and `srv`: the firmware-update tests' signing keys and
+loopback HTTP server (tests/host/fwserver.py).
 """
+
+import pytest
 
 
 def pytest_addoption(parser):
@@ -26,3 +31,21 @@ def pytest_terminal_summary(terminalreporter, config):
             "safety invariants%s: %d random scenarios checked, %.2f simulated hours, %d contactor closings, %d openings"
             % (what, stats["scenarios"], stats["sim_seconds"] / 3600, stats["closes"], stats["opens"])
         )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two key pairs, "good" and "other": {name: (private PEM, public JSON)}."""
+    from fwserver import make_keys
+
+    return make_keys(tmp_path_factory.mktemp("fwkeys"))
+
+
+@pytest.fixture
+def srv():
+    """A loopback HTTP server serving what the test puts in srv.routes."""
+    from fwserver import FwServer
+
+    s = FwServer()
+    yield s
+    s.close()

@@ -14,27 +14,17 @@ import sys
 import time
 import zlib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MP = os.environ.get("MICROPYTHON") or os.path.join(REPO, ".venv", "bin", "micropython")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from hardkill import charge, journal_records, kill_at, restart, scenario  # noqa: E402
 
 AMPS, PHASES, VOLTS = 16, 3, 230
 CHECKPOINT_S = 60  # the longest a checkpoint waits while charging at 11 kW
 RECORD_S = 1  # the trace writes a record at least every simulated second
 MAX_LOSS_WH = AMPS * PHASES * VOLTS * (CHECKPOINT_S + RECORD_S) / 3600
-
-
-def _scenario(path, until, steps):
-    sc = {
-        "name": os.path.basename(path),
-        # checkpoints while the contactor is closed: what this test measures
-        # (by default they wait until it opens: docs/architecture.md)
-        "config": {"max_current_a": 32, "flash_while_charging": True},
-        "until": until,
-        "steps": steps,
-    }
-    with open(path, "w") as f:
-        json.dump(sc, f)
-    return str(path)
+# checkpoints while the contactor is closed: what this test measures
+# (by default they wait until it opens: docs/architecture.md)
+CONFIG = {"max_current_a": 32, "flash_while_charging": True}
 
 
 def _persisted_wh(data_dir):
@@ -56,69 +46,16 @@ def _persisted_wh(data_dir):
     return best
 
 
-def _charge(tmp_path, data, stdout):
-    """The unix-port firmware charging at 11 kW on the flash folder `data`."""
-    data.mkdir()
-    charge = _scenario(tmp_path / "charge.json", 3600, [
-        {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
-        {"t": 1, "ev": "C"},
-    ])  # fmt: skip
-    env = dict(os.environ, MICROPYPATH=os.pathsep.join([REPO, os.path.join(REPO, "lib")]))
-    return subprocess.Popen([MP, "-m", "sim.scenario", charge, "--data", str(data)], cwd=REPO, env=env,
-                            stdout=stdout, text=True)  # fmt: skip
-
-
-def _journal_records(data_dir):
-    """Every frame of journal.bin that checks, as (kind letter, record)."""
-    try:
-        data = (data_dir / "journal.bin").read_bytes()
-    except OSError:
-        return []
-    out = []
-    i = 0
-    while i + 9 <= len(data):
-        if data[i:i + 2] != b"\xecJ":
-            i += 1
-            continue
-        kind, n = data[i + 2], data[i + 3] | data[i + 4] << 8
-        crc = int.from_bytes(data[i + 5:i + 9], "little")
-        payload = data[i + 9:i + 9 + n]
-        if len(payload) == n and zlib.crc32(payload, zlib.crc32(bytes((kind, n & 0xFF, n >> 8)))) == crc:
-            out.append((chr(kind), json.loads(payload)))
-            i += 9 + n
-        else:
-            i += 1
-    return out
-
-
 def _journaled_mwh(data_dir):
     """The highest meter reading any journal record holds (mWh)."""
-    return max([r.get("meter_stop_mwh") or 0 for k, r in _journal_records(data_dir) if k in "OCS"] or [0])
+    return max([r.get("meter_stop_mwh") or 0 for k, r in journal_records(data_dir) if k in "OCS"] or [0])
 
 
 def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpoint(
     tmp_path,
 ):
     data = tmp_path / "flash"
-    proc = _charge(tmp_path, data, subprocess.PIPE)
-    last = None
-    killed = False
-    try:
-        for line in proc.stdout:
-            if not line.startswith("{"):
-                continue
-            rec = json.loads(line)
-            if "energy_wh" not in rec:
-                continue
-            last = rec
-            if not killed and rec["t"] >= 600:  # 10 min into the session: kill it hard
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True  # keep reading what it printed before it died
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    last = kill_at(charge(tmp_path, data, AMPS, CONFIG, subprocess.PIPE), 600)  # 10 min into the session
     metered_at_kill = last["energy_wh"]  # within RECORD_S of the kill
     assert metered_at_kill > 1500  # ~11 kW for > 10 min: it was charging
 
@@ -132,16 +69,14 @@ def test_lifetime_energy_survives_sigkill_mid_session_losing_at_most_one_checkpo
     )
 
     # Start again on the same flash: a short session, then the counter goes on from `persisted`.
-    again = _scenario(tmp_path / "again.json", 60, [
+    again = scenario(tmp_path / "again.json", CONFIG, 60, [
         {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
         {"t": 1, "ev": "C"},
         {"t": 40, "ev": "B"},
         {"t": 45, "ev": "A"},
     ])  # fmt: skip
     trace = tmp_path / "again.jsonl"
-    p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "rig.py"), "run", again, "--data", str(data),
-                        "--trace", str(trace)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert p.returncode == 0, p.stdout + p.stderr
+    restart(again, data, trace)
     with open(trace) as f:
         second = [json.loads(x) for x in f]
     e2 = second[-1]["energy_wh"]
@@ -156,7 +91,7 @@ def test_after_a_sigkill_the_next_session_starts_at_or_above_the_recovered_sessi
     persisted lifetime counter (the process is frozen with SIGSTOP to look at
     its flash, so this does not depend on how fast the simulation runs)."""
     data = tmp_path / "flash"
-    proc = _charge(tmp_path, data, subprocess.DEVNULL)
+    proc = charge(tmp_path, data, AMPS, CONFIG, subprocess.DEVNULL)
     ahead = None
     try:
         deadline = time.monotonic() + 120
@@ -175,16 +110,14 @@ def test_after_a_sigkill_the_next_session_starts_at_or_above_the_recovered_sessi
         proc.wait()
     assert ahead, "the journal was never ahead of the lifetime counter"
 
-    again = _scenario(tmp_path / "again.json", 30, [
+    again = scenario(tmp_path / "again.json", CONFIG, 30, [
         {"t": 0, "ev": "B", "pp_ohm": 220, "draw_a": AMPS},
         {"t": 1, "ev": "C"},
         {"t": 20, "ev": "B"},
         {"t": 25, "ev": "A"},
     ])  # fmt: skip
-    p = subprocess.run([sys.executable, os.path.join(REPO, "tools", "rig.py"), "run", again, "--data", str(data)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert p.returncode == 0, p.stdout + p.stderr
-    closed = [r for k, r in _journal_records(data) if k == "S"]
+    restart(again, data)
+    closed = [r for k, r in journal_records(data) if k == "S"]
     recovered = [r for r in closed if r["reason"] == "power_loss"]
     new = [r for r in closed if r["reason"] != "power_loss"]
     assert len(recovered) == 1 and len(new) == 1, closed

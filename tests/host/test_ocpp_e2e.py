@@ -536,6 +536,29 @@ def test_a_reservation_holds_the_connector_for_its_card_group_and_ends_with_its_
     assert st.index("Reserved") < st.index("Charging")
 
 
+def test_a_reservation_survives_a_power_cut_and_the_rebooted_charger_honours_it(cs, data_dir):
+    fw = Firmware("idle_long.json", cs.url, data_dir)
+    cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Available")
+    assert cs.send(call.ReserveNow(connector_id=1, expiry_date=_iso_in(300), id_tag="RES1", reservation_id=9)).status == "Accepted"
+    cs.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1 and p["status"] == "Reserved")
+    fw.kill()  # SIGKILL: a power cut while the car is on its way
+    n_boot, n_status = len(cs.calls("BootNotification")), len(_statuses(cs))
+    fw2 = Firmware("reserve_reboot.json", cs.url, data_dir)  # free charging, a car plugged in at 2 s
+    cs.wait(lambda d, m: len(cs.calls("BootNotification")) > n_boot, 30, "BootNotification after the reboot")
+    cs.wait(lambda d, m: _statuses(cs)[n_status:n_status + 1] == ["Reserved"], 30, "Reserved again after the reboot")
+    fw2.wait(lambda r: "t" in r and r["t"] >= 6, 30, "the car plugged in and another card presented")
+    assert cs.send(call.RemoteStartTransaction(id_tag="OTHER", connector_id=1)).status == "Rejected"
+    assert not any(r["contactor"] for r in fw2.records())  # the car waited: free charging, but reserved
+    assert cs.send(call.RemoteStartTransaction(id_tag="RES1", connector_id=1)).status == "Accepted"
+    _, start = cs.wait_call("StartTransaction", timeout_s=30)
+    assert start[3]["idTag"] == "RES1" and start[3]["reservationId"] == 9
+    assert cs.send(call.CancelReservation(reservation_id=9)).status == "Rejected"  # it ended with its transaction
+    _, stop = cs.wait_call("StopTransaction", timeout_s=40)
+    assert fw2.finish() == 0
+    assert len(cs.calls("StartTransaction")) == 1
+    assert [c[3]["idTag"] for c in cs.calls("Authorize")] == []  # OTHER was refused on the charger
+
+
 def test_hard_reset_reboots_at_once_and_its_stop_arrives_once_with_the_new_boot(cs, data_dir):
     fw = Firmware("plugged.json", cs.url, data_dir)
     cs.wait_call("StatusNotification", timeout_s=30, where=lambda p: p["connectorId"] == 1 and p["status"] == "Charging")

@@ -22,22 +22,10 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sign  # noqa: E402
-from fwserver import FwServer, make_keys  # noqa: E402
+from fwserver import FwServer  # noqa: E402
 from mpscript import run_json  # noqa: E402
 
 FUTURE = "2020-01-01T00:00:00Z"  # retrieveDate in the past: at once
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return make_keys(tmp_path_factory.mktemp("fwkeys"))
-
-
-@pytest.fixture
-def srv():
-    s = FwServer()
-    yield s
-    s.close()
 
 
 def _image(keys, n=20000, signer="good"):

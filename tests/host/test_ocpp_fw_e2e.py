@@ -25,23 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import sign  # noqa: E402
-from fwserver import FwServer, make_keys  # noqa: E402
 
 from sim import ota  # noqa: E402  (CPython: the emulated bootloader, as tools/simboard.py runs it)
 
 NOW = "2020-01-01T00:00:00Z"  # a retrieveDate in the past: at once
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return make_keys(tmp_path_factory.mktemp("fwkeys"))
-
-
-@pytest.fixture
-def srv():
-    s = FwServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture
