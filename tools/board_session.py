@@ -26,6 +26,8 @@ ENTER_READ_S = 0.1  # serial read timeout while entering the raw REPL (a booting
 # without answering (a raw-paste window ack) before it counts as lost. A board
 # busy with a flash erase, or a loaded host, pauses for a second or more.
 EXEC_READ_S = 10.0
+OPEN_TRIES = 5  # attempts to open the line ...
+OPEN_RETRY_S = 0.25  # ... this far apart
 CONSOLE_READ_S = 0.05  # serial read timeout while reading the console
 
 
@@ -49,10 +51,17 @@ class BoardSession:
             raise BoardError("mpremote is not installed: run `make deps`", lost=False) from None
         self._TransportError = TransportError
         self._TransportExecError = TransportExecError
-        try:
-            self.t = SerialTransport(port, baudrate=baud)
-        except Exception as e:
-            raise BoardError("no board at %s: %s" % (port, e)) from None
+        # A line can be busy for a moment (the previous holder's exclusive
+        # lock released as it exits; a USB serial adapter coming back after a
+        # reset): a few tries over ~1 s before the board counts as absent.
+        for attempt in range(OPEN_TRIES):
+            try:
+                self.t = SerialTransport(port, baudrate=baud)
+                break
+            except Exception as e:
+                if attempt == OPEN_TRIES - 1:
+                    raise BoardError("no board at %s: %s" % (port, e)) from None
+                time.sleep(OPEN_RETRY_S)
         self.port = port
         self.helpers = helpers
         self._defined = False
