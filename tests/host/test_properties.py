@@ -464,7 +464,9 @@ def check_scenario(sc, path):
     unsafe = [c for c in summary["closes"] if c["cause"] == "unsafe"]
     assert unsafe == [], "closed where the simulated world forbids it: %r" % unsafe
     for o in summary["opens"]:
-        assert not o.get("unfinished"), "a required opening never happened: %r" % o
+        # unfinished: still required when the run ended, `ms` after the event;
+        # within the bound that is a run cut short, not a late opening.
+        assert not (o.get("unfinished") and o["ms"] > OPEN_WITHIN_S * 1000), "a required opening never happened: %r" % o
         if o["ms"] is not None and o["cause"] != "diode_short":
             # physical truth: from the event to the contacts open (the release time included)
             assert o["ms"] <= OPEN_WITHIN_S * 1000, "opening took %s ms: %r" % (o["ms"], o)
@@ -488,6 +490,7 @@ def _run(sc, stats):
     stats["sim_seconds"] += summary["sim_seconds"]
     stats["opens"] += len(summary["opens"])
     stats["closes"] += len(summary["closes"])
+    return summary
 
 
 def test_random_sessions_keep_every_safety_invariant(pytestconfig):
@@ -651,6 +654,24 @@ def test_regression_a_remote_stop_ends_with_an_unplug_seen_in_a_faults_cleared_t
 def _noisy_b(noise_mv, seed, retries):
     return {"name": "noisy_b", "seed": seed, "until": 1200.0, "config": {"fault_retries": retries},
             "sim": {"pilot_noise_mv": noise_mv}, "steps": [{"t": 1.0, "ev": "B", "draw_a": 16}]}  # fmt: skip
+
+
+def test_regression_a_run_ending_while_the_contacts_release_is_no_missed_opening():
+    # Found by make fuzz (shard of 500 on the ESP32 profile): the EV opened S2
+    # 9 ms before the scenario's end, the firmware had commanded the opening,
+    # the contacts were still releasing: reported `unfinished` with ms 9 and
+    # failed as "never happened". 0.24 s longer, the same run opens in 16 ms.
+    sc = {"name": "fuzz", "seed": 9218, "until": 35.36, "config": {}, "sim": {},
+          "steps": [{"t": 1.66, "ev": "B", "draw_a": 6}, {"t": 2.71, "ev": "C"},
+                    {"t": 22.96, "ev": "C", "pp_ohm": 100}, {"t": 24.43, "ev_phases": 1},
+                    {"t": 33.99, "ev": "C", "set": {"enable": False}}]}  # fmt: skip
+    summary = _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
+    pending = [o for o in summary["opens"] if o.get("unfinished")]
+    assert pending and all(o["ms"] <= OPEN_WITHIN_S * 1000 for o in pending), summary["opens"]
+    sc["until"] = 35.6
+    summary = _run(sc, {"scenarios": 0, "sim_seconds": 0.0, "opens": 0, "closes": 0})
+    assert not any(o.get("unfinished") for o in summary["opens"]), summary["opens"]
+    assert any(o["cause"] == "s2_open" and o["ms"] <= OPEN_WITHIN_S * 1000 for o in summary["opens"]), summary["opens"]
 
 
 def test_a_pilot_with_3_v_of_noise_never_closes_with_the_ev_in_b():
