@@ -253,7 +253,9 @@ class Ocpp(LinkThread):
         hal = fw.hal
         self.hold_tls = ch.contactor_on  # no TLS handshake while charging (firmware/linkthread.py)
         now = hal.ticks_ms()
-        if self.reservation.active() and hal.ticks_diff(now, self._res_t) >= 1000:
+        # A mark older than half the ticks period reads as the future (ticks wrap:
+        # 6.2 days on an ESP32; the simulator starts just before the wrap): look then too.
+        if self.reservation.active() and not 0 <= hal.ticks_diff(now, self._res_t) < 1000:
             self._res_t = now
             if self.reservation.expired(hal.wall_time()):
                 self.reservation.end()

@@ -190,3 +190,17 @@ def test_reserve_connector_zero_follows_its_key():
         assert rig.call("ReserveNow", _req(rid=9))["status"] == "Unavailable"
     finally:
         rig.close()
+
+
+def test_a_reservation_ends_within_two_seconds_of_its_expiry_though_the_tick_counter_wrapped_meanwhile():
+    # The simulated board's ticks start 3.9 s before they wrap: the expiry look's
+    # mark, taken at boot, is then more than half the ticks period in the past.
+    rig = _Rig(require_auth=False)
+    try:
+        rig.run(500)
+        assert rig.call("ReserveNow", _req(rid=5, expiry=NOW + 3))["status"] == "Accepted"
+        while rig.sim.wall_time() < NOW + 5:
+            rig.run(100)
+        assert not rig.cp.reservation.active()
+    finally:
+        rig.close()
