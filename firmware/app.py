@@ -25,6 +25,7 @@ the contactor is closed (its handshake holds the GIL for 1-2 s). docs/architectu
 has the figures.
 """
 
+import gc
 import json
 from array import array
 
@@ -169,6 +170,10 @@ class Firmware:
                 self.notes.append(err)
         if j.error:
             self.notes.append(j.error)
+        # The recovery's garbage goes before the objects that live as long as
+        # the firmware are made: they take the lowest free blocks and leave
+        # the heap's top as one large free block (docs/architecture.md).
+        gc.collect()
         self.tracker = SessionTracker(hal, cfg["id"], self.boot_id)
         self.charger = Charger(hal, cfg, meter)
         self.charger.inhibit = self.journal.full()  # reported by start()
@@ -183,6 +188,7 @@ class Firmware:
             from firmware.netup import NetUp
 
             self.netup = NetUp(cfg, hal)
+        gc.collect()  # the links' modules and objects live as long as the firmware: low in the heap too
         self.link = None
         self.command_note = None  # set by command()
         if cfg["mqtt_host"]:

@@ -8,7 +8,13 @@ from its minimum only after a connection stayed up STABLE_MS (a server that
 drops us right after the handshake gets no reconnect storm); no TLS
 handshake while `hold_tls` is set (the control loop sets it while the
 contactor is closed: the handshake holds the interpreter for 1-2 s on an
-ESP32, extmod/modtls_mbedtls.c); a stop() that ends the thread.
+ESP32, extmod/modtls_mbedtls.c); a garbage collection right before each
+connect while the contactor is open, so that the connection's long-lived
+objects (client, TLS context and socket, poller) take the lowest free
+blocks instead of landing above the garbage of the moment and splitting the
+heap's large free block for as long as the connection lasts (a 24 h soak on
+the ESP32-faithful interpreter found 10.8 KB left of it without, with 16 KB
+required: tests/host/test_esp32_board.py); a stop() that ends the thread.
 
 A link subclasses LinkThread and provides _connect() (raises on failure,
 sets `connected`), _service() (one round of traffic: raises when the
@@ -18,6 +24,8 @@ clean close at stop) and _tls() (whether its connection uses TLS). It sets
 `_lock` before start().
 Never: holds the lock across I/O; runs in the control tick.
 """
+
+import gc
 
 from micropython import const
 
@@ -81,6 +89,8 @@ class LinkThread:
                         if not self._sleep(HOLD_POLL_MS):
                             break
                         continue
+                    if not self.hold_tls:
+                        gc.collect()  # see the module's doc: the connection's objects land low
                     try:
                         self._connect()
                         self._up_t = self._ticks.ticks_ms()

@@ -4,11 +4,10 @@ Each test starts its own board on a fresh flash folder, deploys trees copied
 from this checkout (with a test VERSION and, where a test needs it, a broken
 or never-healthy app), and reads the result both from the board's console and
 from the flash folder itself. The board is the emulated ESP32 as shipped
-(tools/simboard.py's default): the ESP32-faithful interpreter, here at 144 KB
-(the slot path needs more than an ESP32's 112 KB: HEAPS below), its image
-with the firmware and the simulator frozen; the slots the deploy writes hold
-.mpy files, which run instead of the frozen firmware (with their heap cost,
-docs/deploy.md). One test also runs on the 64-bit
+(tools/simboard.py's default): the ESP32-faithful interpreter at the ESP32's
+112 KB heap, its image with the firmware and the simulator frozen; the slots
+the deploy writes hold .mpy files, which run instead of the frozen firmware
+(with their heap cost, docs/deploy.md). One test also runs on the 64-bit
 unix64 board, which has nothing frozen: there the deploy must send the
 simulator into the slot too (384k: the firmware and the simulator as 64-bit
 .mpy files need about three times an ESP32's heap).
@@ -49,12 +48,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# The A/B slot path loads the firmware's bytecode into the heap: rebooting into
-# an open session (the busy-refusal test) it peaks just above an ESP32's 112 KB
-# (a MemoryError there, passing at 120 KB), so it is a path for boards with
-# PSRAM and its sequences run at 144 KB; a PSRAM-less board takes the image
-# path (tests/host/test_ota.py, at 112 KB). docs/deploy.md.
-HEAPS = {"esp32": "144k", "unix64": "384k"}
+HEAPS = {"esp32": "112k", "unix64": "384k"}
 
 
 class DeployTarget(EmulatedBoard):
