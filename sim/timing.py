@@ -20,6 +20,14 @@ import gc as _gc
 import os as _os
 import sys
 
+try:
+    from _thread import get_ident as _thread_id
+except ImportError:  # a port without threads: every call is the control loop's
+
+    def _thread_id():
+        return 0
+
+
 # Python on a 240 MHz ESP32 against this project's development machine: the
 # project's working figure (docs/benchmarks.md, "The ESP32 factor").
 ESP32_FACTOR = 100
@@ -159,6 +167,7 @@ class Costs:
         self.erases = 0
         self.excluded = 0  # bytes the simulation's tooling allocated since the last collection
         self._gc_base = self.mem_alloc()  # the firmware's bytes allocated after the last collection
+        self._loop_thread = _thread_id()  # the control loop's thread (the board is made there)
         self._gc_n = 0  # loop iterations since the heap was last looked at
 
     def _stall(self, kind, us):
@@ -224,9 +233,24 @@ class Costs:
     def tls(self):
         """A TLS handshake started (any thread): the control loop pays it at
         its next board call (the handshake holds the GIL)."""
+        self._held("tls", self.p.tls_us)
+
+    def _held(self, kind, us):
+        """A stall in another thread that holds the GIL: the control loop pays
+        it at its next board call (the world moves in the loop's thread only)."""
         b = self.board
-        self.stalls.append((b.now_ms, "tls", self.p.tls_us, b.contactor_commanded))
-        b._stall_us += self.p.tls_us
+        self.stalls.append((b.now_ms, kind, us, b.contactor_commanded))
+        b._stall_us += us
+
+    def gc(self):
+        """gc.collect() by the firmware: paid at once in the control loop's
+        thread; from another thread (a link collecting before it connects) at
+        the loop's next board call, like a TLS handshake."""
+        self.collect()
+        if _thread_id() == self._loop_thread:
+            self._stall("gc", self.p.gc_us)
+        else:
+            self._held("gc", self.p.gc_us)
 
     def _settle(self):
         """Charge the files written since the last look: a file larger than
@@ -325,8 +349,7 @@ class _Gc:
         if c is None:
             _gc.collect()
         else:
-            c.collect()
-            c._stall("gc", c.p.gc_us)
+            c.gc()
 
     def mem_alloc(self):
         c = active

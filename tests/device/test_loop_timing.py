@@ -305,3 +305,38 @@ def test_a_remote_stop_closes_the_session_on_flash_only_once_the_contactor_opens
     # the energy the EV drew while ramping down belongs to the session
     assert abs(recs[0]["energy_mwh"] - sim.truth_energy_wh * 1000) <= sim.truth_energy_wh * 10
     tmpdirs.remove(d)
+
+
+def test_a_collection_in_a_links_thread_moves_no_simulated_time_there_and_the_loop_pays_it_at_its_next_board_call():
+    # A link collects before it connects, in its own thread (firmware/linkthread.py):
+    # the simulated world moves in the control loop's thread only, or the EV and
+    # the scenario's steps would run in the link's thread beside the loop.
+    import time
+
+    import _thread
+
+    d = tmpdirs.make("evse-gc-thread")
+    sim = SimBoard(data_dir=d, profile="esp32")
+    import gc  # after the timed board: sim/timing.py's stand-in, as the firmware gets it
+
+    try:
+        t0 = sim.now_ms
+        seen = []
+
+        def link():
+            before = sim.now_ms
+            gc.collect()
+            seen.append(sim.now_ms - before)
+
+        _thread.start_new_thread(link, ())
+        for _ in range(2000):
+            if seen:
+                break
+            time.sleep_ms(1)
+        assert seen == [0] and sim.now_ms == t0
+        out = bytearray(8)
+        sim.pilot_read(out)  # the loop's next board call pays the 15 ms
+        assert sim.now_ms - t0 >= 15, sim.now_ms - t0
+        assert [s[1] for s in sim.costs.stalls].count("gc") == 1
+    finally:
+        tmpdirs.remove(d)
