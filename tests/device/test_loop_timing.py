@@ -311,9 +311,8 @@ def test_a_collection_in_a_links_thread_moves_no_simulated_time_there_and_the_lo
     # A link collects before it connects, in its own thread (firmware/linkthread.py):
     # the simulated world moves in the control loop's thread only, or the EV and
     # the scenario's steps would run in the link's thread beside the loop.
-    import time
-
     import _thread
+    import time
 
     d = tmpdirs.make("evse-gc-thread")
     sim = SimBoard(data_dir=d, profile="esp32")
