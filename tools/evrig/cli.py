@@ -137,6 +137,36 @@ def reaction_row(summary):
     )
 
 
+def measure_verdict(summary):
+    """(notes, failed) for one scenario's summary in `measure`. An opening
+    still required when the run ended (`unfinished`: the EV opened S2 a few ms
+    before the end, the contacts still releasing) fails only once it has
+    waited longer than the IEC bound; before that it is under way, noted."""
+    o_max, c_max, _unfinished, _n_o, _n_c = reaction_row(summary)
+    d_max = reaction_figures([summary])["open_decide_ms_max"]
+    notes = []
+    ends = [o for o in summary.get("opens", []) if o.get("unfinished")]
+    late = [o for o in ends if o["ms"] is None or o["ms"] > IEC_OPEN_MS]
+    if late:
+        notes.append("%d opening(s) required but never done" % len(late))
+    # control (issue 15): a close the world forbade (sim/scenario.py "unsafe")
+    unsafe = [c for c in summary.get("closes", []) if c.get("cause") == "unsafe"]
+    if unsafe:
+        notes.append("%d unsafe close(s): %s" % (len(unsafe), ", ".join(
+            "%s at %.2f s" % (c.get("why"), c["t"]) for c in unsafe[:3])))  # fmt: skip
+    if o_max is not None and o_max > IEC_OPEN_MS:
+        notes.append("open > %d ms (IEC)" % IEC_OPEN_MS)
+    if d_max is not None and d_max > OPEN_TARGET_MS:
+        notes.append("open command > %d ms" % OPEN_TARGET_MS)
+    if c_max is not None and c_max > CLOSE_TARGET_MS:
+        notes.append("close > %d ms" % CLOSE_TARGET_MS)
+    failed = bool(notes)
+    if len(ends) > len(late):
+        notes.append("%d opening(s) under way at the end (%s ms so far)" % (
+            len(ends) - len(late), ", ".join(str(o["ms"]) for o in ends if o not in late)))  # fmt: skip
+    return notes, failed
+
+
 # --- timing (issue 12): reaction figures from physical truth -------------------------------
 def percentile(values, q):
     """The q-th percentile (0..100) of values, nearest rank; None when empty."""
@@ -188,23 +218,10 @@ def cmd_measure(args):
             worst = max(worst, EXIT_CRASH)
             continue
         summaries.append(summary)
-        o_max, c_max, unfinished, n_o, n_c = reaction_row(summary)
+        o_max, c_max, _unfinished, n_o, n_c = reaction_row(summary)
         d_max = reaction_figures([summary])["open_decide_ms_max"]
-        notes = []
-        if unfinished:
-            notes.append("%d opening(s) required but never done" % unfinished)
-        # control (issue 15): a close the world forbade (sim/scenario.py "unsafe")
-        unsafe = [c for c in summary.get("closes", []) if c.get("cause") == "unsafe"]
-        if unsafe:
-            notes.append("%d unsafe close(s): %s" % (len(unsafe), ", ".join(
-                "%s at %.2f s" % (c.get("why"), c["t"]) for c in unsafe[:3])))  # fmt: skip
-        if o_max is not None and o_max > IEC_OPEN_MS:
-            notes.append("open > %d ms (IEC)" % IEC_OPEN_MS)
-        if d_max is not None and d_max > OPEN_TARGET_MS:
-            notes.append("open command > %d ms" % OPEN_TARGET_MS)
-        if c_max is not None and c_max > CLOSE_TARGET_MS:
-            notes.append("close > %d ms" % CLOSE_TARGET_MS)
-        if notes:
+        notes, failed = measure_verdict(summary)
+        if failed:
             worst = max(worst, EXIT_FAILED)
         stalls = summary.get("stall_count")
         if stalls:
